@@ -1,0 +1,11 @@
+//! Control-plane plumbing shared by `ceres-vps`, `ceres-home` and `cerectl`:
+//! dialling the VPS over TLS for tonic, accepting TLS connections with the
+//! caller's certificate attached, and checking the caller's role per RPC.
+
+pub mod client;
+pub mod creds;
+pub mod server;
+
+pub use client::{ConnectError, connect};
+pub use creds::{CredError, Credentials};
+pub use server::{Caller, TlsIncoming, caller, require_role};

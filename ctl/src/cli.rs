@@ -1,0 +1,235 @@
+//! Command line of `cerectl`.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ceres_control::{CredError, Credentials};
+use ceres_pki::{JoinToken, Role};
+use ceres_proto::StatusRequest;
+use ceres_proto::admin_client::AdminClient;
+use ceres_state::StateDir;
+use clap::{Args, Parser, Subcommand};
+
+use crate::status::Status;
+
+/// Exit code when the status could not be fetched at all (not enrolled,
+/// VPS unreachable) — distinct from 1, "fetched, and something is broken".
+pub const EXIT_UNREACHABLE: u8 = 3;
+
+const ENROLL_HINT: &str = "enrol first: on the VPS run `ceres-vps token create --role admin`, then `cerectl enroll TOKEN`";
+
+/// Administer a CERES mail gateway from anywhere.
+///
+/// `cerectl enroll` once with an admin token from the VPS; then `cerectl
+/// status` shows both agents, from any machine that can reach the VPS's
+/// control port.
+#[derive(Debug, Parser)]
+#[command(name = "cerectl", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Where the credentials live; default $XDG_CONFIG_HOME/ceres (~/.config/ceres).
+    #[arg(long, global = true, value_name = "DIR", env = "CERECTL_DIR")]
+    pub dir: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+Getting started:
+  on the VPS:  ceres-vps token create --role admin
+  here:        cerectl enroll TOKEN
+               cerectl status
+
+Exit codes: 0 all good, 1 something is broken (listed), 2 usage error,
+3 could not get the status (not enrolled, VPS unreachable), 78 configuration error.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enrol this machine as an administrator with a one-time admin token.
+    Enroll(EnrollArgs),
+    /// Show the state of both agents; exit 1 when something is broken.
+    Status(StatusArgs),
+}
+
+/// `enroll` arguments.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The token; `-` reads it from standard input.
+    token: String,
+    /// Replace existing credentials.
+    #[arg(long)]
+    force: bool,
+    /// Name for the certificate; default "cerectl@HOSTNAME".
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON (schema in docs/status-json.md) instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Reach the VPS here instead of the address stored at enrolment.
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+}
+
+fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
+    let path = match &cli.dir {
+        Some(p) => p.clone(),
+        None => {
+            let base = std::env::var_os("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .context("neither XDG_CONFIG_HOME nor HOME is set: pass --dir")?;
+            base.join("ceres")
+        }
+    };
+    Ok(StateDir::open(path)?)
+}
+
+/// Outcome of a command: an exit code (errors are printed by `main`).
+type Outcome = anyhow::Result<ExitCode>;
+
+/// An error that means "could not get the status at all".
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Unreachable(anyhow::Error);
+
+/// Parses the command line, runs it, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ceres_daemon::init_logging("warn");
+    ceres_pki::tls::install_crypto_provider();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(dispatch(&cli)));
+    match result {
+        Ok(code) => code,
+        Err(e) if e.is::<Unreachable>() => {
+            eprintln!("cerectl: {e:#}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+        Err(e) => ceres_daemon::exit_code("cerectl", Err(e)),
+    }
+}
+
+async fn dispatch(cli: &Cli) -> Outcome {
+    match &cli.command {
+        Command::Enroll(args) => enroll(cli, args).await,
+        Command::Status(args) => status(cli, args).await,
+    }
+}
+
+async fn enroll(cli: &Cli, args: &EnrollArgs) -> Outcome {
+    let dir = creds_dir(cli)?;
+    let text = if args.token == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the token from stdin")?;
+        s
+    } else {
+        args.token.clone()
+    };
+    let token = JoinToken::decode(&text)?;
+    if Credentials::exists(&dir, Role::Admin) && !args.force {
+        let old = Credentials::load(&dir, Role::Admin, ENROLL_HINT)?;
+        return Err(CredError::AlreadyEnrolled {
+            dir: dir.path().display().to_string(),
+            address: old.control_address,
+        }
+        .into());
+    }
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("cerectl@{}", host()));
+    let creds = Credentials::enroll(
+        &token,
+        Role::Admin,
+        "cerectl",
+        &name,
+        env!("CARGO_PKG_VERSION"),
+    )
+    .await?;
+    creds.save(&dir, Role::Admin)?;
+    println!(
+        "enrolled as administrator of the VPS at {}",
+        creds.control_address
+    );
+    println!("  CA           {}", token.ca_fingerprint);
+    println!("  stored in    {}", dir.path().display());
+    println!("Next: `cerectl status`.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// Loads the admin credentials, renewing the certificate first when it is
+/// two thirds through its life (cerectl has no daemon to do it).
+async fn admin_credentials(dir: &StateDir, address: Option<&str>) -> anyhow::Result<Credentials> {
+    let creds =
+        Credentials::load(dir, Role::Admin, ENROLL_HINT).map_err(|e| Unreachable(e.into()))?;
+    if creds.renew_at()? <= std::time::SystemTime::now() {
+        match creds.renew(address).await {
+            Ok(fresh) => {
+                fresh.save(dir, Role::Admin)?;
+                return Ok(fresh);
+            }
+            Err(e) => eprintln!("cerectl: warning: could not renew the admin certificate: {e}"),
+        }
+    }
+    Ok(creds)
+}
+
+async fn status(cli: &Cli, args: &StatusArgs) -> Outcome {
+    let dir = creds_dir(cli)?;
+    let creds = admin_credentials(&dir, args.address.as_deref()).await?;
+    let channel = creds
+        .connect(args.address.as_deref())
+        .await
+        .map_err(|e| Unreachable(e.into()))?;
+    let resp = AdminClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| {
+            Unreachable(anyhow::anyhow!(
+                "the VPS refused the status request: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+    let status = Status::from_response(resp);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        let fancy = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        print!("{}", status.render(fancy));
+    }
+    Ok(if status.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,5 @@
+//! `cerectl`: the administrator's view of a CERES installation — status of
+//! both agents from anywhere, and (growing) the DNS/PTR checklist and checks.
+
+pub mod cli;
+pub mod status;

@@ -1,0 +1,300 @@
+//! `cerectl status`: the report, its stable JSON form, and its rendering.
+//!
+//! The JSON schema is documented in `docs/status-json.md`; fields are only
+//! ever added, and `schema` changes if one ever has to change meaning.
+
+use std::time::{Duration, SystemTime};
+
+use ceres_proto::StatusResponse;
+use serde::Serialize;
+
+/// Version of the JSON layout.
+pub const SCHEMA: u32 = 1;
+
+/// The whole status, as printed with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// JSON layout version.
+    pub schema: u32,
+    /// True when nothing below is broken (the exit code is 0 exactly then).
+    pub ok: bool,
+    /// One line per broken thing, with what to do.
+    pub problems: Vec<String>,
+    /// The VPS agent.
+    pub vps: VpsPart,
+    /// The home agent as the VPS sees it.
+    pub home: HomePart,
+}
+
+/// The VPS agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct VpsPart {
+    /// Agent version.
+    pub version: String,
+    /// Protocol version it speaks.
+    pub protocol: u32,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Public addresses.
+    pub public_ips: Vec<String>,
+    /// Mail domain.
+    pub domain: String,
+    /// Mail host name.
+    pub mail_host: String,
+    /// Control-plane address.
+    pub control_address: String,
+    /// Expiry of the VPS's TLS certificate, RFC 3339.
+    pub server_certificate_not_after: Option<String>,
+}
+
+/// The home agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct HomePart {
+    /// Whether its session to the VPS is up.
+    pub connected: bool,
+    /// When the current session started (connected) or the last one ended (not connected); null if never.
+    pub since: Option<String>,
+    /// When the last report arrived.
+    pub last_report: Option<String>,
+    /// Seconds since the last report.
+    pub last_report_age_secs: Option<u64>,
+    /// Home agent version (of the current or last session).
+    pub version: Option<String>,
+    /// Home host name.
+    pub hostname: Option<String>,
+    /// Protocol version of the session.
+    pub protocol: Option<u32>,
+    /// Address the session came from (home's public address as the VPS sees it).
+    pub remote_address: Option<String>,
+    /// Home agent uptime, from its last report.
+    pub uptime_secs: Option<u64>,
+    /// Expiry of home's client certificate, RFC 3339.
+    pub certificate_not_after: Option<String>,
+}
+
+fn rfc3339(unix: i64) -> Option<String> {
+    if unix <= 0 {
+        return None;
+    }
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+impl Status {
+    /// Builds the status from the VPS's answer.
+    pub fn from_response(resp: StatusResponse) -> Self {
+        let vps = resp.vps.unwrap_or_default();
+        let home = resp.home.unwrap_or_default();
+        let now = if vps.now_unix > 0 {
+            vps.now_unix
+        } else {
+            ceres_pki::unix_secs(SystemTime::now())
+        };
+        let seen = home.since_unix > 0;
+        let mut problems = Vec::new();
+        if !home.connected {
+            problems.push(if seen {
+                "the home agent is not connected: check that `ceres-home run` is running at home and can reach the VPS control port".to_owned()
+            } else {
+                "the home agent has never connected: create a token with `ceres-vps token create --role home` and run `ceres-home join TOKEN` at home".to_owned()
+            });
+        }
+        let report = home.last_report;
+        let home_part = HomePart {
+            connected: home.connected,
+            since: rfc3339(home.since_unix),
+            last_report: if seen {
+                rfc3339(home.last_report_unix)
+            } else {
+                None
+            },
+            last_report_age_secs: (seen && home.last_report_unix > 0)
+                .then(|| (now - home.last_report_unix).max(0) as u64),
+            version: non_empty(&home.agent_version),
+            hostname: non_empty(&home.hostname),
+            protocol: seen.then_some(home.protocol_version),
+            remote_address: non_empty(&home.remote_address),
+            uptime_secs: report.as_ref().map(|r| r.uptime_secs),
+            certificate_not_after: rfc3339(home.certificate_not_after_unix),
+        };
+        Status {
+            schema: SCHEMA,
+            ok: problems.is_empty(),
+            problems,
+            vps: VpsPart {
+                version: vps.agent_version,
+                protocol: vps.protocol_version,
+                started_at: rfc3339(vps.started_at_unix).unwrap_or_default(),
+                uptime_secs: vps.uptime_secs,
+                public_ips: vps.public_ips,
+                domain: vps.domain,
+                mail_host: vps.mail_host,
+                control_address: vps.control_address,
+                server_certificate_not_after: rfc3339(vps.server_certificate_not_after_unix),
+            },
+            home: home_part,
+        }
+    }
+
+    /// Human rendering; `fancy` adds colour and symbols (for a terminal).
+    pub fn render(&self, fancy: bool) -> String {
+        let paint = |ok: bool, text: &str| -> String {
+            match (fancy, ok) {
+                (false, _) => text.to_owned(),
+                (true, true) => format!("\x1b[32m{text}\x1b[0m"),
+                (true, false) => format!("\x1b[31;1m{text}\x1b[0m"),
+            }
+        };
+        let mark = |ok: bool| -> String {
+            match (fancy, ok) {
+                (true, true) => paint(true, "✔"),
+                (true, false) => paint(false, "✘"),
+                (false, true) => "OK  ".into(),
+                (false, false) => "FAIL".into(),
+            }
+        };
+        let v = &self.vps;
+        let h = &self.home;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "CERES mail gateway for {} (mail host {})\n\n",
+            v.domain, v.mail_host
+        ));
+        out.push_str(&format!(
+            "{} VPS agent   {} · up {} · public {} · control {}\n",
+            mark(true),
+            v.version,
+            human(Duration::from_secs(v.uptime_secs)),
+            v.public_ips.join(", "),
+            v.control_address
+        ));
+        let home_line = if h.connected {
+            format!(
+                "{} home agent  {} · connected since {} · from {} · last report {} ago",
+                mark(true),
+                h.version.as_deref().unwrap_or("?"),
+                h.since.as_deref().unwrap_or("?"),
+                h.remote_address.as_deref().unwrap_or("?"),
+                h.last_report_age_secs
+                    .map(|s| human(Duration::from_secs(s)))
+                    .unwrap_or_else(|| "?".into()),
+            )
+        } else if let Some(since) = &h.since {
+            format!(
+                "{} home agent  {} since {}",
+                mark(false),
+                paint(false, "NOT CONNECTED"),
+                since
+            )
+        } else {
+            format!(
+                "{} home agent  {}",
+                mark(false),
+                paint(false, "NEVER CONNECTED")
+            )
+        };
+        out.push_str(&home_line);
+        out.push('\n');
+        if let Some(host) = &h.hostname {
+            out.push_str(&format!("              host {host}"));
+            if let Some(c) = &h.certificate_not_after {
+                out.push_str(&format!(" · certificate valid until {c}"));
+            }
+            out.push('\n');
+        }
+        if !self.problems.is_empty() {
+            out.push('\n');
+            for p in &self.problems {
+                out.push_str(&format!("{} {p}\n", paint(false, "problem:")));
+            }
+        }
+        out
+    }
+}
+
+/// `3d 4h`, `5m 2s`, `12s`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else if mins > 0 {
+        format!("{mins}m {secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ceres_proto::{HomeStatus, VpsStatus};
+
+    fn resp(connected: bool, since: i64) -> StatusResponse {
+        StatusResponse {
+            vps: Some(VpsStatus {
+                domain: "example.com".into(),
+                now_unix: 1_800_000_000,
+                ..Default::default()
+            }),
+            home: Some(HomeStatus {
+                connected,
+                since_unix: since,
+                last_report_unix: 1_799_999_990,
+                hostname: "mail".into(),
+                agent_version: "0.1.0".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn connected_home_is_ok() {
+        let s = Status::from_response(resp(true, 1_799_999_000));
+        assert!(s.ok && s.problems.is_empty());
+        assert_eq!(s.home.last_report_age_secs, Some(10));
+        assert!(s.render(false).contains("connected since"));
+    }
+
+    #[test]
+    fn disconnected_home_is_a_problem_with_advice() {
+        let s = Status::from_response(resp(false, 1_799_999_000));
+        assert!(!s.ok);
+        assert!(s.problems[0].contains("ceres-home run"));
+        assert!(s.render(false).contains("NOT CONNECTED"));
+    }
+
+    #[test]
+    fn never_connected_home_says_how_to_join() {
+        let s = Status::from_response(resp(false, 0));
+        assert!(s.problems[0].contains("ceres-home join"));
+        assert!(s.home.since.is_none() && s.home.last_report.is_none());
+    }
+
+    #[test]
+    fn plain_rendering_has_no_escape_codes_and_fancy_has() {
+        let s = Status::from_response(resp(false, 5));
+        assert!(!s.render(false).contains('\x1b'));
+        assert!(s.render(true).contains('\x1b'));
+    }
+
+    #[test]
+    fn json_has_the_documented_top_level_fields() {
+        let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
+        for k in ["schema", "ok", "problems", "vps", "home"] {
+            assert!(v.get(k).is_some(), "{k} missing");
+        }
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["home"]["connected"], true);
+    }
+}

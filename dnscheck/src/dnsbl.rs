@@ -1,0 +1,280 @@
+//! DNS blocklist look-ups (RFC 5782): is the VPS address listed, and why?
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Serialize;
+
+use crate::lookup::{Lookup, LookupError};
+use crate::verify::{Check, CheckKind, Status};
+
+/// Public blocklists that matter for a small mail server's deliverability.
+/// Note: several refuse queries from large public resolvers (answering 127.255.255.x),
+/// so `cerectl doctor` is best run against a local recursive resolver.
+pub const DEFAULT_DNSBL_ZONES: &[&str] = &[
+    "zen.spamhaus.org",
+    "bl.spamcop.net",
+    "b.barracudacentral.org",
+    "psbl.surriel.com",
+    "bl.mailspike.net",
+];
+
+/// The verdict of one blocklist.
+///
+/// JSON (stable): `{"state": "not_listed"}`, `{"state": "listed", "codes": [...],
+/// "reason": "..." | null}`, `{"state": "refused", "code": "127.255.255.254"}`,
+/// `{"state": "error", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum DnsblStatus {
+    /// The address is not on this list.
+    NotListed,
+    /// The address is listed.
+    Listed {
+        /// The 127.0.0.x return codes (their meaning is list-specific).
+        codes: Vec<Ipv4Addr>,
+        /// The list's TXT explanation, when it gives one.
+        reason: Option<String>,
+    },
+    /// The list answered 127.255.255.x: it refused to answer this resolver (public
+    /// resolver or rate limit). Says nothing about a listing.
+    Refused {
+        /// The refusal code.
+        code: Ipv4Addr,
+    },
+    /// The question could not be answered (timeout, SERVFAIL, odd answer).
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The result for one blocklist zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DnsblResult {
+    /// The blocklist zone, e.g. `zen.spamhaus.org`.
+    pub zone: String,
+    /// The address checked.
+    pub ip: IpAddr,
+    /// The name queried (reversed address under the zone).
+    pub query: String,
+    /// The verdict.
+    pub status: DnsblStatus,
+}
+
+/// The query name for `ip` under `zone`: reversed octets for IPv4, reversed nibbles
+/// for IPv6 (RFC 5782 2.1, 2.4).
+pub fn dnsbl_query_name(ip: IpAddr, zone: &str) -> String {
+    let rev = crate::lookup::reverse_name(ip);
+    let prefix = rev
+        .strip_suffix(".in-addr.arpa")
+        .or_else(|| rev.strip_suffix(".ip6.arpa"))
+        .unwrap_or(&rev);
+    format!(
+        "{prefix}.{}",
+        zone.trim_end_matches('.').to_ascii_lowercase()
+    )
+}
+
+/// Looks `ip` up in every zone (concurrently, in this task).
+pub async fn dnsbl_check<L: Lookup, Z: AsRef<str>>(
+    ip: IpAddr,
+    zones: &[Z],
+    lookup: &L,
+) -> Vec<DnsblResult> {
+    futures::future::join_all(zones.iter().map(|z| one(ip, z.as_ref(), lookup))).await
+}
+
+async fn one<L: Lookup>(ip: IpAddr, zone: &str, lookup: &L) -> DnsblResult {
+    let query = dnsbl_query_name(ip, zone);
+    let status = match lookup.a(&query).await {
+        Err(e) if e.is_negative() => DnsblStatus::NotListed,
+        Err(e) => DnsblStatus::Error {
+            message: e.to_string(),
+        },
+        Ok(codes) => classify(codes, &query, lookup).await,
+    };
+    tracing::debug!(%ip, zone, ?status, "dnsbl lookup");
+    DnsblResult {
+        zone: zone.trim_end_matches('.').to_ascii_lowercase(),
+        ip,
+        query,
+        status,
+    }
+}
+
+async fn classify<L: Lookup>(codes: Vec<Ipv4Addr>, query: &str, lookup: &L) -> DnsblStatus {
+    if let Some(code) = codes.iter().find(|c| is_refusal(**c)) {
+        return DnsblStatus::Refused { code: *code };
+    }
+    if let Some(odd) = codes.iter().find(|c| c.octets()[0] != 127) {
+        return DnsblStatus::Error {
+            message: format!(
+                "unexpected answer {odd} (not in 127.0.0.0/8): the list may be defunct or wildcarding"
+            ),
+        };
+    }
+    let reason = match lookup.txt(query).await {
+        Ok(txts) if !txts.is_empty() => Some(txts.join(" / ")),
+        Ok(_) => None,
+        Err(LookupError::NxDomain { .. } | LookupError::NoData { .. }) => None,
+        Err(e) => Some(format!("(reason not available: {e})")),
+    };
+    DnsblStatus::Listed { codes, reason }
+}
+
+/// 127.255.255.0/24 is how Spamhaus and others say "not answering you".
+fn is_refusal(code: Ipv4Addr) -> bool {
+    let o = code.octets();
+    o[0] == 127 && o[1] == 255 && o[2] == 255
+}
+
+impl DnsblResult {
+    /// As a report line for `cerectl doctor`.
+    pub fn to_check(&self) -> Check {
+        let (status, found, fix) = match &self.status {
+            DnsblStatus::NotListed => (Status::Pass, "not listed".to_owned(), None),
+            DnsblStatus::Listed { codes, reason } => (
+                Status::Fail,
+                format!(
+                    "LISTED ({}){}",
+                    codes
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    reason
+                        .as_ref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ),
+                Some(format!(
+                    "find the cause (open relay, compromised account, previous owner of {}), fix it, then request delisting at {}",
+                    self.ip, self.zone
+                )),
+            ),
+            // A warning, not an error: refusals are routine through public resolvers and
+            // should not turn a monitoring check red on their own.
+            DnsblStatus::Refused { code } => (
+                Status::Warn,
+                format!("the blocklist refused the query ({code}): public resolver or rate limit"),
+                Some("run the check through your own recursive resolver (--resolver)".to_owned()),
+            ),
+            DnsblStatus::Error { message } => (
+                Status::Error,
+                message.clone(),
+                Some("retry later; the listing is unknown".to_owned()),
+            ),
+        };
+        Check {
+            kind: CheckKind::Dnsbl,
+            name: self.zone.clone(),
+            address: Some(self.ip),
+            status,
+            found,
+            expected: "not listed".into(),
+            fix,
+        }
+    }
+}
+
+/// One line per blocklist, for `cerectl doctor` output.
+pub fn render_dnsbl_text(results: &[DnsblResult]) -> String {
+    let w = results.iter().map(|r| r.zone.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for r in results {
+        let c = r.to_check();
+        let _ = writeln!(
+            out,
+            "{:<5}  {:<w$}  {}  {}",
+            c.status.label(),
+            r.zone,
+            r.ip,
+            c.found
+        );
+        if let Some(fix) = c.fix {
+            let _ = writeln!(out, "{:w$}         fix: {fix}", "");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lookup::FakeLookup;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn query_names() {
+        assert_eq!(
+            dnsbl_query_name(ip("203.0.113.10"), "bl.example"),
+            "10.113.0.203.bl.example"
+        );
+        assert!(
+            dnsbl_query_name(ip("2001:db8::10"), "bl.example.")
+                .ends_with(".8.b.d.0.1.0.0.2.bl.example")
+        );
+    }
+
+    #[tokio::test]
+    async fn listed_clean_refused_and_broken() {
+        let vps = ip("203.0.113.10");
+        let dns = FakeLookup::new()
+            .with_a("10.113.0.203.bl.example", "127.0.0.2".parse().unwrap())
+            .with_txt("10.113.0.203.bl.example", "listed: spam trap hit")
+            .with_a("2.0.0.127.clean.example", "127.0.0.2".parse().unwrap())
+            .with_a(
+                "10.113.0.203.refuse.example",
+                "127.255.255.254".parse().unwrap(),
+            )
+            .with_a("10.113.0.203.wild.example", "192.0.2.1".parse().unwrap())
+            .with_timeout("10.113.0.203.slow.example", "A");
+        let zones = [
+            "bl.example",
+            "clean.example",
+            "refuse.example",
+            "wild.example",
+            "slow.example",
+        ];
+        let r = dnsbl_check(vps, &zones, &dns).await;
+        assert_eq!(
+            r[0].status,
+            DnsblStatus::Listed {
+                codes: vec!["127.0.0.2".parse().unwrap()],
+                reason: Some("listed: spam trap hit".into())
+            }
+        );
+        assert_eq!(r[1].status, DnsblStatus::NotListed);
+        assert!(matches!(r[2].status, DnsblStatus::Refused { .. }));
+        assert!(
+            matches!(&r[3].status, DnsblStatus::Error { message } if message.contains("unexpected answer"))
+        );
+        assert!(
+            matches!(&r[4].status, DnsblStatus::Error { message } if message.contains("timed out"))
+        );
+
+        assert_eq!(r[0].to_check().status, Status::Fail);
+        assert_eq!(r[1].to_check().status, Status::Pass);
+        assert_eq!(r[2].to_check().status, Status::Warn);
+        let text = render_dnsbl_text(&r);
+        assert!(
+            text.contains(
+                "FAIL   bl.example      203.0.113.10  LISTED (127.0.0.2): listed: spam trap hit"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r[0]).unwrap();
+        assert_eq!(json["status"]["state"], "listed");
+        assert_eq!(json["zone"], "bl.example");
+    }
+
+    #[test]
+    fn default_zones_are_public_lists() {
+        assert!(DEFAULT_DNSBL_ZONES.contains(&"zen.spamhaus.org"));
+        assert!(DEFAULT_DNSBL_ZONES.iter().all(|z| z.contains('.')));
+    }
+}

@@ -1,0 +1,219 @@
+//! Live verification of the checklist: each published record is looked up and judged,
+//! and every finding says what was found, what was expected and the one-line fix.
+
+mod checks;
+mod render;
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::identity::MailIdentity;
+use crate::lookup::Lookup;
+
+/// Which record a check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A of the mail host.
+    A,
+    /// AAAA of the mail host.
+    Aaaa,
+    /// MX of the domain.
+    Mx,
+    /// SPF of the domain.
+    Spf,
+    /// DMARC at `_dmarc`.
+    Dmarc,
+    /// DKIM key at `<selector>._domainkey`.
+    Dkim,
+    /// Reverse DNS of a VPS address, forward-confirmed.
+    Ptr,
+    /// A DNS blocklist listing (from [`crate::dnsbl_check`]).
+    Dnsbl,
+}
+
+impl CheckKind {
+    /// Upper-case label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::A => "A",
+            Self::Aaaa => "AAAA",
+            Self::Mx => "MX",
+            Self::Spf => "SPF",
+            Self::Dmarc => "DMARC",
+            Self::Dkim => "DKIM",
+            Self::Ptr => "PTR",
+            Self::Dnsbl => "DNSBL",
+        }
+    }
+}
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// As it should be.
+    Pass,
+    /// Works, but is risky or unusual.
+    Warn,
+    /// Wrong or missing: mail will suffer.
+    Fail,
+    /// Could not be checked (timeout, SERVFAIL): says nothing about the record.
+    Error,
+}
+
+impl Status {
+    /// Upper-case label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Warn => "WARN",
+            Self::Fail => "FAIL",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
+/// One finding.
+///
+/// JSON (stable): `kind` (`"a"`, `"aaaa"`, `"mx"`, `"spf"`, `"dmarc"`, `"dkim"`,
+/// `"ptr"`, `"dnsbl"`), `name` (the DNS name looked up, or the blocklist zone),
+/// `address` (the VPS address the check is about, or `null`), `status` (`"pass"`,
+/// `"warn"`, `"fail"`, `"error"`), `found`, `expected`, `fix` (`null` on pass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Which record.
+    pub kind: CheckKind,
+    /// The DNS name asked about.
+    pub name: String,
+    /// The VPS address this check is about, if it is about one.
+    pub address: Option<IpAddr>,
+    /// The verdict.
+    pub status: Status,
+    /// What DNS answered.
+    pub found: String,
+    /// What should be there.
+    pub expected: String,
+    /// One line saying what to change; `None` when nothing is to be done.
+    pub fix: Option<String>,
+}
+
+/// Counts per status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Checks that passed.
+    pub pass: usize,
+    /// Checks with warnings.
+    pub warn: usize,
+    /// Checks that failed.
+    pub fail: usize,
+    /// Checks that could not be completed.
+    pub error: usize,
+}
+
+/// All findings for a domain.
+///
+/// JSON (stable): `{"domain", "mail_host", "ok": bool, "summary": {"pass", "warn",
+/// "fail", "error"}, "checks": [Check...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// The mail domain.
+    pub domain: String,
+    /// The mail host.
+    pub mail_host: String,
+    /// Findings in checklist order.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Counts per status.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for c in &self.checks {
+            match c.status {
+                Status::Pass => s.pass += 1,
+                Status::Warn => s.warn += 1,
+                Status::Fail => s.fail += 1,
+                Status::Error => s.error += 1,
+            }
+        }
+        s
+    }
+
+    /// True when nothing failed and nothing was left unchecked (warnings are fine);
+    /// `cerectl` exits non-zero otherwise.
+    pub fn is_ok(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| matches!(c.status, Status::Pass | Status::Warn))
+    }
+
+    /// The worst status of all checks (`Pass` for an empty report).
+    pub fn worst(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Pass)
+    }
+
+    /// Appends findings from elsewhere (e.g. DNSBL checks in `cerectl doctor`).
+    pub fn extend(&mut self, checks: impl IntoIterator<Item = Check>) {
+        self.checks.extend(checks);
+    }
+
+    /// Pretty-printed JSON (see [`Report`] for the schema).
+    pub fn render_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            domain: &'a str,
+            mail_host: &'a str,
+            ok: bool,
+            summary: Summary,
+            checks: &'a [Check],
+        }
+        serde_json::to_string_pretty(&Out {
+            domain: &self.domain,
+            mail_host: &self.mail_host,
+            ok: self.is_ok(),
+            summary: self.summary(),
+            checks: &self.checks,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// Verifies every record of the checklist for `id` through `lookup`.
+pub async fn verify<L: Lookup>(id: &MailIdentity, lookup: &L) -> Report {
+    // Independent questions run concurrently in this task (no spawning): a slow or
+    // dead resolver then costs one timeout, not one per record.
+    let (a, aaaa, mx, spf, dmarc, dkim, ptr) = tokio::join!(
+        checks::address_v4(id, lookup),
+        checks::address_v6(id, lookup),
+        checks::mx(id, lookup),
+        checks::spf(id, lookup),
+        checks::dmarc(id, lookup),
+        checks::dkim(id, lookup),
+        checks::ptr(id, lookup),
+    );
+    let mut checks = vec![a, aaaa, mx];
+    checks.extend(spf);
+    checks.push(dmarc);
+    checks.push(dkim);
+    checks.extend(ptr);
+    tracing::info!(
+        domain = id.domain(),
+        checks = checks.len(),
+        failed = checks.iter().filter(|c| c.status == Status::Fail).count(),
+        "dns verification done"
+    );
+    Report {
+        domain: id.domain().to_owned(),
+        mail_host: id.mail_host().to_owned(),
+        checks,
+    }
+}
+
+#[cfg(test)]
+mod tests;

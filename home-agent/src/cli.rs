@@ -1,0 +1,191 @@
+//! Command line of `ceres-home`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ceres_config::{ConfigError, DEFAULT_STATE_DIR, Layers};
+use ceres_control::{CredError, Credentials};
+use ceres_pki::{JoinToken, Role};
+use ceres_state::StateDir;
+use clap::{Args, Parser, Subcommand};
+
+use crate::session::VERSION;
+use crate::settings::{HomeFlags, HomeSettings, hostname};
+
+/// The CERES agent next to your home mail server.
+///
+/// Joins the VPS once with a token, then keeps a session to it, so the VPS
+/// relays your mail ports here and sends your outbound mail from its address.
+/// It dials out (works behind NAT and CGNAT) and reconnects by itself.
+///
+/// Every setting is a flag and a key in the config file: --name is
+/// CERES_NAME, and so on. Flags win over the environment, which wins over
+/// the file.
+#[derive(Debug, Parser)]
+#[command(name = "ceres-home", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Config file (KEY=value lines, also usable as systemd EnvironmentFile=).
+    #[arg(long, global = true, value_name = "FILE", default_value = ceres_config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// State directory: keys and certificates (0700). [CERES_STATE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+Getting started:
+  on the VPS:   ceres-vps token create --role home
+  here:         ceres-home join TOKEN
+                ceres-home run        # or: systemctl enable --now ceres-home
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 78 configuration error.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enrol with the VPS using a one-time token from `ceres-vps token create --role home`.
+    Join(JoinArgs),
+    /// Run the agent (until SIGINT or SIGTERM).
+    Run(RunArgs),
+}
+
+/// `join` arguments.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The token; `-` reads it from standard input (keeps it out of shell history).
+    token: String,
+    /// Replace existing credentials (joining a re-initialised VPS).
+    #[arg(long)]
+    force: bool,
+    /// Name of this host in the certificate and in status; default the hostname.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    flags: HomeFlags,
+}
+
+/// Every key `ceres-home` accepts in the config file or environment.
+pub fn known_keys() -> Vec<String> {
+    let mut keys = ceres_config::keys_of(&RunArgs::augment_args(clap::Command::new("run")), &[]);
+    keys.push("CERES_STATE_DIR".into());
+    keys
+}
+
+fn layers(cli: &Cli, missing_ok: bool) -> Result<Layers, ConfigError> {
+    let missing_ok = missing_ok || cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = Layers::load_path(&cli.config, missing_ok)?;
+    layers.check_keys(&known_keys())?;
+    Ok(layers)
+}
+
+fn state_dir(cli: &Cli, layers: &Layers) -> Result<StateDir, anyhow::Error> {
+    let path: PathBuf = layers.get_or(
+        "CERES_STATE_DIR",
+        cli.state_dir.as_deref(),
+        DEFAULT_STATE_DIR,
+    )?;
+    Ok(StateDir::open(path)?)
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ceres_daemon::init_logging("info");
+    ceres_pki::tls::install_crypto_provider();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(dispatch(&cli)));
+    ceres_daemon::exit_code("ceres-home", result)
+}
+
+async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Join(args) => join(cli, args).await,
+        Command::Run(args) => run(cli, &args.flags).await,
+    }
+}
+
+async fn join(cli: &Cli, args: &JoinArgs) -> anyhow::Result<()> {
+    let layers = layers(cli, true)?;
+    let dir = state_dir(cli, &layers)?;
+    let text = if args.token == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the token from stdin")?;
+        s
+    } else {
+        args.token.clone()
+    };
+    let token = JoinToken::decode(&text)?;
+    if Credentials::exists(&dir, Role::Home) && !args.force {
+        let old = Credentials::load(&dir, Role::Home, crate::session::JOIN_HINT)?;
+        return Err(CredError::AlreadyEnrolled {
+            dir: dir.path().display().to_string(),
+            address: old.control_address,
+        }
+        .into());
+    }
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let creds = Credentials::enroll(&token, Role::Home, "ceres-home", &name, VERSION).await?;
+    creds.save(&dir, Role::Home)?;
+    let info = creds.info()?;
+    println!(
+        "joined the VPS at {} as {:?}",
+        creds.control_address, info.name
+    );
+    println!("  CA           {}", token.ca_fingerprint);
+    println!(
+        "  certificate  valid until {} (renews itself)",
+        ceres_pki::rfc3339(ceres_pki::unix_secs(info.not_after))
+    );
+    println!("  stored in    {}", dir.path().display());
+    println!("Next: `ceres-home run` (or `systemctl enable --now ceres-home`).");
+    Ok(())
+}
+
+async fn run(cli: &Cli, flags: &HomeFlags) -> anyhow::Result<()> {
+    let layers = layers(cli, false)?;
+    let settings: HomeSettings = flags.resolve(&layers)?;
+    let dir = state_dir(cli, &layers)?;
+    // Fail fast (before READY) when not joined: a clear message beats a retry loop.
+    Credentials::load(&dir, Role::Home, crate::session::JOIN_HINT)?;
+    let cancel = ceres_daemon::shutdown_on_signals()?;
+    tracing::info!(name = %settings.name, version = VERSION, "ceres-home running");
+    ceres_daemon::notify("READY=1\nSTATUS=connecting to the VPS");
+    crate::run(settings, dir, cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn keys_cover_run_flags() {
+        let keys = known_keys();
+        for k in [
+            "CERES_CONTROL_ADDRESS",
+            "CERES_NAME",
+            "CERES_RECONNECT_MAX",
+            "CERES_STATE_DIR",
+        ] {
+            assert!(keys.contains(&k.to_owned()), "{k} missing from {keys:?}");
+        }
+    }
+}

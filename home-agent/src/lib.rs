@@ -1,0 +1,10 @@
+//! The CERES agent at home: joins the VPS with a token, keeps one session
+//! open to it (reports up, commands down), reconnects with capped, jittered
+//! backoff, and renews its certificate before it expires.
+
+pub mod backoff;
+pub mod cli;
+pub mod session;
+pub mod settings;
+
+pub use session::run;

@@ -1,0 +1,226 @@
+//! The session with the VPS and the certificate renewal, for as long as the
+//! agent runs.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use ceres_control::Credentials;
+use ceres_pki::{Role, unix_secs};
+use ceres_proto::agent_client::AgentClient;
+use ceres_proto::{Hello, HomeMessage, Report, home_message, vps_message};
+use ceres_state::StateDir;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backoff::Backoff;
+use crate::settings::HomeSettings;
+
+/// The version string of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A session that held this long counts as healthy: the next failure starts
+/// the backoff from the beginning again.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// First reconnect delay.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+
+/// Hint shown when the agent has not joined yet.
+pub const JOIN_HINT: &str = "join first: on the VPS run `ceres-vps token create --role home`, then here `ceres-home join TOKEN`";
+
+/// Errors ending one session attempt.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Cred(#[from] ceres_control::CredError),
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("the VPS closed the session")]
+    Closed,
+    #[error("the VPS did not start the session properly")]
+    NoWelcome,
+}
+
+/// Shared credentials; replaced when the certificate renews.
+type SharedCreds = Arc<Mutex<Credentials>>;
+
+fn current(creds: &SharedCreds) -> Credentials {
+    creds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Runs the home agent until `cancel`: keeps the session to the VPS up and
+/// the certificate fresh. Returns when all its tasks have stopped.
+pub async fn run(
+    settings: HomeSettings,
+    dir: StateDir,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let creds: SharedCreds = Arc::new(Mutex::new(Credentials::load(&dir, Role::Home, JOIN_HINT)?));
+    let started = SystemTime::now();
+    let tracker = TaskTracker::new();
+    tracker.spawn(renew_loop(
+        creds.clone(),
+        dir,
+        settings.clone(),
+        cancel.clone(),
+    ));
+    let mut backoff = Backoff::new(BACKOFF_BASE, settings.reconnect_max.max(BACKOFF_BASE));
+    loop {
+        let began = Instant::now();
+        let result = session(&creds, &settings, started, &cancel).await;
+        if cancel.is_cancelled() {
+            break;
+        }
+        if began.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        let address = settings
+            .control_address
+            .clone()
+            .unwrap_or_else(|| current(&creds).control_address);
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(vps = %address, error = %e, retry_in_ms = delay.as_millis() as u64, "no session with the VPS");
+                ceres_daemon::notify(&format!(
+                    "STATUS=not connected to the VPS at {address}: {e}"
+                ));
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn session(
+    creds: &SharedCreds,
+    settings: &HomeSettings,
+    started: SystemTime,
+    cancel: &CancellationToken,
+) -> Result<(), SessionError> {
+    let c = current(creds);
+    let channel = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        ch = c.connect(settings.control_address.as_deref()) => ch?,
+    };
+    let (tx, rx) = mpsc::channel::<HomeMessage>(8);
+    let hello = HomeMessage {
+        kind: Some(home_message::Kind::Hello(Hello {
+            protocol_version: ceres_proto::PROTOCOL_VERSION,
+            min_protocol_version: ceres_proto::MIN_PROTOCOL_VERSION,
+            agent_version: VERSION.to_owned(),
+            hostname: settings.name.clone(),
+            started_at_unix: unix_secs(started),
+        })),
+    };
+    let _ = tx.send(hello).await;
+    let mut inbound = AgentClient::new(channel)
+        .session(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let welcome = match inbound.message().await? {
+        Some(m) => match m.kind {
+            Some(vps_message::Kind::Welcome(w)) => w,
+            _ => return Err(SessionError::NoWelcome),
+        },
+        None => return Err(SessionError::Closed),
+    };
+    let interval = Duration::from_secs(welcome.report_interval_secs.max(1) as u64);
+    let address = settings
+        .control_address
+        .clone()
+        .unwrap_or(c.control_address.clone());
+    tracing::info!(vps = %address, vps_version = %welcome.vps_agent_version, protocol = welcome.protocol_version, "connected to the VPS");
+    ceres_daemon::notify(&format!("STATUS=connected to the VPS at {address}"));
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
+                let report = Report {
+                    sent_at_unix: unix_secs(SystemTime::now()),
+                    uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
+                    certificate_not_after_unix: not_after,
+                };
+                if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
+                    return Err(SessionError::Closed);
+                }
+            }
+            msg = inbound.message() => match msg? {
+                Some(m) => handle_command(m),
+                None => return Err(SessionError::Closed),
+            },
+        }
+    }
+}
+
+fn handle_command(msg: ceres_proto::VpsMessage) {
+    match msg.kind {
+        Some(vps_message::Kind::Command(cmd)) => tracing::debug!(?cmd, "command from the VPS"),
+        other => tracing::debug!(?other, "unexpected message from the VPS"),
+    }
+}
+
+/// Renews the certificate two thirds into its life; retries with backoff.
+async fn renew_loop(
+    creds: SharedCreds,
+    dir: StateDir,
+    settings: HomeSettings,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(5), Duration::from_secs(600));
+    loop {
+        let c = current(&creds);
+        let wait = match c.renew_at() {
+            Ok(at) => at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the certificate; renewal stopped");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match c
+            .renew(settings.control_address.as_deref())
+            .await
+            .and_then(|fresh| {
+                fresh.save(&dir, Role::Home)?;
+                Ok(fresh)
+            }) {
+            Ok(fresh) => {
+                let until = fresh.info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
+                tracing::info!(not_after_unix = until, "certificate renewed");
+                *creds.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                backoff.reset();
+            }
+            Err(e) => {
+                let expired = c
+                    .info()
+                    .map(|i| i.not_after <= SystemTime::now())
+                    .unwrap_or(false);
+                let delay = backoff.next_delay();
+                if expired {
+                    tracing::error!(error = %e, "the certificate has expired and cannot be renewed: {JOIN_HINT}");
+                } else {
+                    tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "certificate renewal failed");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Typed settings of `ceres-home`.
+
+use std::time::Duration;
+
+use ceres_config::{ConfigError, HumanDuration, Layers};
+use clap::Args;
+
+/// `ceres-home run` settings; each `--x-y` flag is also the key `CERES_X_Y`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HomeFlags {
+    /// Reach the VPS control plane here instead of the address from the join
+    /// token (e.g. after the VPS got a new IP). [CERES_CONTROL_ADDRESS]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub control_address: Option<String>,
+    /// Name of this host as shown in `cerectl status`; default the hostname.
+    /// [CERES_NAME]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Longest wait between reconnect attempts when the VPS is away; default
+    /// 30s. [CERES_RECONNECT_MAX]
+    #[arg(long, value_name = "DURATION")]
+    pub reconnect_max: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct HomeSettings {
+    /// Control address override.
+    pub control_address: Option<String>,
+    /// Display name.
+    pub name: String,
+    /// Backoff cap.
+    pub reconnect_max: Duration,
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length and gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "home".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl HomeFlags {
+    /// Resolves against the config layers.
+    pub fn resolve(&self, layers: &Layers) -> Result<HomeSettings, ConfigError> {
+        let HumanDuration(reconnect_max) =
+            layers.get_or("CERES_RECONNECT_MAX", self.reconnect_max.as_deref(), "30s")?;
+        Ok(HomeSettings {
+            control_address: layers
+                .get("CERES_CONTROL_ADDRESS", self.control_address.as_deref())?,
+            name: layers
+                .get::<String>("CERES_NAME", self.name.as_deref())?
+                .unwrap_or_else(hostname),
+            reconnect_max,
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! VPS side: one listener per relayed port on each public address, spliced to the
+//! home tunnel address with an optional PROXY header.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::RelayError;
+use crate::serve::{self, PortCtx, Role};
+use crate::spec::RelaySpec;
+use crate::stats::{PortCounters, StatsHandle};
+
+/// Default connect timeout towards home: long enough for a tunnel round trip under
+/// load, short enough that a sender still gets its `421` before giving up on us.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default idle timeout: above the 29 minutes IMAP IDLE clients wait between
+/// re-issuing IDLE (RFC 2177), so idling mail clients are not cut off.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default cap on concurrent connections per port, far above what a personal mail
+/// server sees, low enough that a flood cannot take all of the agent's fds
+/// (20,000 per process, two per connection, over ten ports).
+pub const DEFAULT_MAX_PER_PORT: u32 = 1000;
+/// Default cap on concurrent connections per source address (IPv6: per /64) and port.
+/// Postfix's own `smtpd_client_connection_count_limit` is 50; mail clients behind
+/// one NAT with several devices stay well below this.
+pub const DEFAULT_MAX_PER_SOURCE: u32 = 50;
+
+/// Settings of the VPS relays. Build with [`ListenerConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Public addresses to listen on (IPv4 and/or IPv6; `0.0.0.0`/`::` are fine).
+    pub bind: Vec<IpAddr>,
+    /// The home tunnel address connections are relayed to.
+    pub target: IpAddr,
+    /// The relayed ports.
+    pub relays: Vec<RelaySpec>,
+    /// Host name in the `421 4.4.2 <mail_host> temporarily unavailable` reply.
+    pub mail_host: String,
+    /// Give up connecting to home after this long (then `421` / close).
+    pub connect_timeout: Duration,
+    /// Close a relayed connection after this long without traffic either way.
+    pub idle_timeout: Duration,
+    /// Concurrent connections allowed per public port.
+    pub max_per_port: u32,
+    /// Concurrent connections allowed per source address (IPv6: per /64) per port.
+    pub max_per_source: u32,
+}
+
+impl ListenerConfig {
+    /// A configuration with the documented defaults for timeouts and limits.
+    pub fn new(
+        bind: Vec<IpAddr>,
+        target: IpAddr,
+        relays: Vec<RelaySpec>,
+        mail_host: impl Into<String>,
+    ) -> Self {
+        Self {
+            bind,
+            target,
+            relays,
+            mail_host: mail_host.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_per_port: DEFAULT_MAX_PER_PORT,
+            max_per_source: DEFAULT_MAX_PER_SOURCE,
+        }
+    }
+}
+
+/// The VPS relays, bound and ready to [`run`](Listener::run).
+#[derive(Debug)]
+pub struct Listener {
+    config: ListenerConfig,
+    sockets: Vec<(std::net::TcpListener, usize)>,
+    stats: StatsHandle,
+}
+
+impl Listener {
+    /// Binds every relayed port on every address in `config.bind`. Fails on the first
+    /// address that cannot be bound, naming it. Does not need a runtime.
+    pub fn bind(config: ListenerConfig) -> Result<Self, RelayError> {
+        let mut sockets = Vec::new();
+        let mut ports = Vec::new();
+        for (i, spec) in config.relays.iter().enumerate() {
+            ports.push(Arc::new(PortCounters::new(
+                spec.public_port,
+                spec.home_port,
+                config.max_per_port,
+                config.max_per_source,
+            )));
+            for ip in &config.bind {
+                let addr = SocketAddr::new(*ip, spec.public_port);
+                sockets.push((serve::bind(addr, false)?, i));
+            }
+        }
+        Ok(Self {
+            config,
+            sockets,
+            stats: StatsHandle {
+                ports: Arc::new(ports),
+            },
+        })
+    }
+
+    /// The bound addresses (useful when a port was given as 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|(s, _)| s.local_addr().ok())
+            .collect()
+    }
+
+    /// A handle for reading the per-port counters while the relay runs.
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
+    /// Relays connections until `shutdown` is cancelled, then closes every relayed
+    /// connection and returns. `home_up` says whether home is reachable (the agent's
+    /// view of the tunnel/control stream); while it is `false` nothing is relayed.
+    /// Returns at once when no ports are configured.
+    pub async fn run(
+        self,
+        home_up: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RelayError> {
+        let ctxs: Vec<Arc<PortCtx>> = self
+            .config
+            .relays
+            .iter()
+            .zip(self.stats.ports.iter())
+            .map(|(spec, counters)| {
+                Arc::new(PortCtx {
+                    role: Role::Relay {
+                        proxy: spec.proxy,
+                        smtp_banner: spec.smtp_banner,
+                        mail_host: self.config.mail_host.clone(),
+                        home_up: home_up.clone(),
+                    },
+                    counters: Arc::clone(counters),
+                    target: SocketAddr::new(self.config.target, spec.home_port),
+                    connect_timeout: self.config.connect_timeout,
+                    idle_timeout: self.config.idle_timeout,
+                    shutdown: shutdown.clone(),
+                })
+            })
+            .collect();
+        let listeners = self
+            .sockets
+            .into_iter()
+            .map(|(s, i)| (s, Arc::clone(&ctxs[i])))
+            .collect();
+        serve::serve(listeners).await
+    }
+}

@@ -1,0 +1,262 @@
+//! The accept loop and per-connection task shared by the VPS listener and the home
+//! forwarder: admission (trust, limits), connecting to the target, the home-down
+//! answer, and splicing.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::RelayError;
+use crate::proxy::{self, unmap};
+use crate::spec::ProxyMode;
+use crate::splice::{self, End};
+use crate::stats::{PortCounters, Refusal};
+
+/// Bound on writing our own short replies (`421`), so a client that never reads
+/// cannot pin a task.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed `accept` (e.g. out of fds), so the loop does not spin while
+/// the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What is special about a port, depending on which side runs it.
+#[derive(Debug)]
+pub(crate) enum Role {
+    /// VPS side: add a PROXY header; answer `421` on SMTP ports while home is down.
+    Relay {
+        proxy: ProxyMode,
+        smtp_banner: bool,
+        mail_host: String,
+        home_up: watch::Receiver<bool>,
+    },
+    /// Home side: only the VPS tunnel address may connect; bytes pass unchanged.
+    Forward { allowed_peer: IpAddr },
+}
+
+/// Everything a connection task needs, shared by all connections of one port.
+#[derive(Debug)]
+pub(crate) struct PortCtx {
+    pub(crate) role: Role,
+    pub(crate) counters: Arc<PortCounters>,
+    pub(crate) target: SocketAddr,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Binds a listening socket. IPv6 sockets get `IPV6_V6ONLY` so the same port can also
+/// be bound on IPv4; `freebind` lets the home side bind the tunnel address before the
+/// tunnel device has it.
+pub(crate) fn bind(addr: SocketAddr, freebind: bool) -> Result<std::net::TcpListener, RelayError> {
+    let err = |source: io::Error| RelayError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(err)?;
+    socket.set_reuse_address(true).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+        if freebind {
+            socket.set_freebind_v6(true).map_err(err)?;
+        }
+    } else if freebind {
+        socket.set_freebind_v4(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    Ok(socket.into())
+}
+
+/// Runs one accept loop per listener until each port's shutdown token fires, then
+/// waits for every connection task to finish (they watch the same token).
+pub(crate) async fn serve(
+    listeners: Vec<(std::net::TcpListener, Arc<PortCtx>)>,
+) -> Result<(), RelayError> {
+    let tracker = TaskTracker::new();
+    let mut loops = Vec::new();
+    for (std_listener, ctx) in listeners {
+        let addr = std_listener.local_addr().map_err(RelayError::Runtime)?;
+        let listener = TcpListener::from_std(std_listener).map_err(RelayError::Runtime)?;
+        loops.push((listener, addr, ctx));
+    }
+    for (listener, addr, ctx) in loops {
+        let t = tracker.clone();
+        tracker.spawn(accept_loop(listener, addr, ctx, t));
+    }
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    ctx: Arc<PortCtx>,
+    tracker: TaskTracker,
+) {
+    debug!(%addr, target = %ctx.target, "relay port listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = ctx.shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(%addr, error = %e, "accept failed");
+                    ctx.counters.record_error(format!("accept on {addr}: {e}"));
+                    tokio::select! {
+                        () = ctx.shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        let peer = unmap(peer);
+        if let Role::Forward { allowed_peer } = &ctx.role {
+            if peer.ip() != unmap(SocketAddr::new(*allowed_peer, 0)).ip() {
+                ctx.counters.count_refused();
+                warn!(port = ctx.counters.port, source = %peer.ip(), allowed = %allowed_peer,
+                    "refused connection not from the VPS tunnel address");
+                continue;
+            }
+        }
+        let slot = match ctx.counters.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let (what, limit) = match refusal {
+                    Refusal::PortLimit(n) => ("port", n),
+                    Refusal::SourceLimit(n) => ("source", n),
+                };
+                warn!(port = ctx.counters.port, source = %peer.ip(), limit, scope = what,
+                    "connection limit reached, refusing");
+                let ctx = Arc::clone(&ctx);
+                tracker.spawn(async move {
+                    refuse(stream, &ctx, "4.7.0", "too many connections").await;
+                });
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        tracker.spawn(async move {
+            let _slot = slot;
+            handle(stream, peer, &ctx).await;
+        });
+    }
+    debug!(%addr, "relay port stopped");
+}
+
+/// Closes a connection we will not relay; on SMTP relay ports first says `421` so the
+/// sender retries later instead of treating the close as a protocol error.
+async fn refuse(mut stream: TcpStream, ctx: &PortCtx, why_code: &str, why: &str) {
+    if let Role::Relay {
+        smtp_banner: true,
+        mail_host,
+        ..
+    } = &ctx.role
+    {
+        let line = format!("421 {why_code} {mail_host} {why}, try again later\r\n");
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+            stream.write_all(line.as_bytes()).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+    // Dropping closes with FIN (or RST if the client already sent bytes): no hang.
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
+    let port = ctx.counters.port;
+    if let Role::Relay { home_up, .. } = &ctx.role {
+        if !*home_up.borrow() {
+            ctx.counters.count_unavailable();
+            debug!(port, source = %peer.ip(), "home down, refusing at once");
+            refuse(client, ctx, "4.4.2", "temporarily unavailable").await;
+            return;
+        }
+    }
+    let connect = tokio::select! {
+        r = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(ctx.target)) => r,
+        // Shutting down: do not hold the relay's exit for a slow connect.
+        () = ctx.shutdown.cancelled() => return,
+    };
+    let mut server = match connect {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            unavailable(client, ctx, format!("connect to {}: {e}", ctx.target)).await;
+            return;
+        }
+        Err(_) => {
+            let why = format!(
+                "connect to {}: timed out after {:?}",
+                ctx.target, ctx.connect_timeout
+            );
+            unavailable(client, ctx, why).await;
+            return;
+        }
+    };
+    // Small SMTP/IMAP exchanges are latency-bound; Nagle would delay them.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    if let Role::Relay { proxy, .. } = &ctx.role {
+        let header = match client.local_addr() {
+            Ok(local) => proxy::encode(*proxy, peer, local),
+            Err(e) => {
+                ctx.counters.record_error(format!("local address: {e}"));
+                return;
+            }
+        };
+        if !header.is_empty() {
+            let sent = tokio::time::timeout(REPLY_TIMEOUT, server.write_all(&header)).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                ctx.counters
+                    .record_error(format!("sending PROXY header to {}", ctx.target));
+                return;
+            }
+        }
+    }
+    let c = &ctx.counters;
+    let result = splice::bidirectional(
+        &client,
+        &server,
+        &c.bytes_in,
+        &c.bytes_out,
+        ctx.idle_timeout,
+        &ctx.shutdown,
+    )
+    .await;
+    match result {
+        Ok(End::Closed) => debug!(port, source = %peer.ip(), "connection closed"),
+        Ok(End::Idle) => {
+            info!(port, source = %peer.ip(), idle = ?ctx.idle_timeout, "idle timeout, closing")
+        }
+        Ok(End::Shutdown) => debug!(port, source = %peer.ip(), "closed for shutdown"),
+        Err(e) => {
+            debug!(port, source = %peer.ip(), error = %e, "connection ended with error");
+            // Resets by either side are everyday events; only count unusual errors.
+            if !matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            ) {
+                c.record_error(format!("relaying: {e}"));
+            }
+        }
+    }
+}
+
+/// The target could not be reached: record why and refuse the client.
+async fn unavailable(client: TcpStream, ctx: &PortCtx, why: String) {
+    warn!(port = ctx.counters.port, target = %ctx.target, error = %why, "target unreachable");
+    ctx.counters.count_unavailable();
+    ctx.counters.record_error(why);
+    refuse(client, ctx, "4.4.2", "temporarily unavailable").await;
+}

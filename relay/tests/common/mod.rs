@@ -1,0 +1,56 @@
+//! Helpers shared by the relay integration tests.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A loopback address no other test process uses: nextest runs each test in its own
+/// process, so pid × 64 + a per-process counter is unique; 127.0.0.0/16 is skipped.
+pub fn unique_ip() -> IpAddr {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 64, "too many addresses in one test");
+    let x = (std::process::id() * 64 + n) % ((1 << 24) - (1 << 16));
+    IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + (1 << 16) + x))
+}
+
+/// Connects to `to` from `from` (port chosen by the kernel).
+pub async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = if from.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    s.bind(SocketAddr::new(from, 0))?;
+    s.connect(to).await
+}
+
+/// Waits until `cond` holds, checking whenever `tick` passes, failing after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// True when running as root; when not, CI=true turns the skip into a failure.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root and CI=true"
+    );
+    eprintln!("skipping {test}: needs root");
+    false
+}

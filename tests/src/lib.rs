@@ -1,0 +1,584 @@
+//! The lab: real CERES binaries started in Linux network namespaces (an
+//! `internet` router/client, a `vps`, a `home`), shared by the end-to-end
+//! tests and by the `ceres-lab` demo.
+//!
+//! Names (namespaces, interfaces, files) are unique per process and per lab,
+//! so tests run in parallel; everything is torn down on drop, also when a
+//! test panics. Readiness is waited for on the daemons' sd_notify messages
+//! and on observable conditions with deadlines — never with bare sleeps.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short identifier unique to this process and call: fits interface names.
+pub fn unique_id() -> String {
+    format!(
+        "{:x}x{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether root-only tests can run. Not root: prints why and returns false,
+/// unless `CI=true`, where a skip would hide a failure, so it panics.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root (network namespaces) and CI=true: refusing to skip");
+    }
+    eprintln!("SKIP {test}: needs root for network namespaces (run as root, or see README)");
+    false
+}
+
+/// Path of a workspace binary, next to the test executable's directory.
+///
+/// `cargo nextest run --workspace` does not build other packages' binaries
+/// for this package's tests, so the test command builds them first
+/// (`cargo build --workspace --bins`); `CERES_BIN_DIR` overrides.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CERES_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first with `cargo build --workspace --bins` (same profile)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` until it returns `Ok(true)` or `timeout` passes.
+///
+/// The poll interval is short and the deadline explicit: this waits on a
+/// condition, it does not guess a duration.
+pub fn wait_until<F>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> anyhow::Result<bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match cond() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command, returning its output; fails if it cannot start.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))
+}
+
+/// Runs a command that must succeed.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = run(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip<I, S>(args: I) -> anyhow::Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    sh(Command::new("ip").args(args))
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name (for `ip netns exec`).
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with loopback up.
+    pub fn new(name: String) -> anyhow::Result<Self> {
+        ip(["netns", "add", &name])?;
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        ip(full)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Sets a sysctl inside the namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        sh(self
+            .command("sysctl")
+            .args(["-q", "-w", &format!("{key}={value}")]))?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A daemon started by the lab; stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    /// What it is, for messages.
+    pub label: String,
+    child: Option<Child>,
+    /// Its log (stderr and stdout).
+    pub log: PathBuf,
+    notify: UnixDatagram,
+}
+
+impl Daemon {
+    /// Starts `cmd` with `NOTIFY_SOCKET` pointing at a socket of ours and its
+    /// output in `log`; does not wait for readiness.
+    pub fn spawn(label: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<Self> {
+        let id = unique_id();
+        let sock_path = dir.join(format!("notify-{label}-{id}.sock"));
+        let notify = UnixDatagram::bind(&sock_path).context("binding the notify socket")?;
+        let log = dir.join(format!("{label}-{id}.log"));
+        let file = std::fs::File::create(&log)?;
+        cmd.env("NOTIFY_SOCKET", &sock_path)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {label}: {cmd:?}"))?;
+        Ok(Self {
+            label: label.to_owned(),
+            child: Some(child),
+            log,
+            notify,
+        })
+    }
+
+    /// Waits for `READY=1` (or for the daemon to die, which is an error with its log).
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} not ready after {timeout:?}; log:\n{}",
+                    self.label,
+                    self.log_text()
+                );
+            }
+            // Short receive timeouts so a daemon that dies is noticed promptly.
+            self.notify
+                .set_read_timeout(Some(left.min(Duration::from_millis(200))))?;
+            match self.notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]);
+                    if msg.lines().any(|l| l == "READY=1") {
+                        return Ok(());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "{} exited ({status}) before it was ready; log:\n{}",
+                    self.label,
+                    self.log_text()
+                );
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Non-blocking exit check.
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe { libc::kill(pid as i32, signal) };
+        }
+    }
+
+    /// SIGKILL and reap: the agent dies without any chance to clean up.
+    pub fn kill9(&mut self) -> anyhow::Result<ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        let mut child = self.child.take().context("already stopped")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
+                    self.label,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The documentation addresses of the lab.
+pub mod addr {
+    /// The VPS's public address.
+    pub const VPS: &str = "203.0.113.10";
+    /// The internet router's address on the VPS link.
+    pub const VPS_GW: &str = "203.0.113.1";
+    /// Home's public address.
+    pub const HOME: &str = "198.51.100.10";
+    /// Home's second address, for "the home IP changed".
+    pub const HOME_ALT: &str = "198.51.100.20";
+    /// The internet router's address on the home link.
+    pub const HOME_GW: &str = "198.51.100.1";
+    /// The outside client's address (on the internet namespace).
+    pub const CLIENT: &str = "192.0.2.10";
+}
+
+/// Three namespaces joined like the real thing: `internet` routes between
+/// `vps` (203.0.113.10) and `home` (198.51.100.10), and hosts the outside
+/// client (192.0.2.10).
+#[derive(Debug)]
+pub struct Lab {
+    /// Unique id of this lab.
+    pub id: String,
+    /// Files of this lab (state dirs, configs, logs).
+    pub dir: tempfile::TempDir,
+    /// The VPS's own link name inside `vps`.
+    pub vps_if: String,
+    /// Home's own link name inside `home`.
+    pub home_if: String,
+    // Dropped in reverse: namespaces last.
+    /// The VPS host.
+    pub vps: Netns,
+    /// The home host.
+    pub home: Netns,
+    /// The internet: router and outside client.
+    pub internet: Netns,
+}
+
+impl Lab {
+    /// Builds the three namespaces and their links.
+    pub fn new() -> anyhow::Result<Self> {
+        let id = unique_id();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ceres-lab-{id}-"))
+            .tempdir()?;
+        let internet = Netns::new(format!("ceres-{id}-inet"))?;
+        let vps = Netns::new(format!("ceres-{id}-vps"))?;
+        let home = Netns::new(format!("ceres-{id}-home"))?;
+        let (vps_if, home_if) = (format!("v{id}"), format!("h{id}"));
+        let (vps_peer, home_peer) = (format!("v{id}i"), format!("h{id}i"));
+        for (ns, own, peer) in [(&vps, &vps_if, &vps_peer), (&home, &home_if, &home_peer)] {
+            ip([
+                "link",
+                "add",
+                own,
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer,
+                "netns",
+                &internet.name,
+            ])?;
+        }
+        internet.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::VPS_GW),
+            "dev",
+            &vps_peer,
+        ])?;
+        internet.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::HOME_GW),
+            "dev",
+            &home_peer,
+        ])?;
+        internet.ip(&["addr", "add", &format!("{}/32", addr::CLIENT), "dev", "lo"])?;
+        internet.ip(&["link", "set", &vps_peer, "up"])?;
+        internet.ip(&["link", "set", &home_peer, "up"])?;
+        internet.sysctl("net.ipv4.ip_forward", "1")?;
+        vps.ip(&["addr", "add", &format!("{}/24", addr::VPS), "dev", &vps_if])?;
+        vps.ip(&["link", "set", &vps_if, "up"])?;
+        vps.ip(&["route", "add", "default", "via", addr::VPS_GW])?;
+        home.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::HOME),
+            "dev",
+            &home_if,
+        ])?;
+        home.ip(&["link", "set", &home_if, "up"])?;
+        home.ip(&["route", "add", "default", "via", addr::HOME_GW])?;
+        Ok(Self {
+            id,
+            dir,
+            vps_if,
+            home_if,
+            vps,
+            home,
+            internet,
+        })
+    }
+
+    /// A path inside the lab directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// The CERES pieces of a lab: configs, state dirs, and how to start each.
+#[derive(Debug)]
+pub struct Ceres<'a> {
+    /// The lab it runs in.
+    pub lab: &'a Lab,
+    /// VPS config file.
+    pub vps_config: PathBuf,
+    /// VPS state dir.
+    pub vps_state: PathBuf,
+    /// Home config file.
+    pub home_config: PathBuf,
+    /// Home state dir.
+    pub home_state: PathBuf,
+    /// cerectl credentials dir.
+    pub ctl_dir: PathBuf,
+}
+
+impl<'a> Ceres<'a> {
+    /// `ceres-vps init` for the lab's VPS, with extra `CERES_*` lines for
+    /// its config, and a home config with `home_lines`.
+    pub fn init(lab: &'a Lab, vps_lines: &[&str], home_lines: &[&str]) -> anyhow::Result<Self> {
+        let c = Self {
+            lab,
+            vps_config: lab.path("vps.env"),
+            vps_state: lab.path("vps-state"),
+            home_config: lab.path("home.env"),
+            home_state: lab.path("home-state"),
+            ctl_dir: lab.path("ctl"),
+        };
+        let mut vps_text = String::from("CERES_REPORT_INTERVAL=1s\n");
+        for l in vps_lines {
+            vps_text.push_str(l);
+            vps_text.push('\n');
+        }
+        std::fs::write(&c.vps_config, vps_text)?;
+        let mut home_text = String::from("CERES_RECONNECT_MAX=2s\nCERES_NAME=lab-home\n");
+        for l in home_lines {
+            home_text.push_str(l);
+            home_text.push('\n');
+        }
+        std::fs::write(&c.home_config, home_text)?;
+        sh(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&c.vps_config)
+            .arg("--state-dir")
+            .arg(&c.vps_state)
+            .args(["init", "--public-ip", addr::VPS, "--domain", "example.com"]))?;
+        Ok(c)
+    }
+
+    /// Starts `ceres-vps run` in the VPS namespace and waits until it is ready.
+    pub fn start_vps(&self) -> anyhow::Result<Daemon> {
+        let mut cmd = self.lab.vps.command(bin("ceres-vps"));
+        cmd.arg("--config")
+            .arg(&self.vps_config)
+            .arg("--state-dir")
+            .arg(&self.vps_state)
+            .arg("run");
+        cmd.env("RUST_LOG", "info");
+        let mut d = Daemon::spawn("vps", cmd, self.lab.dir.path())?;
+        d.wait_ready(Duration::from_secs(20))?;
+        Ok(d)
+    }
+
+    /// A fresh one-time token.
+    pub fn token(&self, role: &str) -> anyhow::Result<String> {
+        let out = sh(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&self.vps_config)
+            .arg("--state-dir")
+            .arg(&self.vps_state)
+            .args(["token", "create", "--role", role]))?;
+        Ok(out.trim().to_owned())
+    }
+
+    /// `ceres-home join` from the home namespace.
+    pub fn join_home(&self) -> anyhow::Result<()> {
+        let token = self.token("home")?;
+        sh(self
+            .lab
+            .home
+            .command(bin("ceres-home"))
+            .arg("--config")
+            .arg(&self.home_config)
+            .arg("--state-dir")
+            .arg(&self.home_state)
+            .args(["join", &token]))?;
+        Ok(())
+    }
+
+    /// Starts `ceres-home run` in the home namespace and waits until it is ready.
+    pub fn start_home(&self) -> anyhow::Result<Daemon> {
+        let mut cmd = self.lab.home.command(bin("ceres-home"));
+        cmd.arg("--config")
+            .arg(&self.home_config)
+            .arg("--state-dir")
+            .arg(&self.home_state)
+            .arg("run");
+        cmd.env("RUST_LOG", "info");
+        let mut d = Daemon::spawn("home", cmd, self.lab.dir.path())?;
+        d.wait_ready(Duration::from_secs(20))?;
+        Ok(d)
+    }
+
+    /// `cerectl enroll` from the internet namespace (the admin is "anywhere").
+    pub fn enroll_ctl(&self) -> anyhow::Result<()> {
+        let token = self.token("admin")?;
+        sh(self
+            .lab
+            .internet
+            .command(bin("cerectl"))
+            .arg("--dir")
+            .arg(&self.ctl_dir)
+            .args(["enroll", &token]))?;
+        Ok(())
+    }
+
+    /// `cerectl ARGS` from the internet namespace: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+        let out = run(self
+            .lab
+            .internet
+            .command(bin("cerectl"))
+            .arg("--dir")
+            .arg(&self.ctl_dir)
+            .args(args))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `cerectl status --json`: (exit code, parsed JSON).
+    pub fn status_json(&self) -> anyhow::Result<(i32, serde_json::Value)> {
+        let (code, stdout, stderr) = self.ctl(&["status", "--json"])?;
+        let json = serde_json::from_str(&stdout)
+            .with_context(|| format!("cerectl status --json exited {code}: {stderr}"))?;
+        Ok((code, json))
+    }
+
+    /// Waits until `cerectl status --json` says home is (or is not) connected.
+    pub fn wait_home_connected(
+        &self,
+        connected: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut last = serde_json::Value::Null;
+        wait_until(&format!("home connected={connected}"), timeout, || {
+            let (_, json) = self.status_json()?;
+            let ok = json["home"]["connected"] == connected;
+            last = json;
+            Ok(ok)
+        })?;
+        Ok(last)
+    }
+}

@@ -1,0 +1,102 @@
+//! Issue 2, end to end: the real binaries in three network namespaces.
+//! init, tokens, join, both agents running, cerectl enrolled from the
+//! internet side; home killed -> disconnected and exit 1; home restarted ->
+//! connected again; SIGTERM drains both agents.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use ceres_tests::{Ceres, Lab, addr, require_root};
+
+#[test]
+fn agents_join_report_and_survive_a_killed_home() {
+    if !require_root("agents_join_report_and_survive_a_killed_home") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    let mut vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let mut home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+
+    let json = ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    let (code, json2) = ceres.status_json().unwrap();
+    assert_eq!(code, 0, "status exit code with home connected: {json2}");
+    assert_eq!(json["schema"], 1);
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["vps"]["domain"], "example.com");
+    assert_eq!(json["vps"]["mail_host"], "mail.example.com");
+    assert_eq!(json["vps"]["public_ips"][0], addr::VPS);
+    assert_eq!(json["home"]["hostname"], "lab-home");
+    assert_eq!(json["home"]["version"], env!("CARGO_PKG_VERSION"));
+    // The VPS sees home's public address: the session really crossed the router.
+    let remote = json["home"]["remote_address"].as_str().unwrap();
+    assert!(
+        remote.starts_with(&format!("{}:", addr::HOME)),
+        "remote {remote}"
+    );
+    assert!(json["home"]["since"].is_string() && json["home"]["last_report"].is_string());
+
+    // Plain-text status, piped: no escape codes, says connected.
+    let (code, text, _) = ceres.ctl(&["status"]).unwrap();
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("connected since") && !text.contains('\x1b'),
+        "{text}"
+    );
+
+    // kill -9 the home agent: the VPS notices, status says so and exits 1.
+    home.kill9().unwrap();
+    let json = ceres
+        .wait_home_connected(false, Duration::from_secs(20))
+        .unwrap();
+    let (code, _) = ceres.status_json().unwrap();
+    assert_eq!(code, 1, "status must fail while home is away: {json}");
+    assert_eq!(json["ok"], false);
+    assert!(
+        json["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("not connected")
+    );
+    let (code, text, _) = ceres.ctl(&["status"]).unwrap();
+    assert_eq!(code, 1);
+    assert!(text.contains("NOT CONNECTED"), "{text}");
+
+    // Restart it: connected again, with a new session.
+    let mut home = ceres.start_home().unwrap();
+    let json = ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    assert_eq!(json["ok"], true);
+
+    // Restart the VPS: home reconnects by itself (capped backoff, 2 s max here).
+    vps.terminate(Duration::from_secs(10)).unwrap();
+    let mut vps = ceres.start_vps().unwrap();
+    ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    let log = home.log_text();
+    assert!(
+        log.contains("no session with the VPS"),
+        "home should have logged the outage:\n{log}"
+    );
+
+    // Graceful shutdown on SIGTERM, both ends.
+    let status = home.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "ceres-home exit on SIGTERM: {status}\n{}",
+        home.log_text()
+    );
+    let status = vps.terminate(Duration::from_secs(10)).unwrap();
+    assert!(
+        status.success(),
+        "ceres-vps exit on SIGTERM: {status}\n{}",
+        vps.log_text()
+    );
+}

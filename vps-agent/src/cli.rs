@@ -1,0 +1,307 @@
+//! Command line of `ceres-vps`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ceres_config::{ConfigError, DEFAULT_STATE_DIR, HumanDuration, Layers};
+use ceres_pki::Role;
+use ceres_state::StateDir;
+use clap::{Args, Parser, Subcommand};
+
+use crate::settings::{VpsFlags, VpsSettings};
+use crate::state::VpsState;
+use crate::tokens::TokenStore;
+
+/// The CERES agent on the VPS.
+///
+/// Makes this VPS the public face of a mail server at home: it holds the
+/// CA that the home agent and cerectl enrol with, keeps the WireGuard tunnel
+/// to home, relays the mail ports to it and sends home's outbound mail from
+/// this address.
+///
+/// Every setting is a flag and a key in the config file: --public-ip is
+/// CERES_PUBLIC_IP, and so on. Flags win over the environment, which wins
+/// over the file.
+#[derive(Debug, Parser)]
+#[command(name = "ceres-vps", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Config file (KEY=value lines, also usable as systemd EnvironmentFile=).
+    #[arg(long, global = true, value_name = "FILE", default_value = ceres_config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// State directory: CA, keys, certificates, tokens (0700). [CERES_STATE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+First steps on a new VPS:
+  ceres-vps init --public-ip 203.0.113.10 --domain example.com
+  ceres-vps run                                   # or: systemctl enable --now ceres-vps
+  ceres-vps token create --role home              # then at home: ceres-home join TOKEN
+  ceres-vps token create --role admin             # then anywhere: cerectl enroll TOKEN
+
+Exit codes: 0 ok, 1 failure, 2 usage error, 78 configuration error.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the CA, the server certificate and the config file.
+    Init(InitArgs),
+    /// Manage one-time join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Run the agent (until SIGINT or SIGTERM).
+    Run(RunArgs),
+}
+
+/// `init` arguments.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    flags: VpsFlags,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    flags: VpsFlags,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new one-time join token (alone on stdout).
+    Create {
+        /// home: for `ceres-home join`; admin: for `cerectl enroll`.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        ttl: HumanDuration,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// Result of a command. A [`ConfigError`] anywhere in the chain means exit 78.
+type Outcome = anyhow::Result<()>;
+
+/// Every key `ceres-vps` accepts in the config file or environment.
+pub fn known_keys() -> Vec<String> {
+    let mut keys = ceres_config::keys_of(&RunArgs::augment_args(clap::Command::new("run")), &[]);
+    keys.push("CERES_STATE_DIR".into());
+    keys
+}
+
+fn state_dir(cli: &Cli, layers: &Layers) -> Result<PathBuf, ConfigError> {
+    layers.get_or(
+        "CERES_STATE_DIR",
+        cli.state_dir.as_deref(),
+        DEFAULT_STATE_DIR,
+    )
+}
+
+fn load(
+    cli: &Cli,
+    flags: &VpsFlags,
+    may_be_missing: bool,
+) -> Result<(Layers, VpsSettings), ConfigError> {
+    // The default file may be absent (every key can come from flags), and
+    // `init` is what creates the file.
+    let missing_ok = may_be_missing || cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = Layers::load_path(&cli.config, missing_ok)?;
+    layers.check_keys(&known_keys())?;
+    let settings = flags.resolve(&layers)?;
+    Ok((layers, settings))
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ceres_daemon::init_logging("info");
+    ceres_pki::tls::install_crypto_provider();
+    ceres_daemon::exit_code("ceres-vps", dispatch(&cli))
+}
+
+fn dispatch(cli: &Cli) -> Outcome {
+    match &cli.command {
+        Command::Init(args) => init(cli, &args.flags),
+        Command::Token(TokenCommand::Create { role, ttl }) => token_create(cli, *role, ttl.0),
+        Command::Run(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(run(cli, &args.flags))
+        }
+    }
+}
+
+fn init(cli: &Cli, flags: &VpsFlags) -> Outcome {
+    let (layers, settings) = load(cli, flags, true)?;
+    let dir = StateDir::open(state_dir(cli, &layers)?)?;
+    let (state, server) = VpsState::init(dir, &settings)?;
+    write_config_if_missing(&cli.config, flags)?;
+    let fp = state.ca.fingerprint();
+    println!("CERES VPS initialised in {}", state.dir.path().display());
+    println!("  domain          {}", settings.domain);
+    println!("  mail host       {}", settings.mail_host);
+    println!(
+        "  public address  {}",
+        settings
+            .public_ips
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  control plane   {} (open this TCP port in the VPS firewall)",
+        settings.control_address
+    );
+    println!("  CA              {fp}");
+    println!(
+        "  server cert     valid until {}",
+        ceres_pki::rfc3339(ceres_pki::unix_secs(server.info.not_after))
+    );
+    println!(
+        "Next: `ceres-vps run`, then `ceres-vps token create --role home` for the home server"
+    );
+    println!("      and `ceres-vps token create --role admin` for cerectl.");
+    Ok(())
+}
+
+/// Writes the keys given on the `init` command line into the config file, so
+/// `run` needs no flags: a new file is created; an existing one gets the
+/// missing keys appended, and a key it already sets must agree.
+fn write_config_if_missing(path: &Path, flags: &VpsFlags) -> Outcome {
+    let given = [
+        ("CERES_PUBLIC_IP", &flags.public_ip),
+        ("CERES_DOMAIN", &flags.domain),
+        ("CERES_MAIL_HOST", &flags.mail_host),
+        ("CERES_CONTROL_LISTEN", &flags.control_listen),
+        ("CERES_CONTROL_ADDRESS", &flags.control_address),
+        ("CERES_CLIENT_CERT_TTL", &flags.client_cert_ttl),
+        ("CERES_REPORT_INTERVAL", &flags.report_interval),
+    ];
+    let (mut text, existing) = if path.exists() {
+        (
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+            Some(Layers::load(Some(path))?),
+        )
+    } else {
+        (
+            String::from(
+                "# CERES VPS agent configuration, written by `ceres-vps init`.\n\
+                 # Every key is also a flag (CERES_PUBLIC_IP = --public-ip); see `ceres-vps run --help`.\n",
+            ),
+            None,
+        )
+    };
+    let mut added = false;
+    for (key, value) in given {
+        let Some(v) = value else { continue };
+        match existing
+            .as_ref()
+            .and_then(|l| l.file().and_then(|_| l.raw(key, None)))
+        {
+            Some((file_v, _)) if file_v == *v => {}
+            Some((file_v, origin)) => anyhow::bail!(
+                "{key} is {file_v:?} in {origin} but {v:?} was given; the state was created \
+                 with the given value — edit the config file to match"
+            ),
+            None => {
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str(&format!("{key}={v}\n"));
+                added = true;
+            }
+        }
+    }
+    if !added {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    ceres_state::write_atomic(path, text.as_bytes(), 0o644)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+fn token_create(cli: &Cli, role: Role, ttl: std::time::Duration) -> Outcome {
+    let (layers, settings) = load(cli, &VpsFlags::default(), false)?;
+    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    let store = TokenStore::open(state.tokens_dir()?)?;
+    let token = store.create(
+        role,
+        ttl,
+        state.ca.fingerprint(),
+        settings.control_address.clone(),
+    )?;
+    let next = match role {
+        Role::Home => "on the home server: ceres-home join TOKEN",
+        Role::Admin => "where you run cerectl: cerectl enroll TOKEN",
+    };
+    eprintln!(
+        "one-time {role} token for {}, valid for {}; use it {next}",
+        settings.control_address,
+        humantime_short(ttl)
+    );
+    println!("{}", token.encode());
+    Ok(())
+}
+
+fn humantime_short(d: std::time::Duration) -> String {
+    ceres_config::HumanDuration(d).to_string()
+}
+
+async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
+    let (layers, settings) = load(cli, flags, false)?;
+    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    let cancel = ceres_daemon::shutdown_on_signals()?;
+    let listener = tokio::net::TcpListener::bind(settings.control_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (CERES_CONTROL_LISTEN)",
+                settings.control_listen
+            )
+        })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(control = %bound, domain = %settings.domain, version = crate::service::VERSION, "ceres-vps running");
+    ceres_daemon::notify(&format!("READY=1\nSTATUS=control plane on {bound}"));
+    crate::run(settings, state, listener, cancel).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn keys_cover_every_run_flag() {
+        let keys = known_keys();
+        for k in [
+            "CERES_PUBLIC_IP",
+            "CERES_DOMAIN",
+            "CERES_MAIL_HOST",
+            "CERES_CONTROL_LISTEN",
+            "CERES_STATE_DIR",
+        ] {
+            assert!(keys.contains(&k.to_owned()), "{k} missing from {keys:?}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! What the VPS knows about the home agent: whether its session is up, since
+//! when, and what it last reported.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use ceres_pki::unix_secs;
+use ceres_proto::{Hello, HomeStatus, Report};
+use tokio_util::sync::CancellationToken;
+
+/// The session registry. At most one home session is live: a new one (the
+/// agent restarted, or reconnected before the old TCP connection died)
+/// replaces the old, whose stream is then closed.
+#[derive(Debug, Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    current: Option<Session>,
+    /// The last session that ended, kept so status can say what home last said.
+    previous: Option<Session>,
+    ended_unix: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: u64,
+    since_unix: i64,
+    hello: Hello,
+    remote: SocketAddr,
+    protocol_version: u32,
+    last_report_unix: i64,
+    last_report: Option<Report>,
+    certificate_not_after_unix: i64,
+    cancel: CancellationToken,
+}
+
+/// Handle of a registered session.
+#[derive(Debug)]
+pub struct SessionTicket {
+    /// Identifies the session in later calls.
+    pub id: u64,
+    /// Cancelled when a newer session replaces this one, or on shutdown.
+    pub cancel: CancellationToken,
+}
+
+impl Hub {
+    /// Registers a new home session, replacing any current one.
+    pub fn connect(
+        &self,
+        hello: Hello,
+        remote: SocketAddr,
+        protocol_version: u32,
+        certificate_not_after_unix: i64,
+        parent: &CancellationToken,
+    ) -> SessionTicket {
+        let now = unix_secs(SystemTime::now());
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.next_id += 1;
+        let id = inner.next_id;
+        if let Some(old) = inner.current.take() {
+            tracing::info!(old_remote = %old.remote, new_remote = %remote, "home session replaced by a newer one");
+            old.cancel.cancel();
+        }
+        let cancel = parent.child_token();
+        inner.current = Some(Session {
+            id,
+            since_unix: now,
+            hello,
+            remote,
+            protocol_version,
+            last_report_unix: now,
+            last_report: None,
+            certificate_not_after_unix,
+            cancel: cancel.clone(),
+        });
+        SessionTicket { id, cancel }
+    }
+
+    /// Records a report from session `id`.
+    pub fn report(&self, id: u64, report: Report) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = inner.current.as_mut().filter(|s| s.id == id) {
+            s.last_report_unix = unix_secs(SystemTime::now());
+            s.last_report = Some(report);
+        }
+    }
+
+    /// Marks session `id` gone (if it is still the current one).
+    pub fn disconnect(&self, id: u64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.current.as_ref().is_some_and(|s| s.id == id) {
+            inner.previous = inner.current.take();
+            inner.ended_unix = unix_secs(SystemTime::now());
+        }
+    }
+
+    /// Whether a home session is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .is_some()
+    }
+
+    /// Status for `cerectl status`.
+    pub fn status(&self) -> HomeStatus {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (connected, session, since) = match (&inner.current, &inner.previous) {
+            (Some(s), _) => (true, Some(s), s.since_unix),
+            (None, Some(p)) => (false, Some(p), inner.ended_unix),
+            (None, None) => (false, None, 0),
+        };
+        let mut status = HomeStatus {
+            connected,
+            since_unix: since,
+            ..Default::default()
+        };
+        if let Some(s) = session {
+            status.last_report_unix = s.last_report_unix;
+            status.agent_version = s.hello.agent_version.clone();
+            status.hostname = s.hello.hostname.clone();
+            status.protocol_version = s.protocol_version;
+            status.remote_address = s.remote.to_string();
+            status.last_report = s.last_report;
+            status.certificate_not_after_unix = s.certificate_not_after_unix;
+        }
+        status
+    }
+}

@@ -1,0 +1,12 @@
+//! The CERES agent on the VPS: the CA and the mutual-TLS control plane that
+//! enrols the home agent and admins, and the hub that knows whether home is
+//! connected and what it last reported.
+
+pub mod cli;
+pub mod hub;
+pub mod service;
+pub mod settings;
+pub mod state;
+pub mod tokens;
+
+pub use service::run;

@@ -1,0 +1,353 @@
+//! The control-plane services and the agent's main loop.
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use ceres_control::server::SharedServerConfig;
+use ceres_control::{TlsIncoming, caller, require_role};
+use ceres_pki::{Role, Secret, unix_secs};
+use ceres_proto::admin_server::{Admin, AdminServer};
+use ceres_proto::agent_server::{Agent, AgentServer};
+use ceres_proto::enrollment_server::{Enrollment, EnrollmentServer};
+use ceres_proto::{
+    EnrollRequest, EnrollResponse, HomeMessage, RenewRequest, RenewResponse, StatusRequest,
+    StatusResponse, VpsMessage, VpsStatus, Welcome, home_message, vps_message,
+};
+use futures::Stream;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::hub::Hub;
+use crate::settings::VpsSettings;
+use crate::state::{ServerCert, VpsState};
+use crate::tokens::{RedeemError, TokenStore};
+
+/// The version string of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A home agent that sends nothing (not even its Hello) for this long is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections may take to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Missed reports before the VPS gives up on a session.
+const MISSED_REPORTS: u32 = 3;
+
+/// Shared by all services.
+#[derive(Debug)]
+struct Ctx {
+    settings: VpsSettings,
+    state: VpsState,
+    tokens: TokenStore,
+    hub: Hub,
+    started: SystemTime,
+    server_cert: RwLock<ServerCert>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+// The one place where domain errors become gRPC statuses.
+impl From<RedeemError> for Status {
+    fn from(e: RedeemError) -> Self {
+        match e {
+            RedeemError::Store(_) => Status::internal(e.to_string()),
+            _ => Status::permission_denied(e.to_string()),
+        }
+    }
+}
+
+fn pki_status(e: ceres_pki::PkiError) -> Status {
+    match e {
+        ceres_pki::PkiError::Parse { .. } => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn check_version(v: u32) -> Result<(), Status> {
+    ceres_proto::negotiate(v, v)
+        .map(|_| ())
+        .map_err(Status::failed_precondition)
+}
+
+#[derive(Debug, Clone)]
+struct Svc(Arc<Ctx>);
+
+#[tonic::async_trait]
+impl Enrollment for Svc {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let remote = caller(&req)?.remote;
+        let body = req.into_inner();
+        let (role, certificate_pem) = match self.enroll_inner(&body) {
+            Ok(ok) => ok,
+            Err(status) => {
+                tracing::warn!(%remote, reason = status.message(), "enrolment refused");
+                return Err(status);
+            }
+        };
+        let serial = ceres_pki::CertificateInfo::from_pem(&certificate_pem)
+            .map(|i| i.serial)
+            .unwrap_or_default();
+        tracing::info!(%remote, role = %role, name = %body.name, serial, "enrolled a new host");
+        let ctx = &self.0;
+        Ok(Response::new(EnrollResponse {
+            protocol_version: ceres_proto::PROTOCOL_VERSION,
+            role: match role {
+                Role::Home => ceres_proto::Role::Home,
+                Role::Admin => ceres_proto::Role::Admin,
+            } as i32,
+            certificate_pem,
+            ca_certificate_pem: ctx.state.ca.cert_pem().to_owned(),
+            control_address: ctx.settings.control_address.clone(),
+            vps_agent_version: VERSION.to_owned(),
+        }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let who = caller(&req)?.clone();
+        let Some(cert) = who.certificate else {
+            return Err(Status::unauthenticated(
+                "renewal needs the current certificate: present it, or enrol again with a new token",
+            ));
+        };
+        let role = cert
+            .role
+            .ok_or_else(|| Status::permission_denied("the certificate carries no CERES role"))?;
+        let body = req.into_inner();
+        check_version(body.protocol_version)?;
+        let certificate_pem = self.sign(&body.csr_pem, role, &cert.name)?;
+        tracing::info!(remote = %who.remote, role = %role, name = %cert.name, "renewed a client certificate");
+        Ok(Response::new(RenewResponse {
+            certificate_pem,
+            ca_certificate_pem: self.0.state.ca.cert_pem().to_owned(),
+        }))
+    }
+}
+
+impl Svc {
+    fn enroll_inner(&self, body: &EnrollRequest) -> Result<(Role, String), Status> {
+        check_version(body.protocol_version)?;
+        let secret: [u8; 32] = body
+            .token_secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("malformed join token secret"))?;
+        // Validate before redeeming: a broken request must not burn the token.
+        ceres_pki::validate_csr(&body.csr_pem).map_err(pki_status)?;
+        let role = self.0.tokens.redeem(&Secret(secret))?;
+        Ok((role, self.sign(&body.csr_pem, role, &body.name)?))
+    }
+
+    fn sign(&self, csr_pem: &str, role: Role, name: &str) -> Result<String, Status> {
+        self.0
+            .state
+            .ca
+            .sign_client(csr_pem, role, name, self.0.settings.client_cert_ttl)
+            .map_err(pki_status)
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<VpsMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for Svc {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<HomeMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let cert = require_role(&req, Role::Home)?;
+        let remote = caller(&req)?.remote;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s"))??;
+        let Some(HomeMessage {
+            kind: Some(home_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument("a session must start with Hello"));
+        };
+        let version = ceres_proto::negotiate(hello.min_protocol_version, hello.protocol_version)
+            .map_err(|m| {
+                tracing::warn!(%remote, agent_version = %hello.agent_version, "home agent refused: {m}");
+                Status::failed_precondition(format!("ceres-vps {VERSION}: {m}"))
+            })?;
+        let ctx = self.0.clone();
+        let interval = ctx.settings.report_interval;
+        let ticket = ctx.hub.connect(
+            hello.clone(),
+            remote,
+            version,
+            unix_secs(cert.not_after),
+            &ctx.cancel,
+        );
+        tracing::info!(%remote, hostname = %hello.hostname, agent_version = %hello.agent_version, protocol = version, "home agent connected");
+        let (tx, rx) = mpsc::channel(16);
+        let welcome = VpsMessage {
+            kind: Some(vps_message::Kind::Welcome(Welcome {
+                protocol_version: version,
+                vps_agent_version: VERSION.to_owned(),
+                report_interval_secs: interval.as_secs().max(1) as u32,
+            })),
+        };
+        let _ = tx.send(Ok(welcome)).await;
+        ctx.tracker.clone().spawn(async move {
+            let stale_after = interval * MISSED_REPORTS + Duration::from_secs(2);
+            let reason = loop {
+                tokio::select! {
+                    _ = ticket.cancel.cancelled() => break "replaced or shutting down",
+                    _ = tokio::time::sleep(stale_after) => break "no report in time",
+                    msg = inbound.message() => match msg {
+                        Ok(Some(HomeMessage { kind: Some(home_message::Kind::Report(r)) })) => ctx.hub.report(ticket.id, r),
+                        Ok(Some(_)) => {}
+                        Ok(None) => break "home closed the session",
+                        Err(_) => break "connection lost",
+                    },
+                }
+            };
+            ctx.hub.disconnect(ticket.id);
+            tracing::info!(%remote, reason, "home agent session ended");
+            drop(tx);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Svc {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        require_role(&req, Role::Admin)?;
+        let ctx = &self.0;
+        let now = SystemTime::now();
+        let server_not_after = ctx
+            .server_cert
+            .read()
+            .map(|c| unix_secs(c.info.not_after))
+            .unwrap_or(0);
+        Ok(Response::new(StatusResponse {
+            vps: Some(VpsStatus {
+                agent_version: VERSION.to_owned(),
+                protocol_version: ceres_proto::PROTOCOL_VERSION,
+                started_at_unix: unix_secs(ctx.started),
+                uptime_secs: now
+                    .duration_since(ctx.started)
+                    .unwrap_or_default()
+                    .as_secs(),
+                public_ips: ctx
+                    .settings
+                    .public_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
+                domain: ctx.settings.domain.clone(),
+                mail_host: ctx.settings.mail_host.clone(),
+                control_address: ctx.settings.control_address.clone(),
+                server_certificate_not_after_unix: server_not_after,
+                now_unix: unix_secs(now),
+            }),
+            home: Some(ctx.hub.status()),
+        }))
+    }
+}
+
+fn tls_config(state: &VpsState, cert: &ServerCert) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(Arc::new(ceres_pki::tls::server_config(
+        state.ca.cert_der(),
+        &cert.cert_pem,
+        cert.key_pem(),
+    )?))
+}
+
+/// Runs the VPS agent on `listener` until `cancel`.
+///
+/// Returns once every task it started has finished.
+pub async fn run(
+    settings: VpsSettings,
+    state: VpsState,
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let tokens = TokenStore::open(state.tokens_dir()?)?;
+    tokens.collect_garbage();
+    let server_cert = state.server_cert(&settings)?;
+    let shared: SharedServerConfig = Arc::new(RwLock::new(tls_config(&state, &server_cert)?));
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(Ctx {
+        settings,
+        state,
+        tokens,
+        hub: Hub::default(),
+        started: SystemTime::now(),
+        server_cert: RwLock::new(server_cert),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+    });
+    let incoming = TlsIncoming::spawn(listener, shared.clone(), cancel.clone(), &tracker);
+    tracker.spawn(renew_server_cert(ctx.clone(), shared));
+    let svc = Svc(ctx.clone());
+    let serve = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(EnrollmentServer::new(svc.clone()))
+        .add_service(AgentServer::new(svc.clone()))
+        .add_service(AdminServer::new(svc))
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
+    // Draining is bounded: a client that keeps its connection open after
+    // GOAWAY must not hold the agent (and systemd's stop job) hostage.
+    let drain_deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        _ = drain_deadline => {
+            tracing::warn!(timeout_s = DRAIN_TIMEOUT.as_secs(), "connections still open after the drain timeout: closing them");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
+    result.map_err(Into::into)
+}
+
+/// Re-checks the server certificate twice a day and swaps in a renewed one
+/// for new connections.
+async fn renew_server_cert(ctx: Arc<Ctx>, shared: SharedServerConfig) {
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(12 * 3600)) => {}
+        }
+        let current = ctx.server_cert.read().map(|c| c.info.fingerprint).ok();
+        match ctx.state.server_cert(&ctx.settings) {
+            Ok(cert) if Some(cert.info.fingerprint) != current => {
+                match tls_config(&ctx.state, &cert) {
+                    Ok(cfg) => {
+                        if let Ok(mut w) = shared.write() {
+                            *w = cfg;
+                        }
+                        if let Ok(mut w) = ctx.server_cert.write() {
+                            *w = cert;
+                        }
+                        tracing::info!("server certificate renewed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "renewed server certificate unusable"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "server certificate renewal failed; will retry"),
+        }
+    }
+}
