@@ -401,6 +401,21 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// `on`/`off` (also yes/no, true/false, 1/0).
+#[derive(Debug, Clone, Copy)]
+pub struct Switch(pub bool);
+
+impl std::str::FromStr for Switch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "yes" | "true" | "1" => Ok(Switch(true)),
+            "off" | "no" | "false" | "0" => Ok(Switch(false)),
+            _ => Err("expected on or off".into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,9 @@
 
 pub mod client;
 pub mod creds;
+pub mod report;
 pub mod server;
+pub mod wgkey;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};

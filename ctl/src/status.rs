@@ -5,7 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use ceres_proto::StatusResponse;
+use base64::Engine;
+use ceres_proto::{StatusResponse, TunnelReport};
 use serde::Serialize;
 
 /// Version of the JSON layout.
@@ -24,6 +25,93 @@ pub struct Status {
     pub vps: VpsPart,
     /// The home agent as the VPS sees it.
     pub home: HomePart,
+    /// The WireGuard tunnel, both ends.
+    pub tunnel: TunnelPart,
+}
+
+/// WireGuard sessions older than this are dead (WireGuard's Reject-After-Time).
+pub const HANDSHAKE_STALE_SECS: u64 = 180;
+
+/// The tunnel.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelPart {
+    /// A handshake completed within the last 180 s on the VPS end.
+    pub up: bool,
+    /// The VPS end.
+    pub vps: TunnelEnd,
+    /// Home's end, from its last report (null before home ever reported).
+    pub home: Option<TunnelEnd>,
+}
+
+/// One end of the tunnel. Public keys only.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelEnd {
+    /// The engine is running.
+    pub running: bool,
+    /// Interface name.
+    pub ifname: String,
+    /// Tunnel address with prefix.
+    pub address: Option<String>,
+    /// This end's WireGuard public key (base64, as `wg` shows it).
+    pub public_key: Option<String>,
+    /// The peer's public key.
+    pub peer_public_key: Option<String>,
+    /// Where this end sends (for the VPS: home's public address and port).
+    pub endpoint: Option<String>,
+    /// Local UDP port.
+    pub listen_port: Option<u32>,
+    /// Last completed handshake, RFC 3339.
+    pub last_handshake: Option<String>,
+    /// Seconds since it.
+    pub last_handshake_age_secs: Option<u64>,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Datagrams dropped (garbage, replays, unknown keys, ...).
+    pub dropped: u64,
+    /// Why it is not running.
+    pub error: Option<String>,
+}
+
+fn key_b64(k: &[u8]) -> Option<String> {
+    (k.len() == 32).then(|| base64::engine::general_purpose::STANDARD.encode(k))
+}
+
+impl TunnelEnd {
+    fn from_report(r: &TunnelReport, now: i64) -> Self {
+        let hs = r.last_handshake_unix > 0;
+        TunnelEnd {
+            running: r.running,
+            ifname: r.ifname.clone(),
+            address: non_empty(&r.address),
+            public_key: key_b64(&r.public_key),
+            peer_public_key: key_b64(&r.peer_public_key),
+            endpoint: non_empty(&r.endpoint),
+            listen_port: (r.listen_port > 0).then_some(r.listen_port),
+            last_handshake: if hs {
+                rfc3339(r.last_handshake_unix)
+            } else {
+                None
+            },
+            last_handshake_age_secs: hs.then(|| (now - r.last_handshake_unix).max(0) as u64),
+            rx_bytes: r.rx_bytes,
+            tx_bytes: r.tx_bytes,
+            rx_packets: r.rx_packets,
+            tx_packets: r.tx_packets,
+            dropped: r.dropped,
+            error: non_empty(&r.error),
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        self.last_handshake_age_secs
+            .is_some_and(|a| a < HANDSHAKE_STALE_SECS)
+    }
 }
 
 /// The VPS agent.
@@ -107,7 +195,35 @@ impl Status {
                 "the home agent has never connected: create a token with `ceres-vps token create --role home` and run `ceres-home join TOKEN` at home".to_owned()
             });
         }
-        let report = home.last_report;
+        let report = home.last_report.clone();
+        let vps_end = TunnelEnd::from_report(&resp.vps_tunnel.unwrap_or_default(), now);
+        let home_end = report
+            .as_ref()
+            .and_then(|r| r.tunnel.as_ref())
+            .map(|t| TunnelEnd::from_report(t, now));
+        let tunnel_disabled = !vps_end.running
+            && vps_end
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("CERES_TUNNEL=off"));
+        let tunnel_up = vps_end.running && vps_end.fresh();
+        if !tunnel_disabled {
+            if !vps_end.running {
+                problems.push(format!(
+                    "the tunnel is not running on the VPS: {}",
+                    vps_end.error.as_deref().unwrap_or("unknown reason")
+                ));
+            } else if home.connected && !tunnel_up {
+                let home_err = home_end.as_ref().and_then(|h| h.error.clone());
+                problems.push(match home_err {
+                    Some(e) => format!("the tunnel is down: home cannot run it: {e}"),
+                    None => format!(
+                        "the tunnel is down (no WireGuard handshake in {HANDSHAKE_STALE_SECS} s): check that UDP {} is open on the VPS and not blocked at home",
+                        vps_end.listen_port.unwrap_or(51820)
+                    ),
+                });
+            }
+        }
         let home_part = HomePart {
             connected: home.connected,
             since: rfc3339(home.since_unix),
@@ -141,6 +257,11 @@ impl Status {
                 server_certificate_not_after: rfc3339(vps.server_certificate_not_after_unix),
             },
             home: home_part,
+            tunnel: TunnelPart {
+                up: tunnel_up,
+                vps: vps_end,
+                home: home_end,
+            },
         }
     }
 
@@ -210,6 +331,55 @@ impl Status {
             }
             out.push('\n');
         }
+        let t = &self.tunnel;
+        let tline = if t.up {
+            format!(
+                "{} tunnel      up · last handshake {} ago · home endpoint {} · rx {} tx {}",
+                mark(true),
+                t.vps
+                    .last_handshake_age_secs
+                    .map(|s| human(Duration::from_secs(s)))
+                    .unwrap_or_else(|| "?".into()),
+                t.vps.endpoint.as_deref().unwrap_or("?"),
+                bytes(t.vps.rx_bytes),
+                bytes(t.vps.tx_bytes),
+            )
+        } else if !t.vps.running {
+            format!(
+                "{} tunnel      {}",
+                mark(false),
+                paint(false, t.vps.error.as_deref().unwrap_or("not running"))
+            )
+        } else {
+            format!(
+                "{} tunnel      {}",
+                mark(false),
+                paint(false, "DOWN (no recent handshake)")
+            )
+        };
+        out.push_str(&tline);
+        out.push('\n');
+        if t.vps.running {
+            out.push_str(&format!(
+                "              {} {} · key {} · dropped {}\n",
+                t.vps.ifname,
+                t.vps.address.as_deref().unwrap_or("?"),
+                short_key(t.vps.public_key.as_deref()),
+                t.vps.dropped
+            ));
+            if let Some(h) = &t.home {
+                out.push_str(&format!(
+                    "              home {} {} · key {}{}\n",
+                    h.ifname,
+                    h.address.as_deref().unwrap_or("?"),
+                    short_key(h.public_key.as_deref()),
+                    h.error
+                        .as_deref()
+                        .map(|e| format!(" · {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
         if !self.problems.is_empty() {
             out.push('\n');
             for p in &self.problems {
@@ -217,6 +387,27 @@ impl Status {
             }
         }
         out
+    }
+}
+
+fn short_key(k: Option<&str>) -> String {
+    k.map(|k| format!("{}…", &k[..k.len().min(10)]))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// `1.5 MiB`, `320 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
     }
 }
 
@@ -245,6 +436,10 @@ mod tests {
             vps: Some(VpsStatus {
                 domain: "example.com".into(),
                 now_unix: 1_800_000_000,
+                ..Default::default()
+            }),
+            vps_tunnel: Some(TunnelReport {
+                error: "disabled (CERES_TUNNEL=off)".into(),
                 ..Default::default()
             }),
             home: Some(HomeStatus {
@@ -282,6 +477,36 @@ mod tests {
     }
 
     #[test]
+    fn stale_tunnel_with_home_connected_is_a_problem() {
+        let mut r = resp(true, 5);
+        r.vps_tunnel = Some(TunnelReport {
+            running: true,
+            ifname: "ceres0".into(),
+            last_handshake_unix: 1_800_000_000 - 600,
+            listen_port: 51820,
+            ..Default::default()
+        });
+        let s = Status::from_response(r);
+        assert!(!s.ok && !s.tunnel.up);
+        assert!(s.problems[0].contains("UDP 51820"), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn fresh_handshake_means_up() {
+        let mut r = resp(true, 5);
+        r.vps_tunnel = Some(TunnelReport {
+            running: true,
+            last_handshake_unix: 1_800_000_000 - 5,
+            public_key: vec![7; 32],
+            ..Default::default()
+        });
+        let s = Status::from_response(r);
+        assert!(s.ok && s.tunnel.up, "{:?}", s.problems);
+        assert_eq!(s.tunnel.vps.last_handshake_age_secs, Some(5));
+        assert!(s.render(false).contains("tunnel      up"));
+    }
+
+    #[test]
     fn plain_rendering_has_no_escape_codes_and_fancy_has() {
         let s = Status::from_response(resp(false, 5));
         assert!(!s.render(false).contains('\x1b'));
@@ -291,7 +516,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_top_level_fields() {
         let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
-        for k in ["schema", "ok", "problems", "vps", "home"] {
+        for k in ["schema", "ok", "problems", "vps", "home", "tunnel"] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
         assert_eq!(v["schema"], 1);

@@ -6,5 +6,6 @@ pub mod backoff;
 pub mod cli;
 pub mod session;
 pub mod settings;
+pub mod tunnel;
 
 pub use session::run;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::settings::HomeSettings;
+use crate::tunnel::HomeTunnel;
 
 /// The version string of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -58,6 +59,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let creds: SharedCreds = Arc::new(Mutex::new(Credentials::load(&dir, Role::Home, JOIN_HINT)?));
     let started = SystemTime::now();
+    let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
+    // The data plane does not wait for the control plane.
+    tunnel.start_saved().await;
     let tracker = TaskTracker::new();
     tracker.spawn(renew_loop(
         creds.clone(),
@@ -68,7 +72,7 @@ pub async fn run(
     let mut backoff = Backoff::new(BACKOFF_BASE, settings.reconnect_max.max(BACKOFF_BASE));
     loop {
         let began = Instant::now();
-        let result = session(&creds, &settings, started, &cancel).await;
+        let result = session(&creds, &settings, &tunnel, started, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -96,12 +100,14 @@ pub async fn run(
     }
     tracker.close();
     tracker.wait().await;
+    tunnel.shutdown().await;
     Ok(())
 }
 
 async fn session(
     creds: &SharedCreds,
     settings: &HomeSettings,
+    tunnel: &HomeTunnel,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -118,6 +124,7 @@ async fn session(
             agent_version: VERSION.to_owned(),
             hostname: settings.name.clone(),
             started_at_unix: unix_secs(started),
+            wg_public_key: tunnel.public_key().as_bytes().to_vec(),
         })),
     };
     let _ = tx.send(hello).await;
@@ -133,6 +140,12 @@ async fn session(
         None => return Err(SessionError::Closed),
     };
     let interval = Duration::from_secs(welcome.report_interval_secs.max(1) as u64);
+    if let Some(params) = welcome.tunnel {
+        if let Err(e) = tunnel.apply(params).await {
+            // The session stays up (status shows the error); the tunnel is retried on the next session.
+            tracing::error!(error = %format!("{e:#}"), "cannot bring the tunnel up");
+        }
+    }
     let address = settings
         .control_address
         .clone()
@@ -149,6 +162,7 @@ async fn session(
                     sent_at_unix: unix_secs(SystemTime::now()),
                     uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
                     certificate_not_after_unix: not_after,
+                    tunnel: Some(tunnel.report().await),
                 };
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
                     return Err(SessionError::Closed);

@@ -1,8 +1,10 @@
 //! Typed settings of `ceres-home`.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use ceres_config::{ConfigError, HumanDuration, Layers};
+use ceres_config::{ConfigError, HumanDuration, Layers, Switch};
 use clap::Args;
 
 /// `ceres-home run` settings; each `--x-y` flag is also the key `CERES_X_Y`.
@@ -20,6 +22,21 @@ pub struct HomeFlags {
     /// 30s. [CERES_RECONNECT_MAX]
     #[arg(long, value_name = "DURATION")]
     pub reconnect_max: Option<String>,
+    /// on: run the WireGuard tunnel (needs root or CAP_NET_ADMIN); off: the
+    /// session alone. Default on. [CERES_TUNNEL]
+    #[arg(long, value_name = "on|off")]
+    pub tunnel: Option<String>,
+    /// Name of the tunnel interface; default ceres0. [CERES_TUNNEL_IFNAME]
+    #[arg(long, value_name = "NAME")]
+    pub tunnel_ifname: Option<String>,
+    /// Local UDP address for WireGuard; default [::]:0 (any port: home dials
+    /// out, so no port needs to be open at home). [CERES_WG_LISTEN]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub wg_listen: Option<String>,
+    /// Directory of the WireGuard userspace API socket (`wg show` reads it);
+    /// default /var/run/wireguard. [CERES_WG_UAPI_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub wg_uapi_dir: Option<String>,
 }
 
 /// Resolved settings.
@@ -31,6 +48,14 @@ pub struct HomeSettings {
     pub name: String,
     /// Backoff cap.
     pub reconnect_max: Duration,
+    /// Whether to run the tunnel.
+    pub tunnel: bool,
+    /// Tunnel interface name.
+    pub tunnel_ifname: String,
+    /// Local WireGuard UDP address.
+    pub wg_listen: SocketAddr,
+    /// UAPI socket directory.
+    pub wg_uapi_dir: PathBuf,
 }
 
 /// This machine's host name.
@@ -57,6 +82,20 @@ impl HomeFlags {
                 .get::<String>("CERES_NAME", self.name.as_deref())?
                 .unwrap_or_else(hostname),
             reconnect_max,
+            tunnel: layers
+                .get_or::<Switch>("CERES_TUNNEL", self.tunnel.as_deref(), "on")?
+                .0,
+            tunnel_ifname: layers.get_or(
+                "CERES_TUNNEL_IFNAME",
+                self.tunnel_ifname.as_deref(),
+                "ceres0",
+            )?,
+            wg_listen: layers.get_or("CERES_WG_LISTEN", self.wg_listen.as_deref(), "[::]:0")?,
+            wg_uapi_dir: layers.get_or(
+                "CERES_WG_UAPI_DIR",
+                self.wg_uapi_dir.as_deref(),
+                "/var/run/wireguard",
+            )?,
         })
     }
 }

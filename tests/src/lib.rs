@@ -341,6 +341,10 @@ pub struct Lab {
     pub vps_if: String,
     /// Home's own link name inside `home`.
     pub home_if: String,
+    /// Tunnel interface name for the VPS agent.
+    pub vps_tun: String,
+    /// Tunnel interface name for the home agent.
+    pub home_tun: String,
     // Dropped in reverse: namespaces last.
     /// The VPS host.
     pub vps: Netns,
@@ -408,11 +412,14 @@ impl Lab {
         ])?;
         home.ip(&["link", "set", &home_if, "up"])?;
         home.ip(&["route", "add", "default", "via", addr::HOME_GW])?;
+        let (vps_tun, home_tun) = (format!("cv{id}"), format!("ch{id}"));
         Ok(Self {
             id,
             dir,
             vps_if,
             home_if,
+            vps_tun,
+            home_tun,
             vps,
             home,
             internet,
@@ -454,13 +461,21 @@ impl<'a> Ceres<'a> {
             home_state: lab.path("home-state"),
             ctl_dir: lab.path("ctl"),
         };
-        let mut vps_text = String::from("CERES_REPORT_INTERVAL=1s\n");
+        // Interface names are unique per lab: the WireGuard API socket
+        // directory is shared by every namespace.
+        let mut vps_text = format!(
+            "CERES_REPORT_INTERVAL=1s\nCERES_TUNNEL_IFNAME={}\n",
+            lab.vps_tun
+        );
         for l in vps_lines {
             vps_text.push_str(l);
             vps_text.push('\n');
         }
         std::fs::write(&c.vps_config, vps_text)?;
-        let mut home_text = String::from("CERES_RECONNECT_MAX=2s\nCERES_NAME=lab-home\n");
+        let mut home_text = format!(
+            "CERES_RECONNECT_MAX=2s\nCERES_NAME=lab-home\nCERES_TUNNEL_IFNAME={}\n",
+            lab.home_tun
+        );
         for l in home_lines {
             home_text.push_str(l);
             home_text.push('\n');
@@ -580,5 +595,105 @@ impl<'a> Ceres<'a> {
             Ok(ok)
         })?;
         Ok(last)
+    }
+}
+
+/// A VPS agent alone on a loopback address of its own (127.x.y.z derived
+/// from the process id), for tests that need no namespaces and no root.
+/// The tunnel is off: it needs CAP_NET_ADMIN.
+#[derive(Debug)]
+pub struct LoopVps {
+    /// Config, state and logs.
+    pub dir: tempfile::TempDir,
+    /// The VPS's address (also its "public IP").
+    pub ip: String,
+    /// Control-plane `ip:port`.
+    pub addr: String,
+    /// The running agent.
+    pub daemon: Daemon,
+}
+
+/// A loopback address unique to this process.
+pub fn loopback_ip() -> String {
+    let pid = std::process::id();
+    format!(
+        "127.{}.{}.{}",
+        1 + (pid >> 16) % 250,
+        (pid >> 8) & 0xff,
+        pid & 0xff
+    )
+}
+
+impl LoopVps {
+    /// Inits and starts a VPS agent with extra config lines.
+    pub fn start(extra_config: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ip = loopback_ip();
+        let addr = format!("{ip}:7443");
+        let config = dir.path().join("vps.env");
+        let mut text =
+            format!("CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\nCERES_TUNNEL=off\n");
+        for l in extra_config {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&config, text)?;
+        sh(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["init", "--public-ip", &ip, "--domain", "example.com"]))?;
+        let mut cmd = Command::new(bin("ceres-vps"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("run");
+        let mut daemon = Daemon::spawn("vps", cmd, dir.path())?;
+        daemon.wait_ready(Duration::from_secs(20))?;
+        Ok(Self {
+            dir,
+            ip,
+            addr,
+            daemon,
+        })
+    }
+
+    /// `ceres-vps ARGS` against this agent's config and state.
+    pub fn vps(&self, args: &[&str]) -> anyhow::Result<Output> {
+        run(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(self.dir.path().join("vps.env"))
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(args))
+    }
+
+    /// A fresh token.
+    pub fn token(&self, role: &str, ttl: &str) -> anyhow::Result<String> {
+        let out = self.vps(&["token", "create", "--role", role, "--ttl", ttl])?;
+        anyhow::ensure!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// Enrols a cerectl credentials dir and returns its path.
+    pub fn enroll_ctl(&self) -> anyhow::Result<PathBuf> {
+        let ctl_dir = self.dir.path().join(format!("ctl-{}", unique_id()));
+        let token = self.token("admin", "1h")?;
+        sh(Command::new(bin("cerectl"))
+            .arg("--dir")
+            .arg(&ctl_dir)
+            .args(["enroll", &token]))?;
+        Ok(ctl_dir)
+    }
+
+    /// Path of a state file.
+    pub fn state_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join("state").join(name)
     }
 }

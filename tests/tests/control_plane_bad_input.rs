@@ -16,84 +16,41 @@ use ceres_pki::{Ca, JoinToken, KeyAndCsr, Role};
 use ceres_proto::admin_client::AdminClient;
 use ceres_proto::agent_client::AgentClient;
 use ceres_proto::{Hello, HomeMessage, StatusRequest, home_message};
-use ceres_tests::{Daemon, bin, run, sh, unique_id};
+use ceres_tests::{LoopVps, bin, run, sh, unique_id};
 
-/// A VPS agent on a loopback address of its own.
-struct LoopVps {
-    dir: tempfile::TempDir,
-    addr: String,
-    _daemon: Daemon,
+/// What these tests need beyond the shared loopback VPS: certificates made
+/// straight from the CA files, as an attacker with a stolen or old key would.
+trait LoopVpsExt {
+    fn start_vps() -> LoopVps;
+    fn ca(&self) -> Ca;
+    fn ca_pem(&self) -> String;
+    fn identity(
+        &self,
+        ca: &Ca,
+        role: Role,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> ClientIdentity;
+    fn valid_identity(&self, role: Role) -> ClientIdentity;
+    fn wait_log(&self, a: &str, b: &str);
+    async fn assert_still_serving(&self);
+    fn token_or_panic(&self, role: &str, ttl: &str) -> String;
 }
 
-fn loopback_ip() -> String {
-    let pid = std::process::id();
-    format!(
-        "127.{}.{}.{}",
-        1 + (pid >> 16) % 250,
-        (pid >> 8) & 0xff,
-        pid & 0xff
-    )
-}
-
-impl LoopVps {
-    fn start() -> Self {
+impl LoopVpsExt for LoopVps {
+    fn start_vps() -> LoopVps {
         ceres_pki::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let ip = loopback_ip();
-        let addr = format!("{ip}:7443");
-        let config = dir.path().join("vps.env");
-        std::fs::write(
-            &config,
-            format!("CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\n"),
-        )
-        .unwrap();
-        sh(Command::new(bin("ceres-vps"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(["init", "--public-ip", &ip, "--domain", "example.com"]))
-        .unwrap();
-        let mut cmd = Command::new(bin("ceres-vps"));
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("run");
-        let mut daemon = Daemon::spawn("vps", cmd, dir.path()).unwrap();
-        daemon.wait_ready(Duration::from_secs(20)).unwrap();
-        Self {
-            dir,
-            addr,
-            _daemon: daemon,
-        }
+        LoopVps::start(&[]).unwrap()
     }
 
-    fn vps(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new(bin("ceres-vps"))
-            .arg("--config")
-            .arg(self.dir.path().join("vps.env"))
-            .arg("--state-dir")
-            .arg(self.dir.path().join("state"))
-            .args(args))
-        .unwrap()
-    }
-
-    fn token(&self, role: &str, ttl: &str) -> String {
-        let out = self.vps(&["token", "create", "--role", role, "--ttl", ttl]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    fn token_or_panic(&self, role: &str, ttl: &str) -> String {
+        self.token(role, ttl).unwrap()
     }
 
     fn ca(&self) -> Ca {
-        let state = self.dir.path().join("state");
         Ca::from_pem(
-            &std::fs::read_to_string(state.join("ca.pem")).unwrap(),
-            &std::fs::read_to_string(state.join("ca.key")).unwrap(),
+            &std::fs::read_to_string(self.state_file("ca.pem")).unwrap(),
+            &std::fs::read_to_string(self.state_file("ca.key")).unwrap(),
         )
         .unwrap()
     }
@@ -137,13 +94,13 @@ impl LoopVps {
             Duration::from_secs(10),
             || {
                 Ok(self
-                    ._daemon
+                    .daemon
                     .log_text()
                     .lines()
                     .any(|l| l.contains(a) && l.contains(b)))
             },
         )
-        .unwrap_or_else(|e| panic!("{e}\n{}", self._daemon.log_text()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.daemon.log_text()));
     }
 
     /// Proves the agent still serves: an admin status call succeeds.
@@ -179,8 +136,8 @@ fn fresh_state(vps: &LoopVps) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_reused_is_refused_and_says_so() {
-    let vps = LoopVps::start();
-    let token = vps.token("home", "1h");
+    let vps = LoopVps::start_vps();
+    let token = vps.token_or_panic("home", "1h");
     assert_eq!(join(&token, &fresh_state(&vps)).0, 0);
     let (code, err) = join(&token, &fresh_state(&vps));
     assert_eq!(code, 1);
@@ -190,8 +147,8 @@ async fn token_reused_is_refused_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_expired_is_refused_and_says_so() {
-    let vps = LoopVps::start();
-    let token = vps.token("home", "0s");
+    let vps = LoopVps::start_vps();
+    let token = vps.token_or_panic("home", "0s");
     let (code, err) = join(&token, &fresh_state(&vps));
     assert_eq!(code, 1);
     assert!(err.contains("expired"), "{err}");
@@ -200,8 +157,8 @@ async fn token_expired_is_refused_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_forged_is_refused() {
-    let vps = LoopVps::start();
-    let real = JoinToken::decode(&vps.token("home", "1h")).unwrap();
+    let vps = LoopVps::start_vps();
+    let real = JoinToken::decode(&vps.token_or_panic("home", "1h")).unwrap();
     // Right VPS, right CA pin, a secret the VPS never issued.
     let forged = JoinToken::new(
         Role::Home,
@@ -219,8 +176,8 @@ async fn token_forged_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_truncated_is_refused_before_any_traffic() {
-    let vps = LoopVps::start();
-    let token = vps.token("home", "1h");
+    let vps = LoopVps::start_vps();
+    let token = vps.token_or_panic("home", "1h");
     let state = fresh_state(&vps);
     let (code, err) = join(&token[..token.len() - 5], &state);
     assert_eq!(code, 1);
@@ -234,8 +191,8 @@ async fn token_truncated_is_refused_before_any_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_from_another_vps_fails_the_ca_pin() {
-    let vps = LoopVps::start();
-    let real = JoinToken::decode(&vps.token("home", "1h")).unwrap();
+    let vps = LoopVps::start_vps();
+    let real = JoinToken::decode(&vps.token_or_panic("home", "1h")).unwrap();
     let other_ca = Ca::generate("other.example", Duration::from_secs(3600)).unwrap();
     let mut token = real.clone();
     token.ca_fingerprint = other_ca.fingerprint();
@@ -250,8 +207,8 @@ async fn token_from_another_vps_fails_the_ca_pin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn token_for_the_wrong_program_names_the_right_one() {
-    let vps = LoopVps::start();
-    let token = vps.token("admin", "1h");
+    let vps = LoopVps::start_vps();
+    let token = vps.token_or_panic("admin", "1h");
     let (code, err) = join(&token, &fresh_state(&vps));
     assert_eq!(code, 1);
     assert!(
@@ -262,7 +219,7 @@ async fn token_for_the_wrong_program_names_the_right_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn client_without_certificate_gets_unauthenticated() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let tls = ceres_pki::tls::client_config(&vps.ca_pem(), None).unwrap();
     let channel = ceres_control::connect(&vps.addr, tls).await.unwrap();
     let err = AdminClient::new(channel)
@@ -288,7 +245,7 @@ async fn status_error(vps: &LoopVps, id: &ClientIdentity) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn certificate_from_another_ca_is_refused() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let rogue = Ca::generate("rogue.example", Duration::from_secs(3600)).unwrap();
     let now = SystemTime::now();
     let id = vps.identity(
@@ -305,7 +262,7 @@ async fn certificate_from_another_ca_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn expired_certificate_is_refused() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let now = SystemTime::now();
     let id = vps.identity(
         &vps.ca(),
@@ -320,7 +277,7 @@ async fn expired_certificate_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn home_certificate_cannot_call_admin_and_admin_cannot_hold_a_session() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let home = vps.valid_identity(Role::Home);
     let tls = ceres_pki::tls::client_config(&vps.ca_pem(), Some(&home)).unwrap();
     let channel = ceres_control::connect(&vps.addr, tls).await.unwrap();
@@ -362,7 +319,7 @@ mod futures_like {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn incompatible_protocol_version_is_a_clear_error() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let home = vps.valid_identity(Role::Home);
     let tls = ceres_pki::tls::client_config(&vps.ca_pem(), Some(&home)).unwrap();
     let channel = ceres_control::connect(&vps.addr, tls).await.unwrap();
@@ -388,7 +345,7 @@ async fn incompatible_protocol_version_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn garbage_and_plain_http_on_the_control_port_are_dropped() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     let payloads: [&[u8]; 4] = [
         b"\x00\x01\x02\x03garbage\xff\xfe",
         b"GET / HTTP/1.1\r\nHost: vps\r\n\r\n",
@@ -471,7 +428,7 @@ fn malformed_config_is_refused_with_key_line_and_exit_78() {
 
 #[test]
 fn state_files_are_private_and_token_secret_is_not_stored() {
-    let vps = LoopVps::start();
+    let vps = LoopVps::start_vps();
     use std::os::unix::fs::MetadataExt;
     let state = vps.dir.path().join("state");
     assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
@@ -482,7 +439,7 @@ fn state_files_are_private_and_token_secret_is_not_stored() {
             "{f}"
         );
     }
-    let token = JoinToken::decode(&vps.token("home", "1h")).unwrap();
+    let token = JoinToken::decode(&vps.token_or_panic("home", "1h")).unwrap();
     let secret_hex: String = token
         .secret
         .expose()

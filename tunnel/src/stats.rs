@@ -153,7 +153,8 @@ pub struct TunnelStats {
     pub peer_public_key: Option<PublicKey>,
     /// Where we currently send to (follows the peer when it roams).
     pub endpoint: Option<SocketAddr>,
-    /// Unix time (seconds, nanoseconds) of the last completed handshake.
+    /// Time of the last completed handshake (JSON: Unix seconds).
+    #[serde(serialize_with = "unix_secs")]
     pub last_handshake: Option<std::time::SystemTime>,
     /// Seconds since the last completed handshake.
     pub last_handshake_age_secs: Option<f64>,
@@ -169,6 +170,16 @@ pub struct TunnelStats {
     pub persistent_keepalive: Option<u16>,
     /// Dropped datagrams by reason.
     pub dropped: DropStats,
+}
+
+fn unix_secs<S: serde::Serializer>(
+    t: &Option<std::time::SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        Some(d) => s.serialize_some(&d.as_secs()),
+        None => s.serialize_none(),
+    }
 }
 
 impl Counters {

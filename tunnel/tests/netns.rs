@@ -69,7 +69,7 @@ fn two_engines_carry_tcp_both_ways() {
     let sb = stats(&eb);
     assert!(sa["rx_packets"].as_u64().unwrap() > 100, "{sa}");
     assert!(sb["rx_packets"].as_u64().unwrap() > 100, "{sb}");
-    assert!(sa["last_handshake"].is_object(), "{sa}");
+    assert!(sa["last_handshake"].is_u64(), "{sa}");
     // A learnt B's IPv6 endpoint from its packets.
     assert_eq!(
         sa["endpoint"].as_str().unwrap(),
@@ -519,6 +519,6 @@ fn peer_restart_is_survived() {
     let mut s = connect_within(&b, server, Duration::from_secs(40));
     echo_round(&mut s, 256 << 10);
     let st = stats(&ea2);
-    assert!(st["last_handshake"].is_object(), "{st}");
+    assert!(st["last_handshake"].is_u64(), "{st}");
     assert!(stats(&eb)["rx_packets"].as_u64().unwrap() > 0);
 }

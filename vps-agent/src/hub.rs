@@ -127,7 +127,7 @@ impl Hub {
             status.hostname = s.hello.hostname.clone();
             status.protocol_version = s.protocol_version;
             status.remote_address = s.remote.to_string();
-            status.last_report = s.last_report;
+            status.last_report = s.last_report.clone();
             status.certificate_not_after_unix = s.certificate_not_after_unix;
         }
         status

@@ -8,5 +8,6 @@ pub mod service;
 pub mod settings;
 pub mod state;
 pub mod tokens;
+pub mod tunnel;
 
 pub use service::run;

@@ -26,6 +26,7 @@ use crate::hub::Hub;
 use crate::settings::VpsSettings;
 use crate::state::{ServerCert, VpsState};
 use crate::tokens::{RedeemError, TokenStore};
+use crate::tunnel::VpsTunnel;
 
 /// The version string of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -46,6 +47,7 @@ struct Ctx {
     hub: Hub,
     started: SystemTime,
     server_cert: RwLock<ServerCert>,
+    tunnel: VpsTunnel,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -181,6 +183,11 @@ impl Agent for Svc {
                 Status::failed_precondition(format!("ceres-vps {VERSION}: {m}"))
             })?;
         let ctx = self.0.clone();
+        let tunnel = if hello.wg_public_key.is_empty() {
+            None
+        } else {
+            Some(ctx.tunnel.params_for(&hello.wg_public_key)?)
+        };
         let interval = ctx.settings.report_interval;
         let ticket = ctx.hub.connect(
             hello.clone(),
@@ -196,6 +203,7 @@ impl Agent for Svc {
                 protocol_version: version,
                 vps_agent_version: VERSION.to_owned(),
                 report_interval_secs: interval.as_secs().max(1) as u32,
+                tunnel,
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
@@ -257,6 +265,7 @@ impl Admin for Svc {
                 now_unix: unix_secs(now),
             }),
             home: Some(ctx.hub.status()),
+            vps_tunnel: Some(ctx.tunnel.report()),
         }))
     }
 }
@@ -283,7 +292,9 @@ pub async fn run(
     let server_cert = state.server_cert(&settings)?;
     let shared: SharedServerConfig = Arc::new(RwLock::new(tls_config(&state, &server_cert)?));
     let tracker = TaskTracker::new();
+    let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let ctx = Arc::new(Ctx {
+        tunnel,
         settings,
         state,
         tokens,
@@ -319,6 +330,12 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    match Arc::try_unwrap(ctx) {
+        Ok(ctx) => ctx.tunnel.shutdown().await,
+        Err(_) => tracing::warn!(
+            "tunnel still referenced at shutdown; the device goes away with the process"
+        ),
+    }
     result.map_err(Into::into)
 }
 

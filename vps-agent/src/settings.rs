@@ -2,9 +2,12 @@
 //! `ceres.env`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use ceres_config::{ConfigError, HumanDuration, Layers};
+use ipnet::IpNet;
+
+use ceres_config::{ConfigError, HumanDuration, Layers, Switch};
 use clap::Args;
 
 /// Default control-plane port (mutual TLS gRPC).
@@ -42,6 +45,57 @@ pub struct VpsFlags {
     /// after three missed reports. [CERES_REPORT_INTERVAL]
     #[arg(long, value_name = "DURATION")]
     pub report_interval: Option<String>,
+    /// on: run the WireGuard tunnel (needs root or CAP_NET_ADMIN); off: the
+    /// control plane alone. Default on. [CERES_TUNNEL]
+    #[arg(long, value_name = "on|off")]
+    pub tunnel: Option<String>,
+    /// Name of the tunnel interface; default ceres0. [CERES_TUNNEL_IFNAME]
+    #[arg(long, value_name = "NAME")]
+    pub tunnel_ifname: Option<String>,
+    /// UDP address WireGuard listens on; default [::]:51820 (IPv4 and IPv6).
+    /// Open this UDP port in the VPS firewall. [CERES_WG_LISTEN]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub wg_listen: Option<String>,
+    /// Where home sends WireGuard packets; default the first public IP with
+    /// the listen port. [CERES_WG_ENDPOINT]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub wg_endpoint: Option<String>,
+    /// The VPS's tunnel address with prefix; default 10.77.77.1/24.
+    /// [CERES_TUNNEL_VPS_ADDRESS]
+    #[arg(long, value_name = "IP/PREFIX")]
+    pub tunnel_vps_address: Option<String>,
+    /// Home's tunnel address with prefix; default 10.77.77.2/24. Home's mail
+    /// server sees relayed connections arrive here. [CERES_TUNNEL_HOME_ADDRESS]
+    #[arg(long, value_name = "IP/PREFIX")]
+    pub tunnel_home_address: Option<String>,
+    /// MTU of the tunnel interface (both ends); default 1420. [CERES_MTU]
+    #[arg(long, value_name = "BYTES")]
+    pub mtu: Option<String>,
+    /// Directory of the WireGuard userspace API socket (`wg show` reads it);
+    /// default /var/run/wireguard. [CERES_WG_UAPI_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub wg_uapi_dir: Option<String>,
+}
+
+/// Tunnel settings of the VPS.
+#[derive(Debug, Clone)]
+pub struct TunnelSettings {
+    /// Whether to run the tunnel at all.
+    pub enabled: bool,
+    /// Interface name.
+    pub ifname: String,
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Endpoint advertised to home.
+    pub endpoint: String,
+    /// VPS tunnel address.
+    pub vps_address: IpNet,
+    /// Home tunnel address.
+    pub home_address: IpNet,
+    /// MTU.
+    pub mtu: u16,
+    /// UAPI socket directory.
+    pub uapi_dir: PathBuf,
 }
 
 /// The resolved settings.
@@ -61,6 +115,8 @@ pub struct VpsSettings {
     pub client_cert_ttl: Duration,
     /// Home report interval.
     pub report_interval: Duration,
+    /// The tunnel.
+    pub tunnel: TunnelSettings,
 }
 
 /// A comma-separated list of addresses.
@@ -135,7 +191,43 @@ impl VpsFlags {
             self.report_interval.as_deref(),
             "10s",
         )?;
+        let Switch(enabled) = layers.get_or("CERES_TUNNEL", self.tunnel.as_deref(), "on")?;
+        let ifname: String = layers.get_or(
+            "CERES_TUNNEL_IFNAME",
+            self.tunnel_ifname.as_deref(),
+            "ceres0",
+        )?;
+        let listen: SocketAddr =
+            layers.get_or("CERES_WG_LISTEN", self.wg_listen.as_deref(), "[::]:51820")?;
+        let endpoint =
+            match layers.get::<String>("CERES_WG_ENDPOINT", self.wg_endpoint.as_deref())? {
+                Some(e) => e,
+                None => SocketAddr::new(public_ips[0], listen.port()).to_string(),
+            };
+        let tunnel = TunnelSettings {
+            enabled,
+            ifname,
+            listen,
+            endpoint,
+            vps_address: layers.get_or(
+                "CERES_TUNNEL_VPS_ADDRESS",
+                self.tunnel_vps_address.as_deref(),
+                "10.77.77.1/24",
+            )?,
+            home_address: layers.get_or(
+                "CERES_TUNNEL_HOME_ADDRESS",
+                self.tunnel_home_address.as_deref(),
+                "10.77.77.2/24",
+            )?,
+            mtu: layers.get_or("CERES_MTU", self.mtu.as_deref(), "1420")?,
+            uapi_dir: layers.get_or(
+                "CERES_WG_UAPI_DIR",
+                self.wg_uapi_dir.as_deref(),
+                "/var/run/wireguard",
+            )?,
+        };
         Ok(VpsSettings {
+            tunnel,
             public_ips,
             domain,
             mail_host,

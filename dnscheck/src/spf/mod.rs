@@ -168,6 +168,14 @@ impl<'l, L: Lookup> Evaluator<'l, L> {
         'l: 'a,
     {
         Box::pin(async move {
+            // RFC 7208 4.3: a malformed domain has no SPF record ("none"), which an
+            // include or redirect then turns into permerror with its own context.
+            if !valid_domain(&domain) {
+                return (
+                    SpfResult::None,
+                    format!("{domain:?} is not a valid domain name"),
+                );
+            }
             if self.stack.contains(&domain) {
                 return (
                     SpfResult::PermError,
@@ -245,7 +253,15 @@ impl<'l, L: Lookup> Evaluator<'l, L> {
             domain,
             ip: self.ip,
         };
-        canonical(&spec.expand(&ctx))
+        let mut name = canonical(&spec.expand(&ctx));
+        // RFC 7208 7.3: over-long expansions lose labels from the left.
+        while name.len() > 253 {
+            match name.split_once('.') {
+                Some((_, rest)) => name = rest.to_owned(),
+                None => break,
+            }
+        }
+        name
     }
 
     fn count_lookup(&mut self, term: &str) -> Result<(), Verdict> {
@@ -330,7 +346,7 @@ impl<'l, L: Lookup> Evaluator<'l, L> {
                     SpfResult::PermError => Matched::Stop((result, format!("{term}: {reason}"))),
                     SpfResult::None => Matched::Stop((
                         SpfResult::PermError,
-                        format!("{term} at {domain}: the included domain has no SPF record"),
+                        format!("{term} at {domain}: {reason}, so the include is an error"),
                     )),
                 }
             }
@@ -460,6 +476,13 @@ impl<'l, L: Lookup> Evaluator<'l, L> {
             _ => false,
         }
     }
+}
+
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.contains('.')
+        && d.split('.').all(|l| !l.is_empty() && l.len() <= 63)
 }
 
 fn in_prefix4(ip: u32, net: u32, len: u8) -> bool {

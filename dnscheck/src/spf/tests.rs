@@ -290,3 +290,12 @@ async fn ptr_mechanism() {
         .with_a("mail.example.com", "203.0.113.10".parse().unwrap());
     assert_eq!(eval(&dns, VPS, "example.com").await.result, SpfResult::Pass);
 }
+
+#[tokio::test]
+async fn macro_expanding_to_an_invalid_domain_is_permerror_for_include() {
+    // %{l} of "postmaster" has no dot, so "include:%{l}" names a single label.
+    let dns = FakeLookup::new().with_txt("example.com", "v=spf1 include:%{l} -all");
+    let o = eval(&dns, VPS, "example.com").await;
+    assert_eq!(o.result, SpfResult::PermError, "{o:?}");
+    assert!(o.reason.contains("not a valid domain name"), "{}", o.reason);
+}

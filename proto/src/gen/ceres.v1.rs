@@ -90,6 +90,9 @@ pub struct Hello {
     /// Unix seconds when the home agent process started.
     #[prost(int64, tag = "5")]
     pub started_at_unix: i64,
+    /// Home's WireGuard static public key (32 bytes). The private key stays home.
+    #[prost(bytes = "vec", tag = "6")]
+    pub wg_public_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Welcome {
@@ -101,9 +104,71 @@ pub struct Welcome {
     /// How often the VPS wants a report.
     #[prost(uint32, tag = "3")]
     pub report_interval_secs: u32,
+    /// How home sets up its end of the tunnel.
+    #[prost(message, optional, tag = "4")]
+    pub tunnel: ::core::option::Option<TunnelParams>,
+}
+/// Everything home needs for its WireGuard peer, decided by the VPS.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TunnelParams {
+    /// The VPS's WireGuard static public key (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub vps_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// Pre-shared key (32 bytes), made by the VPS for this home key; secret.
+    #[prost(bytes = "vec", tag = "2")]
+    pub preshared_key: ::prost::alloc::vec::Vec<u8>,
+    /// Tunnel addresses with prefix, e.g. "10.77.77.1/24" and "10.77.77.2/24".
+    #[prost(string, tag = "3")]
+    pub vps_address: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub home_address: ::prost::alloc::string::String,
+    /// Where home sends WireGuard packets: "203.0.113.10:51820".
+    #[prost(string, tag = "5")]
+    pub endpoint: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "6")]
+    pub mtu: u32,
+    /// Persistent keepalive home uses, seconds (keeps NAT mappings open).
+    #[prost(uint32, tag = "7")]
+    pub keepalive_secs: u32,
+}
+/// One end's view of the tunnel. Public keys only.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TunnelReport {
+    #[prost(bool, tag = "1")]
+    pub running: bool,
+    #[prost(string, tag = "2")]
+    pub ifname: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub public_key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub peer_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// Where this end sends to (follows the peer when it roams).
+    #[prost(string, tag = "5")]
+    pub endpoint: ::prost::alloc::string::String,
+    /// Unix seconds of the last completed handshake; 0 if none yet.
+    #[prost(int64, tag = "6")]
+    pub last_handshake_unix: i64,
+    #[prost(uint64, tag = "7")]
+    pub rx_bytes: u64,
+    #[prost(uint64, tag = "8")]
+    pub tx_bytes: u64,
+    #[prost(uint64, tag = "9")]
+    pub rx_packets: u64,
+    #[prost(uint64, tag = "10")]
+    pub tx_packets: u64,
+    /// Datagrams dropped (garbage, replays, unknown keys, ...).
+    #[prost(uint64, tag = "11")]
+    pub dropped: u64,
+    #[prost(uint32, tag = "12")]
+    pub listen_port: u32,
+    #[prost(string, tag = "13")]
+    pub address: ::prost::alloc::string::String,
+    /// Why the tunnel is not running, if it is not.
+    #[prost(string, tag = "14")]
+    pub error: ::prost::alloc::string::String,
 }
 /// What the home agent sees, sent every report interval.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Report {
     #[prost(int64, tag = "1")]
     pub sent_at_unix: i64,
@@ -112,6 +177,8 @@ pub struct Report {
     /// Unix seconds when the home agent's certificate expires.
     #[prost(int64, tag = "3")]
     pub certificate_not_after_unix: i64,
+    #[prost(message, optional, tag = "4")]
+    pub tunnel: ::core::option::Option<TunnelReport>,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Command {
@@ -137,6 +204,9 @@ pub struct StatusResponse {
     pub vps: ::core::option::Option<VpsStatus>,
     #[prost(message, optional, tag = "2")]
     pub home: ::core::option::Option<HomeStatus>,
+    /// The VPS end of the tunnel (home's end is in home.last_report.tunnel).
+    #[prost(message, optional, tag = "3")]
+    pub vps_tunnel: ::core::option::Option<TunnelReport>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VpsStatus {

@@ -1,0 +1,46 @@
+//! Turning the tunnel engine's counters into the protocol's report, the one
+//! shape both agents send and `cerectl` shows.
+
+use ceres_proto::TunnelReport;
+use ceres_tunnel::TunnelStats;
+
+/// A report of a running tunnel with address `address`.
+pub fn tunnel_report(stats: &TunnelStats, address: &str) -> TunnelReport {
+    let d = &stats.dropped;
+    TunnelReport {
+        running: true,
+        ifname: stats.ifname.clone(),
+        public_key: stats.public_key.as_bytes().to_vec(),
+        peer_public_key: stats
+            .peer_public_key
+            .map(|k| k.as_bytes().to_vec())
+            .unwrap_or_default(),
+        endpoint: stats.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+        last_handshake_unix: stats.last_handshake.map(ceres_pki::unix_secs).unwrap_or(0),
+        rx_bytes: stats.rx_bytes,
+        tx_bytes: stats.tx_bytes,
+        rx_packets: stats.rx_packets,
+        tx_packets: stats.tx_packets,
+        dropped: d.garbage
+            + d.bad_mac
+            + d.unknown_key
+            + d.bad_session
+            + d.replay
+            + d.under_load
+            + d.not_allowed_source
+            + d.other,
+        listen_port: stats.listen_port as u32,
+        address: address.to_owned(),
+        error: String::new(),
+    }
+}
+
+/// A report for a tunnel that is not running, saying why.
+pub fn tunnel_down(ifname: &str, error: &str) -> TunnelReport {
+    TunnelReport {
+        running: false,
+        ifname: ifname.to_owned(),
+        error: error.to_owned(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,197 @@
+//! The home end of the WireGuard tunnel, configured from what the VPS sent
+//! in its Welcome. The parameters are kept on disk so that after a restart
+//! the tunnel comes up at once, even while the VPS control plane is away.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use ceres_control::report::{tunnel_down, tunnel_report};
+use ceres_proto::{TunnelParams, TunnelReport};
+use ceres_state::StateDir;
+use ceres_tunnel::{PeerConfig, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
+use ipnet::IpNet;
+use prost::Message;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::HomeSettings;
+
+/// Stored parameters (protobuf; 0600: they hold the pre-shared key).
+const PARAMS_FILE: &str = "tunnel.params";
+
+/// A running (or not) home tunnel.
+#[derive(Debug)]
+pub struct HomeTunnel {
+    settings: HomeSettings,
+    dir: StateDir,
+    key: PrivateKey,
+    cancel: CancellationToken,
+    state: Mutex<Running>,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    engine: Option<Tunnel>,
+    params: Option<TunnelParams>,
+    error: Option<String>,
+}
+
+fn host_net(net: IpNet) -> IpNet {
+    IpNet::new(net.addr(), if net.addr().is_ipv4() { 32 } else { 128 }).unwrap_or(net)
+}
+
+async fn endpoint(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(sa) = text.parse() {
+        return Ok(sa);
+    }
+    tokio::net::lookup_host(text)
+        .await
+        .with_context(|| format!("resolving the WireGuard endpoint {text}"))?
+        .next()
+        .with_context(|| format!("{text} resolves to no address"))
+}
+
+impl HomeTunnel {
+    /// Loads (or makes) home's WireGuard key. Starts nothing yet.
+    pub fn new(
+        settings: &HomeSettings,
+        dir: &StateDir,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let key = ceres_control::wgkey::load_or_create(dir)?;
+        Ok(Self {
+            settings: settings.clone(),
+            dir: dir.clone(),
+            key,
+            cancel: cancel.clone(),
+            state: Mutex::new(Running::default()),
+        })
+    }
+
+    /// Home's public key, sent in Hello.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Brings the tunnel up from the parameters saved by the last session.
+    pub async fn start_saved(&self) {
+        let Ok(Some(bytes)) = self.dir.read_optional(PARAMS_FILE) else {
+            return;
+        };
+        match TunnelParams::decode(bytes.as_slice()) {
+            Ok(params) => {
+                if let Err(e) = self.apply(params).await {
+                    tracing::error!(error = %format!("{e:#}"), "tunnel from saved parameters failed");
+                }
+            }
+            Err(_) => tracing::warn!("saved tunnel parameters are damaged; waiting for the VPS"),
+        }
+    }
+
+    /// Applies parameters from the VPS: nothing if unchanged, a new peer if
+    /// only keys or endpoint changed, a new device if addresses or MTU did.
+    pub async fn apply(&self, params: TunnelParams) -> anyhow::Result<()> {
+        if !self.settings.tunnel {
+            return Ok(());
+        }
+        let mut st = self.state.lock().await;
+        if st.params.as_ref() == Some(&params) && st.engine.is_some() {
+            return Ok(());
+        }
+        let result = self.apply_locked(&mut st, &params).await;
+        st.error = result.as_ref().err().map(|e| format!("{e:#}"));
+        if result.is_ok() {
+            self.dir.write(PARAMS_FILE, &params.encode_to_vec())?;
+            st.params = Some(params);
+        }
+        result
+    }
+
+    async fn apply_locked(&self, st: &mut Running, params: &TunnelParams) -> anyhow::Result<()> {
+        let home_address: IpNet = params
+            .home_address
+            .parse()
+            .context("home tunnel address from the VPS")?;
+        let vps_address: IpNet = params
+            .vps_address
+            .parse()
+            .context("VPS tunnel address from the VPS")?;
+        let vps_key: [u8; 32] = params
+            .vps_public_key
+            .as_slice()
+            .try_into()
+            .context("VPS public key length")?;
+        let psk: [u8; 32] = params
+            .preshared_key
+            .as_slice()
+            .try_into()
+            .context("pre-shared key length")?;
+        let mtu = u16::try_from(params.mtu).context("MTU")?;
+        let peer = PeerConfig {
+            public_key: PublicKey(vps_key),
+            preshared_key: Some(PresharedKey(psk)),
+            endpoint: Some(endpoint(&params.endpoint).await?),
+            allowed_ips: vec![host_net(vps_address)],
+            persistent_keepalive: u16::try_from(params.keepalive_secs).ok().filter(|k| *k > 0),
+        };
+        let same_device = st.params.as_ref().is_some_and(|old| {
+            old.home_address == params.home_address
+                && old.mtu == params.mtu
+                && old.vps_address == params.vps_address
+        });
+        if let (true, Some(engine)) = (same_device, st.engine.as_ref()) {
+            engine.set_peer(peer)?;
+            tracing::info!(endpoint = %params.endpoint, "tunnel peer updated");
+            return Ok(());
+        }
+        if let Some(old) = st.engine.take() {
+            old.shutdown().await;
+        }
+        let config = TunnelConfig {
+            ifname: self.settings.tunnel_ifname.clone(),
+            mtu,
+            address: home_address,
+            listen: self.settings.wg_listen,
+            private_key: self.key.clone(),
+            uapi_dir: Some(self.settings.wg_uapi_dir.clone()),
+        };
+        let engine = Tunnel::start(config, Some(peer), self.cancel.child_token())
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the WireGuard tunnel {} (needs root or CAP_NET_ADMIN)",
+                    self.settings.tunnel_ifname
+                )
+            })?;
+        tracing::info!(ifname = %self.settings.tunnel_ifname, address = %home_address, endpoint = %params.endpoint, "tunnel up");
+        st.engine = Some(engine);
+        Ok(())
+    }
+
+    /// Home's end, for the report.
+    pub async fn report(&self) -> TunnelReport {
+        let st = self.state.lock().await;
+        match (&st.engine, &st.params) {
+            (Some(engine), Some(p)) => tunnel_report(&engine.stats(), &p.home_address),
+            _ => {
+                let why = if !self.settings.tunnel {
+                    "disabled (CERES_TUNNEL=off)".to_owned()
+                } else {
+                    st.error
+                        .clone()
+                        .unwrap_or_else(|| "waiting for parameters from the VPS".into())
+                };
+                let mut r = tunnel_down(&self.settings.tunnel_ifname, &why);
+                r.public_key = self.key.public_key().as_bytes().to_vec();
+                r
+            }
+        }
+    }
+
+    /// Stops the engine.
+    pub async fn shutdown(&self) {
+        if let Some(engine) = self.state.lock().await.engine.take() {
+            engine.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The VPS end of the WireGuard tunnel: our static key, the home peer
+//! negotiated over the control plane, and the pre-shared key made for it.
+//!
+//! The home peer is persisted, so after a restart the VPS accepts home's
+//! WireGuard packets at once — before (and without) the control session.
+
+use std::sync::Mutex;
+
+use anyhow::Context;
+use ceres_control::report::{tunnel_down, tunnel_report};
+use ceres_proto::{TunnelParams, TunnelReport};
+use ceres_state::StateDir;
+use ceres_tunnel::{PeerConfig, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::settings::TunnelSettings;
+
+/// The home peer, as stored in `home-peer.json` (0600: it holds the PSK).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HomePeer {
+    public_key: String,
+    preshared_key: String,
+}
+
+const HOME_PEER: &str = "home-peer.json";
+
+/// Persistent keepalive home uses: NAT and CGNAT UDP mappings often expire
+/// after 30 s.
+pub const HOME_KEEPALIVE_SECS: u16 = 25;
+
+/// The VPS end of the tunnel.
+#[derive(Debug)]
+pub struct VpsTunnel {
+    settings: TunnelSettings,
+    dir: StateDir,
+    public_key: PublicKey,
+    engine: Option<Tunnel>,
+    peer: Mutex<Option<HomePeer>>,
+}
+
+fn host_net(net: IpNet) -> IpNet {
+    IpNet::new(net.addr(), if net.addr().is_ipv4() { 32 } else { 128 }).unwrap_or(net)
+}
+
+impl VpsTunnel {
+    /// Loads (or makes) the VPS key and starts the tunnel with the stored
+    /// home peer, if any. With the tunnel disabled only the key is loaded.
+    pub async fn start(
+        settings: &TunnelSettings,
+        dir: &StateDir,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let key: PrivateKey = ceres_control::wgkey::load_or_create(dir)?;
+        let public_key = key.public_key();
+        let stored: Option<HomePeer> = match dir.read_optional(HOME_PEER)? {
+            Some(bytes) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        };
+        let mut this = Self {
+            settings: settings.clone(),
+            dir: dir.clone(),
+            public_key,
+            engine: None,
+            peer: Mutex::new(stored.clone()),
+        };
+        if !settings.enabled {
+            return Ok(this);
+        }
+        let config = TunnelConfig {
+            ifname: settings.ifname.clone(),
+            mtu: settings.mtu,
+            address: settings.vps_address,
+            listen: settings.listen,
+            private_key: key,
+            uapi_dir: Some(settings.uapi_dir.clone()),
+        };
+        let peer = stored.as_ref().and_then(|p| this.peer_config(p).ok());
+        let engine = Tunnel::start(config, peer, cancel.child_token()).await.with_context(|| {
+            format!(
+                "starting the WireGuard tunnel {} on UDP {} (needs root or CAP_NET_ADMIN; CERES_TUNNEL=off runs the control plane alone)",
+                settings.ifname, settings.listen
+            )
+        })?;
+        tracing::info!(ifname = %settings.ifname, listen = %settings.listen, public_key = %public_key, "tunnel up");
+        this.engine = Some(engine);
+        Ok(this)
+    }
+
+    fn peer_config(&self, peer: &HomePeer) -> anyhow::Result<PeerConfig> {
+        Ok(PeerConfig {
+            public_key: peer.public_key.parse()?,
+            preshared_key: Some(peer.preshared_key.parse()?),
+            endpoint: None,
+            allowed_ips: vec![host_net(self.settings.home_address)],
+            persistent_keepalive: None,
+        })
+    }
+
+    /// Accepts home's public key and returns the parameters home needs. A
+    /// new key gets a new pre-shared key; the same key keeps the old one, so
+    /// a reconnecting home agent does not disturb a working tunnel.
+    pub fn params_for(&self, home_key: &[u8]) -> Result<TunnelParams, Status> {
+        let key: [u8; 32] = home_key
+            .try_into()
+            .map_err(|_| Status::invalid_argument("the WireGuard public key must be 32 bytes"))?;
+        if key == [0u8; 32] {
+            return Err(Status::invalid_argument(
+                "the WireGuard public key is all zeros",
+            ));
+        }
+        let home_public = PublicKey(key).to_string();
+        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = match guard.as_ref() {
+            Some(p) if p.public_key == home_public => p.clone(),
+            _ => {
+                let fresh = HomePeer {
+                    public_key: home_public,
+                    preshared_key: PresharedKey::generate().to_base64(),
+                };
+                let json = serde_json::to_vec_pretty(&fresh).unwrap_or_default();
+                self.dir
+                    .write(HOME_PEER, &json)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                if let Some(engine) = &self.engine {
+                    let cfg = self
+                        .peer_config(&fresh)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    engine
+                        .set_peer(cfg)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                }
+                tracing::info!(home_key = %fresh.public_key, "home WireGuard key accepted");
+                *guard = Some(fresh.clone());
+                fresh
+            }
+        };
+        let psk: PresharedKey = peer
+            .preshared_key
+            .parse()
+            .map_err(|_| Status::internal("stored PSK damaged"))?;
+        Ok(TunnelParams {
+            vps_public_key: self.public_key.as_bytes().to_vec(),
+            preshared_key: psk.0.to_vec(),
+            vps_address: self.settings.vps_address.to_string(),
+            home_address: self.settings.home_address.to_string(),
+            endpoint: self.settings.endpoint.clone(),
+            mtu: self.settings.mtu as u32,
+            keepalive_secs: HOME_KEEPALIVE_SECS as u32,
+        })
+    }
+
+    /// The VPS end's report.
+    pub fn report(&self) -> TunnelReport {
+        match &self.engine {
+            Some(engine) => tunnel_report(&engine.stats(), &self.settings.vps_address.to_string()),
+            None => {
+                let mut r = tunnel_down(&self.settings.ifname, "disabled (CERES_TUNNEL=off)");
+                r.public_key = self.public_key.as_bytes().to_vec();
+                r
+            }
+        }
+    }
+
+    /// Stops the engine.
+    pub async fn shutdown(self) {
+        if let Some(engine) = self.engine {
+            engine.shutdown().await;
+        }
+    }
+}
