@@ -52,6 +52,10 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Show the state of both agents; exit 1 when something is broken.
     Status(StatusArgs),
+    /// Print the DNS and PTR records to set; `--check` verifies them live.
+    Dns(crate::dns::DnsArgs),
+    /// Everything `dns --check` does, plus blocklist (DNSBL) listings of the VPS.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `enroll` arguments.
@@ -78,7 +82,7 @@ pub struct StatusArgs {
     address: Option<String>,
 }
 
-fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
+pub(crate) fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
     let path = match &cli.dir {
         Some(p) => p.clone(),
         None => {
@@ -99,7 +103,7 @@ type Outcome = anyhow::Result<ExitCode>;
 /// An error that means "could not get the status at all".
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
-struct Unreachable(anyhow::Error);
+pub(crate) struct Unreachable(pub(crate) anyhow::Error);
 
 /// Parses the command line, runs it, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
@@ -123,6 +127,8 @@ async fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Enroll(args) => enroll(cli, args).await,
         Command::Status(args) => status(cli, args).await,
+        Command::Dns(args) => crate::dns::run(cli, args).await,
+        Command::Doctor(args) => crate::doctor::run(cli, args).await,
     }
 }
 
@@ -177,7 +183,10 @@ fn host() -> String {
 
 /// Loads the admin credentials, renewing the certificate first when it is
 /// two thirds through its life (cerectl has no daemon to do it).
-async fn admin_credentials(dir: &StateDir, address: Option<&str>) -> anyhow::Result<Credentials> {
+pub(crate) async fn admin_credentials(
+    dir: &StateDir,
+    address: Option<&str>,
+) -> anyhow::Result<Credentials> {
     let creds =
         Credentials::load(dir, Role::Admin, ENROLL_HINT).map_err(|e| Unreachable(e.into()))?;
     if creds.renew_at()? <= std::time::SystemTime::now() {

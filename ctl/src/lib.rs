@@ -2,4 +2,6 @@
 //! both agents from anywhere, and (growing) the DNS/PTR checklist and checks.
 
 pub mod cli;
+pub mod dns;
+pub mod doctor;
 pub mod status;

@@ -41,6 +41,8 @@ enum SessionError {
     Closed,
     #[error("the VPS did not start the session properly")]
     NoWelcome,
+    #[error("nothing heard from the VPS for three report intervals")]
+    Silent,
 }
 
 /// Shared credentials; replaced when the certificate renews.
@@ -141,7 +143,7 @@ async fn session(
     };
     let interval = Duration::from_secs(welcome.report_interval_secs.max(1) as u64);
     if let Some(params) = welcome.tunnel {
-        if let Err(e) = tunnel.apply(params).await {
+        if let Err(e) = tunnel.apply(params, welcome.vps_started_at_unix).await {
             // The session stays up (status shows the error); the tunnel is retried on the next session.
             tracing::error!(error = %format!("{e:#}"), "cannot bring the tunnel up");
         }
@@ -153,9 +155,14 @@ async fn session(
     tracing::info!(vps = %address, vps_version = %welcome.vps_agent_version, protocol = welcome.protocol_version, "connected to the VPS");
     ceres_daemon::notify(&format!("STATUS=connected to the VPS at {address}"));
     let mut tick = tokio::time::interval(interval);
+    // The VPS pings every interval; three silent intervals mean the
+    // connection is dead even if TCP has not noticed (home's address changed).
+    let silent_limit = interval * 3 + Duration::from_secs(2);
+    let mut last_heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(last_heard + silent_limit) => return Err(SessionError::Silent),
             _ = tick.tick() => {
                 let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
                 let report = Report {
@@ -169,7 +176,10 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg? {
-                Some(m) => handle_command(m),
+                Some(m) => {
+                    last_heard = tokio::time::Instant::now();
+                    handle_command(m);
+                }
                 None => return Err(SessionError::Closed),
             },
         }

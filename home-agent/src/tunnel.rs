@@ -32,6 +32,8 @@ pub struct HomeTunnel {
 #[derive(Debug, Default)]
 struct Running {
     engine: Option<Tunnel>,
+    /// Start time of the VPS agent we last configured against.
+    vps_started: i64,
     params: Option<TunnelParams>,
     error: Option<String>,
 }
@@ -80,7 +82,7 @@ impl HomeTunnel {
         };
         match TunnelParams::decode(bytes.as_slice()) {
             Ok(params) => {
-                if let Err(e) = self.apply(params).await {
+                if let Err(e) = self.apply(params, 0).await {
                     tracing::error!(error = %format!("{e:#}"), "tunnel from saved parameters failed");
                 }
             }
@@ -90,12 +92,23 @@ impl HomeTunnel {
 
     /// Applies parameters from the VPS: nothing if unchanged, a new peer if
     /// only keys or endpoint changed, a new device if addresses or MTU did.
-    pub async fn apply(&self, params: TunnelParams) -> anyhow::Result<()> {
+    /// `vps_started` is the VPS agent's start time (0: unknown); when it
+    /// changes the VPS has lost its session keys and we handshake at once.
+    pub async fn apply(&self, params: TunnelParams, vps_started: i64) -> anyhow::Result<()> {
         if !self.settings.tunnel {
             return Ok(());
         }
         let mut st = self.state.lock().await;
+        let vps_restarted =
+            vps_started != 0 && st.vps_started != 0 && vps_started != st.vps_started;
+        if vps_started != 0 {
+            st.vps_started = vps_started;
+        }
         if st.params.as_ref() == Some(&params) && st.engine.is_some() {
+            if let (true, Some(engine)) = (vps_restarted, st.engine.as_ref()) {
+                tracing::info!("the VPS agent restarted: handshaking again now");
+                engine.rehandshake();
+            }
             return Ok(());
         }
         let result = self.apply_locked(&mut st, &params).await;

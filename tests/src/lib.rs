@@ -697,3 +697,35 @@ impl LoopVps {
         self.dir.path().join("state").join(name)
     }
 }
+
+/// A TCP echo server (socat) inside a namespace, stopped on drop.
+pub fn echo_server(ns: &Netns, ip: &str, port: u16, dir: &Path) -> anyhow::Result<Daemon> {
+    let mut cmd = ns.command("socat");
+    cmd.arg(format!("TCP-LISTEN:{port},bind={ip},reuseaddr,fork"))
+        .arg("PIPE");
+    Daemon::spawn("echo", cmd, dir)
+}
+
+/// Sends `payload` to an echo server from inside `ns`; true when it came back whole.
+pub fn echo_roundtrip(ns: &Netns, ip: &str, port: u16, payload: &str) -> anyhow::Result<bool> {
+    let mut cmd = ns.command("timeout");
+    cmd.args([
+        "5",
+        "socat",
+        "-T",
+        "3",
+        "-",
+        &format!("TCP:{ip}:{port},connect-timeout=2"),
+    ]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(payload.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(out.status.success() && String::from_utf8_lossy(&out.stdout) == payload)
+}

@@ -419,6 +419,28 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Starts a fresh handshake with the current peer right away, dropping
+    /// the current session keys. For when the peer is known to have lost its
+    /// state (it restarted): waiting for WireGuard's own timers would take
+    /// about 15 s of silence. Queued packets go out once the handshake is done.
+    pub fn rehandshake(&self) {
+        let sh = &self.shared;
+        let mut g = sh.lock_peer();
+        let Some(slot) = g.as_mut() else { return };
+        let mut tunn = new_tunn(&sh.private_key, &slot.config);
+        let mut buf = [0u8; 256];
+        let first = match tunn.format_handshake_initiation(&mut buf, false) {
+            TunnResult::WriteToNetwork(p) => Some(p.len()),
+            _ => None,
+        };
+        slot.tunn = tunn;
+        let endpoint = slot.endpoint;
+        drop(g);
+        if let (Some(n), Some(ep)) = (first, endpoint) {
+            let _ = sh.sock.send_to(&buf[..n], ep);
+        }
+    }
+
     /// A snapshot of counters, endpoint and handshake age.
     pub fn stats(&self) -> TunnelStats {
         self.shared.stats()

@@ -204,15 +204,27 @@ impl Agent for Svc {
                 vps_agent_version: VERSION.to_owned(),
                 report_interval_secs: interval.as_secs().max(1) as u32,
                 tunnel,
+                vps_started_at_unix: unix_secs(ctx.started),
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
         ctx.tracker.clone().spawn(async move {
             let stale_after = interval * MISSED_REPORTS + Duration::from_secs(2);
+            let mut ping = tokio::time::interval(interval);
+            let ping_msg = VpsMessage {
+                kind: Some(vps_message::Kind::Command(ceres_proto::Command {
+                    kind: Some(ceres_proto::command::Kind::Ping(ceres_proto::Ping {})),
+                })),
+            };
             let reason = loop {
                 tokio::select! {
                     _ = ticket.cancel.cancelled() => break "replaced or shutting down",
                     _ = tokio::time::sleep(stale_after) => break "no report in time",
+                    _ = ping.tick() => {
+                        if tx.send(Ok(ping_msg.clone())).await.is_err() {
+                            break "home closed the session";
+                        }
+                    }
                     msg = inbound.message() => match msg {
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::Report(r)) })) => ctx.hub.report(ticket.id, r),
                         Ok(Some(_)) => {}

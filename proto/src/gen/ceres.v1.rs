@@ -107,6 +107,10 @@ pub struct Welcome {
     /// How home sets up its end of the tunnel.
     #[prost(message, optional, tag = "4")]
     pub tunnel: ::core::option::Option<TunnelParams>,
+    /// When the VPS agent started: a change means it lost its WireGuard
+    /// session state, and home handshakes again at once instead of waiting.
+    #[prost(int64, tag = "5")]
+    pub vps_started_at_unix: i64,
 }
 /// Everything home needs for its WireGuard peer, decided by the VPS.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -189,7 +193,9 @@ pub struct Command {
 pub mod command {
     #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Kind {
-        /// Nothing to do: keeps middleboxes from idling the stream out.
+        /// Sent every report interval: home treats a silent VPS as gone after
+        /// three intervals, which finds a dead connection (e.g. home's address
+        /// changed under it) long before TCP would.
         #[prost(message, tag = "1")]
         Ping(super::Ping),
     }

@@ -1,0 +1,267 @@
+//! `cerectl dns`: the DNS and PTR records the mail domain needs, and with
+//! `--check` their live verification.
+//!
+//! The domain, mail host and VPS addresses come from the VPS (Admin.Status
+//! over mutual TLS, like `status`) unless given as flags; with `--domain` and
+//! `--public-ip` it works offline, without enrolment. The pieces shared with
+//! `doctor` (where the identity comes from, which resolver, colour) live here.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ceres_dnscheck::{Checklist, HickoryLookup, MailIdentity, Report, verify};
+use ceres_proto::admin_client::AdminClient;
+use ceres_proto::{StatusRequest, VpsStatus};
+use clap::{Args, ValueEnum};
+
+use crate::cli::{Cli, Unreachable, admin_credentials, creds_dir};
+
+/// Env var for the DKIM selector, so scripts and shells need not repeat it.
+pub const DKIM_SELECTOR_ENV: &str = "CERES_DKIM_SELECTOR";
+
+/// Which mail domain to look at; shared by `dns` and `doctor`.
+///
+/// Each flag overrides what the VPS reports; the VPS is only asked when
+/// `--domain` or `--public-ip` is missing.
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// The mail domain; default the VPS's. With --public-ip, no VPS is asked
+    /// (works offline, without enrolment).
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
+    pub domain: Option<String>,
+    /// The host MX and PTR point at; default the VPS's, or mail.DOMAIN offline.
+    #[arg(long, value_name = "HOST", value_parser = parse_mail_host)]
+    pub mail_host: Option<String>,
+    /// The VPS's public address(es), comma-separated; default the VPS's.
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    pub public_ip: Vec<IpAddr>,
+    /// The DKIM selector your mail software signs with (e.g. "mail", "dkim",
+    /// "s1"); without it the DKIM record is only described, not checked.
+    #[arg(long, value_name = "SELECTOR", env = DKIM_SELECTOR_ENV, value_parser = parse_selector)]
+    pub dkim_selector: Option<String>,
+    /// Reach the VPS here instead of the address stored at enrolment.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+}
+
+/// Output format of the checklist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A table: where to set it, type, name, value; notes below.
+    Text,
+    /// A BIND zone-file snippet to paste into the domain's zone.
+    Zone,
+}
+
+/// `dns` arguments.
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// Which domain, host and addresses.
+    #[command(flatten)]
+    pub id: IdentityArgs,
+    /// Look every record up live and say pass or fail, what was found and
+    /// what to set; exit 1 when any check fails or cannot be completed.
+    #[arg(long)]
+    pub check: bool,
+    /// How to print the checklist (without --check).
+    #[arg(long, value_enum, conflicts_with_all = ["check", "json"])]
+    pub format: Option<Format>,
+    /// Print JSON: the checklist, or with --check the report (schema in README, "DNS records").
+    #[arg(long)]
+    pub json: bool,
+    /// Ask this DNS server instead of the system's (with --check).
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_resolver, requires = "check")]
+    pub resolver: Option<SocketAddr>,
+}
+
+/// Outcome of a command: an exit code (errors are printed by `cli::main`).
+pub(crate) type Outcome = anyhow::Result<ExitCode>;
+
+/// Runs `cerectl dns`.
+pub async fn run(cli: &Cli, args: &DnsArgs) -> Outcome {
+    let id = identity(cli, &args.id).await?;
+    if !args.check {
+        let list = Checklist::for_identity(&id);
+        if args.json {
+            println!("{}", list.render_json());
+        } else if args.format == Some(Format::Zone) {
+            print!("{}", list.render_zone());
+        } else {
+            print!("{}", list.render_text());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lookup = lookup(args.resolver)?;
+    let report = verify(&id, &lookup).await;
+    if args.json {
+        println!("{}", report.render_json());
+    } else {
+        print!("{}", report.render_text(color()));
+    }
+    Ok(exit_code(&report))
+}
+
+/// 0 when every check passed (warnings allowed), 1 otherwise.
+pub(crate) fn exit_code(report: &Report) -> ExitCode {
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Colour and symbols only for a person at a terminal, and never with
+/// `NO_COLOR` (https://no-color.org).
+pub(crate) fn color() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// The resolver: the given server, or the system's.
+pub(crate) fn lookup(server: Option<SocketAddr>) -> anyhow::Result<HickoryLookup> {
+    Ok(match server {
+        Some(addr) => HickoryLookup::with_server_addr(addr)?,
+        None => HickoryLookup::from_system()?,
+    })
+}
+
+/// The mail identity from the flags, completed from the VPS's status when
+/// the flags do not say enough.
+pub(crate) async fn identity(cli: &Cli, args: &IdentityArgs) -> anyhow::Result<MailIdentity> {
+    let (domain, mail_host, ips) = match (&args.domain, args.public_ip.is_empty()) {
+        (Some(domain), false) => (
+            domain.clone(),
+            args.mail_host.clone(),
+            args.public_ip.clone(),
+        ),
+        _ => {
+            let vps = vps_status(cli, args.address.as_deref()).await?;
+            let ips = if args.public_ip.is_empty() {
+                vps.public_ips
+                    .iter()
+                    .map(|s| {
+                        s.parse::<IpAddr>()
+                            .with_context(|| format!("the VPS reported a bad public address {s:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            } else {
+                args.public_ip.clone()
+            };
+            let mail_host = args
+                .mail_host
+                .clone()
+                .or_else(|| Some(vps.mail_host).filter(|h| !h.is_empty()));
+            (args.domain.clone().unwrap_or(vps.domain), mail_host, ips)
+        }
+    };
+    let mut builder = MailIdentity::builder(&domain).addresses(ips);
+    if let Some(host) = &mail_host {
+        builder = builder.mail_host(host);
+    }
+    if let Some(selector) = &args.dkim_selector {
+        builder = builder.dkim_selector(selector);
+    }
+    Ok(builder.build()?)
+}
+
+/// The VPS section of Admin.Status; any failure to get it is [`Unreachable`]
+/// (exit 3), with the hint that flags make the VPS unnecessary.
+async fn vps_status(cli: &Cli, address: Option<&str>) -> anyhow::Result<VpsStatus> {
+    const OFFLINE: &str = "cannot get the domain and addresses from the VPS \
+                           (or give --domain and --public-ip to work without it)";
+    let dir = creds_dir(cli)?;
+    let creds = admin_credentials(&dir, address)
+        .await
+        .map_err(|e| Unreachable(e.context(OFFLINE)))?;
+    let channel = creds
+        .connect(address)
+        .await
+        .map_err(|e| Unreachable(anyhow::Error::from(e).context(OFFLINE)))?;
+    let resp = AdminClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| {
+            Unreachable(anyhow::anyhow!(
+                "the VPS refused the status request: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+    resp.vps
+        .ok_or_else(|| Unreachable(anyhow::anyhow!("the VPS's status has no VPS section")).into())
+}
+
+/// A placeholder address: the builder needs one to validate names alone.
+const PROBE_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+// The value parsers validate with the same rules `MailIdentity` applies
+// later, so a bad name is a usage error (exit 2) naming the flag.
+fn parse_domain(s: &str) -> Result<String, String> {
+    MailIdentity::builder(s)
+        .address(PROBE_IP)
+        .build()
+        .map(|id| id.domain().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_mail_host(s: &str) -> Result<String, String> {
+    MailIdentity::builder("example.com")
+        .mail_host(s)
+        .address(PROBE_IP)
+        .build()
+        .map(|id| id.mail_host().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_selector(s: &str) -> Result<String, String> {
+    MailIdentity::builder("example.com")
+        .dkim_selector(s)
+        .address(PROBE_IP)
+        .build()
+        .map(|id| id.dkim_selector().unwrap_or_default().to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `IP` (port 53), `IP:PORT` or `[IPv6]:PORT`.
+pub(crate) fn parse_resolver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("expected IP, IP:PORT or [IPv6]:PORT, got {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_specs() {
+        assert_eq!(
+            parse_resolver("127.0.0.1").unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_resolver("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(parse_resolver("::1").unwrap(), "[::1]:53".parse().unwrap());
+        assert_eq!(
+            parse_resolver("[::1]:5353").unwrap(),
+            "[::1]:5353".parse().unwrap()
+        );
+        assert!(parse_resolver("dns.example").is_err());
+        assert!(parse_resolver("127.0.0.1:x").is_err());
+    }
+
+    #[test]
+    fn names_are_validated_and_normalised() {
+        assert_eq!(parse_domain("Example.COM.").unwrap(), "example.com");
+        assert!(parse_domain("localhost").is_err());
+        assert_eq!(parse_mail_host("MX.example.com").unwrap(), "mx.example.com");
+        assert!(parse_mail_host("bad host.example").is_err());
+        assert_eq!(parse_selector("S1").unwrap(), "s1");
+        assert!(parse_selector("s 1").is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Issue 3, end to end: the agents bring the WireGuard tunnel up by
+//! themselves after joining, `wg show` reads it, and it survives home's
+//! address changing, the VPS agent restarting (same keys) and the home link
+//! going away for 30 s.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use ceres_tests::{Ceres, Lab, addr, echo_roundtrip, echo_server, require_root, sh, wait_until};
+
+const VPS_TUN: &str = "10.77.77.1";
+const HOME_TUN: &str = "10.77.77.2";
+
+fn tunnel_works(lab: &Lab, payload: &str) -> anyhow::Result<bool> {
+    // Both directions: home -> VPS echo, VPS -> home echo.
+    Ok(echo_roundtrip(&lab.home, VPS_TUN, 7000, payload)?
+        && echo_roundtrip(&lab.vps, HOME_TUN, 7001, payload)?)
+}
+
+fn wait_tunnel(lab: &Lab, what: &str, timeout: Duration) -> Duration {
+    let t0 = Instant::now();
+    wait_until(what, timeout, || {
+        tunnel_works(lab, "ping through the tunnel\n")
+    })
+    .unwrap();
+    t0.elapsed()
+}
+
+#[test]
+fn tunnel_comes_up_by_itself_roams_and_survives_vps_restart() {
+    if !require_root("tunnel_comes_up_by_itself_roams_and_survives_vps_restart") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    let mut vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    let _e1 = echo_server(&lab.vps, VPS_TUN, 7000, lab.dir.path()).unwrap();
+    let _e2 = echo_server(&lab.home, HOME_TUN, 7001, lab.dir.path()).unwrap();
+
+    // Up by itself: TCP both ways through the tunnel.
+    wait_tunnel(&lab, "tunnel up after join", Duration::from_secs(20));
+
+    // Status shows it, with public keys only.
+    let (_, json) = ceres.status_json().unwrap();
+    let t = &json["tunnel"];
+    assert_eq!(t["up"], true, "{json}");
+    assert!(
+        t["vps"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with(addr::HOME),
+        "{t}"
+    );
+    assert!(
+        t["vps"]["rx_bytes"].as_u64().unwrap() > 0 && t["vps"]["tx_packets"].as_u64().unwrap() > 0
+    );
+    let vps_key = t["vps"]["public_key"].as_str().unwrap().to_owned();
+    assert_eq!(t["home"]["peer_public_key"], vps_key.as_str());
+    assert_eq!(t["vps"]["peer_public_key"], t["home"]["public_key"]);
+    let status_text = serde_json::to_string(&json).unwrap();
+    for secret_file in ["wg.key", "home-peer.json"] {
+        let secret = std::fs::read_to_string(ceres.vps_state.join(secret_file)).unwrap();
+        if secret_file == "wg.key" {
+            assert!(
+                !status_text.contains(secret.trim()),
+                "private key in status"
+            );
+        }
+    }
+
+    // `wg show` reads our interface like any WireGuard interface.
+    let show = sh(lab.vps.command("wg").args(["show", &lab.vps_tun])).unwrap();
+    assert!(
+        show.contains(&vps_key) && show.contains("latest handshake"),
+        "{show}"
+    );
+    assert!(show.contains("preshared key: (hidden)"), "{show}");
+
+    // Home's public address changes: traffic resumes without restarting anything.
+    lab.home
+        .ip(&[
+            "addr",
+            "del",
+            &format!("{}/24", addr::HOME),
+            "dev",
+            &lab.home_if,
+        ])
+        .unwrap();
+    lab.home
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", addr::HOME_ALT),
+            "dev",
+            &lab.home_if,
+        ])
+        .unwrap();
+    lab.home
+        .ip(&["route", "replace", "default", "via", addr::HOME_GW])
+        .unwrap();
+    let took = wait_tunnel(
+        &lab,
+        "tunnel after home's address changed",
+        Duration::from_secs(40),
+    );
+    eprintln!("tunnel resumed {took:?} after home's address changed");
+    let (_, json) = ceres.status_json().unwrap();
+    assert!(
+        json["tunnel"]["vps"]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with(addr::HOME_ALT),
+        "{json}"
+    );
+    ceres
+        .wait_home_connected(true, Duration::from_secs(30))
+        .unwrap();
+
+    // The VPS agent restarts with its state: same key, home re-handshakes.
+    vps.terminate(Duration::from_secs(10)).unwrap();
+    let vps = ceres.start_vps().unwrap();
+    let took = wait_tunnel(&lab, "tunnel after VPS restart", Duration::from_secs(40));
+    eprintln!("tunnel resumed {took:?} after the VPS agent restarted");
+    let json = ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\nhome:\n{}\nvps:\n{}", home.log_text(), vps.log_text()));
+    assert_eq!(
+        json["tunnel"]["vps"]["public_key"],
+        vps_key.as_str(),
+        "VPS key changed across restart"
+    );
+}
+
+#[test]
+fn tunnel_comes_back_after_home_link_is_down_30s() {
+    if !require_root("tunnel_comes_back_after_home_link_is_down_30s") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    let _vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let _home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    let _e1 = echo_server(&lab.vps, VPS_TUN, 7000, lab.dir.path()).unwrap();
+    let _e2 = echo_server(&lab.home, HOME_TUN, 7001, lab.dir.path()).unwrap();
+    wait_tunnel(&lab, "tunnel up", Duration::from_secs(20));
+
+    // The ISP side of home's link goes away for 30 s.
+    let isp_side = format!("{}i", lab.home_if);
+    lab.internet
+        .ip(&["link", "set", &isp_side, "down"])
+        .unwrap();
+    let down_for = Duration::from_secs(30);
+    let t0 = Instant::now();
+    assert!(
+        !tunnel_works(&lab, "x\n").unwrap(),
+        "tunnel must not work while the link is down"
+    );
+    std::thread::sleep(down_for.saturating_sub(t0.elapsed())); // the outage itself, not a readiness wait
+    lab.internet.ip(&["link", "set", &isp_side, "up"]).unwrap();
+    lab.internet
+        .ip(&["route", "replace", "198.51.100.0/24", "dev", &isp_side])
+        .unwrap();
+    let took = wait_tunnel(
+        &lab,
+        "tunnel after the link came back",
+        Duration::from_secs(30),
+    );
+    eprintln!("tunnel back {took:?} after a 30 s link outage");
+    assert!(
+        took < Duration::from_secs(15),
+        "tunnel took {took:?} to come back"
+    );
+    ceres
+        .wait_home_connected(true, Duration::from_secs(40))
+        .unwrap();
+}
