@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::HomeSettings;
 
+/// Home allows every destination through the tunnel (outbound mail goes
+/// anywhere) but routes into it only by policy, see `egress`.
+const ROUTE_ALLOWED_IPS: bool = false;
+
 /// Stored parameters (protobuf; 0600: they hold the pre-shared key).
 const PARAMS_FILE: &str = "tunnel.params";
 
@@ -166,6 +170,7 @@ impl HomeTunnel {
             address: home_address,
             listen: self.settings.wg_listen,
             private_key: self.key.clone(),
+            route_allowed_ips: ROUTE_ALLOWED_IPS,
             uapi_dir: Some(self.settings.wg_uapi_dir.clone()),
         };
         let engine = Tunnel::start(config, Some(peer), self.cancel.child_token())

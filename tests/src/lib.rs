@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod postfix;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short identifier unique to this process and call: fits interface names.

@@ -37,6 +37,10 @@ pub struct TunnelConfig {
     pub private_key: PrivateKey,
     /// Directory of the UAPI socket; `None` means [`DEFAULT_UAPI_DIR`].
     pub uapi_dir: Option<PathBuf>,
+    /// Add routes in the main table for the peer's allowed networks (as
+    /// wg-quick does). Off when the caller routes by policy instead — home
+    /// allows 0.0.0.0/0 for outbound mail but must not move its default route.
+    pub route_allowed_ips: bool,
 }
 
 impl TunnelConfig {
@@ -49,6 +53,7 @@ impl TunnelConfig {
             listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             private_key,
             uapi_dir: None,
+            route_allowed_ips: true,
         }
     }
 

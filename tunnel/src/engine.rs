@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub listen_port: u16,
     mtu: u16,
     address: IpNet,
+    /// Whether the peer's allowed networks get routes in the main table.
+    route_allowed_ips: bool,
     sock: UdpSocket,
     gro: bool,
     tun: SyncDevice,
@@ -293,6 +295,7 @@ impl Tunnel {
             listen_port,
             mtu: config.mtu,
             address: config.address,
+            route_allowed_ips: config.route_allowed_ips,
             sock,
             gro,
             tun,
@@ -369,9 +372,14 @@ impl Tunnel {
         let mut g = sh.lock_peer();
         let old_nets = g
             .as_ref()
+            .filter(|_| sh.route_allowed_ips)
             .map(|s| routed_nets(sh.address, &s.config.allowed_ips))
             .unwrap_or_default();
-        let new_nets = routed_nets(sh.address, &peer.allowed_ips);
+        let new_nets = if sh.route_allowed_ips {
+            routed_nets(sh.address, &peer.allowed_ips)
+        } else {
+            Vec::new()
+        };
         let keep_session = g.as_ref().is_some_and(|s| {
             s.config.public_key == peer.public_key
                 && s.config.preshared_key == peer.preshared_key

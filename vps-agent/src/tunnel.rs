@@ -18,6 +18,10 @@ use tonic::Status;
 
 use crate::settings::TunnelSettings;
 
+/// The VPS routes home's allowed networks (its tunnel address, Docker
+/// mail networks) in the main table.
+const ROUTE_ALLOWED_IPS: bool = true;
+
 /// The home peer, as stored in `home-peer.json` (0600: it holds the PSK).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct HomePeer {
@@ -75,6 +79,7 @@ impl VpsTunnel {
             address: settings.vps_address,
             listen: settings.listen,
             private_key: key,
+            route_allowed_ips: ROUTE_ALLOWED_IPS,
             uapi_dir: Some(settings.uapi_dir.clone()),
         };
         let peer = stored.as_ref().and_then(|p| this.peer_config(p).ok());

@@ -25,7 +25,16 @@ where
     T: Send,
     F: FnOnce() -> T + Send,
 {
-    let path = Path::new("/run/netns").join(&ns.name);
+    in_netns_named(&ns.name, f)
+}
+
+/// `in_netns` by namespace name (for holders of a name, not a `Netns`).
+pub fn in_netns_named<T, F>(name: &str, f: F) -> anyhow::Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let path = Path::new("/run/netns").join(name);
     let handle =
         File::open(&path).with_context(|| format!("opening namespace {}", path.display()))?;
     std::thread::scope(|s| {
@@ -35,7 +44,7 @@ where
             let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
             if rc != 0 {
                 return Err(io::Error::last_os_error())
-                    .with_context(|| format!("setns into {}", ns.name));
+                    .with_context(|| format!("setns into {name}"));
             }
             Ok(f())
         });
@@ -47,8 +56,12 @@ where
 
 /// Opens a TCP connection to `addr` from inside `ns`.
 pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-    in_netns(ns, || TcpStream::connect_timeout(&addr, timeout))?
-        .with_context(|| format!("connecting to {addr} from namespace {}", ns.name))
+    connect_in(&ns.name, addr, timeout)
+}
+
+fn connect_in(name: &str, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
+    in_netns_named(name, || TcpStream::connect_timeout(&addr, timeout))?
+        .with_context(|| format!("connecting to {addr} from namespace {name}"))
 }
 
 /// Both ends as one family: IPv4 only when both are IPv4, otherwise IPv6
@@ -349,7 +362,17 @@ pub fn read_banner(
     send_first: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<Option<Reply>> {
-    let mut client = SmtpClient::new(connect(ns, addr, timeout)?, timeout)?;
+    read_banner_in(&ns.name, addr, send_first, timeout)
+}
+
+/// `read_banner` by namespace name.
+pub(crate) fn read_banner_in(
+    name: &str,
+    addr: SocketAddr,
+    send_first: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Option<Reply>> {
+    let mut client = SmtpClient::new(connect_in(name, addr, timeout)?, timeout)?;
     if !send_first.is_empty() {
         client.send_raw(send_first)?;
     }
