@@ -416,6 +416,27 @@ impl std::str::FromStr for Switch {
     }
 }
 
+/// A comma-separated list of ports.
+#[derive(Debug, Clone)]
+pub struct PortList(pub Vec<u16>);
+
+impl std::str::FromStr for PortList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ports: Result<Vec<u16>, _> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<u16>())
+            .collect();
+        let ports = ports.map_err(|e| format!("{e}: expected ports separated by commas"))?;
+        if ports.contains(&0) {
+            return Err("port 0 is not a port".into());
+        }
+        Ok(PortList(ports))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,3 +44,45 @@ pub fn tunnel_down(ifname: &str, error: &str) -> TunnelReport {
         ..Default::default()
     }
 }
+
+/// Relay or forwarder counters in the protocol's shape.
+pub fn relay_ports(
+    snapshots: &[ceres_relay::PortSnapshot],
+    specs: &[ceres_relay::RelaySpec],
+) -> Vec<ceres_proto::RelayPort> {
+    snapshots
+        .iter()
+        .map(|s| {
+            let proxy = specs
+                .iter()
+                .find(|r| r.public_port == s.port || r.home_port == s.port)
+                .map(|r| match r.proxy {
+                    ceres_relay::ProxyMode::None => "",
+                    ceres_relay::ProxyMode::V1 => "proxy-v1",
+                    ceres_relay::ProxyMode::V2 => "proxy-v2",
+                })
+                .unwrap_or_default();
+            ceres_proto::RelayPort {
+                port: s.port as u32,
+                target_port: s.target_port as u32,
+                proxy: proxy.to_owned(),
+                active: s.active,
+                total: s.total,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                refused: s.refused,
+                unavailable: s.unavailable,
+                last_error: s
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+                last_error_unix: s
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.at_unix_secs as i64)
+                    .unwrap_or(0),
+            }
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod mail;
 pub mod session;
 pub mod settings;
 pub mod tunnel;

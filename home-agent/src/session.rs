@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
+use crate::mail::HomeMail;
 use crate::settings::HomeSettings;
 use crate::tunnel::HomeTunnel;
 
@@ -62,8 +63,13 @@ pub async fn run(
     let creds: SharedCreds = Arc::new(Mutex::new(Credentials::load(&dir, Role::Home, JOIN_HINT)?));
     let started = SystemTime::now();
     let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
+    let mail = Arc::new(HomeMail::new(&settings, &dir, &cancel));
     // The data plane does not wait for the control plane.
     tunnel.start_saved().await;
+    if let (Some((home_ip, vps_ip)), Some(relays)) = (tunnel.addresses().await, mail.saved_relays())
+    {
+        mail.apply(&relays, home_ip, vps_ip).await;
+    }
     let tracker = TaskTracker::new();
     tracker.spawn(renew_loop(
         creds.clone(),
@@ -74,7 +80,7 @@ pub async fn run(
     let mut backoff = Backoff::new(BACKOFF_BASE, settings.reconnect_max.max(BACKOFF_BASE));
     loop {
         let began = Instant::now();
-        let result = session(&creds, &settings, &tunnel, started, &cancel).await;
+        let result = session(&creds, &settings, &tunnel, &mail, started, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -102,6 +108,7 @@ pub async fn run(
     }
     tracker.close();
     tracker.wait().await;
+    mail.shutdown().await;
     tunnel.shutdown().await;
     Ok(())
 }
@@ -110,6 +117,7 @@ async fn session(
     creds: &SharedCreds,
     settings: &HomeSettings,
     tunnel: &HomeTunnel,
+    mail: &HomeMail,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -148,6 +156,9 @@ async fn session(
             tracing::error!(error = %format!("{e:#}"), "cannot bring the tunnel up");
         }
     }
+    if let Some((home_ip, vps_ip)) = tunnel.addresses().await {
+        mail.apply(&welcome.relays, home_ip, vps_ip).await;
+    }
     let address = settings
         .control_address
         .clone()
@@ -165,11 +176,15 @@ async fn session(
             _ = tokio::time::sleep_until(last_heard + silent_limit) => return Err(SessionError::Silent),
             _ = tick.tick() => {
                 let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
+                let (forwards, egress) = mail.report().await;
                 let report = Report {
                     sent_at_unix: unix_secs(SystemTime::now()),
                     uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
                     certificate_not_after_unix: not_after,
                     tunnel: Some(tunnel.report().await),
+                    forwards,
+                    egress: Some(egress),
+                    probes: Vec::new(),
                 };
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
                     return Err(SessionError::Closed);

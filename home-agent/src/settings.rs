@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ceres_config::{ConfigError, HumanDuration, Layers, Switch};
+use ceres_config::{ConfigError, HumanDuration, Layers, PortList, Switch};
 use clap::Args;
 
 /// `ceres-home run` settings; each `--x-y` flag is also the key `CERES_X_Y`.
@@ -37,6 +37,45 @@ pub struct HomeFlags {
     /// default /var/run/wireguard. [CERES_WG_UAPI_DIR]
     #[arg(long, value_name = "DIR")]
     pub wg_uapi_dir: Option<String>,
+    /// Where the mail server listens; relayed connections are forwarded
+    /// here, same port. Default 127.0.0.1. [CERES_MAIL_SERVER]
+    #[arg(long, value_name = "IP")]
+    pub mail_server: Option<String>,
+    /// on: route outbound mail through the tunnel so it leaves from the VPS;
+    /// off: leave routing alone. Default on. [CERES_EGRESS]
+    #[arg(long, value_name = "on|off")]
+    pub egress: Option<String>,
+    /// Sources whose outbound mail goes through the tunnel, comma-separated
+    /// addresses or networks; default the home tunnel address (set Postfix's
+    /// smtp_bind_address to it). A Docker mail network (e.g. 172.18.0.0/16)
+    /// is the other common case. [CERES_EGRESS_FROM]
+    #[arg(long, value_name = "NET[,NET]")]
+    pub egress_from: Option<String>,
+    /// Destination TCP ports routed through the tunnel; default 25,465,587.
+    /// [CERES_EGRESS_PORTS]
+    #[arg(long, value_name = "PORT[,PORT]")]
+    pub egress_ports: Option<String>,
+}
+
+/// A comma-separated list of networks (a bare address is a /32 or /128).
+#[derive(Debug, Clone)]
+pub struct NetList(pub Vec<ipnet::IpNet>);
+
+impl std::str::FromStr for NetList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let nets: Result<Vec<ipnet::IpNet>, String> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("{p:?} is neither an address nor a network"))
+            })
+            .collect();
+        Ok(NetList(nets?))
+    }
 }
 
 /// Resolved settings.
@@ -56,6 +95,14 @@ pub struct HomeSettings {
     pub wg_listen: SocketAddr,
     /// UAPI socket directory.
     pub wg_uapi_dir: PathBuf,
+    /// Mail server address.
+    pub mail_server: std::net::IpAddr,
+    /// Egress on.
+    pub egress: bool,
+    /// Egress sources (empty: the tunnel address).
+    pub egress_from: Vec<ipnet::IpNet>,
+    /// Egress ports.
+    pub egress_ports: Vec<u16>,
 }
 
 /// This machine's host name.
@@ -96,6 +143,24 @@ impl HomeFlags {
                 self.wg_uapi_dir.as_deref(),
                 "/var/run/wireguard",
             )?,
+            mail_server: layers.get_or(
+                "CERES_MAIL_SERVER",
+                self.mail_server.as_deref(),
+                "127.0.0.1",
+            )?,
+            egress: layers
+                .get_or::<Switch>("CERES_EGRESS", self.egress.as_deref(), "on")?
+                .0,
+            egress_from: layers
+                .get_or::<NetList>("CERES_EGRESS_FROM", self.egress_from.as_deref(), "")?
+                .0,
+            egress_ports: layers
+                .get_or::<PortList>(
+                    "CERES_EGRESS_PORTS",
+                    self.egress_ports.as_deref(),
+                    "25,465,587",
+                )?
+                .0,
         })
     }
 }

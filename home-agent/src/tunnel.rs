@@ -148,7 +148,16 @@ impl HomeTunnel {
             public_key: PublicKey(vps_key),
             preshared_key: Some(PresharedKey(psk)),
             endpoint: Some(endpoint(&params.endpoint).await?),
-            allowed_ips: vec![host_net(vps_address)],
+            allowed_ips: if self.settings.egress {
+                // Replies to outbound mail come from anywhere; routing into
+                // the tunnel is by policy only (ROUTE_ALLOWED_IPS is off).
+                vec![
+                    host_net(vps_address),
+                    "0.0.0.0/0".parse().unwrap_or(vps_address),
+                ]
+            } else {
+                vec![host_net(vps_address)]
+            },
             persistent_keepalive: u16::try_from(params.keepalive_secs).ok().filter(|k| *k > 0),
         };
         let same_device = st.params.as_ref().is_some_and(|old| {
@@ -184,6 +193,16 @@ impl HomeTunnel {
         tracing::info!(ifname = %self.settings.tunnel_ifname, address = %home_address, endpoint = %params.endpoint, "tunnel up");
         st.engine = Some(engine);
         Ok(())
+    }
+
+    /// (home, VPS) tunnel addresses of the running tunnel.
+    pub async fn addresses(&self) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
+        let st = self.state.lock().await;
+        st.engine.as_ref()?;
+        let p = st.params.as_ref()?;
+        let home: IpNet = p.home_address.parse().ok()?;
+        let vps: IpNet = p.vps_address.parse().ok()?;
+        Some((home.addr(), vps.addr()))
     }
 
     /// Home's end, for the report.

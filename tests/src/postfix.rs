@@ -79,6 +79,12 @@ pub struct PostfixOptions {
     pub smtp_bind_address6: Option<Ipv6Addr>,
     /// How long postscreen / smtpd wait for the PROXY header.
     pub proxy_timeout: Duration,
+    /// How long postscreen holds a client it has not seen before (its
+    /// pregreet test) before handing it to smtpd: the client gets a
+    /// `220-` teaser at once and the final `220 ` after this. Postfix's
+    /// default is 6 s; the lab uses 1 s (the minimum) to keep tests fast.
+    /// A client that passed is remembered and passed at once next time.
+    pub postscreen_greet_wait: Duration,
     /// Extra `main.cf` lines, appended last (a later line overrides an
     /// earlier one, with a warning in the log).
     pub extra_main_cf: Vec<String>,
@@ -102,6 +108,7 @@ impl Default for PostfixOptions {
             smtp_bind_address: None,
             smtp_bind_address6: None,
             proxy_timeout: Duration::from_secs(5),
+            postscreen_greet_wait: Duration::from_secs(1),
             extra_main_cf: Vec::new(),
             start_timeout: Duration::from_secs(20),
         }
@@ -268,8 +275,11 @@ impl Postfix {
             dir,
             stopped: false,
         };
-        pf.postfix_cmd("set-permissions")?;
-        // From here on, drop stops whatever did start.
+        // `postfix start` runs `postfix check` first, which creates the
+        // queue directories with their owners and modes: no separate
+        // `set-permissions`, which would also rewrite the modes of shared
+        // system files from every parallel test. From here on, drop stops
+        // whatever did start.
         pf.postfix_cmd("start")?;
         pf.wait_ready()?;
         Ok(pf)
@@ -278,7 +288,11 @@ impl Postfix {
     /// Runs `postfix -c DIR ARG` in the namespace. Postfix prints its own
     /// errors only to a terminal, so a failure carries the instance log.
     fn postfix_cmd(&self, arg: &str) -> anyhow::Result<()> {
-        let out = run(self.command("postfix").arg("-c").arg(self.config_dir()).arg(arg))?;
+        let out = run(self
+            .command("postfix")
+            .arg("-c")
+            .arg(self.config_dir())
+            .arg(arg))?;
         if !out.status.success() {
             bail!(
                 "postfix {arg} failed ({}) in {}: {}{}\n{}",
@@ -318,8 +332,10 @@ impl Postfix {
         cmd
     }
 
-    /// Where a readiness probe connects, and the PROXY header it sends.
-    fn probe(&self) -> (SocketAddr, Option<Vec<u8>>) {
+    /// Where a readiness probe connects from and to, and the PROXY header
+    /// it sends. It always comes from (or claims) loopback, so it is never
+    /// confused with a client a test sent.
+    fn probe(&self) -> (IpAddr, SocketAddr, Option<Vec<u8>>) {
         let ip = self
             .opts
             .inet_interfaces
@@ -329,20 +345,20 @@ impl Postfix {
             .copied()
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let addr = SocketAddr::new(ip, 25);
-        let header = self.opts.postscreen_proxy_on_25.then(|| {
-            // A loopback client is in mynetworks, so postscreen passes it
-            // at once, and it is never confused with a client a test sent.
-            let client = match ip {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            };
-            smtp::proxy_v1(SocketAddr::new(client, 1), addr)
-        });
-        (addr, header)
+        let client = match ip {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        };
+        // Loopback is in mynetworks: postscreen passes it at once.
+        let header = self
+            .opts
+            .postscreen_proxy_on_25
+            .then(|| smtp::proxy_v1(SocketAddr::new(client, 1), addr));
+        (client, addr, header)
     }
 
     fn wait_ready(&self) -> anyhow::Result<()> {
-        let (addr, header) = self.probe();
+        let (client, addr, header) = self.probe();
         let result = wait_until(
             &format!("Postfix banner on {addr}"),
             self.opts.start_timeout,
@@ -352,6 +368,7 @@ impl Postfix {
                 }
                 let reply = smtp::read_banner_in(
                     &self.ns,
+                    Some(client),
                     addr,
                     header.as_deref().unwrap_or_default(),
                     Duration::from_secs(2),
@@ -416,9 +433,7 @@ impl Postfix {
                 if ft.is_dir() {
                     stack.push(path);
                 } else if ft.is_file()
-                    && dir
-                        .file_name()
-                        .is_some_and(|n| n == "new" || n == "cur")
+                    && dir.file_name().is_some_and(|n| n == "new" || n == "cur")
                     && let Ok(bytes) = std::fs::read(&path)
                 {
                     out.push(MaildirMessage {
@@ -551,7 +566,10 @@ impl Postfix {
             .arg("-c")
             .arg(self.config_dir())
             .arg("-j"))?;
-        Ok(out.lines().filter(|l| l.trim_start().starts_with('{')).count())
+        Ok(out
+            .lines()
+            .filter(|l| l.trim_start().starts_with('{'))
+            .count())
     }
 
     /// Asks for an immediate delivery attempt of everything queued.
@@ -574,7 +592,8 @@ impl Postfix {
 
     /// Stops the instance: `postfix stop` (or SIGTERM to the master when
     /// that cannot run, e.g. the namespace is gone), waits for the master to
-    /// exit, then kills anything still working in this instance's queue.
+    /// exit and for its children to follow; SIGKILLs whatever of this
+    /// instance is still running after that. Idempotent.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if self.stopped {
             return Ok(());
@@ -588,45 +607,47 @@ impl Postfix {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let waited = match master {
-            Some(pid) => wait_until("the Postfix master to exit", Duration::from_secs(10), || {
-                Ok(process_gone(pid))
-            }),
+            Some(pid) => wait_until(
+                "the Postfix master to exit",
+                Duration::from_secs(10),
+                || Ok(process_gone(pid)),
+            ),
             None => Ok(()),
         };
-        let killed = self.kill_leftovers();
-        waited?;
-        ensure!(
-            killed == 0,
-            "{killed} Postfix processes were still running after the master exited"
-        );
-        Ok(())
+        // Children notice the master's exit on their own, a moment later.
+        let settled = wait_until("Postfix processes to exit", Duration::from_secs(5), || {
+            Ok(self.leftovers().is_empty())
+        });
+        if settled.is_err() {
+            let pids = self.leftovers();
+            for pid in &pids {
+                // SAFETY: kill has no memory preconditions.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            eprintln!(
+                "Postfix in {}: SIGKILLed {} processes left after stop: {pids:?}",
+                self.ns,
+                pids.len()
+            );
+        }
+        waited
     }
 
-    /// SIGKILLs every process whose working directory is this instance's
-    /// queue (every Postfix daemon chdirs there); returns how many.
-    fn kill_leftovers(&self) -> usize {
+    /// Live processes whose working directory is this instance's queue
+    /// (every Postfix daemon chdirs there): the instance's, and only its.
+    fn leftovers(&self) -> Vec<i32> {
         let queue = self.queue_dir();
         let Ok(procs) = std::fs::read_dir("/proc") else {
-            return 0;
+            return Vec::new();
         };
-        let mut killed = 0;
-        for entry in procs.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&queue))
-                && !process_gone(pid)
-            {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                killed += 1;
-            }
-        }
-        killed
+        procs
+            .flatten()
+            .filter_map(|entry| {
+                let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+                let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+                (cwd.starts_with(&queue) && !process_gone(pid)).then_some(pid)
+            })
+            .collect()
     }
 }
 
@@ -699,7 +720,10 @@ fn main_cf(opts: &PostfixOptions, dir: &Path, mail_uid: u32, mail_gid: u32) -> S
             .iter()
             .map(|(domain, hop)| format!("{{ {domain} = smtp:{hop} }}"))
             .collect();
-        line(format!("transport_maps = inline:{{ {} }}", entries.join(", ")));
+        line(format!(
+            "transport_maps = inline:{{ {} }}",
+            entries.join(", ")
+        ));
     }
     if let Some(ip) = opts.smtp_bind_address {
         line(format!("smtp_bind_address = {ip}"));
@@ -710,7 +734,13 @@ fn main_cf(opts: &PostfixOptions, dir: &Path, mail_uid: u32, mail_gid: u32) -> S
     let proxy_timeout = format!("{}s", opts.proxy_timeout.as_secs().max(1));
     if opts.postscreen_proxy_on_25 {
         line("postscreen_upstream_proxy_protocol = haproxy".into());
-        line(format!("postscreen_upstream_proxy_timeout = {proxy_timeout}"));
+        line(format!(
+            "postscreen_upstream_proxy_timeout = {proxy_timeout}"
+        ));
+        line(format!(
+            "postscreen_greet_wait = {}s",
+            opts.postscreen_greet_wait.as_secs().max(1)
+        ));
     }
     for extra in &opts.extra_main_cf {
         line(extra.clone());

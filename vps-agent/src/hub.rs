@@ -12,9 +12,21 @@ use tokio_util::sync::CancellationToken;
 /// The session registry. At most one home session is live: a new one (the
 /// agent restarted, or reconnected before the old TCP connection died)
 /// replaces the old, whose stream is then closed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// Whether a home session is up, for the relays: while it is not, SMTP
+    /// ports answer 421 at once instead of trying the tunnel.
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            up: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +79,7 @@ impl Hub {
             old.cancel.cancel();
         }
         let cancel = parent.child_token();
+        self.up.send_replace(true);
         inner.current = Some(Session {
             id,
             since_unix: now,
@@ -96,7 +109,13 @@ impl Hub {
         if inner.current.as_ref().is_some_and(|s| s.id == id) {
             inner.previous = inner.current.take();
             inner.ended_unix = unix_secs(SystemTime::now());
+            self.up.send_replace(false);
         }
+    }
+
+    /// Follows whether a home session is up.
+    pub fn home_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.up.subscribe()
     }
 
     /// Whether a home session is up.

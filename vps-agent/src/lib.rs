@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod hub;
+pub mod relays;
 pub mod service;
 pub mod settings;
 pub mod state;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::Hub;
+use crate::relays::VpsRelays;
 use crate::settings::VpsSettings;
 use crate::state::{ServerCert, VpsState};
 use crate::tokens::{RedeemError, TokenStore};
@@ -48,6 +49,7 @@ struct Ctx {
     started: SystemTime,
     server_cert: RwLock<ServerCert>,
     tunnel: VpsTunnel,
+    relays: VpsRelays,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -205,6 +207,7 @@ impl Agent for Svc {
                 report_interval_secs: interval.as_secs().max(1) as u32,
                 tunnel,
                 vps_started_at_unix: unix_secs(ctx.started),
+                relays: relays_text(&ctx.settings),
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
@@ -275,11 +278,33 @@ impl Admin for Svc {
                 control_address: ctx.settings.control_address.clone(),
                 server_certificate_not_after_unix: server_not_after,
                 now_unix: unix_secs(now),
+                relays: relays_text(&ctx.settings),
+                tunnel_vps_address: ctx.settings.tunnel.vps_address.to_string(),
+                tunnel_home_address: ctx.settings.tunnel.home_address.to_string(),
+                egress_ports: ctx
+                    .settings
+                    .relay
+                    .egress_ports
+                    .iter()
+                    .map(|p| *p as u32)
+                    .collect(),
             }),
             home: Some(ctx.hub.status()),
             vps_tunnel: Some(ctx.tunnel.report()),
+            relays: ctx.relays.report(),
+            egress: Some(ctx.relays.egress_status()),
         }))
     }
+}
+
+fn relays_text(settings: &VpsSettings) -> String {
+    settings
+        .relay
+        .relays
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn tls_config(state: &VpsState, cert: &ServerCert) -> anyhow::Result<Arc<rustls::ServerConfig>> {
@@ -305,12 +330,15 @@ pub async fn run(
     let shared: SharedServerConfig = Arc::new(RwLock::new(tls_config(&state, &server_cert)?));
     let tracker = TaskTracker::new();
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
+    let hub = Hub::default();
+    let relays = VpsRelays::start(&settings, hub.home_up(), &cancel, &tracker)?;
     let ctx = Arc::new(Ctx {
         tunnel,
+        relays,
         settings,
         state,
         tokens,
-        hub: Hub::default(),
+        hub,
         started: SystemTime::now(),
         server_cert: RwLock::new(server_cert),
         cancel: cancel.clone(),
@@ -342,6 +370,7 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
+    ctx.relays.remove_egress();
     match Arc::try_unwrap(ctx) {
         Ok(ctx) => ctx.tunnel.shutdown().await,
         Err(_) => tracing::warn!(

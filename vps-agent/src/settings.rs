@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use ceres_config::{ConfigError, HumanDuration, Layers, Switch};
+use ceres_config::{ConfigError, HumanDuration, Layers, PortList, Switch};
 use clap::Args;
 
 /// Default control-plane port (mutual TLS gRPC).
@@ -75,6 +75,77 @@ pub struct VpsFlags {
     /// default /var/run/wireguard. [CERES_WG_UAPI_DIR]
     #[arg(long, value_name = "DIR")]
     pub wg_uapi_dir: Option<String>,
+    /// Relayed ports with their PROXY mode: PORT[:HOME_PORT][/proxy-v1|/proxy-v2],
+    /// comma-separated; empty for none. Default
+    /// 25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143,995,110,4190,80,443.
+    /// [CERES_RELAYS]
+    #[arg(long, value_name = "LIST")]
+    pub relays: Option<String>,
+    /// Addresses the relays listen on; default the public IPs. Use
+    /// 0.0.0.0,:: on a VPS whose public IP is NATed to a private one.
+    /// [CERES_RELAY_LISTEN]
+    #[arg(long, value_name = "IP[,IP]")]
+    pub relay_listen: Option<String>,
+    /// A relayed connection with no traffic either way is closed after this;
+    /// default 30m (IMAP IDLE refreshes every 29 min). [CERES_RELAY_IDLE_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    pub relay_idle_timeout: Option<String>,
+    /// Concurrent connections per relayed port; default 1000. [CERES_RELAY_MAX_PER_PORT]
+    #[arg(long, value_name = "N")]
+    pub relay_max_per_port: Option<String>,
+    /// Concurrent connections per client address (IPv6: per /64); default 50.
+    /// [CERES_RELAY_MAX_PER_SOURCE]
+    #[arg(long, value_name = "N")]
+    pub relay_max_per_source: Option<String>,
+    /// on: send home's outbound mail out from this VPS (nftables NAT, only
+    /// CERES_EGRESS_PORTS); off: no egress. Default on. [CERES_EGRESS]
+    #[arg(long, value_name = "on|off")]
+    pub egress: Option<String>,
+    /// Destination TCP ports home may reach through the VPS; default 25,465,587.
+    /// [CERES_EGRESS_PORTS]
+    #[arg(long, value_name = "PORT[,PORT]")]
+    pub egress_ports: Option<String>,
+    /// The interface outbound mail leaves by; default the one of the default
+    /// route. [CERES_PUBLIC_IFNAME]
+    #[arg(long, value_name = "NAME")]
+    pub public_ifname: Option<String>,
+}
+
+/// Relay and egress settings of the VPS.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The relayed ports.
+    pub relays: Vec<ceres_relay::RelaySpec>,
+    /// Listen addresses.
+    pub listen: Vec<IpAddr>,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Per-port limit.
+    pub max_per_port: u32,
+    /// Per-source limit.
+    pub max_per_source: u32,
+    /// Egress on.
+    pub egress: bool,
+    /// Egress ports.
+    pub egress_ports: Vec<u16>,
+    /// Public interface (None: detect).
+    pub public_ifname: Option<String>,
+}
+
+/// The relays list.
+#[derive(Debug, Clone)]
+pub struct Relays(pub Vec<ceres_relay::RelaySpec>);
+
+impl std::str::FromStr for Relays {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Ok(Relays(Vec::new()));
+        }
+        ceres_relay::parse_relays(s)
+            .map(Relays)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Tunnel settings of the VPS.
@@ -117,6 +188,8 @@ pub struct VpsSettings {
     pub report_interval: Duration,
     /// The tunnel.
     pub tunnel: TunnelSettings,
+    /// Relays and egress.
+    pub relay: RelaySettings,
 }
 
 /// A comma-separated list of addresses.
@@ -226,7 +299,51 @@ impl VpsFlags {
                 "/var/run/wireguard",
             )?,
         };
+        let relay = RelaySettings {
+            relays: layers
+                .get_or::<Relays>(
+                    "CERES_RELAYS",
+                    self.relays.as_deref(),
+                    ceres_relay::DEFAULT_RELAYS,
+                )?
+                .0,
+            listen: match layers
+                .get::<IpList>("CERES_RELAY_LISTEN", self.relay_listen.as_deref())?
+            {
+                Some(IpList(l)) => l,
+                None => public_ips.clone(),
+            },
+            idle_timeout: layers
+                .get_or::<HumanDuration>(
+                    "CERES_RELAY_IDLE_TIMEOUT",
+                    self.relay_idle_timeout.as_deref(),
+                    "30m",
+                )?
+                .0,
+            max_per_port: layers.get_or(
+                "CERES_RELAY_MAX_PER_PORT",
+                self.relay_max_per_port.as_deref(),
+                "1000",
+            )?,
+            max_per_source: layers.get_or(
+                "CERES_RELAY_MAX_PER_SOURCE",
+                self.relay_max_per_source.as_deref(),
+                "50",
+            )?,
+            egress: layers
+                .get_or::<Switch>("CERES_EGRESS", self.egress.as_deref(), "on")?
+                .0,
+            egress_ports: layers
+                .get_or::<PortList>(
+                    "CERES_EGRESS_PORTS",
+                    self.egress_ports.as_deref(),
+                    "25,465,587",
+                )?
+                .0,
+            public_ifname: layers.get("CERES_PUBLIC_IFNAME", self.public_ifname.as_deref())?,
+        };
         Ok(VpsSettings {
+            relay,
             tunnel,
             public_ips,
             domain,

@@ -47,14 +47,14 @@ pub struct RenewResponse {
     #[prost(string, tag = "2")]
     pub ca_certificate_pem: ::prost::alloc::string::String,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HomeMessage {
     #[prost(oneof = "home_message::Kind", tags = "1, 2")]
     pub kind: ::core::option::Option<home_message::Kind>,
 }
 /// Nested message and enum types in `HomeMessage`.
 pub mod home_message {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Kind {
         #[prost(message, tag = "1")]
         Hello(super::Hello),
@@ -111,6 +111,10 @@ pub struct Welcome {
     /// session state, and home handshakes again at once instead of waiting.
     #[prost(int64, tag = "5")]
     pub vps_started_at_unix: i64,
+    /// The relayed ports (CERES_RELAYS syntax, e.g. "25/proxy-v2,993"): home
+    /// listens on their home ports on its tunnel address.
+    #[prost(string, tag = "6")]
+    pub relays: ::prost::alloc::string::String,
 }
 /// Everything home needs for its WireGuard peer, decided by the VPS.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -172,7 +176,7 @@ pub struct TunnelReport {
     pub error: ::prost::alloc::string::String,
 }
 /// What the home agent sees, sent every report interval.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Report {
     #[prost(int64, tag = "1")]
     pub sent_at_unix: i64,
@@ -183,6 +187,74 @@ pub struct Report {
     pub certificate_not_after_unix: i64,
     #[prost(message, optional, tag = "4")]
     pub tunnel: ::core::option::Option<TunnelReport>,
+    /// Home's forwarders (tunnel port -> mail server port).
+    #[prost(message, repeated, tag = "5")]
+    pub forwards: ::prost::alloc::vec::Vec<RelayPort>,
+    #[prost(message, optional, tag = "6")]
+    pub egress: ::core::option::Option<EgressStatus>,
+    /// The mail server as home sees it, per forwarded port.
+    #[prost(message, repeated, tag = "7")]
+    pub probes: ::prost::alloc::vec::Vec<MailProbe>,
+}
+/// Counters of one relayed port (VPS) or forwarded port (home).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RelayPort {
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    #[prost(uint32, tag = "2")]
+    pub target_port: u32,
+    /// "proxy-v1", "proxy-v2" or "" (none).
+    #[prost(string, tag = "3")]
+    pub proxy: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub active: u64,
+    #[prost(uint64, tag = "5")]
+    pub total: u64,
+    #[prost(uint64, tag = "6")]
+    pub bytes_in: u64,
+    #[prost(uint64, tag = "7")]
+    pub bytes_out: u64,
+    /// Refused by the per-port or per-source limits.
+    #[prost(uint64, tag = "8")]
+    pub refused: u64,
+    /// Turned away because home was unreachable (421 on SMTP ports).
+    #[prost(uint64, tag = "9")]
+    pub unavailable: u64,
+    #[prost(string, tag = "10")]
+    pub last_error: ::prost::alloc::string::String,
+    #[prost(int64, tag = "11")]
+    pub last_error_unix: i64,
+}
+/// Outbound mail routing at one end.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EgressStatus {
+    #[prost(bool, tag = "1")]
+    pub enabled: bool,
+    #[prost(uint32, repeated, tag = "2")]
+    pub tcp_ports: ::prost::alloc::vec::Vec<u32>,
+    /// Home: the sources routed into the tunnel.
+    #[prost(string, repeated, tag = "3")]
+    pub sources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Why it is not installed, if it is not.
+    #[prost(string, tag = "4")]
+    pub error: ::prost::alloc::string::String,
+}
+/// One check of the home mail server by the home agent.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct MailProbe {
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    #[prost(bool, tag = "2")]
+    pub reachable: bool,
+    /// First line the server sent (SMTP/IMAP/POP banner), if any.
+    #[prost(string, tag = "3")]
+    pub banner: ::prost::alloc::string::String,
+    /// The server seems to expect a PROXY header (no banner on a plain connect, or a
+    /// banner only after one).
+    #[prost(bool, tag = "4")]
+    pub expects_proxy: bool,
+    #[prost(string, tag = "5")]
+    pub error: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Command {
@@ -204,7 +276,7 @@ pub mod command {
 pub struct Ping {}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StatusResponse {
     #[prost(message, optional, tag = "1")]
     pub vps: ::core::option::Option<VpsStatus>,
@@ -213,6 +285,10 @@ pub struct StatusResponse {
     /// The VPS end of the tunnel (home's end is in home.last_report.tunnel).
     #[prost(message, optional, tag = "3")]
     pub vps_tunnel: ::core::option::Option<TunnelReport>,
+    #[prost(message, repeated, tag = "4")]
+    pub relays: ::prost::alloc::vec::Vec<RelayPort>,
+    #[prost(message, optional, tag = "5")]
+    pub egress: ::core::option::Option<EgressStatus>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VpsStatus {
@@ -236,8 +312,17 @@ pub struct VpsStatus {
     pub server_certificate_not_after_unix: i64,
     #[prost(int64, tag = "10")]
     pub now_unix: i64,
+    /// CERES_RELAYS in effect.
+    #[prost(string, tag = "11")]
+    pub relays: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub tunnel_vps_address: ::prost::alloc::string::String,
+    #[prost(string, tag = "13")]
+    pub tunnel_home_address: ::prost::alloc::string::String,
+    #[prost(uint32, repeated, tag = "14")]
+    pub egress_ports: ::prost::alloc::vec::Vec<u32>,
 }
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HomeStatus {
     #[prost(bool, tag = "1")]
     pub connected: bool,

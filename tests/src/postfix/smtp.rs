@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -56,12 +56,117 @@ where
 
 /// Opens a TCP connection to `addr` from inside `ns`.
 pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-    connect_in(&ns.name, addr, timeout)
+    connect_in(&ns.name, None, addr, timeout)
 }
 
-fn connect_in(name: &str, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
-    in_netns_named(name, || TcpStream::connect_timeout(&addr, timeout))?
-        .with_context(|| format!("connecting to {addr} from namespace {name}"))
+/// Opens a TCP connection to `addr` from inside `ns`, from source address
+/// `local` (any port): e.g. the outside client's own address rather than
+/// the one the routing table would pick. The socket keeps `timeout` as
+/// its send timeout.
+pub fn connect_from(
+    ns: &Netns,
+    local: IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
+    connect_in(&ns.name, Some(local), addr, timeout)
+}
+
+pub(crate) fn connect_in(
+    name: &str,
+    local: Option<IpAddr>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
+    in_netns_named(name, || match local {
+        None => TcpStream::connect_timeout(&addr, timeout),
+        Some(local) => tcp_connect_bound(local, addr, timeout),
+    })?
+    .with_context(|| match local {
+        None => format!("connecting to {addr} from namespace {name}"),
+        Some(l) => format!("connecting from {l} to {addr} in namespace {name}"),
+    })
+}
+
+/// Calls `f` with `addr` as a C socket address.
+fn with_sockaddr<R>(addr: SocketAddr, f: impl FnOnce(*const libc::sockaddr, u32) -> R) -> R {
+    match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in; the fields are set below.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            f((&raw const sa).cast(), len)
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in6; the fields are set below.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+            f((&raw const sa).cast(), len)
+        }
+    }
+}
+
+/// bind(local:0) then connect(addr) — std has no bind-before-connect.
+fn tcp_connect_bound(local: IpAddr, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the result is checked.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Linux bounds a blocking connect(2) by the send timeout.
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros().min(999_999) as i32),
+    };
+    // SAFETY: tv is a valid timeval for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the pointer and length describe a live sockaddr.
+    let rc = with_sockaddr(SocketAddr::new(local, 0), |sa, len| unsafe {
+        libc::bind(sock.as_raw_fd(), sa, len)
+    });
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let rc = with_sockaddr(addr, |sa, len| unsafe {
+        libc::connect(sock.as_raw_fd(), sa, len)
+    });
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        // EAGAIN/EINPROGRESS here means the send timeout ran out.
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::EAGAIN) | Some(libc::EINPROGRESS)
+        ) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+        }
+        return Err(e);
+    }
+    Ok(TcpStream::from(sock))
 }
 
 /// Both ends as one family: IPv4 only when both are IPv4, otherwise IPv6
@@ -190,7 +295,28 @@ impl SmtpClient {
         proxy_header: Option<&[u8]>,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let mut client = Self::new(connect(ns, addr, timeout)?, timeout)?;
+        Self::connect_in(&ns.name, None, addr, proxy_header, timeout)
+    }
+
+    /// `connect`, with the connection's source address set to `local`.
+    pub fn connect_from(
+        ns: &Netns,
+        local: IpAddr,
+        addr: SocketAddr,
+        proxy_header: Option<&[u8]>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::connect_in(&ns.name, Some(local), addr, proxy_header, timeout)
+    }
+
+    fn connect_in(
+        name: &str,
+        local: Option<IpAddr>,
+        addr: SocketAddr,
+        proxy_header: Option<&[u8]>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut client = Self::new(connect_in(name, local, addr, timeout)?, timeout)?;
         if let Some(header) = proxy_header {
             client.send_raw(header)?;
         }
@@ -362,17 +488,18 @@ pub fn read_banner(
     send_first: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<Option<Reply>> {
-    read_banner_in(&ns.name, addr, send_first, timeout)
+    read_banner_in(&ns.name, None, addr, send_first, timeout)
 }
 
-/// `read_banner` by namespace name.
+/// `read_banner` by namespace name, optionally from source address `local`.
 pub(crate) fn read_banner_in(
     name: &str,
+    local: Option<IpAddr>,
     addr: SocketAddr,
     send_first: &[u8],
     timeout: Duration,
 ) -> anyhow::Result<Option<Reply>> {
-    let mut client = SmtpClient::new(connect_in(name, addr, timeout)?, timeout)?;
+    let mut client = SmtpClient::new(connect_in(name, local, addr, timeout)?, timeout)?;
     if !send_first.is_empty() {
         client.send_raw(send_first)?;
     }
@@ -525,7 +652,9 @@ fn swaks_accepted(transcript: &str) -> bool {
         if line == "-> ." {
             after_dot = true;
         } else if after_dot && line.starts_with("<") {
-            return line.trim_start_matches(['<', '*', '~', ' ']).starts_with("250");
+            return line
+                .trim_start_matches(['<', '-', '*', '~', ' '])
+                .starts_with("250");
         }
     }
     false
@@ -569,7 +698,10 @@ mod tests {
         let h = proxy_v2(src6, dst6);
         assert_eq!(&h[12..16], &[0x21, 0x21, 0, 36]);
         assert_eq!(h.len(), 16 + 36);
-        assert_eq!(&h[16..32], &"2001:db8::10".parse::<Ipv6Addr>().expect("ip").octets());
+        assert_eq!(
+            &h[16..32],
+            &"2001:db8::10".parse::<Ipv6Addr>().expect("ip").octets()
+        );
         assert_eq!(&h[48..52], &[0, 1, 0, 25]);
     }
 

@@ -1,0 +1,188 @@
+//! Home's mail plumbing: the forwarders from the tunnel address to the mail
+//! server, and the policy routing that sends outbound mail into the tunnel.
+
+use std::net::IpAddr;
+
+use ceres_proto::{EgressStatus, RelayPort};
+use ceres_relay::egress::{HomeEgress, HostSystem};
+use ceres_relay::{Forwarder, ForwarderConfig, RelaySpec, StatsHandle};
+use ceres_state::StateDir;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::HomeSettings;
+
+/// The relay list last received from the VPS, so forwarders start at once
+/// after a restart.
+const RELAYS_FILE: &str = "relays";
+
+/// Forwarders and egress at home.
+#[derive(Debug)]
+pub struct HomeMail {
+    settings: HomeSettings,
+    dir: StateDir,
+    cancel: CancellationToken,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    key: Option<(String, IpAddr, IpAddr)>,
+    forwarder: Option<Running>,
+    forward_error: Option<String>,
+    egress: Option<HomeEgress>,
+    egress_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Running {
+    specs: Vec<RelaySpec>,
+    stats: StatsHandle,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl HomeMail {
+    /// Nothing runs until [`HomeMail::apply`].
+    pub fn new(settings: &HomeSettings, dir: &StateDir, cancel: &CancellationToken) -> Self {
+        Self {
+            settings: settings.clone(),
+            dir: dir.clone(),
+            cancel: cancel.clone(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The relay list saved by the last session, if any.
+    pub fn saved_relays(&self) -> Option<String> {
+        self.dir
+            .read_optional(RELAYS_FILE)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+    }
+
+    /// (Re)starts the forwarders for `relays` on `home_ip` (accepting only
+    /// `vps_ip`), and installs the egress routing once.
+    pub async fn apply(&self, relays: &str, home_ip: IpAddr, vps_ip: IpAddr) {
+        let mut st = self.state.lock().await;
+        let key = (relays.to_owned(), home_ip, vps_ip);
+        if st.key.as_ref() != Some(&key) {
+            if let Some(old) = st.forwarder.take() {
+                old.stop.cancel();
+                let _ = old.task.await;
+            }
+            match self.start_forwarder(relays, home_ip, vps_ip) {
+                Ok(running) => {
+                    st.forwarder = running;
+                    st.forward_error = None;
+                    let _ = self.dir.write(RELAYS_FILE, relays.as_bytes());
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot start the forwarders to the mail server");
+                    st.forward_error = Some(format!("{e:#}"));
+                }
+            }
+            st.key = Some(key);
+        }
+        if self.settings.egress && self.settings.tunnel && st.egress.is_none() {
+            let mut egress = HomeEgress::new(self.settings.tunnel_ifname.clone(), home_ip);
+            if !self.settings.egress_from.is_empty() {
+                egress.sources = self.settings.egress_from.clone();
+            }
+            egress.tcp_ports = self.settings.egress_ports.clone();
+            match egress.apply(&HostSystem::default()) {
+                Ok(()) => {
+                    tracing::info!(sources = ?egress.sources, ports = ?egress.tcp_ports, "outbound mail routed through the tunnel");
+                    st.egress = Some(egress);
+                    st.egress_error = None;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the egress routing: outbound mail keeps using the home line");
+                    st.egress_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    fn start_forwarder(
+        &self,
+        relays: &str,
+        home_ip: IpAddr,
+        vps_ip: IpAddr,
+    ) -> anyhow::Result<Option<Running>> {
+        let specs = if relays.trim().is_empty() {
+            Vec::new()
+        } else {
+            ceres_relay::parse_relays(relays)?
+        };
+        if specs.is_empty() {
+            return Ok(None);
+        }
+        ceres_relay::raise_fd_limit().ok();
+        let mut config = ForwarderConfig::new(home_ip, vps_ip, &specs);
+        config.mail_server = self.settings.mail_server;
+        let forwarder = Forwarder::bind(config)?;
+        let stats = forwarder.stats();
+        let stop = self.cancel.child_token();
+        let token = stop.clone();
+        tracing::info!(relays, mail_server = %self.settings.mail_server, "forwarding to the mail server");
+        let task = tokio::spawn(async move {
+            if let Err(e) = forwarder.run(token).await {
+                tracing::error!(error = %e, "forwarders stopped");
+            }
+        });
+        Ok(Some(Running {
+            specs,
+            stats,
+            stop,
+            task,
+        }))
+    }
+
+    /// Counters and egress state for the report.
+    pub async fn report(&self) -> (Vec<RelayPort>, EgressStatus) {
+        let st = self.state.lock().await;
+        let forwards = st
+            .forwarder
+            .as_ref()
+            .map(|r| ceres_control::report::relay_ports(&r.stats.snapshot(), &r.specs))
+            .unwrap_or_default();
+        let egress = EgressStatus {
+            enabled: st.egress.is_some(),
+            tcp_ports: self
+                .settings
+                .egress_ports
+                .iter()
+                .map(|p| *p as u32)
+                .collect(),
+            sources: st
+                .egress
+                .as_ref()
+                .map(|e| e.sources.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default(),
+            error: match (&st.egress_error, self.settings.egress) {
+                (Some(e), _) => e.clone(),
+                (None, false) => "disabled (CERES_EGRESS=off)".into(),
+                _ => String::new(),
+            },
+        };
+        (forwards, egress)
+    }
+
+    /// Stops the forwarders and removes the routing.
+    pub async fn shutdown(&self) {
+        let mut st = self.state.lock().await;
+        if let Some(old) = st.forwarder.take() {
+            old.stop.cancel();
+            let _ = old.task.await;
+        }
+        if let Some(egress) = st.egress.take() {
+            match egress.remove(&HostSystem::default()) {
+                Ok(()) => tracing::info!("egress routing removed"),
+                Err(e) => tracing::warn!(error = %e, "removing the egress routing failed"),
+            }
+        }
+    }
+}
