@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use ceres_proto::{StatusResponse, TunnelReport};
+use ceres_proto::{EgressStatus, RelayPort, StatusResponse, TunnelReport};
 use serde::Serialize;
 
 /// Version of the JSON layout.
@@ -27,6 +27,85 @@ pub struct Status {
     pub home: HomePart,
     /// The WireGuard tunnel, both ends.
     pub tunnel: TunnelPart,
+    /// The VPS's relayed ports.
+    pub relays: Vec<PortPart>,
+    /// Home's forwarders (tunnel port -> mail server), from its last report.
+    pub forwards: Vec<PortPart>,
+    /// Outbound mail routing, both ends.
+    pub egress: EgressPart,
+}
+
+/// Counters of one relayed (VPS) or forwarded (home) port.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortPart {
+    /// Listening port.
+    pub port: u32,
+    /// Port connected to (home tunnel port / mail server port).
+    pub target_port: u32,
+    /// "proxy-v1", "proxy-v2" or null.
+    pub proxy: Option<String>,
+    /// Open connections.
+    pub active: u64,
+    /// Connections since start.
+    pub total: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Refused by connection limits.
+    pub refused: u64,
+    /// Turned away while home was unreachable.
+    pub unavailable: u64,
+    /// Last error and when.
+    pub last_error: Option<String>,
+    /// When the last error happened, RFC 3339.
+    pub last_error_at: Option<String>,
+}
+
+impl PortPart {
+    fn from_proto(p: &RelayPort) -> Self {
+        PortPart {
+            port: p.port,
+            target_port: p.target_port,
+            proxy: non_empty(&p.proxy),
+            active: p.active,
+            total: p.total,
+            bytes_in: p.bytes_in,
+            bytes_out: p.bytes_out,
+            refused: p.refused,
+            unavailable: p.unavailable,
+            last_error: non_empty(&p.last_error),
+            last_error_at: rfc3339(p.last_error_unix),
+        }
+    }
+}
+
+/// Outbound mail routing.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressPart {
+    /// NAT on the VPS.
+    pub vps: EgressEnd,
+    /// Policy routing at home (null before home reported).
+    pub home: Option<EgressEnd>,
+}
+
+/// One end's egress.
+#[derive(Debug, Clone, Serialize)]
+pub struct EgressEnd {
+    /// Installed.
+    pub enabled: bool,
+    /// Destination TCP ports allowed/routed.
+    pub tcp_ports: Vec<u32>,
+    /// Home: sources routed into the tunnel.
+    pub sources: Vec<String>,
+    /// Why it is not installed.
+    pub error: Option<String>,
+}
+
+impl EgressEnd {
+    fn from_proto(e: &EgressStatus) -> Self {
+        EgressEnd { enabled: e.enabled, tcp_ports: e.tcp_ports.clone(), sources: e.sources.clone(), error: non_empty(&e.error) }
+    }
 }
 
 /// WireGuard sessions older than this are dead (WireGuard's Reject-After-Time).
@@ -196,6 +275,20 @@ impl Status {
             });
         }
         let report = home.last_report.clone();
+        let relays: Vec<PortPart> = resp.relays.iter().map(PortPart::from_proto).collect();
+        let forwards: Vec<PortPart> =
+            report.as_ref().map(|r| r.forwards.iter().map(PortPart::from_proto).collect()).unwrap_or_default();
+        let egress = EgressPart {
+            vps: EgressEnd::from_proto(&resp.egress.clone().unwrap_or_default()),
+            home: report.as_ref().and_then(|r| r.egress.as_ref()).map(EgressEnd::from_proto),
+        };
+        for (end, e) in [("VPS", Some(&egress.vps)), ("home", egress.home.as_ref())] {
+            if let Some(err) = e.and_then(|e| e.error.as_deref()) {
+                if !err.starts_with("disabled") && !err.starts_with("not installed (tunnel off)") {
+                    problems.push(format!("outbound mail routing is not installed on the {end}: {err}"));
+                }
+            }
+        }
         let vps_end = TunnelEnd::from_report(&resp.vps_tunnel.unwrap_or_default(), now);
         let home_end = report
             .as_ref()
@@ -262,6 +355,9 @@ impl Status {
                 vps: vps_end,
                 home: home_end,
             },
+            relays,
+            forwards,
+            egress,
         }
     }
 
@@ -380,6 +476,36 @@ impl Status {
                 ));
             }
         }
+        if !self.relays.is_empty() {
+            out.push_str(&format!("{} relays      {} ports\n", mark(true), self.relays.len()));
+            out.push_str("              port → home  proxy      active   total      in     out  refused  421/closed\n");
+            for r in &self.relays {
+                out.push_str(&format!(
+                    "              {:<5}→ {:<5} {:<9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11}{}\n",
+                    r.port,
+                    r.target_port,
+                    r.proxy.as_deref().unwrap_or("-"),
+                    r.active,
+                    r.total,
+                    bytes(r.bytes_in),
+                    bytes(r.bytes_out),
+                    r.refused,
+                    r.unavailable,
+                    r.last_error.as_deref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+                ));
+            }
+        }
+        let e = &self.egress;
+        // Before home's first report only the VPS end is known.
+        let egress_ok = e.vps.enabled && e.home.as_ref().is_none_or(|h| h.enabled);
+        let ports = e.vps.tcp_ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        if e.vps.enabled || e.home.as_ref().is_some_and(|h| h.enabled) {
+            out.push_str(&format!(
+                "{} egress      outbound mail leaves from the VPS on tcp {ports}{}\n",
+                mark(egress_ok),
+                e.home.as_ref().map(|h| format!(" · home sources {}", h.sources.join(", "))).unwrap_or_default()
+            ));
+        }
         if !self.problems.is_empty() {
             out.push('\n');
             for p in &self.problems {
@@ -442,6 +568,8 @@ mod tests {
                 error: "disabled (CERES_TUNNEL=off)".into(),
                 ..Default::default()
             }),
+            relays: Vec::new(),
+            egress: None,
             home: Some(HomeStatus {
                 connected,
                 since_unix: since,
@@ -516,7 +644,7 @@ mod tests {
     #[test]
     fn json_has_the_documented_top_level_fields() {
         let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
-        for k in ["schema", "ok", "problems", "vps", "home", "tunnel"] {
+        for k in ["schema", "ok", "problems", "vps", "home", "tunnel", "relays", "forwards", "egress"] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
         assert_eq!(v["schema"], 1);

@@ -51,7 +51,7 @@ pub enum Command {
     /// Enrol with the VPS using a one-time token from `ceres-vps token create --role home`.
     Join(JoinArgs),
     /// Run the agent (until SIGINT or SIGTERM).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// `join` arguments.

@@ -515,7 +515,8 @@ impl Postfix {
     pub fn clients_seen(&self) -> Vec<IpAddr> {
         self.log()
             .lines()
-            .filter(|l| l.contains("/smtpd[") || l.contains("/submission/smtpd["))
+            // postfix/smtpd and postfix/submission/smtpd alike.
+            .filter(|l| l.contains("/smtpd["))
             .filter_map(|l| {
                 let rest = l.split_once(": connect from ")?.1;
                 let ip = rest.split_once('[')?.1.split_once(']')?.0;
