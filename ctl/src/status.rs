@@ -104,7 +104,12 @@ pub struct EgressEnd {
 
 impl EgressEnd {
     fn from_proto(e: &EgressStatus) -> Self {
-        EgressEnd { enabled: e.enabled, tcp_ports: e.tcp_ports.clone(), sources: e.sources.clone(), error: non_empty(&e.error) }
+        EgressEnd {
+            enabled: e.enabled,
+            tcp_ports: e.tcp_ports.clone(),
+            sources: e.sources.clone(),
+            error: non_empty(&e.error),
+        }
     }
 }
 
@@ -276,16 +281,23 @@ impl Status {
         }
         let report = home.last_report.clone();
         let relays: Vec<PortPart> = resp.relays.iter().map(PortPart::from_proto).collect();
-        let forwards: Vec<PortPart> =
-            report.as_ref().map(|r| r.forwards.iter().map(PortPart::from_proto).collect()).unwrap_or_default();
+        let forwards: Vec<PortPart> = report
+            .as_ref()
+            .map(|r| r.forwards.iter().map(PortPart::from_proto).collect())
+            .unwrap_or_default();
         let egress = EgressPart {
             vps: EgressEnd::from_proto(&resp.egress.clone().unwrap_or_default()),
-            home: report.as_ref().and_then(|r| r.egress.as_ref()).map(EgressEnd::from_proto),
+            home: report
+                .as_ref()
+                .and_then(|r| r.egress.as_ref())
+                .map(EgressEnd::from_proto),
         };
         for (end, e) in [("VPS", Some(&egress.vps)), ("home", egress.home.as_ref())] {
             if let Some(err) = e.and_then(|e| e.error.as_deref()) {
                 if !err.starts_with("disabled") && !err.starts_with("not installed (tunnel off)") {
-                    problems.push(format!("outbound mail routing is not installed on the {end}: {err}"));
+                    problems.push(format!(
+                        "outbound mail routing is not installed on the {end}: {err}"
+                    ));
                 }
             }
         }
@@ -477,7 +489,11 @@ impl Status {
             }
         }
         if !self.relays.is_empty() {
-            out.push_str(&format!("{} relays      {} ports\n", mark(true), self.relays.len()));
+            out.push_str(&format!(
+                "{} relays      {} ports\n",
+                mark(true),
+                self.relays.len()
+            ));
             out.push_str("              port → home  proxy      active   total      in     out  refused  421/closed\n");
             for r in &self.relays {
                 out.push_str(&format!(
@@ -491,19 +507,31 @@ impl Status {
                     bytes(r.bytes_out),
                     r.refused,
                     r.unavailable,
-                    r.last_error.as_deref().map(|e| format!("  last error: {e}")).unwrap_or_default()
+                    r.last_error
+                        .as_deref()
+                        .map(|e| format!("  last error: {e}"))
+                        .unwrap_or_default()
                 ));
             }
         }
         let e = &self.egress;
         // Before home's first report only the VPS end is known.
         let egress_ok = e.vps.enabled && e.home.as_ref().is_none_or(|h| h.enabled);
-        let ports = e.vps.tcp_ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",");
+        let ports = e
+            .vps
+            .tcp_ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         if e.vps.enabled || e.home.as_ref().is_some_and(|h| h.enabled) {
             out.push_str(&format!(
                 "{} egress      outbound mail leaves from the VPS on tcp {ports}{}\n",
                 mark(egress_ok),
-                e.home.as_ref().map(|h| format!(" · home sources {}", h.sources.join(", "))).unwrap_or_default()
+                e.home
+                    .as_ref()
+                    .map(|h| format!(" · home sources {}", h.sources.join(", ")))
+                    .unwrap_or_default()
             ));
         }
         if !self.problems.is_empty() {
@@ -644,7 +672,9 @@ mod tests {
     #[test]
     fn json_has_the_documented_top_level_fields() {
         let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
-        for k in ["schema", "ok", "problems", "vps", "home", "tunnel", "relays", "forwards", "egress"] {
+        for k in [
+            "schema", "ok", "problems", "vps", "home", "tunnel", "relays", "forwards", "egress",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
         assert_eq!(v["schema"], 1);

@@ -328,6 +328,16 @@ pub mod addr {
     pub const HOME_GW: &str = "198.51.100.1";
     /// The outside client's address (on the internet namespace).
     pub const CLIENT: &str = "192.0.2.10";
+    /// The VPS's public IPv6 address.
+    pub const VPS6: &str = "2001:db8:1::10";
+    /// The router on the VPS link, IPv6.
+    pub const VPS6_GW: &str = "2001:db8:1::1";
+    /// The outside client's IPv6 address.
+    pub const CLIENT6: &str = "2001:db8:2::10";
+    /// Home's IPv6 address.
+    pub const HOME6: &str = "2001:db8:3::10";
+    /// The router on the home link, IPv6.
+    pub const HOME6_GW: &str = "2001:db8:3::1";
 }
 
 /// Three namespaces joined like the real thing: `internet` routes between
@@ -402,6 +412,35 @@ impl Lab {
         internet.ip(&["link", "set", &vps_peer, "up"])?;
         internet.ip(&["link", "set", &home_peer, "up"])?;
         internet.sysctl("net.ipv4.ip_forward", "1")?;
+        // IPv6 too (nodad: addresses usable at once).
+        internet.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        internet.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::VPS6_GW),
+            "dev",
+            &vps_peer,
+            "nodad",
+        ])?;
+        internet.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::HOME6_GW),
+            "dev",
+            &home_peer,
+            "nodad",
+        ])?;
+        internet.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/128", addr::CLIENT6),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
         vps.ip(&["addr", "add", &format!("{}/24", addr::VPS), "dev", &vps_if])?;
         vps.ip(&["link", "set", &vps_if, "up"])?;
         vps.ip(&["route", "add", "default", "via", addr::VPS_GW])?;
@@ -414,6 +453,26 @@ impl Lab {
         ])?;
         home.ip(&["link", "set", &home_if, "up"])?;
         home.ip(&["route", "add", "default", "via", addr::HOME_GW])?;
+        vps.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::VPS6),
+            "dev",
+            &vps_if,
+            "nodad",
+        ])?;
+        vps.ip(&["-6", "route", "add", "default", "via", addr::VPS6_GW])?;
+        home.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", addr::HOME6),
+            "dev",
+            &home_if,
+            "nodad",
+        ])?;
+        home.ip(&["-6", "route", "add", "default", "via", addr::HOME6_GW])?;
         let (vps_tun, home_tun) = (format!("cv{id}"), format!("ch{id}"));
         Ok(Self {
             id,
@@ -488,7 +547,13 @@ impl<'a> Ceres<'a> {
             .arg(&c.vps_config)
             .arg("--state-dir")
             .arg(&c.vps_state)
-            .args(["init", "--public-ip", addr::VPS, "--domain", "example.com"]))?;
+            .args([
+                "init",
+                "--public-ip",
+                &format!("{},{}", addr::VPS, addr::VPS6),
+                "--domain",
+                "example.com",
+            ]))?;
         Ok(c)
     }
 

@@ -600,9 +600,11 @@ impl Postfix {
             return Ok(());
         }
         self.stopped = true;
+        // No pid file: the master never got going (a failed start), so
+        // there is nothing for `postfix stop` to stop.
         let master = self.master_pid();
-        if self.postfix_cmd("stop").is_err()
-            && let Some(pid) = master
+        if let Some(pid) = master
+            && self.postfix_cmd("stop").is_err()
         {
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid, libc::SIGTERM) };

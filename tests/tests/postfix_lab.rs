@@ -14,7 +14,7 @@ use ceres_tests::postfix::smtp::{
     self, SmtpClient, Swaks, SwaksProxy, compose, proxy_v1, proxy_v2,
 };
 use ceres_tests::postfix::{Postfix, PostfixOptions};
-use ceres_tests::{Lab, addr, require_root, unique_id};
+use ceres_tests::{Lab, Netns, addr, require_root, unique_id};
 
 const WAIT: Duration = Duration::from_secs(20);
 const IO: Duration = Duration::from_secs(10);
@@ -142,6 +142,19 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     .expect("a banner after a PROXY v1 line");
     assert_eq!(banner.code, 220);
     assert!(banner.text().contains("mail.example.com"), "{banner:?}");
+
+    // The latency probe works through postscreen, from the client's own
+    // source address (postscreen's `220-` teaser ends the measurement).
+    smtp::time_to_banner(
+        &lab.internet,
+        Some(ip(addr::CLIENT)),
+        home25,
+        &proxy_v2(sock(addr::CLIENT, 40003), home25),
+        IO,
+    )
+    .unwrap();
+    home.wait_log(&format!("CONNECT from [{}]:40003", addr::CLIENT), WAIT)
+        .unwrap();
 
     // Without a PROXY header postscreen greets nobody: it answers 421 (or
     // just closes), never 220.
@@ -271,5 +284,27 @@ fn swaks_on_plain_25_and_proxied_submission() {
         refused.transcript.contains("Relay access denied"),
         "{}",
         refused.transcript
+    );
+}
+
+#[test]
+fn a_failed_start_says_why() {
+    if !require_root("a_failed_start_says_why") {
+        return;
+    }
+    let ns = Netns::new(format!("ceres-{}-pf", unique_id())).unwrap();
+    // 198.51.100.10 does not exist in this namespace.
+    let err = Postfix::start(
+        &ns,
+        PostfixOptions {
+            inet_interfaces: vec![ip(addr::HOME)],
+            ..PostfixOptions::default()
+        },
+    )
+    .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("no local interface found for 198.51.100.10"),
+        "{text}"
     );
 }

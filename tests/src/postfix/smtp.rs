@@ -513,6 +513,53 @@ pub(crate) fn read_banner_in(
     }
 }
 
+/// Time from the start of the TCP connect to the end of the first line of
+/// the greeting (postscreen's `220-` teaser counts), measured inside `ns`
+/// on the connecting thread; `send_first` (e.g. a PROXY header) is sent
+/// right after connecting. For latency benchmarks, straight vs relayed.
+pub fn time_to_banner(
+    ns: &Netns,
+    local: Option<IpAddr>,
+    addr: SocketAddr,
+    send_first: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    in_netns(ns, || -> anyhow::Result<Duration> {
+        let start = std::time::Instant::now();
+        let mut stream = match local {
+            None => TcpStream::connect_timeout(&addr, timeout)?,
+            Some(local) => tcp_connect_bound(local, addr, timeout)?,
+        };
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        if !send_first.is_empty() {
+            stream.write_all(send_first)?;
+        }
+        let mut line = Vec::with_capacity(128);
+        let mut byte = [0u8; 256];
+        loop {
+            let n = io::Read::read(&mut stream, &mut byte)?;
+            if n == 0 {
+                bail!("{addr} closed before a greeting line");
+            }
+            line.extend_from_slice(&byte[..n]);
+            if line.contains(&b'\n') {
+                let elapsed = start.elapsed();
+                // Just hang up: a QUIT sent before postscreen's final 220
+                // would count as pregreeting (a spam-bot sign).
+                if !line.starts_with(b"220") {
+                    bail!(
+                        "greeting from {addr}: {}",
+                        String::from_utf8_lossy(&line).trim()
+                    );
+                }
+                return Ok(elapsed);
+            }
+        }
+    })?
+    .with_context(|| format!("time to banner from namespace {} to {addr}", ns.name))
+}
+
 /// A minimal RFC 5322 message with a Message-ID the test can look for.
 /// `message_id` is without angle brackets.
 pub fn compose(from: &str, to: &str, subject: &str, message_id: &str, body: &str) -> String {

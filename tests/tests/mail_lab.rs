@@ -1,0 +1,275 @@
+//! Issue 4, end to end with real Postfix: mail in through the VPS relay with
+//! the real client address (IPv4 and IPv6), mail out from the VPS address,
+//! only the mail ports out, and 421 at once when home is away.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ceres_tests::postfix::smtp::{SmtpClient, compose, connect, connect_from};
+use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::{Ceres, Lab, addr, echo_server, require_root, unique_id, wait_until};
+
+const HOME_TUN: &str = "10.77.77.2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Delivers one message from the internet client to the VPS's public
+/// address, port 25; returns its Message-ID.
+fn send_inbound(lab: &Lab, from_ip: &str, to_ip: &str) -> String {
+    let id = format!("{}@client.example", unique_id());
+    let msg = compose(
+        "alice@client.example",
+        "postmaster@example.com",
+        "hello through CERES",
+        &id,
+        "one line\n",
+    );
+    let server = SocketAddr::new(ip(to_ip), 25);
+    let mut client = SmtpClient::connect_from(
+        &lab.internet,
+        ip(from_ip),
+        server,
+        None,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let reply = client
+        .send_mail(
+            "client.example",
+            "alice@client.example",
+            &["postmaster@example.com"],
+            &msg,
+        )
+        .unwrap();
+    assert_eq!(reply.code, 250, "{}", client.transcript());
+    client.quit().unwrap();
+    id
+}
+
+#[test]
+fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_421() {
+    if !require_root(
+        "mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_421",
+    ) {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    let _vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let mut home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+
+    // The real mail server at home: postscreen expects PROXY on 25; it sends
+    // outbound mail from the tunnel address (smtp_bind_address), to a fixed
+    // internet-side host (no DNS in the lab).
+    // Both families: postscreen must understand the TCP6 PROXY header of IPv6 clients.
+    let mut opts = PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")]);
+    opts.smtp_bind_address = Some(HOME_TUN.parse().unwrap());
+    opts.transport = vec![("remote.example".into(), format!("[{}]:25", addr::CLIENT))];
+    let home_mx = Postfix::start(&lab.home, opts).unwrap();
+    let remote_mx = Postfix::start(
+        &lab.internet,
+        PostfixOptions::sink(
+            vec![ip(addr::CLIENT)],
+            "mx.remote.example",
+            &["remote.example"],
+        ),
+    )
+    .unwrap();
+
+    // Wait until the tunnel carries the relay (home answers through it).
+    wait_until(
+        "the relay reaching home's Postfix",
+        Duration::from_secs(30),
+        || {
+            let stream = connect(
+                &lab.internet,
+                SocketAddr::new(ip(addr::VPS), 25),
+                Duration::from_secs(5),
+            )?;
+            let mut c = SmtpClient::new(stream, Duration::from_secs(10))?;
+            Ok(c.read_reply()?.code == 220)
+        },
+    )
+    .unwrap();
+
+    // Inbound over IPv4: delivered, and Postfix saw the internet client.
+    let id4 = send_inbound(&lab, addr::CLIENT, addr::VPS);
+    let msg = home_mx
+        .wait_for_message_id(&id4, Duration::from_secs(30))
+        .unwrap();
+    assert!(msg.content.contains("hello through CERES"));
+    home_mx
+        .wait_log(
+            &format!("CONNECT from [{}]", addr::CLIENT),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    // Every relayed connection (PROXY destination = the VPS) shows an outside
+    // source, never the tunnel or the forwarder's loopback address.
+    let log = home_mx.log();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("CONNECT from") && l.contains(&format!("to [{}]", addr::VPS)))
+    {
+        assert!(
+            !line.contains("[10.77.77.") && !line.contains("[127.0.0.1]"),
+            "relayed connection without the real client: {line}"
+        );
+    }
+
+    // Inbound over IPv6: a TCP6 PROXY header, the IPv6 client in the log.
+    let id6 = send_inbound(&lab, addr::CLIENT6, addr::VPS6);
+    home_mx
+        .wait_for_message_id(&id6, Duration::from_secs(30))
+        .unwrap();
+    home_mx
+        .wait_log(
+            &format!("CONNECT from [{}]", addr::CLIENT6),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+
+    // Outbound: home's Postfix sends to the internet; the far side sees the VPS address.
+    let out_id = format!("{}@example.com", unique_id());
+    home_mx
+        .sendmail(
+            "postmaster@example.com",
+            "bob@remote.example",
+            &compose(
+                "postmaster@example.com",
+                "bob@remote.example",
+                "out via the VPS",
+                &out_id,
+                "hi\n",
+            ),
+        )
+        .unwrap();
+    remote_mx
+        .wait_for_message_id(&out_id, Duration::from_secs(60))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nhome log:\n{}\nremote log:\n{}",
+                home_mx.log(),
+                remote_mx.log()
+            )
+        });
+    let seen = remote_mx.remote_clients_seen();
+    assert!(
+        seen.contains(&ip(addr::VPS)),
+        "remote MX saw {seen:?}, not the VPS"
+    );
+    assert!(
+        !seen.contains(&ip(addr::HOME)),
+        "remote MX saw home's own address: {seen:?}"
+    );
+
+    // Only the mail ports leave through the VPS: force a tcp/80 attempt into
+    // the tunnel (a route for the remote host via the tunnel device) and it
+    // must fail, while tcp/25 by the same route still works.
+    let _web = echo_server(&lab.internet, addr::CLIENT, 80, lab.dir.path()).unwrap();
+    lab.home
+        .ip(&[
+            "route",
+            "add",
+            &format!("{}/32", addr::CLIENT),
+            "dev",
+            &lab.home_tun,
+            "src",
+            HOME_TUN,
+        ])
+        .unwrap();
+    let to80 = connect_from(
+        &lab.home,
+        ip(HOME_TUN),
+        SocketAddr::new(ip(addr::CLIENT), 80),
+        Duration::from_secs(3),
+    );
+    assert!(to80.is_err(), "tcp/80 through the tunnel was not blocked");
+    let to25 = connect_from(
+        &lab.home,
+        ip(HOME_TUN),
+        SocketAddr::new(ip(addr::CLIENT), 25),
+        Duration::from_secs(5),
+    );
+    assert!(
+        to25.is_ok(),
+        "tcp/25 through the tunnel should pass: {:?}",
+        to25.err()
+    );
+    lab.home
+        .ip(&[
+            "route",
+            "del",
+            &format!("{}/32", addr::CLIENT),
+            "dev",
+            &lab.home_tun,
+        ])
+        .unwrap();
+
+    // Status has the relay counters.
+    let (_, json) = ceres.status_json().unwrap();
+    let p25 = json["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 25)
+        .unwrap()
+        .clone();
+    assert!(
+        p25["total"].as_u64().unwrap() >= 2 && p25["bytes_in"].as_u64().unwrap() > 0,
+        "{p25}"
+    );
+    assert_eq!(p25["proxy"], "proxy-v2");
+    assert_eq!(json["egress"]["vps"]["enabled"], true, "{json}");
+    assert_eq!(json["egress"]["home"]["enabled"], true, "{json}");
+
+    // Home agent stopped: 421 on 25 within 100 ms, 993 closes at once.
+    home.terminate(Duration::from_secs(10)).unwrap();
+    ceres
+        .wait_home_connected(false, Duration::from_secs(20))
+        .unwrap();
+    let t0 = Instant::now();
+    let stream = connect(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS), 25),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut c = SmtpClient::new(stream, Duration::from_secs(5)).unwrap();
+    let reply = c.read_reply().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(reply.code, 421, "{}", c.transcript());
+    assert!(
+        reply.text().contains("4.4.2") && reply.text().contains("mail.example.com"),
+        "{}",
+        reply.text()
+    );
+    eprintln!("421 after {took:?}");
+    assert!(took < Duration::from_millis(100), "421 took {took:?}");
+    let t0 = Instant::now();
+    let mut s = connect(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS), 993),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let took = t0.elapsed();
+    assert_eq!(n, 0, "993 sent data while home is away");
+    assert!(
+        took < Duration::from_millis(100),
+        "993 took {took:?} to close"
+    );
+}
