@@ -22,9 +22,10 @@
 //!   Maildir, owned by `nobody`. (Per-user maps with `$1` substitution are
 //!   refused by `virtual(8)` for security, and one box is what tests want.)
 //!
-//! Stopped on drop (also on panic): `postfix stop`, a wait for the master to
-//! exit, then SIGKILL for any process still working in this instance's
-//! queue dir. Drop it before the namespace it runs in.
+//! Stopped on drop (also on panic): `postfix stop`, a wait for the master
+//! and its children to exit, then SIGKILL for any process of this instance
+//! (working directory in its queue) still there. Drop it before the
+//! namespace it runs in (it still stops, by signal, if the namespace is gone).
 
 pub mod smtp;
 
@@ -288,11 +289,7 @@ impl Postfix {
     /// Runs `postfix -c DIR ARG` in the namespace. Postfix prints its own
     /// errors only to a terminal, so a failure carries the instance log.
     fn postfix_cmd(&self, arg: &str) -> anyhow::Result<()> {
-        let out = run(self
-            .command("postfix")
-            .arg("-c")
-            .arg(self.config_dir())
-            .arg(arg))?;
+        let out = self.postfix_run(arg)?;
         if !out.status.success() {
             bail!(
                 "postfix {arg} failed ({}) in {}: {}{}\n{}",
@@ -304,6 +301,14 @@ impl Postfix {
             );
         }
         Ok(())
+    }
+
+    fn postfix_run(&self, arg: &str) -> anyhow::Result<std::process::Output> {
+        run(self
+            .command("postfix")
+            .arg("-c")
+            .arg(self.config_dir())
+            .arg(arg))
     }
 
     /// The instance log plus `postfix check` run under a pseudo-terminal
@@ -604,7 +609,7 @@ impl Postfix {
         // there is nothing for `postfix stop` to stop.
         let master = self.master_pid();
         if let Some(pid) = master
-            && self.postfix_cmd("stop").is_err()
+            && !self.postfix_run("stop").is_ok_and(|o| o.status.success())
         {
             // SAFETY: kill has no memory preconditions.
             unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -19,12 +19,6 @@ use ceres_tests::{Lab, Netns, addr, require_root, unique_id};
 const WAIT: Duration = Duration::from_secs(20);
 const IO: Duration = Duration::from_secs(10);
 
-/// Home's IPv6 address on its link, and the internet router's.
-const HOME6: &str = "2001:db8:100::10";
-const HOME6_GW: &str = "2001:db8:100::1";
-/// An outside IPv6 client, as a PROXY header would name it.
-const CLIENT6: &str = "2001:db8:1::10";
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -33,41 +27,15 @@ fn sock(ip_: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(ip_), port)
 }
 
-/// Puts the home link on IPv6 too (the lab itself is IPv4 only).
-fn add_home_ipv6(lab: &Lab) {
-    lab.home
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{HOME6}/64"),
-            "dev",
-            &lab.home_if,
-            "nodad",
-        ])
-        .unwrap();
-    // The router's end of the home veth is named after home's end + "i".
-    lab.internet
-        .ip(&[
-            "addr",
-            "add",
-            &format!("{HOME6_GW}/64"),
-            "dev",
-            &format!("{}i", lab.home_if),
-            "nodad",
-        ])
-        .unwrap();
-}
-
 #[test]
 fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     if !require_root("postscreen_takes_proxy_headers_and_delivers_to_the_maildir") {
         return;
     }
     let lab = Lab::new().unwrap();
-    add_home_ipv6(&lab);
     let home = Postfix::start(
         &lab.home,
-        PostfixOptions::home(vec![ip(addr::HOME), ip(HOME6)]),
+        PostfixOptions::home(vec![ip(addr::HOME), ip(addr::HOME6)]),
     )
     .unwrap();
     let home25 = sock(addr::HOME, 25);
@@ -107,9 +75,9 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
         .unwrap();
 
     // IPv6, PROXY v2 with a TCP6 address block.
-    let home25v6 = sock(HOME6, 25);
+    let home25v6 = sock(addr::HOME6, 25);
     let id6 = format!("{}.v6@lab.example.org", unique_id());
-    let header = proxy_v2(sock(CLIENT6, 40001), home25v6);
+    let header = proxy_v2(sock(addr::CLIENT6, 40001), home25v6);
     let mut client = SmtpClient::connect(&lab.internet, home25v6, Some(&header), IO).unwrap();
     let reply = client
         .send_mail(
@@ -128,7 +96,7 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     assert_eq!(reply.code, 250, "{}", client.transcript());
     client.quit().unwrap();
     home.wait_for_message_id(&id6, WAIT).unwrap();
-    home.wait_log(&format!("CONNECT from [{CLIENT6}]:40001"), WAIT)
+    home.wait_log(&format!("CONNECT from [{}]:40001", addr::CLIENT6), WAIT)
         .unwrap();
 
     // PROXY v1 works as well.
@@ -171,7 +139,7 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     home.wait_log("connect from unknown[192.0.2.99]", WAIT)
         .unwrap();
     let seen = home.remote_clients_seen();
-    let want: BTreeSet<IpAddr> = [ip(addr::CLIENT), ip(CLIENT6), ip("192.0.2.99")].into();
+    let want: BTreeSet<IpAddr> = [ip(addr::CLIENT), ip(addr::CLIENT6), ip("192.0.2.99")].into();
     assert_eq!(seen, want, "log:\n{}", home.log());
     assert_eq!(home.maildir_messages().len(), 2);
 }

@@ -1,54 +1,113 @@
 //! `ceres-lab`: the one-machine demo. Builds three network namespaces
 //! (internet, vps, home), runs both agents with real keys and certificates,
-//! joins them, enrols cerectl and shows `cerectl status`; then tears it all
-//! down. Needs root (network namespaces).
+//! joins them, starts a real Postfix at home and one on the internet side,
+//! delivers a message in through the VPS and one out, shows `cerectl
+//! status` and `cerectl dns`, then tears it all down. Needs root.
 //!
 //! Usage: `ceres-lab demo [--keep]` — with `--keep` it stays up until Enter.
 
 use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use ceres_tests::{Ceres, Lab, addr};
+use ceres_tests::postfix::smtp::{SmtpClient, compose, connect};
+use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::{Ceres, Lab, addr, unique_id, wait_until};
+
+const HOME_TUN: &str = "10.77.77.2";
+
+fn ip(s: &str) -> anyhow::Result<IpAddr> {
+    Ok(s.parse()?)
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) != Some("demo") {
         eprintln!(
-            "usage: ceres-lab demo [--keep]\n\nBuilds the one-machine lab (namespaces internet, vps, home), runs both agents,\njoins them, shows `cerectl status`, and cleans up. Needs root."
+            "usage: ceres-lab demo [--keep]\n\nBuilds the one-machine lab (namespaces internet, vps, home), runs both agents,\n\
+             delivers mail in and out through the VPS with real Postfix, shows `cerectl status`\n\
+             and `cerectl dns`, and cleans up. Needs root."
         );
         std::process::exit(2);
     }
     let keep = args.iter().any(|a| a == "--keep");
-    anyhow::ensure!(
-        ceres_tests::require_root("ceres-lab"),
-        "ceres-lab needs root"
-    );
+    anyhow::ensure!(ceres_tests::require_root("ceres-lab"), "ceres-lab needs root");
     let lab = Lab::new().context("building the namespaces")?;
     step(&format!(
-        "lab {}: internet router + client {}, vps {}, home {} (behind the router)",
+        "lab {}: internet (router, client {} / {}), vps {} / {}, home {} behind the router",
         lab.id,
         addr::CLIENT,
+        addr::CLIENT6,
         addr::VPS,
+        addr::VPS6,
         addr::HOME
     ));
     let ceres = Ceres::init(&lab, &[], &[])?;
     step("ceres-vps init: CA, server certificate, config");
     let _vps = ceres.start_vps()?;
-    step("ceres-vps run: control plane up (mutual TLS gRPC on 203.0.113.10:7443)");
+    step("ceres-vps run: control plane (mutual TLS gRPC, 203.0.113.10:7443), WireGuard (UDP 51820), mail-port relays");
     ceres.join_home()?;
-    step(
-        "ceres-home join: enrolled with a one-time home token (key generated at home, CSR signed by the VPS)",
-    );
+    step("ceres-home join: one-time home token; key made at home, CSR signed by the VPS");
     let _home = ceres.start_home()?;
-    step("ceres-home run: session to the VPS");
+    step("ceres-home run: session to the VPS, tunnel, forwarders to the mail server, outbound routing");
     ceres.enroll_ctl()?;
     step("cerectl enroll (from the internet namespace): admin certificate");
     ceres.wait_home_connected(true, Duration::from_secs(20))?;
+
+    let mut opts = PostfixOptions::home(vec![ip("127.0.0.1")?, ip("::1")?]);
+    opts.smtp_bind_address = Some(HOME_TUN.parse()?);
+    opts.transport = vec![("remote.example".into(), format!("[{}]:25", addr::CLIENT))];
+    let home_mx = Postfix::start(&lab.home, opts).context("starting Postfix at home")?;
+    let remote_mx = Postfix::start(
+        &lab.internet,
+        PostfixOptions::sink(vec![ip(addr::CLIENT)?], "mx.remote.example", &["remote.example"]),
+    )
+    .context("starting the internet-side Postfix")?;
+    step("Postfix at home (postscreen expecting PROXY on 25, smtp_bind_address 10.77.77.2) and a remote MX on the internet side");
+    wait_until("the relay reaching home's Postfix", Duration::from_secs(30), || {
+        let stream = connect(&lab.internet, SocketAddr::new(ip(addr::VPS)?, 25), Duration::from_secs(5))?;
+        Ok(SmtpClient::new(stream, Duration::from_secs(10))?.read_reply()?.code == 220)
+    })?;
+
+    let id = format!("{}@client.example", unique_id());
+    let msg = compose("alice@client.example", "postmaster@example.com", "hello through CERES", &id, "Delivered via the VPS.\n");
+    let mut client = SmtpClient::connect_from(
+        &lab.internet,
+        ip(addr::CLIENT)?,
+        SocketAddr::new(ip(addr::VPS)?, 25),
+        None,
+        Duration::from_secs(20),
+    )?;
+    let reply = client.send_mail("client.example", "alice@client.example", &["postmaster@example.com"], &msg)?;
+    client.quit()?;
+    anyhow::ensure!(reply.code == 250, "the message was not accepted: {}", reply.text());
+    let delivered = home_mx.wait_for_message_id(&id, Duration::from_secs(30))?;
+    step(&format!("mail in: {} -> {}:25 -> tunnel -> home Postfix; in the Maildir:", addr::CLIENT, addr::VPS));
+    println!("    {}", delivered.path.display());
+    for line in home_mx.log().lines().filter(|l| l.contains("CONNECT from [192.0.2.10]")).take(1) {
+        println!("    home Postfix log: {line}");
+    }
+
+    let out_id = format!("{}@example.com", unique_id());
+    home_mx.sendmail(
+        "postmaster@example.com",
+        "bob@remote.example",
+        &compose("postmaster@example.com", "bob@remote.example", "out via the VPS", &out_id, "hi\n"),
+    )?;
+    remote_mx.wait_for_message_id(&out_id, Duration::from_secs(60))?;
+    step("mail out: home Postfix -> tunnel -> VPS NAT -> remote MX, which saw the client:");
+    for line in remote_mx.log().lines().filter(|l| l.contains("connect from") && l.contains(addr::VPS)).take(1) {
+        println!("    remote MX log: {line}");
+    }
+
     step("cerectl status:");
     let (code, out, _) = ceres.ctl(&["status"])?;
     print!("{out}");
     println!("(exit code {code})");
+    step("cerectl dns (what to set at the DNS host and the VPS provider):");
+    let (_, out, err) = ceres.ctl(&["dns"])?;
+    print!("{out}{err}");
     if keep {
         println!(
             "\nlab is up: try `ip netns exec {} {} --dir {} status`; press Enter to tear down",

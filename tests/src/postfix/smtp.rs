@@ -481,7 +481,9 @@ impl SmtpClient {
 ///
 /// `Ok(None)` means the server closed the connection without replying —
 /// what postscreen does with a connection that lacks a valid PROXY header.
-/// A timeout or connect failure is an error.
+/// A timeout or connect failure is an error. This reads the whole
+/// (multi-line) reply: behind postscreen a new client's banner completes
+/// only after `postscreen_greet_wait`; `time_to_banner` stops at the first line.
 pub fn read_banner(
     ns: &Netns,
     addr: SocketAddr,
