@@ -217,7 +217,10 @@ impl Ca {
 
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = SystemTime::now();
-    params.not_before = OffsetDateTime::from(now - CLOCK_SKEW);
+    // Backdating by more than a tenth of a short lifetime would put its
+    // renewal time (two thirds in) in the past at once.
+    let skew = CLOCK_SKEW.min(lifetime / 10);
+    params.not_before = OffsetDateTime::from(now - skew);
     params.not_after = OffsetDateTime::from(now + lifetime);
 }
 

@@ -32,7 +32,10 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
     let keep = args.iter().any(|a| a == "--keep");
-    anyhow::ensure!(ceres_tests::require_root("ceres-lab"), "ceres-lab needs root");
+    anyhow::ensure!(
+        ceres_tests::require_root("ceres-lab"),
+        "ceres-lab needs root"
+    );
     let lab = Lab::new().context("building the namespaces")?;
     step(&format!(
         "lab {}: internet (router, client {} / {}), vps {} / {}, home {} behind the router",
@@ -46,11 +49,15 @@ fn main() -> anyhow::Result<()> {
     let ceres = Ceres::init(&lab, &[], &[])?;
     step("ceres-vps init: CA, server certificate, config");
     let _vps = ceres.start_vps()?;
-    step("ceres-vps run: control plane (mutual TLS gRPC, 203.0.113.10:7443), WireGuard (UDP 51820), mail-port relays");
+    step(
+        "ceres-vps run: control plane (mutual TLS gRPC, 203.0.113.10:7443), WireGuard (UDP 51820), mail-port relays",
+    );
     ceres.join_home()?;
     step("ceres-home join: one-time home token; key made at home, CSR signed by the VPS");
     let _home = ceres.start_home()?;
-    step("ceres-home run: session to the VPS, tunnel, forwarders to the mail server, outbound routing");
+    step(
+        "ceres-home run: session to the VPS, tunnel, forwarders to the mail server, outbound routing",
+    );
     ceres.enroll_ctl()?;
     step("cerectl enroll (from the internet namespace): admin certificate");
     ceres.wait_home_connected(true, Duration::from_secs(20))?;
@@ -61,17 +68,40 @@ fn main() -> anyhow::Result<()> {
     let home_mx = Postfix::start(&lab.home, opts).context("starting Postfix at home")?;
     let remote_mx = Postfix::start(
         &lab.internet,
-        PostfixOptions::sink(vec![ip(addr::CLIENT)?], "mx.remote.example", &["remote.example"]),
+        PostfixOptions::sink(
+            vec![ip(addr::CLIENT)?],
+            "mx.remote.example",
+            &["remote.example"],
+        ),
     )
     .context("starting the internet-side Postfix")?;
-    step("Postfix at home (postscreen expecting PROXY on 25, smtp_bind_address 10.77.77.2) and a remote MX on the internet side");
-    wait_until("the relay reaching home's Postfix", Duration::from_secs(30), || {
-        let stream = connect(&lab.internet, SocketAddr::new(ip(addr::VPS)?, 25), Duration::from_secs(5))?;
-        Ok(SmtpClient::new(stream, Duration::from_secs(10))?.read_reply()?.code == 220)
-    })?;
+    step(
+        "Postfix at home (postscreen expecting PROXY on 25, smtp_bind_address 10.77.77.2) and a remote MX on the internet side",
+    );
+    wait_until(
+        "the relay reaching home's Postfix",
+        Duration::from_secs(30),
+        || {
+            let stream = connect(
+                &lab.internet,
+                SocketAddr::new(ip(addr::VPS)?, 25),
+                Duration::from_secs(5),
+            )?;
+            Ok(SmtpClient::new(stream, Duration::from_secs(10))?
+                .read_reply()?
+                .code
+                == 220)
+        },
+    )?;
 
     let id = format!("{}@client.example", unique_id());
-    let msg = compose("alice@client.example", "postmaster@example.com", "hello through CERES", &id, "Delivered via the VPS.\n");
+    let msg = compose(
+        "alice@client.example",
+        "postmaster@example.com",
+        "hello through CERES",
+        &id,
+        "Delivered via the VPS.\n",
+    );
     let mut client = SmtpClient::connect_from(
         &lab.internet,
         ip(addr::CLIENT)?,
@@ -79,13 +109,31 @@ fn main() -> anyhow::Result<()> {
         None,
         Duration::from_secs(20),
     )?;
-    let reply = client.send_mail("client.example", "alice@client.example", &["postmaster@example.com"], &msg)?;
+    let reply = client.send_mail(
+        "client.example",
+        "alice@client.example",
+        &["postmaster@example.com"],
+        &msg,
+    )?;
     client.quit()?;
-    anyhow::ensure!(reply.code == 250, "the message was not accepted: {}", reply.text());
+    anyhow::ensure!(
+        reply.code == 250,
+        "the message was not accepted: {}",
+        reply.text()
+    );
     let delivered = home_mx.wait_for_message_id(&id, Duration::from_secs(30))?;
-    step(&format!("mail in: {} -> {}:25 -> tunnel -> home Postfix; in the Maildir:", addr::CLIENT, addr::VPS));
+    step(&format!(
+        "mail in: {} -> {}:25 -> tunnel -> home Postfix; in the Maildir:",
+        addr::CLIENT,
+        addr::VPS
+    ));
     println!("    {}", delivered.path.display());
-    for line in home_mx.log().lines().filter(|l| l.contains("CONNECT from [192.0.2.10]")).take(1) {
+    for line in home_mx
+        .log()
+        .lines()
+        .filter(|l| l.contains("CONNECT from [192.0.2.10]"))
+        .take(1)
+    {
         println!("    home Postfix log: {line}");
     }
 
@@ -93,11 +141,22 @@ fn main() -> anyhow::Result<()> {
     home_mx.sendmail(
         "postmaster@example.com",
         "bob@remote.example",
-        &compose("postmaster@example.com", "bob@remote.example", "out via the VPS", &out_id, "hi\n"),
+        &compose(
+            "postmaster@example.com",
+            "bob@remote.example",
+            "out via the VPS",
+            &out_id,
+            "hi\n",
+        ),
     )?;
     remote_mx.wait_for_message_id(&out_id, Duration::from_secs(60))?;
     step("mail out: home Postfix -> tunnel -> VPS NAT -> remote MX, which saw the client:");
-    for line in remote_mx.log().lines().filter(|l| l.contains("connect from") && l.contains(addr::VPS)).take(1) {
+    for line in remote_mx
+        .log()
+        .lines()
+        .filter(|l| l.contains("connect from") && l.contains(addr::VPS))
+        .take(1)
+    {
         println!("    remote MX log: {line}");
     }
 
