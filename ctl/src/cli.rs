@@ -80,6 +80,12 @@ pub struct StatusArgs {
     /// Reach the VPS here instead of the address stored at enrolment.
     #[arg(long, value_name = "HOST:PORT")]
     address: Option<String>,
+    /// Redraw every few seconds until interrupted (Ctrl-C).
+    #[arg(long, conflicts_with = "json")]
+    watch: bool,
+    /// Seconds between redraws with --watch.
+    #[arg(long, default_value_t = 2, value_name = "SECONDS", requires = "watch")]
+    interval: u64,
 }
 
 pub(crate) fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
@@ -208,28 +214,49 @@ async fn status(cli: &Cli, args: &StatusArgs) -> Outcome {
         .connect(args.address.as_deref())
         .await
         .map_err(|e| Unreachable(e.into()))?;
-    let resp = AdminClient::new(channel)
-        .status(StatusRequest {})
-        .await
-        .map_err(|s| {
-            Unreachable(anyhow::anyhow!(
-                "the VPS refused the status request: {}",
-                s.message()
-            ))
-        })?
-        .into_inner();
-    let status = Status::from_response(resp);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        let fancy = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        print!("{}", status.render(fancy));
+    let mut client = AdminClient::new(channel);
+    let fancy = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    loop {
+        let status = match client.status(StatusRequest {}).await {
+            Ok(resp) => Status::from_response(resp.into_inner()),
+            Err(s) if args.watch => {
+                // Keep watching through a VPS restart; say what is wrong meanwhile.
+                println!(
+                    "{}cerectl: the VPS did not answer: {}",
+                    if fancy { "\x1b[H\x1b[2J" } else { "" },
+                    s.message()
+                );
+                tokio::time::sleep(std::time::Duration::from_secs(args.interval.max(1))).await;
+                continue;
+            }
+            Err(s) => {
+                return Err(Unreachable(anyhow::anyhow!(
+                    "the VPS refused the status request: {}",
+                    s.message()
+                ))
+                .into());
+            }
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            if args.watch && fancy {
+                // Home the cursor and clear: a steady screen, not a scroll.
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{}", status.render(fancy));
+        }
+        if !args.watch {
+            return Ok(if status.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(std::time::Duration::from_secs(args.interval.max(1))).await;
     }
-    Ok(if status.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 #[cfg(test)]

@@ -49,6 +49,22 @@ fn agents_join_report_and_survive_a_killed_home() {
         "{text}"
     );
 
+    // On a terminal: colour and symbols (run under a pseudo-terminal).
+    let out = ceres_tests::sh(lab.internet.command("script").args([
+        "-qec",
+        &format!(
+            "{} --dir {} status",
+            ceres_tests::bin("cerectl").display(),
+            ceres.ctl_dir.display()
+        ),
+        "/dev/null",
+    ]))
+    .unwrap();
+    assert!(
+        out.contains('\x1b') && out.contains('✔'),
+        "no colour on a terminal: {out:?}"
+    );
+
     // kill -9 the home agent: the VPS notices, status says so and exits 1.
     home.kill9().unwrap();
     let json = ceres

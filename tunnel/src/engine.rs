@@ -17,14 +17,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use boringtun::noise::{Tunn, TunnResult};
-use boringtun::x25519;
 use ipnet::IpNet;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::config::{ConfigError, DEFAULT_UAPI_DIR, PeerConfig, TunnelConfig, allowed};
 use crate::key::{PrivateKey, PublicKey};
+use crate::peer::{Context, PeerSlot, Sessions, Which};
+use crate::rotation::{RotationError, RotationId, RotationStats};
 use crate::stats::{Counters, DropReason, DropTally, TunnelStats};
 use crate::uapi;
 use crate::udp;
@@ -86,22 +88,14 @@ pub enum TunnelError {
     /// A worker thread or the stop signal could not be created.
     #[error("starting worker: {0}")]
     Worker(io::Error),
-}
-
-/// The peer and its cryptographic state. Guarded by one mutex (see module docs).
-struct PeerSlot {
-    config: PeerConfig,
-    /// Current endpoint: configured, then the source of the last
-    /// authenticated datagram (roaming).
-    endpoint: Option<SocketAddr>,
-    tunn: Tunn,
+    /// A key rotation request was refused; the current session is untouched.
+    #[error("key rotation refused: {0}")]
+    Rotation(#[from] RotationError),
 }
 
 /// State shared by the workers and the handle.
 pub(crate) struct Shared {
     pub ifname: String,
-    pub private_key: PrivateKey,
-    pub public_key: PublicKey,
     pub listen_port: u16,
     mtu: u16,
     address: IpNet,
@@ -110,7 +104,10 @@ pub(crate) struct Shared {
     sock: UdpSocket,
     gro: bool,
     tun: SyncDevice,
-    peer: Mutex<Option<PeerSlot>>,
+    /// Our key, the peer and its session contexts (see module docs).
+    sessions: Mutex<Sessions>,
+    /// The latest rotation status, for callers awaiting a rotation.
+    rotation_tx: watch::Sender<RotationStats>,
     pub counters: Counters,
     /// Written once to stop the data-path threads (they poll it with their fd).
     stop: OwnedFd,
@@ -120,17 +117,33 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("ifname", &self.ifname)
-            .field("public_key", &self.public_key)
+            .field("public_key", &self.public_key())
             .field("listen_port", &self.listen_port)
             .finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    fn lock_peer(&self) -> MutexGuard<'_, Option<PeerSlot>> {
+    fn lock(&self) -> MutexGuard<'_, Sessions> {
         // A panic in another holder leaves boringtun's state as consistent as
         // it ever is between calls; keep the tunnel running.
-        self.peer.lock().unwrap_or_else(|p| p.into_inner())
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Our current static public key.
+    pub(crate) fn public_key(&self) -> PublicKey {
+        self.lock().public
+    }
+
+    /// Our current static private key in hex, for the UAPI `get=1` reply.
+    pub(crate) fn private_key_hex(&self) -> String {
+        self.lock().key.to_hex()
+    }
+
+    /// Tells rotation watchers about a change. Called with the lock held, so
+    /// watchers see changes in order.
+    fn publish_rotation(&self, s: &Sessions) {
+        self.rotation_tx.send_replace(s.rotation_stats());
     }
 
     fn signal_stop(&self) {
@@ -141,22 +154,24 @@ impl Shared {
 
     /// Everything the UAPI `get` and [`Tunnel::stats`] report.
     pub(crate) fn stats(&self) -> TunnelStats {
-        let g = self.lock_peer();
-        let (peer_public_key, endpoint, last, keepalive) = match g.as_ref() {
+        let g = self.lock();
+        let (peer_public_key, endpoint, last, keepalive) = match g.peer.as_ref() {
             Some(s) => (
-                Some(s.config.public_key),
+                Some(s.current.config.public_key),
                 s.endpoint,
-                s.tunn.time_since_last_handshake(),
-                s.config.persistent_keepalive,
+                s.current.tunn.time_since_last_handshake(),
+                s.current.config.persistent_keepalive,
             ),
             None => (None, None, None, None),
         };
+        let public_key = g.public;
+        let rotation = g.rotation_stats();
         drop(g);
         let c = &self.counters;
         use std::sync::atomic::Ordering::Relaxed;
         TunnelStats {
             ifname: self.ifname.clone(),
-            public_key: self.public_key,
+            public_key,
             listen_port: self.listen_port,
             peer_public_key,
             endpoint,
@@ -168,13 +183,15 @@ impl Shared {
             tx_packets: c.tx_packets.load(Relaxed),
             persistent_keepalive: keepalive,
             dropped: c.drops(),
+            rotation,
         }
     }
 
     pub(crate) fn peer_view(&self) -> Option<(PeerConfig, Option<SocketAddr>)> {
-        self.lock_peer()
+        self.lock()
+            .peer
             .as_ref()
-            .map(|s| (s.config.clone(), s.endpoint))
+            .map(|s| (s.current.config.clone(), s.endpoint))
     }
 }
 
@@ -187,19 +204,6 @@ pub struct Tunnel {
     tasks: TaskTracker,
     threads: Vec<JoinHandle<()>>,
     uapi_path: Option<PathBuf>,
-}
-
-fn new_tunn(private_key: &PrivateKey, peer: &PeerConfig) -> Tunn {
-    // The session index space is 24 bits (boringtun shifts it left by 8).
-    let index = rand::random::<u32>() >> 8;
-    Tunn::new(
-        private_key.secret().clone(),
-        x25519::PublicKey::from(peer.public_key.0),
-        peer.preshared_key.as_ref().map(|k| k.0),
-        peer.persistent_keepalive,
-        index,
-        None,
-    )
 }
 
 fn eventfd() -> io::Result<OwnedFd> {
@@ -288,10 +292,8 @@ impl Tunnel {
             })?
             .port();
 
-        let public_key = config.private_key.public_key();
         let shared = Arc::new(Shared {
             ifname: config.ifname.clone(),
-            public_key,
             listen_port,
             mtu: config.mtu,
             address: config.address,
@@ -299,10 +301,10 @@ impl Tunnel {
             sock,
             gro,
             tun,
-            peer: Mutex::new(None),
+            sessions: Mutex::new(Sessions::new(config.private_key)),
+            rotation_tx: watch::Sender::new(RotationStats::default()),
             counters: Counters::default(),
             stop: eventfd().map_err(TunnelError::Worker)?,
-            private_key: config.private_key,
         });
         let token = token.child_token();
         let mut tunnel = Tunnel {
@@ -354,7 +356,7 @@ impl Tunnel {
         }
         tracing::info!(
             ifname = %shared.ifname,
-            public_key = %shared.public_key,
+            public_key = %shared.public_key(),
             listen_port,
             gro,
             mtu = shared.mtu,
@@ -367,56 +369,68 @@ impl Tunnel {
     /// keepalive starts a fresh boringtun state (new handshake); otherwise the
     /// session is kept and only the endpoint and allowed networks change.
     /// Routes are updated with `ip route` (a short blocking call).
+    ///
+    /// A fresh state also drops a staged rotation and the previous session
+    /// of a finished one: they were made for the peer being replaced. After
+    /// a rotation, "the current keys" are the rotated ones — pass the new
+    /// peer key here, or this starts over with the old one.
     pub fn set_peer(&self, peer: PeerConfig) -> Result<(), TunnelError> {
         let sh = &self.shared;
-        let mut g = sh.lock_peer();
+        let mut g = sh.lock();
         let old_nets = g
+            .peer
             .as_ref()
             .filter(|_| sh.route_allowed_ips)
-            .map(|s| routed_nets(sh.address, &s.config.allowed_ips))
+            .map(|s| routed_nets(sh.address, &s.current.config.allowed_ips))
             .unwrap_or_default();
         let new_nets = if sh.route_allowed_ips {
             routed_nets(sh.address, &peer.allowed_ips)
         } else {
             Vec::new()
         };
-        let keep_session = g.as_ref().is_some_and(|s| {
-            s.config.public_key == peer.public_key
-                && s.config.preshared_key == peer.preshared_key
-                && s.config.persistent_keepalive == peer.persistent_keepalive
+        let keep_session = g.peer.as_ref().is_some_and(|s| {
+            let c = &s.current.config;
+            c.public_key == peer.public_key
+                && c.preshared_key == peer.preshared_key
+                && c.persistent_keepalive == peer.persistent_keepalive
         });
-        let mut handshake = [0u8; 256];
         let mut first = None;
-        match g.as_mut() {
+        let key = g.key.clone();
+        let sessions = &mut *g;
+        match sessions.peer.as_mut() {
             Some(slot) if keep_session => {
                 if peer.endpoint.is_some() {
                     slot.endpoint = peer.endpoint;
                 }
-                slot.config = peer;
+                slot.current.config = peer;
             }
             _ => {
-                let mut tunn = new_tunn(&sh.private_key, &peer);
+                let limiter = sessions.peer.as_ref().map(|s| s.current.limiter.clone());
                 // A side that knows where its peer is and keeps the path open
                 // (home) handshakes at once instead of waiting for traffic.
-                if peer.endpoint.is_some() && peer.persistent_keepalive.is_some() {
-                    if let TunnResult::WriteToNetwork(p) =
-                        tunn.format_handshake_initiation(&mut handshake, false)
-                    {
-                        first = Some(p.len());
-                    }
+                let initiate = peer.endpoint.is_some() && peer.persistent_keepalive.is_some();
+                let mut ctx = Context::new(key, peer, limiter, &[]);
+                if initiate {
+                    first = ctx.initiation();
                 }
-                tracing::info!(ifname = %sh.ifname, peer = %peer.public_key, endpoint = ?peer.endpoint, "peer configured");
-                *g = Some(PeerSlot {
-                    endpoint: peer.endpoint,
-                    config: peer,
-                    tunn,
-                });
+                tracing::info!(ifname = %sh.ifname, peer = %ctx.config.public_key, endpoint = ?ctx.config.endpoint, "peer configured");
+                if let Some(id) = sessions
+                    .peer
+                    .as_ref()
+                    .and_then(|s| s.staged.as_ref())
+                    .map(|s| s.id)
+                {
+                    tracing::info!(ifname = %sh.ifname, rotation = %id, "staged key rotation dropped: the peer was replaced");
+                    sessions.last_abandoned = Some(id);
+                }
+                sessions.peer = Some(PeerSlot::new(ctx));
+                sh.publish_rotation(sessions);
             }
         }
-        let endpoint = g.as_ref().and_then(|s| s.endpoint);
+        let endpoint = g.peer.as_ref().and_then(|s| s.endpoint);
         drop(g);
-        if let (Some(n), Some(ep)) = (first, endpoint) {
-            let _ = sh.sock.send_to(&handshake[..n], ep);
+        if let (Some(p), Some(ep)) = (first, endpoint) {
+            let _ = sh.sock.send_to(&p, ep);
         }
         for net in old_nets.iter().filter(|n| !new_nets.contains(n)) {
             let _ = route("del", *net, &sh.ifname);
@@ -431,21 +445,165 @@ impl Tunnel {
     /// the current session keys. For when the peer is known to have lost its
     /// state (it restarted): waiting for WireGuard's own timers would take
     /// about 15 s of silence. Queued packets go out once the handshake is done.
+    /// A staged rotation is left alone.
     pub fn rehandshake(&self) {
         let sh = &self.shared;
-        let mut g = sh.lock_peer();
-        let Some(slot) = g.as_mut() else { return };
-        let mut tunn = new_tunn(&sh.private_key, &slot.config);
-        let mut buf = [0u8; 256];
-        let first = match tunn.format_handshake_initiation(&mut buf, false) {
-            TunnResult::WriteToNetwork(p) => Some(p.len()),
-            _ => None,
-        };
-        slot.tunn = tunn;
+        let mut g = sh.lock();
+        let Some(slot) = g.peer.as_mut() else { return };
+        let cur = &slot.current;
+        let mut ctx = Context::new(
+            cur.key.clone(),
+            cur.config.clone(),
+            Some(cur.limiter.clone()),
+            &slot.taken(),
+        );
+        let first = ctx.initiation();
+        slot.current = ctx;
         let endpoint = slot.endpoint;
         drop(g);
-        if let (Some(n), Some(ep)) = (first, endpoint) {
-            let _ = sh.sock.send_to(&buf[..n], ep);
+        if let (Some(p), Some(ep)) = (first, endpoint) {
+            let _ = sh.sock.send_to(&p, ep);
+        }
+    }
+
+    /// Stages a make-before-break key rotation: a second session context,
+    /// with `new_private_key` (or our current key when `None`) and
+    /// `new_peer`'s public key and pre-shared key, beside the current one.
+    ///
+    /// Incoming datagrams reach the context they belong to; outgoing traffic
+    /// keeps using the current session until the staged one completes a
+    /// handshake, and then the staged context is promoted by itself (see
+    /// [`Tunnel::wait_rotation`]); the old one still accepts packets in
+    /// flight for a grace period of about 2 s. When `new_peer.endpoint` is
+    /// set (the home side, which dials) the first handshake initiation is
+    /// sent at once; the other side (the VPS, whose `PeerConfig` has no
+    /// endpoint) only answers. So stage on the VPS first, then at home: an
+    /// initiation that arrives before its context exists is lost and only
+    /// retried after WireGuard's 5 s rekey timeout.
+    ///
+    /// `new_peer.endpoint` and `persistent_keepalive` apply to the new
+    /// context; its `allowed_ips` must equal the current ones (networks are
+    /// changed with [`Tunnel::set_peer`]).
+    ///
+    /// Refused, with the current session untouched, when there is no peer,
+    /// the new peer key is all-zero or low-order, the peer key and PSK are
+    /// the current ones, neither static key changes, the networks change, or
+    /// a rotation is already staged (see [`Tunnel::replace_rotation`]).
+    pub fn stage_rotation(
+        &self,
+        new_private_key: Option<PrivateKey>,
+        new_peer: PeerConfig,
+    ) -> Result<RotationId, TunnelError> {
+        self.stage(new_private_key, new_peer, false)
+    }
+
+    /// [`Tunnel::stage_rotation`], replacing a rotation already staged
+    /// (which is dropped, as by [`Tunnel::abort_rotation`]).
+    pub fn replace_rotation(
+        &self,
+        new_private_key: Option<PrivateKey>,
+        new_peer: PeerConfig,
+    ) -> Result<RotationId, TunnelError> {
+        self.stage(new_private_key, new_peer, true)
+    }
+
+    fn stage(
+        &self,
+        new_private_key: Option<PrivateKey>,
+        new_peer: PeerConfig,
+        replace: bool,
+    ) -> Result<RotationId, TunnelError> {
+        let sh = &self.shared;
+        let mut g = sh.lock();
+        let staging = match g.stage(new_private_key, new_peer, replace) {
+            Ok(s) => s,
+            Err(e) => {
+                drop(g);
+                tracing::warn!(ifname = %sh.ifname, error = %e, "key rotation refused");
+                return Err(e.into());
+            }
+        };
+        sh.publish_rotation(&g);
+        let staged = g.rotation_stats().staged;
+        drop(g);
+        if let Some(staged) = staged {
+            tracing::info!(
+                ifname = %sh.ifname,
+                rotation = %staging.id,
+                replaced = ?staging.replaced.map(|r| r.to_string()),
+                public_key = %staged.public_key,
+                peer_public_key = %staged.peer_public_key,
+                initiating = staging.initiation.is_some(),
+                "key rotation staged"
+            );
+        }
+        if let Some((p, ep)) = staging.initiation {
+            if let Err(e) = sh.sock.send_to(&p, ep) {
+                tracing::debug!(error = %e, endpoint = %ep, "rotation handshake send failed");
+            }
+        }
+        Ok(staging.id)
+    }
+
+    /// Promotes the staged rotation now, without waiting for its handshake:
+    /// outgoing traffic moves to the new keys at once (a handshake is sent
+    /// if the new session has none yet). For when the control plane knows
+    /// the peer has already moved over. Returns the promoted rotation.
+    pub fn commit_rotation(&self) -> Result<RotationId, TunnelError> {
+        let sh = &self.shared;
+        let mut g = sh.lock();
+        let id = g.promote()?;
+        let mut send = None;
+        if let Some(slot) = g.peer.as_mut() {
+            if !slot.current.established() {
+                send = slot.current.initiation().zip(slot.endpoint);
+            }
+        }
+        sh.publish_rotation(&g);
+        drop(g);
+        tracing::info!(ifname = %sh.ifname, rotation = %id, how = "commit", public_key = %sh.public_key(), "key rotation done");
+        if let Some((p, ep)) = send {
+            let _ = sh.sock.send_to(&p, ep);
+        }
+        Ok(id)
+    }
+
+    /// Drops the staged rotation, if any; the current session carries on.
+    /// Returns the dropped rotation.
+    pub fn abort_rotation(&self) -> Option<RotationId> {
+        let sh = &self.shared;
+        let mut g = sh.lock();
+        let id = g.abort();
+        if id.is_some() {
+            sh.publish_rotation(&g);
+        }
+        drop(g);
+        if let Some(id) = id {
+            tracing::info!(ifname = %sh.ifname, rotation = %id, "key rotation aborted");
+        }
+        id
+    }
+
+    /// The rotation status (also part of [`Tunnel::stats`]).
+    pub fn rotation(&self) -> RotationStats {
+        self.shared.lock().rotation_stats()
+    }
+
+    /// A receiver that sees every change of the rotation status.
+    pub fn watch_rotation(&self) -> watch::Receiver<RotationStats> {
+        self.shared.rotation_tx.subscribe()
+    }
+
+    /// Waits until rotation `id` is promoted (`Ok`) or abandoned (`Err`).
+    /// Wrap it in a timeout: a staged rotation whose peer never answers
+    /// waits forever (until aborted).
+    pub async fn wait_rotation(&self, id: RotationId) -> Result<(), RotationError> {
+        let mut rx = self.watch_rotation();
+        let outcome = rx.wait_for(|s| s.outcome(id).is_some()).await;
+        match outcome {
+            Ok(s) => s.outcome(id).unwrap_or(Ok(())),
+            // The sender lives in `Shared`, which `self` keeps alive.
+            Err(_) => Err(RotationError::Abandoned(id)),
         }
     }
 
@@ -454,9 +612,9 @@ impl Tunnel {
         self.shared.stats()
     }
 
-    /// Our static public key.
+    /// Our static public key: the rotated one once a rotation is promoted.
     pub fn public_key(&self) -> PublicKey {
-        self.shared.public_key
+        self.shared.public_key()
     }
 
     /// The UDP port we listen on.
@@ -504,28 +662,63 @@ async fn timer_loop(shared: Arc<Shared>, token: CancellationToken) {
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 256];
+    let mut out: Vec<Vec<u8>> = Vec::new();
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut g = shared.lock_peer();
-        let Some(slot) = g.as_mut() else { continue };
-        let out = match slot.tunn.update_timers(&mut buf) {
-            TunnResult::WriteToNetwork(p) => slot.endpoint.map(|ep| (p.len(), ep)),
-            TunnResult::Err(e) => {
-                tracing::trace!(error = ?e, "timer");
-                None
-            }
-            _ => None,
+        out.clear();
+        let mut g = shared.lock();
+        let sessions = &mut *g;
+        let Some(slot) = sessions.peer.as_mut() else {
+            continue;
         };
+        // Our limiters are shared between contexts, so boringtun leaves
+        // resetting them to us: once per tick, as it would itself.
+        for l in slot.limiters() {
+            l.reset_count();
+        }
+        let endpoint = slot.endpoint;
+        // The staged context ticks too (handshake retries); the previous one
+        // does not: it only receives, and must not start handshakes.
+        let staged = slot.staged.as_mut().map(|s| &mut s.ctx);
+        for ctx in std::iter::once(&mut slot.current).chain(staged) {
+            match ctx.tunn.update_timers(&mut buf) {
+                TunnResult::WriteToNetwork(p) => out.push(p.to_vec()),
+                TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
+                _ => {}
+            }
+        }
+        let promoted = sessions.promote_if_ready();
+        let expired = sessions.expire_previous(std::time::Instant::now());
+        if promoted.is_some() || expired {
+            shared.publish_rotation(sessions);
+        }
         drop(g);
-        if let Some((n, ep)) = out {
-            if let Err(e) = shared.sock.send_to(&buf[..n], ep) {
+        if let Some(id) = promoted {
+            log_promoted(&shared, id);
+        }
+        if expired {
+            tracing::debug!(ifname = %shared.ifname, "previous session dropped after its grace period");
+        }
+        let Some(ep) = endpoint else { continue };
+        for p in &out {
+            if let Err(e) = shared.sock.send_to(p, ep) {
                 tracing::debug!(error = %e, endpoint = %ep, "timer send failed");
             }
         }
     }
+}
+
+fn log_promoted(shared: &Shared, id: RotationId) {
+    tracing::info!(
+        ifname = %shared.ifname,
+        rotation = %id,
+        how = "handshake",
+        public_key = %shared.public_key(),
+        "key rotation done"
+    );
 }
 
 /// TUN -> encrypt -> UDP.
@@ -575,8 +768,8 @@ fn encrypt_loop(shared: Arc<Shared>) {
         let mut no_route = 0u64;
         let endpoint;
         {
-            let mut g = shared.lock_peer();
-            let Some(slot) = g.as_mut() else {
+            let mut g = shared.lock();
+            let Some(slot) = g.peer.as_mut() else {
                 shared
                     .counters
                     .tx_dropped_no_route
@@ -584,15 +777,18 @@ fn encrypt_loop(shared: Arc<Shared>) {
                 continue;
             };
             endpoint = slot.endpoint;
+            // Outgoing traffic always uses the current context; a staged
+            // one takes over only once promoted (between two batches).
+            let ctx = &mut slot.current;
             for i in 0..n {
                 let pkt = &bufs[i][..sizes[i]];
                 let routable =
-                    Tunn::dst_address(pkt).is_some_and(|d| allowed(&slot.config.allowed_ips, d));
+                    Tunn::dst_address(pkt).is_some_and(|d| allowed(&ctx.config.allowed_ips, d));
                 if !routable || pkt.len() + 48 > stride {
                     no_route += 1;
                     continue;
                 }
-                match slot
+                match ctx
                     .tunn
                     .encapsulate(pkt, &mut out[k * stride..(k + 1) * stride])
                 {
@@ -678,8 +874,10 @@ fn decrypt_loop(shared: Arc<Shared>) {
         let mut k = 0;
         let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
         let mut authenticated_src: Option<SocketAddr> = None;
-        let mut g = shared.lock_peer();
-        let Some(slot) = g.as_mut() else {
+        let mut touched_staged = false;
+        let mut g = shared.lock();
+        let sessions = &mut *g;
+        let Some(slot) = sessions.peer.as_mut() else {
             drop(g);
             tally.counts[DropReason::UnknownKey as usize] += rx.got.len() as u64;
             tally.flush(&shared.counters);
@@ -696,13 +894,16 @@ fn decrypt_loop(shared: Arc<Shared>) {
                 let tb = &mut tbufs[k];
                 tb.resize(TUN_OFFSET + chunk.len().max(256), 0);
                 let kind = msg_type(chunk);
-                match slot.tunn.decapsulate(src_ip, chunk, &mut tb[TUN_OFFSET..]) {
+                let (which, r) = slot.decapsulate(src_ip, chunk, &mut tb[TUN_OFFSET..]);
+                touched_staged |= which == Which::Staged;
+                match r {
                     TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
                         let len = p.len();
                         // Cryptokey routing: the inner source must be one the
                         // peer is allowed to use.
                         let inner_src = inner_source(&tb[TUN_OFFSET..TUN_OFFSET + len]);
-                        if inner_src.is_some_and(|s| allowed(&slot.config.allowed_ips, s)) {
+                        let nets = &slot.ctx(which).config.allowed_ips;
+                        if inner_src.is_some_and(|s| allowed(nets, s)) {
                             tb.truncate(TUN_OFFSET + len);
                             k += 1;
                             rx_packets += 1;
@@ -751,18 +952,42 @@ fn decrypt_loop(shared: Arc<Shared>) {
             // A completed handshake (either role) releases the packets
             // boringtun queued while it had no session. Checking once per
             // batch costs one empty-queue pop.
-            while let TunnResult::WriteToNetwork(p) = slot.tunn.decapsulate(None, &[], &mut reply) {
-                if let Err(e) = shared.sock.send_to(p, src) {
-                    tracing::debug!(error = %e, "queued packet send failed");
+            flush_queued(&shared, &mut slot.current, src, &mut reply);
+        }
+        // A staged context that just completed its handshake takes over
+        // outgoing traffic now, not at the next timer tick: every tick of
+        // delay is traffic still riding the old keys.
+        let promoted = if touched_staged {
+            sessions.promote_if_ready()
+        } else {
+            None
+        };
+        if promoted.is_some() {
+            if let Some(slot) = sessions.peer.as_mut() {
+                if let Some(ep) = slot.endpoint {
+                    flush_queued(&shared, &mut slot.current, ep, &mut reply);
                 }
             }
+            shared.publish_rotation(sessions);
         }
         drop(g);
+        if let Some(id) = promoted {
+            log_promoted(&shared, id);
+        }
         flush(&mut tbufs[..k], &mut gro);
         tally.flush(&shared.counters);
         if rx_packets > 0 {
             shared.counters.rx_packets.fetch_add(rx_packets, Relaxed);
             shared.counters.rx_bytes.fetch_add(rx_bytes, Relaxed);
+        }
+    }
+}
+
+/// Sends what boringtun queued in `ctx` while it had no session.
+fn flush_queued(shared: &Shared, ctx: &mut Context, to: SocketAddr, buf: &mut [u8]) {
+    while let TunnResult::WriteToNetwork(p) = ctx.tunn.decapsulate(None, &[], buf) {
+        if let Err(e) = shared.sock.send_to(p, to) {
+            tracing::debug!(error = %e, "queued packet send failed");
         }
     }
 }

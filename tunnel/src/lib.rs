@@ -20,6 +20,8 @@
 mod config;
 mod engine;
 mod key;
+mod peer;
+mod rotation;
 mod stats;
 mod uapi;
 mod udp;
@@ -30,4 +32,5 @@ pub use config::{
 };
 pub use engine::{Tunnel, TunnelError};
 pub use key::{KeyError, PresharedKey, PrivateKey, PublicKey, generate_keypair};
+pub use rotation::{RotationError, RotationId, RotationStats, StagedRotation};
 pub use stats::{DropStats, TunnelStats};

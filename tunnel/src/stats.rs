@@ -7,6 +7,7 @@ use boringtun::noise::errors::WireGuardError;
 use serde::Serialize;
 
 use crate::key::PublicKey;
+use crate::rotation::RotationStats;
 
 /// Why an incoming datagram (or an outgoing packet) was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +171,9 @@ pub struct TunnelStats {
     pub persistent_keepalive: Option<u16>,
     /// Dropped datagrams by reason.
     pub dropped: DropStats,
+    /// Key rotation: the staged rotation (our and the peer's new public
+    /// keys), the rotation counter and the time of the last one.
+    pub rotation: RotationStats,
 }
 
 fn unix_secs<S: serde::Serializer>(

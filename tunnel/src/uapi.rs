@@ -88,7 +88,7 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>, token: CancellationToke
             "get=1" => {
                 let stats = shared.stats();
                 let peer = shared.peer_view();
-                format_get(&shared.private_key.to_hex(), &stats, peer.as_ref())
+                format_get(&shared.private_key_hex(), &stats, peer.as_ref())
             }
             "stats=1" => match serde_json::to_string(&shared.stats()) {
                 Ok(j) => format!("ceres_stats={j}\nerrno=0\n\n"),
@@ -171,6 +171,7 @@ mod tests {
             tx_packets: 2,
             persistent_keepalive: Some(25),
             dropped: DropStats::default(),
+            rotation: Default::default(),
         };
         let peer = PeerConfig {
             public_key: pk,
@@ -213,6 +214,7 @@ mod tests {
             tx_packets: 0,
             persistent_keepalive: None,
             dropped: DropStats::default(),
+            rotation: Default::default(),
         };
         assert_eq!(
             format_get("00", &stats, None),

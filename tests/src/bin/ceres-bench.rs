@@ -1,0 +1,896 @@
+//! `ceres-bench`: the end-to-end gateway benchmark of issue 4 — the real
+//! agents (release build) in the lab namespaces, relay + tunnel measured
+//! against the direct path, the tunnel alone and HAProxy, in one run.
+//!
+//! Usage (needs root; `bench/gateway` builds the binaries and runs this):
+//!
+//! - `ceres-bench gateway [--samples N] [--runs N] [--conns N] [--seconds N]`
+//! - `ceres-bench banner-server ADDR...` — the tiny banner server the
+//!   benchmark starts inside the home namespace for the idle connections.
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use ceres_tests::postfix::smtp::{in_netns, proxy_v2, time_to_banner};
+use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::{Ceres, Daemon, Lab, Netns, addr, sh, wait_until};
+
+const USAGE: &str = "usage:
+  ceres-bench gateway [--samples N] [--runs N] [--conns N] [--seconds N]
+      End-to-end gateway benchmark in the lab namespaces (needs root):
+      SMTP time to banner relay+tunnel vs direct (N samples per path and run),
+      one iperf3 stream relay+tunnel vs tunnel alone (S seconds per run),
+      VPS agent RSS per idle relayed connection (N connections) vs HAProxy.
+      Defaults: --samples 1000 --runs 3 --conns 5000 --seconds 10.
+  ceres-bench banner-server ADDR...
+      Accepts on each ADDR, sends an SMTP-like banner, holds connections until
+      the client closes (used by `gateway` inside the home namespace).";
+
+/// Home's tunnel address (the VPS agent's default).
+const HOME_TUN: &str = "10.77.77.2";
+/// Relayed iperf3 port: the VPS relays it to home, home's forwarder to 127.0.0.1.
+const IPERF_RELAYED: u16 = 5201;
+/// iperf3 on home's tunnel address itself, for "the tunnel alone".
+const IPERF_TUNNEL: u16 = 5202;
+/// First of the relayed ports carrying the idle connections.
+const IDLE_BASE_PORT: u16 = 10025;
+/// HAProxy's listening port on the VPS.
+const HAPROXY_PORT: u16 = 10125;
+/// Idle connections per relayed port. Home's forwarder admits at most 1,000
+/// per port (`ceres_relay::DEFAULT_MAX_PER_PORT`, not configurable at home),
+/// so the idle connections are spread over several relayed ports.
+const IDLE_PER_PORT: usize = 900;
+/// Connections opened and closed before a measurement: one-time start-up
+/// allocations (first task, first pipe, thread-local caches) are not
+/// charged to the connections being measured.
+const WARMUP: usize = 50;
+/// What the idle-connection banner server sends on accept.
+const BANNER: &[u8] = b"220 bench.example ESMTP ceres-bench\r\n";
+
+/// Command-line options of `gateway`.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    samples: usize,
+    runs: usize,
+    conns: usize,
+    seconds: u32,
+}
+
+fn parse_options(args: &[String]) -> anyhow::Result<Options> {
+    let mut o = Options {
+        samples: 1000,
+        runs: 3,
+        conns: 5000,
+        seconds: 10,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = || format!("{flag} {value}: not a positive number");
+        match flag.as_str() {
+            "--samples" => o.samples = value.parse().with_context(bad)?,
+            "--runs" => o.runs = value.parse().with_context(bad)?,
+            "--conns" => o.conns = value.parse().with_context(bad)?,
+            "--seconds" => o.seconds = value.parse().with_context(bad)?,
+            _ => bail!("unknown option {flag}\n{USAGE}"),
+        }
+    }
+    ensure!(
+        o.samples > 0 && o.runs > 0 && o.conns > 0 && o.seconds > 0,
+        "every option must be at least 1"
+    );
+    // Two sockets per connection in the relay, 20,000 open files per process.
+    ensure!(
+        o.conns <= 8000,
+        "--conns {} is over 8,000: the relay needs two sockets per connection and the hard limit here is 20,000 open files",
+        o.conns
+    );
+    Ok(o)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("gateway") => gateway(parse_options(&args[1..])?),
+        Some("banner-server") => banner_server(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The relayed ports the idle connections are spread over.
+fn idle_ports(conns: usize) -> Vec<u16> {
+    let n = conns.div_ceil(IDLE_PER_PORT);
+    (0..n).map(|i| IDLE_BASE_PORT + i as u16).collect()
+}
+
+/// Raises this process's soft open-files limit to the hard limit: the
+/// benchmark client and the banner server each hold one socket per idle
+/// connection.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for getrlimit to fill, then to pass back.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The whole run.
+// ---------------------------------------------------------------------------
+
+fn gateway(o: Options) -> anyhow::Result<()> {
+    ensure!(
+        ceres_tests::require_root("ceres-bench"),
+        "ceres-bench needs root (network namespaces, TUN devices, nftables)"
+    );
+    for tool in ["iperf3", "haproxy", "ss", "postfix"] {
+        ensure!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|out| out.status.success()),
+            "{tool} is not installed (apt-get install -y iperf3 haproxy iproute2 postfix)"
+        );
+    }
+    raise_nofile();
+    let load_start = loadavg();
+    let started = Instant::now();
+
+    // Relays: 25 without PROXY (a plain smtpd at home), 587 with PROXY v2
+    // (smtpd with smtpd_upstream_proxy_protocol, the production setting),
+    // iperf3, and the idle-connection ports with PROXY v2 (as HAProxy's
+    // send-proxy-v2, the baseline).
+    let idle = idle_ports(o.conns);
+    let mut relays = format!("25,587/proxy-v2,{IPERF_RELAYED}");
+    for p in &idle {
+        relays.push_str(&format!(",{p}/proxy-v2"));
+    }
+    let limit = (o.conns + 1000).to_string();
+    let vps_lines = [
+        format!("CERES_RELAYS={relays}"),
+        format!("CERES_RELAY_MAX_PER_PORT={limit}"),
+        format!("CERES_RELAY_MAX_PER_SOURCE={limit}"),
+    ];
+    let vps_lines: Vec<&str> = vps_lines.iter().map(String::as_str).collect();
+
+    let lab = Lab::new().context("building the lab namespaces")?;
+    let ceres = Ceres::init(&lab, &vps_lines, &[])?;
+    let vps = ceres.start_vps()?;
+    ceres.join_home()?;
+    let home = ceres.start_home()?;
+    ceres.enroll_ctl()?;
+    ceres.wait_home_connected(true, Duration::from_secs(30))?;
+    let vps_pid = pid_of(&vps, "ceres-vps")?;
+    let home_pid = pid_of(&home, "ceres-home")?;
+
+    // Home's Postfix: a plain smtpd on 25 (no postscreen: its greet-wait
+    // would hold a new client's banner for seconds), submission on 587
+    // expecting PROXY. It listens on loopback (the forwarder's target) and
+    // on home's own address (the direct path from the internet).
+    let postfix = Postfix::start(
+        &lab.home,
+        PostfixOptions {
+            inet_interfaces: vec![ip("127.0.0.1"), ip(addr::HOME)],
+            postscreen_proxy_on_25: false,
+            submission: true,
+            submission_proxy: true,
+            ..PostfixOptions::default()
+        },
+    )
+    .context("starting Postfix at home")?;
+
+    let mut banner_cmd = lab.home.command(std::env::current_exe()?);
+    banner_cmd.arg("banner-server");
+    for p in &idle {
+        banner_cmd.arg(format!("127.0.0.1:{p}"));
+    }
+    let mut banner = Daemon::spawn("banner", banner_cmd, lab.dir.path())?;
+    banner.wait_ready(Duration::from_secs(10))?;
+
+    let vps25 = SocketAddr::new(ip(addr::VPS), 25);
+    let vps587 = SocketAddr::new(ip(addr::VPS), 587);
+    for (what, to) in [("25", vps25), ("587", vps587)] {
+        wait_until(
+            &format!("a banner from home's Postfix through VPS:{what}"),
+            Duration::from_secs(30),
+            || time_to_banner(&lab.internet, None, to, &[], Duration::from_secs(5)).map(|_| true),
+        )?;
+    }
+
+    let mut iperf_cmd = lab.home.command("iperf3");
+    iperf_cmd.args(["-s", "-B", "127.0.0.1", "-p", &IPERF_RELAYED.to_string()]);
+    let _iperf_relayed = Daemon::spawn("iperf3-relayed", iperf_cmd, lab.dir.path())?;
+    let mut iperf_cmd = lab.home.command("iperf3");
+    iperf_cmd.args(["-s", "-B", HOME_TUN, "-p", &IPERF_TUNNEL.to_string()]);
+    let _iperf_tunnel = Daemon::spawn("iperf3-tunnel", iperf_cmd, lab.dir.path())?;
+    wait_listening(&lab.home, IPERF_RELAYED)?;
+    wait_listening(&lab.home, IPERF_TUNNEL)?;
+
+    println!(
+        "ceres-bench gateway: kernel {}, {} CPUs, load average at start {load_start}; lab {} ready in {:.1} s",
+        kernel(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        lab.id,
+        started.elapsed().as_secs_f64()
+    );
+
+    let banners = bench_banners(&lab, o)?;
+    let bulk = bench_bulk(&lab, o, vps_pid, home_pid)?;
+    let idle_results = bench_idle(&lab, o, &idle, vps_pid, home_pid)?;
+
+    println!();
+    report_banners(&banners, o);
+    report_bulk(&bulk, o);
+    report_idle(&idle_results, o);
+    println!(
+        "\nload average at end {}; whole run {:.0} s",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(banner);
+    drop(postfix);
+    Ok(())
+}
+
+/// The pid of a daemon started with `ip netns exec` (which execs the
+/// program, so the pid is the program's), checked against its name.
+fn pid_of(d: &Daemon, comm: &str) -> anyhow::Result<u32> {
+    let pid = d.pid().context("daemon not running")?;
+    let seen = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
+    ensure!(
+        seen.trim() == comm,
+        "pid {pid} is {:?}, not {comm}",
+        seen.trim()
+    );
+    Ok(pid)
+}
+
+/// Waits until something listens on TCP `port` inside `ns` (by `ss`, so no
+/// probe connection disturbs the server).
+fn wait_listening(ns: &Netns, port: u16) -> anyhow::Result<()> {
+    wait_until(
+        &format!("a listener on port {port} in {}", ns.name),
+        Duration::from_secs(10),
+        || {
+            let out = sh(ns
+                .command("ss")
+                .args(["-Hltn", "sport", "=", &format!(":{port}")]))?;
+            Ok(!out.trim().is_empty())
+        },
+    )
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Nearest-rank percentile of sorted durations, in µs.
+fn pct_us(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn list(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+// ---------------------------------------------------------------------------
+// 1. SMTP time to banner.
+// ---------------------------------------------------------------------------
+
+/// One way to reach home's Postfix from the internet client.
+struct BannerPath {
+    name: &'static str,
+    to: SocketAddr,
+    /// Sent right after connecting (the PROXY header the relay would add).
+    send_first: Vec<u8>,
+}
+
+/// Per path, per run: (p50 µs, p90 µs).
+struct Banners {
+    paths: Vec<&'static str>,
+    runs: Vec<Vec<(f64, f64)>>,
+}
+
+fn bench_banners(lab: &Lab, o: Options) -> anyhow::Result<Banners> {
+    let client = ip(addr::CLIENT);
+    let home = ip(addr::HOME);
+    let paths = [
+        BannerPath {
+            name: "direct :25 (internet -> home Postfix)",
+            to: SocketAddr::new(home, 25),
+            send_first: Vec::new(),
+        },
+        BannerPath {
+            name: "relay+tunnel :25 (plain)",
+            to: SocketAddr::new(ip(addr::VPS), 25),
+            send_first: Vec::new(),
+        },
+        BannerPath {
+            // The same header the relay sends, written by the client itself,
+            // so both paths make smtpd parse one.
+            name: "direct :587 (client sends PROXY v2)",
+            to: SocketAddr::new(home, 587),
+            send_first: proxy_v2(
+                SocketAddr::new(client, 40_000),
+                SocketAddr::new(ip(addr::VPS), 587),
+            ),
+        },
+        BannerPath {
+            name: "relay+tunnel :587/proxy-v2",
+            to: SocketAddr::new(ip(addr::VPS), 587),
+            send_first: Vec::new(),
+        },
+    ];
+    let mut runs = Vec::new();
+    for run in 1..=o.runs {
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(o.samples); paths.len()];
+        // Interleaved per connection, so load drift from the other tenants
+        // of this machine hits every path alike; the first rounds warm up.
+        for round in 0..(WARMUP + o.samples) {
+            for (i, p) in paths.iter().enumerate() {
+                let t = time_to_banner(
+                    &lab.internet,
+                    Some(client),
+                    p.to,
+                    &p.send_first,
+                    Duration::from_secs(5),
+                )
+                .with_context(|| format!("{} (run {run}, round {round})", p.name))?;
+                if round >= WARMUP {
+                    samples[i].push(t);
+                }
+            }
+        }
+        let per_path: Vec<(f64, f64)> = samples
+            .iter_mut()
+            .map(|s| {
+                s.sort();
+                (pct_us(s, 0.5), pct_us(s, 0.9))
+            })
+            .collect();
+        eprintln!(
+            "  banners run {run}: p50 µs {}",
+            list(&per_path.iter().map(|x| x.0).collect::<Vec<_>>(), 0)
+        );
+        runs.push(per_path);
+    }
+    Ok(Banners {
+        paths: paths.iter().map(|p| p.name).collect(),
+        runs,
+    })
+}
+
+fn report_banners(b: &Banners, o: Options) {
+    println!(
+        "1. SMTP time to banner, {} sequential connections per path and run, {} runs, from the internet client {}",
+        o.samples,
+        o.runs,
+        addr::CLIENT
+    );
+    println!(
+        "   {:<40} {:>9} {:>9}   p50 of each run (µs)",
+        "path", "p50 µs", "p90 µs"
+    );
+    let col = |i: usize, p90: bool| -> Vec<f64> {
+        b.runs
+            .iter()
+            .map(|r| if p90 { r[i].1 } else { r[i].0 })
+            .collect()
+    };
+    for (i, name) in b.paths.iter().enumerate() {
+        println!(
+            "   {:<40} {:>9.0} {:>9.0}   {}",
+            name,
+            median(&col(i, false)),
+            median(&col(i, true)),
+            list(&col(i, false), 0)
+        );
+    }
+    // Paths come in (direct, relayed) pairs.
+    for pair in 0..b.paths.len() / 2 {
+        let (d, r) = (2 * pair, 2 * pair + 1);
+        let added: Vec<f64> = b.runs.iter().map(|run| run[r].0 - run[d].0).collect();
+        let added90: Vec<f64> = b.runs.iter().map(|run| run[r].1 - run[d].1).collect();
+        let ratio: Vec<f64> = b.runs.iter().map(|run| run[r].0 / run[d].0).collect();
+        let m = median(&added);
+        println!(
+            "   added by relay+tunnel on {}: p50 {:.0} µs (runs {}), p90 {:.0} µs, relayed/direct p50 {:.2} — goal <= 1000 µs p50: {}",
+            if pair == 0 { ":25" } else { ":587/proxy-v2" },
+            m,
+            list(&added, 0),
+            median(&added90),
+            median(&ratio),
+            if m <= 1000.0 { "met" } else { "NOT met" }
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. One bulk TCP stream.
+// ---------------------------------------------------------------------------
+
+/// Per run: (Mbit/s, CPU seconds of both agents) for the tunnel alone and
+/// for relay + tunnel.
+struct Bulk {
+    tunnel: Vec<(f64, f64)>,
+    relay: Vec<(f64, f64)>,
+}
+
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesized name; utime and stime are the
+            // 14th and 15th fields of the whole line.
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            get(11) + get(12)
+        })
+        .sum()
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// One iperf3 TCP stream from `ns` to `host:port` (first second omitted);
+/// returns (Mbit/s received, CPU seconds the agents used meanwhile).
+fn iperf(
+    ns: &Netns,
+    host: &str,
+    port: u16,
+    seconds: u32,
+    agents: &[u32],
+) -> anyhow::Result<(f64, f64)> {
+    let c0 = cpu_ticks(agents);
+    let out = sh(ns.command("timeout").args([
+        &(seconds + 30).to_string(),
+        "iperf3",
+        "-c",
+        host,
+        "-p",
+        &port.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-O",
+        "1",
+        "-J",
+    ]))
+    .with_context(|| format!("iperf3 to {host}:{port} from {}", ns.name))?;
+    let c1 = cpu_ticks(agents);
+    let json: serde_json::Value =
+        serde_json::from_str(&out).with_context(|| format!("iperf3 output: {out}"))?;
+    if let Some(err) = json["error"].as_str() {
+        bail!("iperf3 to {host}:{port}: {err}");
+    }
+    let bps = json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("no end.sum_received in iperf3 output: {out}"))?;
+    Ok((bps / 1e6, (c1 - c0) as f64 / clock_ticks()))
+}
+
+fn bench_bulk(lab: &Lab, o: Options, vps_pid: u32, home_pid: u32) -> anyhow::Result<Bulk> {
+    let agents = [vps_pid, home_pid];
+    let mut b = Bulk {
+        tunnel: Vec::new(),
+        relay: Vec::new(),
+    };
+    for run in 1..=o.runs {
+        // Tunnel alone: from the VPS host to home's tunnel address.
+        let t = iperf(&lab.vps, HOME_TUN, IPERF_TUNNEL, o.seconds, &agents)?;
+        // Relay + tunnel: from the internet to the VPS's public address;
+        // the VPS relays to home's forwarder, which forwards to 127.0.0.1.
+        let r = iperf(&lab.internet, addr::VPS, IPERF_RELAYED, o.seconds, &agents)?;
+        eprintln!(
+            "  bulk run {run}: tunnel alone {:.0} Mbit/s, relay+tunnel {:.0} Mbit/s",
+            t.0, r.0
+        );
+        b.tunnel.push(t);
+        b.relay.push(r);
+    }
+    Ok(b)
+}
+
+fn report_bulk(b: &Bulk, o: Options) {
+    println!(
+        "2. One TCP stream (iperf3 -t {} -O 1), {} runs",
+        o.seconds, o.runs
+    );
+    println!(
+        "   {:<52} {:>9} {:>14}   Mbit/s of each run",
+        "path", "Mbit/s", "agents CPU s/Gbit"
+    );
+    let row = |name: &str, v: &[(f64, f64)]| {
+        let mbps: Vec<f64> = v.iter().map(|x| x.0).collect();
+        let per_gbit: Vec<f64> = v
+            .iter()
+            .map(|x| x.1 / (x.0 * f64::from(o.seconds) / 1000.0))
+            .collect();
+        println!(
+            "   {:<52} {:>9.0} {:>14.2}   {}",
+            name,
+            median(&mbps),
+            median(&per_gbit),
+            list(&mbps, 0)
+        );
+    };
+    row("tunnel alone (VPS -> home tunnel address)", &b.tunnel);
+    row(
+        "relay+tunnel (internet -> VPS:5201 -> home 127.0.0.1)",
+        &b.relay,
+    );
+    let ratios: Vec<f64> = b
+        .tunnel
+        .iter()
+        .zip(&b.relay)
+        .map(|(t, r)| r.0 / t.0)
+        .collect();
+    let m = median(&ratios);
+    println!(
+        "   relay+tunnel / tunnel alone: {:.2} (runs {}) — goal >= 0.90: {}",
+        m,
+        list(&ratios, 2),
+        if m >= 0.9 { "met" } else { "NOT met" }
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Idle relayed connections.
+// ---------------------------------------------------------------------------
+
+/// One relay's idle-connection measurement.
+struct Idle {
+    name: &'static str,
+    conns: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    fds_before: usize,
+    fds_after: usize,
+    /// Home agent's RSS growth over the same connections (its forwarder).
+    home_kib: i64,
+}
+
+impl Idle {
+    fn per_conn_kib(&self) -> f64 {
+        (self.rss_after_kib as f64 - self.rss_before_kib as f64) / self.conns as f64
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS for pid {pid}"))
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Opens `n` connections from the internet namespace, round-robin over
+/// `targets`, each until its whole banner line arrived; returns them open.
+fn open_idle(lab: &Lab, targets: &[SocketAddr], n: usize) -> anyhow::Result<Vec<TcpStream>> {
+    in_netns(&lab.internet, || -> anyhow::Result<Vec<TcpStream>> {
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            let to = targets[i % targets.len()];
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                .with_context(|| format!("connection {i} to {to}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 128];
+            while !got.contains(&b'\n') {
+                let k = s
+                    .read(&mut buf)
+                    .with_context(|| format!("banner of connection {i} via {to}"))?;
+                ensure!(k > 0, "connection {i} via {to} closed before its banner");
+                got.extend_from_slice(&buf[..k]);
+            }
+            ensure!(
+                got.starts_with(b"220 "),
+                "connection {i} via {to}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            held.push(s);
+        }
+        Ok(held)
+    })?
+}
+
+/// Waits until both relaying processes are back to (about) their fd counts
+/// from before, i.e. every closed connection has been torn down.
+fn wait_fds_settle(pids: &[(u32, usize)]) -> anyhow::Result<()> {
+    wait_until(
+        "relayed connections to close",
+        Duration::from_secs(30),
+        || Ok(pids.iter().all(|(pid, base)| fd_count(*pid) <= base + 2)),
+    )
+}
+
+fn measure_idle(
+    lab: &Lab,
+    name: &'static str,
+    pid: u32,
+    home_pid: u32,
+    targets: &[SocketAddr],
+    conns: usize,
+) -> anyhow::Result<Idle> {
+    let base = [(pid, fd_count(pid)), (home_pid, fd_count(home_pid))];
+    drop(open_idle(lab, targets, WARMUP)?);
+    wait_fds_settle(&base)?;
+    let fds_before = fd_count(pid);
+    let rss_before_kib = rss_kib(pid)?;
+    let home_before = rss_kib(home_pid)?;
+    let held = open_idle(lab, targets, conns)?;
+    let rss_after_kib = rss_kib(pid)?;
+    let home_after = rss_kib(home_pid)?;
+    let fds_after = fd_count(pid);
+    drop(held);
+    wait_fds_settle(&base)?;
+    let r = Idle {
+        name,
+        conns,
+        rss_before_kib,
+        rss_after_kib,
+        fds_before,
+        fds_after,
+        home_kib: home_after as i64 - home_before as i64,
+    };
+    eprintln!(
+        "  idle {name}: {:.2} KiB per connection ({} -> {} KiB)",
+        r.per_conn_kib(),
+        r.rss_before_kib,
+        r.rss_after_kib
+    );
+    Ok(r)
+}
+
+/// Starts HAProxy 2.6 in the VPS namespace: `mode tcp`, `send-proxy-v2`,
+/// to the same home forwarder ports as the CERES relay (round-robin, so no
+/// port gets over home's 1,000 per port).
+fn start_haproxy(lab: &Lab, idle: &[u16], conns: usize) -> anyhow::Result<Daemon> {
+    let cfg = lab.path("haproxy.cfg");
+    let mut text = format!(
+        "global\n  maxconn {max}\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\n\
+         frontend relay\n  bind {vps}:{HAPROXY_PORT}\n  maxconn {max}\n  default_backend home\n\n\
+         backend home\n  balance roundrobin\n",
+        max = conns + 1000,
+        vps = addr::VPS,
+    );
+    for p in idle {
+        text.push_str(&format!("  server home{p} {HOME_TUN}:{p} send-proxy-v2\n"));
+    }
+    std::fs::write(&cfg, text)?;
+    let mut cmd = lab.vps.command("haproxy");
+    cmd.arg("-db").arg("-f").arg(&cfg);
+    let d = Daemon::spawn("haproxy", cmd, lab.dir.path())?;
+    wait_listening(&lab.vps, HAPROXY_PORT)?;
+    Ok(d)
+}
+
+fn bench_idle(
+    lab: &Lab,
+    o: Options,
+    idle: &[u16],
+    vps_pid: u32,
+    home_pid: u32,
+) -> anyhow::Result<Vec<Idle>> {
+    let vps = ip(addr::VPS);
+    let ceres_targets: Vec<SocketAddr> = idle.iter().map(|p| SocketAddr::new(vps, *p)).collect();
+    let ceres = measure_idle(lab, "ceres-vps", vps_pid, home_pid, &ceres_targets, o.conns)?;
+    let haproxy = start_haproxy(lab, idle, o.conns)?;
+    let haproxy_pid = pid_of(&haproxy, "haproxy")?;
+    let ha = measure_idle(
+        lab,
+        "haproxy",
+        haproxy_pid,
+        home_pid,
+        &[SocketAddr::new(vps, HAPROXY_PORT)],
+        o.conns,
+    )?;
+    Ok(vec![ceres, ha])
+}
+
+fn report_idle(v: &[Idle], o: Options) {
+    println!(
+        "3. {} idle relayed connections (PROXY v2, each got its banner), RSS of the relaying process on the VPS",
+        o.conns
+    );
+    println!(
+        "   {:<12} {:>11} {:>11} {:>14} {:>10} {:>22}",
+        "relay", "RSS before", "RSS after", "KiB per conn", "fds/conn", "home agent KiB/conn"
+    );
+    for r in v {
+        println!(
+            "   {:<12} {:>8} KiB {:>7} KiB {:>14.2} {:>10.2} {:>22.2}",
+            r.name,
+            r.rss_before_kib,
+            r.rss_after_kib,
+            r.per_conn_kib(),
+            (r.fds_after as f64 - r.fds_before as f64) / r.conns as f64,
+            r.home_kib as f64 / r.conns as f64
+        );
+    }
+    if let [ceres, ha, ..] = v {
+        let c = ceres.per_conn_kib();
+        println!(
+            "   ceres-vps / haproxy per connection: {:.2} — issue <= 8 KiB: {}, team goal <= 3.5 KiB: {}",
+            c / ha.per_conn_kib(),
+            if c <= 8.0 { "met" } else { "NOT met" },
+            if c <= 3.5 { "met" } else { "NOT met" }
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The idle-connection banner server (runs inside the home namespace).
+// ---------------------------------------------------------------------------
+
+/// An epoll instance: one thread holds thousands of idle connections.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: epoll_create1 has no memory preconditions.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn ctl(&self, op: i32, fd: RawFd, events: u32) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: fd as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn wait(&self, events: &mut [libc::epoll_event]) -> std::io::Result<usize> {
+        let max = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: `events` is valid for `max` entries.
+            let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), events.as_mut_ptr(), max, -1) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Tells the parent (`Daemon::wait_ready`) that the listeners are bound.
+fn notify_ready() -> anyhow::Result<()> {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        UnixDatagram::unbound()?.send_to(b"READY=1\n", path)?;
+    }
+    Ok(())
+}
+
+/// Accepts on every address, sends [`BANNER`] at once, reads and discards
+/// whatever the client sends (the PROXY header) and closes when the client
+/// does. Runs until killed.
+fn banner_server(addrs: &[String]) -> anyhow::Result<()> {
+    ensure!(!addrs.is_empty(), "banner-server needs ADDR...\n{USAGE}");
+    raise_nofile();
+    let epoll = Epoll::new()?;
+    let mut listeners = HashMap::new();
+    for a in addrs {
+        let sa: SocketAddr = a.parse().with_context(|| format!("address {a}"))?;
+        let l = TcpListener::bind(sa).with_context(|| format!("binding {sa}"))?;
+        l.set_nonblocking(true)?;
+        epoll.ctl(libc::EPOLL_CTL_ADD, l.as_raw_fd(), libc::EPOLLIN as u32)?;
+        listeners.insert(l.as_raw_fd(), l);
+    }
+    notify_ready()?;
+    let mut conns: HashMap<RawFd, TcpStream> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = epoll.wait(&mut events)?;
+        for ev in &events[..n] {
+            let fd = ev.u64 as RawFd;
+            if let Some(l) = listeners.get(&fd) {
+                loop {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            // Best effort: a client gone this soon is simply dropped.
+                            let ok = s.set_nodelay(true).is_ok()
+                                && s.write_all(BANNER).is_ok()
+                                && s.set_nonblocking(true).is_ok()
+                                && epoll
+                                    .ctl(
+                                        libc::EPOLL_CTL_ADD,
+                                        s.as_raw_fd(),
+                                        (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+                                    )
+                                    .is_ok();
+                            if ok {
+                                conns.insert(s.as_raw_fd(), s);
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // Out of fds, say: report and retry on the next event.
+                            eprintln!("banner-server: accept: {e}");
+                            break;
+                        }
+                    }
+                }
+            } else if let Some(s) = conns.get_mut(&fd) {
+                let closed = loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break true,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => break true,
+                    }
+                };
+                if closed {
+                    let _ = epoll.ctl(libc::EPOLL_CTL_DEL, fd, 0);
+                    conns.remove(&fd);
+                }
+            }
+        }
+    }
+}
