@@ -52,10 +52,20 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Show the state of both agents; exit 1 when something is broken.
     Status(StatusArgs),
+    /// Rotate the WireGuard keys and pre-shared key now (make-before-break:
+    /// no connection through the tunnel is dropped). Waits for the result.
+    Rotate(RotateArgs),
     /// Print the DNS and PTR records to set; `--check` verifies them live.
     Dns(crate::dns::DnsArgs),
-    /// Everything `dns --check` does, plus blocklist (DNSBL) listings of the VPS.
+    /// Everything `dns --check` does, plus blocklists, inbound and outbound
+    /// port 25, PROXY per port and an open-relay probe; exit 1 on any failure.
     Doctor(crate::doctor::DoctorArgs),
+    /// Print the mail software's config lines for the relayed ports
+    /// (postfix, dovecot, nginx) or a Keycloak realm's SMTP settings.
+    MailserverConfig(crate::mailconfig::MailConfigArgs),
+    /// Send a real test message through the VPS and show every SMTP step;
+    /// exit 0 only when the server accepted it (250).
+    SendTest(crate::sendtest::SendTestArgs),
 }
 
 /// `enroll` arguments.
@@ -86,6 +96,38 @@ pub struct StatusArgs {
     /// Seconds between redraws with --watch.
     #[arg(long, default_value_t = 2, value_name = "SECONDS", requires = "watch")]
     interval: u64,
+}
+
+/// `rotate` arguments.
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Reach the VPS here instead of the address stored at enrolment.
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+}
+
+async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
+    let dir = creds_dir(cli)?;
+    let creds = admin_credentials(&dir, args.address.as_deref()).await?;
+    let channel = creds
+        .connect(args.address.as_deref())
+        .await
+        .map_err(|e| Unreachable(e.into()))?;
+    let resp = AdminClient::new(channel)
+        .rotate(ceres_proto::RotateRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("the VPS refused the rotation: {}", s.message()))?
+        .into_inner();
+    if resp.ok {
+        println!(
+            "rotation {} done: new WireGuard keys and pre-shared key at both ends",
+            resp.rotation
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("rotation {}: {}", resp.rotation, resp.message);
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 pub(crate) fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
@@ -133,8 +175,11 @@ async fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Enroll(args) => enroll(cli, args).await,
         Command::Status(args) => status(cli, args).await,
+        Command::Rotate(args) => rotate(cli, args).await,
         Command::Dns(args) => crate::dns::run(cli, args).await,
         Command::Doctor(args) => crate::doctor::run(cli, args).await,
+        Command::MailserverConfig(args) => crate::mailconfig::run(cli, args).await,
+        Command::SendTest(args) => crate::sendtest::run(cli, args).await,
     }
 }
 

@@ -1,21 +1,31 @@
 //! `cerectl doctor`: everything `dns --check` verifies, plus the practical
 //! limits of a cheap VPS, as one report with a fix for every finding.
 //!
-//! Findings come in [`Section`]s, each a list of [`Check`]s, so the checks to
-//! come (outbound tcp/25 from the VPS, the inbound banner on the VPS address,
-//! PROXY expected vs configured per port, an open-relay probe through the
-//! tunnel) are each one more section, with no change to rendering or exit codes.
+//! Findings come in [`Section`]s of [`Finding`]s: the DNS records and
+//! blocklists (from `ceres-dnscheck`), and the mail ports (module `mail`):
+//! inbound port 25 on each VPS address with the home server's banner, the
+//! open-relay probe through the tunnel, outbound tcp/25 (only with
+//! `--probe-25`), and PROXY expected vs configured per relayed port (from the
+//! home agent's probes). Rendering and the exit code do not care which.
+
+mod mail;
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use ceres_dnscheck::{
-    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Report, Status, dnsbl_check,
+    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Status, Summary, dnsbl_check,
     verify,
 };
+use ceres_proto::StatusResponse;
 use clap::Args;
+use serde::Serialize;
 
 use crate::cli::Cli;
-use crate::dns::{IdentityArgs, Outcome, color, exit_code, identity, lookup, parse_resolver};
+use crate::dns::{IdentityArgs, Outcome, color, identity, lookup, parse_resolver};
+use crate::vps::{fetch_status, vps_part};
 
 /// `doctor` arguments.
 #[derive(Debug, Args)]
@@ -26,14 +36,115 @@ pub struct DoctorArgs {
     /// Ask this DNS server instead of the system's. Several blocklists refuse
     /// queries from big public resolvers: a resolver of your own is best.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_resolver)]
-    pub resolver: Option<std::net::SocketAddr>,
+    pub resolver: Option<SocketAddr>,
     /// Blocklist zones to look the VPS addresses up in, comma-separated;
     /// default the common public ones.
     #[arg(long, value_name = "ZONE[,ZONE]", value_delimiter = ',', value_parser = parse_zone)]
     pub dnsbl_zones: Vec<String>,
-    /// Print JSON: the same schema as `dns --check --json`, with `dnsbl` checks added.
+    /// Skip the DNS records and blocklists (only the mail-port checks).
+    #[arg(long, conflicts_with = "skip_mail")]
+    pub skip_dns: bool,
+    /// Skip the mail-port checks (inbound 25, open relay, outbound 25, PROXY):
+    /// no connection to the VPS's mail ports is made.
+    #[arg(long)]
+    pub skip_mail: bool,
+    /// Test outbound tcp/25 by connecting to this SMTP server (default port
+    /// 25) from where cerectl runs — run cerectl on the VPS to test the VPS.
+    /// Without it outbound 25 is reported as not checked.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub probe_25: Option<String>,
+    /// Seconds to wait for each SMTP connection and reply.
+    #[arg(long, value_name = "SECS", default_value_t = 20)]
+    pub smtp_timeout: u64,
+    /// Print JSON: the same schema as `dns --check --json`, more check kinds.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A DNS record or blocklist check.
+    Dns(CheckKind),
+    /// Port 25 on a VPS address, from where cerectl runs.
+    SmtpInbound,
+    /// Outbound tcp/25 from where cerectl runs (`--probe-25`).
+    SmtpOutbound,
+    /// `RCPT TO` an outside domain through the VPS.
+    OpenRelay,
+    /// PROXY header sent by the relay vs expected by the mail server.
+    Proxy,
+}
+
+impl Kind {
+    /// Upper-case label for the text table (at most five characters).
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Dns(k) => k.label(),
+            Kind::SmtpInbound | Kind::SmtpOutbound => "SMTP",
+            Kind::OpenRelay => "RELAY",
+            Kind::Proxy => "PROXY",
+        }
+    }
+
+    /// The JSON `kind`: the DNS kinds as `dns --check` has them, and
+    /// `smtp-inbound`, `smtp-outbound`, `open-relay`, `proxy`.
+    pub fn json_name(self) -> String {
+        match self {
+            Kind::Dns(k) => serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            Kind::SmtpInbound => "smtp-inbound".into(),
+            Kind::SmtpOutbound => "smtp-outbound".into(),
+            Kind::OpenRelay => "open-relay".into(),
+            Kind::Proxy => "proxy".into(),
+        }
+    }
+}
+
+/// One finding: what was looked at, the verdict, what was found and expected,
+/// and the one-line fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// What it is about.
+    pub kind: Kind,
+    /// The DNS name, blocklist zone, or endpoint looked at.
+    pub name: String,
+    /// The VPS address it is about, if any.
+    pub address: Option<IpAddr>,
+    /// The verdict.
+    pub status: Status,
+    /// What was found.
+    pub found: String,
+    /// What should be there.
+    pub expected: String,
+    /// One line saying what to change; `None` when nothing is to be done.
+    pub fix: Option<String>,
+}
+
+impl From<Check> for Finding {
+    fn from(c: Check) -> Self {
+        Finding {
+            kind: Kind::Dns(c.kind),
+            name: c.name,
+            address: c.address,
+            status: c.status,
+            found: c.found,
+            expected: c.expected,
+            fix: c.fix,
+        }
+    }
+}
+
+impl Finding {
+    fn display_name(&self) -> String {
+        match (self.kind, self.address) {
+            (Kind::Dns(CheckKind::Ptr), Some(ip)) => ip.to_string(),
+            (Kind::Dns(CheckKind::Dnsbl), Some(ip)) => format!("{ip} in {}", self.name),
+            _ => self.name.clone(),
+        }
+    }
 }
 
 /// One group of findings, shown under its title in order.
@@ -42,7 +153,7 @@ pub struct Section {
     /// What the group is about, e.g. "DNS records".
     pub title: &'static str,
     /// Its findings.
-    pub checks: Vec<Check>,
+    pub checks: Vec<Finding>,
 }
 
 /// Everything the doctor found.
@@ -56,10 +167,20 @@ pub struct Diagnosis {
     pub sections: Vec<Section>,
 }
 
+/// Settings of the mail-port checks.
+#[derive(Debug, Clone)]
+pub struct MailCheckOptions {
+    /// SMTP port to probe on each VPS address (25; tests use others).
+    pub port: u16,
+    /// `--probe-25` target.
+    pub probe_25: Option<String>,
+    /// Connect and reply timeout.
+    pub timeout: Duration,
+}
+
 /// Runs `cerectl doctor`.
 pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
-    let id = identity(cli, &args.id).await?;
-    let dns = lookup(args.resolver)?;
+    let (id, status) = identity_and_status(cli, args).await?;
     let zones: Vec<String> = if args.dnsbl_zones.is_empty() {
         DEFAULT_DNSBL_ZONES
             .iter()
@@ -68,33 +189,145 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
     } else {
         args.dnsbl_zones.clone()
     };
-    let diagnosis = diagnose(&id, &dns, &zones).await;
-    let report = diagnosis.to_report();
+    let dns_part = async {
+        if args.skip_dns {
+            return Ok(Vec::new());
+        }
+        let dns = lookup(args.resolver)?;
+        anyhow::Ok(dns_sections(&id, &dns, &zones).await)
+    };
+    let opts = MailCheckOptions {
+        port: 25,
+        probe_25: args.probe_25.clone(),
+        timeout: Duration::from_secs(args.smtp_timeout.max(1)),
+    };
+    let mail_part = async {
+        if args.skip_mail {
+            Vec::new()
+        } else {
+            mail_sections(&id, &status, &opts).await
+        }
+    };
+    let (dns_sections, mail_sections) = tokio::join!(dns_part, mail_part);
+    let mut sections = dns_sections?;
+    sections.extend(mail_sections);
+    let diagnosis = Diagnosis {
+        domain: id.domain().to_owned(),
+        mail_host: id.mail_host().to_owned(),
+        sections,
+    };
     if args.json {
-        println!("{}", report.render_json());
+        println!("{}", diagnosis.render_json());
     } else {
         print!("{}", diagnosis.render_text(color()));
     }
-    Ok(exit_code(&report))
+    Ok(if diagnosis.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
-/// Runs every doctor check for `id`; the independent groups run concurrently.
-pub async fn diagnose<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String]) -> Diagnosis {
-    let (records, blocklists) = tokio::join!(verify(id, dns), blocklists(id, zones, dns));
-    Diagnosis {
-        domain: id.domain().to_owned(),
-        mail_host: id.mail_host().to_owned(),
-        sections: vec![
-            Section {
-                title: "DNS records",
-                checks: records.checks,
-            },
-            Section {
-                title: "Blocklists (DNSBL)",
-                checks: blocklists,
-            },
-        ],
+/// The identity to check and, for the mail checks, the VPS's status (its
+/// relays and home's probes) — fetched once. `Err(text)`: why there is none.
+async fn identity_and_status(
+    cli: &Cli,
+    args: &DoctorArgs,
+) -> anyhow::Result<(MailIdentity, Result<StatusResponse, String>)> {
+    const HINT: &str = "cannot get the domain, addresses and relays from the VPS \
+                        (or give --domain and --public-ip, and --skip-mail, to work without it)";
+    if args.skip_mail {
+        return Ok((
+            identity(cli, &args.id).await?,
+            Err("mail checks skipped".into()),
+        ));
     }
+    let offline = args.id.domain.is_some() && !args.id.public_ip.is_empty();
+    let status = match fetch_status(cli, args.id.address.as_deref(), HINT).await {
+        Ok(s) => s,
+        // Flags say enough for the identity: the mail checks run without
+        // the VPS's relays and probes, and say so.
+        Err(e) if offline => return Ok((identity(cli, &args.id).await?, Err(format!("{e:#}")))),
+        Err(e) => return Err(e),
+    };
+    let vps = vps_part(&status)?;
+    let public_ip = if args.id.public_ip.is_empty() {
+        vps.public_ips
+            .iter()
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| anyhow::anyhow!("the VPS reported a bad public address {s:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        args.id.public_ip.clone()
+    };
+    let filled = IdentityArgs {
+        domain: Some(args.id.domain.clone().unwrap_or_else(|| vps.domain.clone())),
+        mail_host: args
+            .id
+            .mail_host
+            .clone()
+            .or_else(|| Some(vps.mail_host.clone()).filter(|h| !h.is_empty())),
+        public_ip,
+        dkim_selector: args.id.dkim_selector.clone(),
+        address: args.id.address.clone(),
+    };
+    Ok((identity(cli, &filled).await?, Ok(status)))
+}
+
+/// The DNS records and the blocklists; the two groups run concurrently.
+pub async fn dns_sections<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String]) -> Vec<Section> {
+    let (records, blocklists) = tokio::join!(verify(id, dns), blocklists(id, zones, dns));
+    vec![
+        Section {
+            title: "DNS records",
+            checks: records.checks.into_iter().map(Finding::from).collect(),
+        },
+        Section {
+            title: "Blocklists (DNSBL)",
+            checks: blocklists.into_iter().map(Finding::from).collect(),
+        },
+    ]
+}
+
+/// The mail-port checks: inbound 25 and the open-relay probe on each VPS
+/// address, outbound 25, and PROXY per relayed port.
+pub async fn mail_sections(
+    id: &MailIdentity,
+    status: &Result<StatusResponse, String>,
+    opts: &MailCheckOptions,
+) -> Vec<Section> {
+    let inbound = futures::future::join_all(id.addresses().into_iter().map(|ip| {
+        mail::inbound_and_relay(
+            SocketAddr::new(ip, opts.port),
+            id.domain(),
+            id.mail_host(),
+            opts.timeout,
+        )
+    }));
+    let outbound = mail::outbound(opts.probe_25.as_deref(), opts.timeout);
+    let (inbound, outbound) = tokio::join!(inbound, outbound);
+    let (banners, relays): (Vec<Finding>, Vec<Finding>) = inbound
+        .into_iter()
+        .flatten()
+        .partition(|f| f.kind == Kind::SmtpInbound);
+    let mut smtp = banners;
+    smtp.push(outbound);
+    vec![
+        Section {
+            title: "Mail ports (SMTP)",
+            checks: smtp,
+        },
+        Section {
+            title: "Open relay",
+            checks: relays,
+        },
+        Section {
+            title: "PROXY protocol (relay vs mail server)",
+            checks: mail::proxy_findings(status),
+        },
+    ]
 }
 
 /// Each VPS address in each blocklist zone, all concurrently in this task.
@@ -113,17 +346,78 @@ async fn blocklists<L: Lookup>(id: &MailIdentity, zones: &[String], dns: &L) -> 
 }
 
 impl Diagnosis {
-    /// All findings as one report (for JSON and the exit code).
-    pub fn to_report(&self) -> Report {
-        let mut report = Report {
-            domain: self.domain.clone(),
-            mail_host: self.mail_host.clone(),
-            checks: Vec::new(),
-        };
-        for s in &self.sections {
-            report.extend(s.checks.iter().cloned());
+    /// All findings in order.
+    pub fn findings(&self) -> impl Iterator<Item = (&'static str, &Finding)> {
+        self.sections
+            .iter()
+            .flat_map(|s| s.checks.iter().map(move |c| (s.title, c)))
+    }
+
+    /// Counts per status.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for (_, c) in self.findings() {
+            match c.status {
+                Status::Pass => s.pass += 1,
+                Status::Warn => s.warn += 1,
+                Status::Fail => s.fail += 1,
+                Status::Error => s.error += 1,
+            }
         }
-        report
+        s
+    }
+
+    /// Nothing failed and nothing was left unchecked (warnings are fine):
+    /// the exit code is 0 exactly then.
+    pub fn is_ok(&self) -> bool {
+        self.findings()
+            .all(|(_, c)| matches!(c.status, Status::Pass | Status::Warn))
+    }
+
+    /// Pretty-printed JSON: `{"domain", "mail_host", "ok", "summary",
+    /// "checks": [{"kind", "name", "address", "status", "found", "expected",
+    /// "fix", "section"}]}` — `dns --check --json`'s schema plus `section`.
+    pub fn render_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Item<'a> {
+            kind: String,
+            name: &'a str,
+            address: Option<IpAddr>,
+            status: Status,
+            found: &'a str,
+            expected: &'a str,
+            fix: Option<&'a str>,
+            section: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            domain: &'a str,
+            mail_host: &'a str,
+            ok: bool,
+            summary: Summary,
+            checks: Vec<Item<'a>>,
+        }
+        let checks = self
+            .findings()
+            .map(|(section, c)| Item {
+                kind: c.kind.json_name(),
+                name: &c.name,
+                address: c.address,
+                status: c.status,
+                found: &c.found,
+                expected: &c.expected,
+                fix: c.fix.as_deref(),
+                section,
+            })
+            .collect();
+        serde_json::to_string_pretty(&Out {
+            domain: &self.domain,
+            mail_host: &self.mail_host,
+            ok: self.is_ok(),
+            summary: self.summary(),
+            checks,
+        })
+        .unwrap_or_default()
     }
 
     /// Human rendering, by section; `color` adds ANSI colours and symbols.
@@ -133,10 +427,8 @@ impl Diagnosis {
             self.domain, self.mail_host
         );
         let name_w = self
-            .sections
-            .iter()
-            .flat_map(|s| &s.checks)
-            .map(|c| display_name(c).len())
+            .findings()
+            .map(|(_, c)| c.display_name().chars().count())
             .max()
             .unwrap_or(0);
         let badge_w = if color { 7 } else { 5 };
@@ -154,7 +446,7 @@ impl Diagnosis {
                     "  {}  {:<5}  {:name_w$}  {}",
                     badge(c.status, color),
                     c.kind.label(),
-                    display_name(c),
+                    c.display_name(),
                     c.found
                 );
                 if c.status != Status::Pass {
@@ -165,7 +457,7 @@ impl Diagnosis {
                 }
             }
         }
-        let s = self.to_report().summary();
+        let s = self.summary();
         let _ = writeln!(
             out,
             "\n{} passed, {} {}, {} failed, {} not checked",
@@ -176,15 +468,6 @@ impl Diagnosis {
             s.error
         );
         out
-    }
-}
-
-/// PTR lines are about an address; blocklist lines about an address in a zone.
-fn display_name(c: &Check) -> String {
-    match (c.kind, c.address) {
-        (CheckKind::Ptr, Some(ip)) => ip.to_string(),
-        (CheckKind::Dnsbl, Some(ip)) => format!("{ip} in {}", c.name),
-        _ => c.name.clone(),
     }
 }
 
@@ -239,7 +522,11 @@ mod tests {
             .with_a("10.113.0.203.bl.example", "127.0.0.2".parse().expect("ip"))
             .with_txt("10.113.0.203.bl.example", "spam trap");
         let zones = vec!["bl.example".to_owned(), "clean.example".to_owned()];
-        let d = diagnose(&id(), &dns, &zones).await;
+        let d = Diagnosis {
+            domain: "example.com".into(),
+            mail_host: "mail.example.com".into(),
+            sections: dns_sections(&id(), &dns, &zones).await,
+        };
         assert_eq!(d.sections.len(), 2);
         let bl = &d.sections[1];
         assert_eq!(bl.checks.len(), 2);
@@ -252,7 +539,46 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("LISTED (127.0.0.2): spam trap"), "{text}");
-        assert!(!d.to_report().is_ok());
+        assert!(!d.is_ok());
+        let json: serde_json::Value = serde_json::from_str(&d.render_json()).expect("json");
+        assert_eq!(json["ok"], false);
+        let listed = &json["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["kind"] == "dnsbl" && c["status"] == "fail")
+            .expect("listed")
+            .clone();
+        assert_eq!(listed["name"], "bl.example");
+        assert_eq!(listed["section"], "Blocklists (DNSBL)");
+    }
+
+    #[test]
+    fn warnings_pass_and_not_checked_fails_the_exit() {
+        let finding = |status| Finding {
+            kind: Kind::SmtpOutbound,
+            name: "outbound 25".into(),
+            address: None,
+            status,
+            found: "x".into(),
+            expected: "y".into(),
+            fix: None,
+        };
+        let mut d = Diagnosis {
+            domain: "example.com".into(),
+            mail_host: "mail.example.com".into(),
+            sections: vec![Section {
+                title: "Mail ports (SMTP)",
+                checks: vec![finding(Status::Pass), finding(Status::Warn)],
+            }],
+        };
+        assert!(d.is_ok());
+        assert!(d.render_text(false).contains("WARN   SMTP   outbound 25"));
+        d.sections[0].checks.push(finding(Status::Error));
+        assert!(!d.is_ok());
+        let json: serde_json::Value = serde_json::from_str(&d.render_json()).expect("json");
+        assert_eq!(json["checks"][0]["kind"], "smtp-outbound");
+        assert_eq!(json["summary"]["error"], 1);
     }
 
     #[test]

@@ -4,4 +4,8 @@
 pub mod cli;
 pub mod dns;
 pub mod doctor;
+pub mod mailconfig;
+pub mod sendtest;
+pub mod smtp;
 pub mod status;
+mod vps;

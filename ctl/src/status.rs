@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use ceres_proto::{EgressStatus, RelayPort, StatusResponse, TunnelReport};
+use ceres_proto::{EgressStatus, RelayPort, Report, StatusResponse, TunnelReport};
 use serde::Serialize;
 
 /// Version of the JSON layout.
@@ -33,6 +33,92 @@ pub struct Status {
     pub forwards: Vec<PortPart>,
     /// Outbound mail routing, both ends.
     pub egress: EgressPart,
+    /// WireGuard key rotation.
+    pub rotation: RotationPart,
+    /// The home mail server per forwarded port, as the home agent probes it
+    /// (empty before home reports probes).
+    pub mail_server: Vec<ProbePart>,
+}
+
+/// One probe of the home mail server by the home agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbePart {
+    /// The mail server port (the relay's home port).
+    pub port: u32,
+    /// Something accepted the connection.
+    pub reachable: bool,
+    /// First line it sent (or "TLS handshake" for implicit-TLS ports).
+    pub banner: Option<String>,
+    /// It seems to wait for a PROXY header.
+    pub expects_proxy: bool,
+    /// What the VPS relay sends to this port: "proxy-v1", "proxy-v2" or null.
+    pub relay_proxy: Option<String>,
+    /// What went wrong or does not match.
+    pub error: Option<String>,
+}
+
+/// Home's probes joined with the VPS relays, and a problem line for each
+/// PROXY mismatch (a mismatch breaks every relayed connection on the port;
+/// a port nobody serves is shown, not counted as broken: the default relay
+/// list includes ports many setups leave unused).
+fn mail_server_part(
+    relays: &[RelayPort],
+    report: Option<&Report>,
+) -> (Vec<ProbePart>, Vec<String>) {
+    let mut problems = Vec::new();
+    let parts = report
+        .map(|r| r.probes.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let relay_proxy = relays
+                .iter()
+                .find(|r| r.target_port == p.port)
+                .and_then(|r| non_empty(&r.proxy));
+            let sends = relay_proxy.is_some();
+            if p.reachable && sends && !p.expects_proxy && !p.banner.is_empty() {
+                problems.push(format!(
+                    "the relay sends a PROXY header to port {} but the mail server does not expect one: configure it (`cerectl mailserver-config postfix|dovecot`) or relay the port plain",
+                    p.port
+                ));
+            } else if p.reachable && !sends && p.expects_proxy {
+                problems.push(format!(
+                    "the mail server seems to wait for a PROXY header on port {} but the relay sends none: add /proxy-v2 to that port in CERES_RELAYS",
+                    p.port
+                ));
+            }
+            ProbePart {
+                port: p.port,
+                reachable: p.reachable,
+                banner: non_empty(&p.banner),
+                expects_proxy: p.expects_proxy,
+                relay_proxy,
+                error: non_empty(&p.error),
+            }
+        })
+        .collect();
+    (parts, problems)
+}
+
+/// Key rotation state.
+#[derive(Debug, Clone, Serialize)]
+pub struct RotationPart {
+    /// When the current keys were made, RFC 3339.
+    pub keys_since: Option<String>,
+    /// Age of the current keys, seconds.
+    pub keys_age_secs: Option<u64>,
+    /// Last rotation (completed or failed), RFC 3339.
+    pub last: Option<String>,
+    /// "ok" or "failed: ..." (null: never rotated).
+    pub last_outcome: Option<String>,
+    /// When the next scheduled rotation is due, RFC 3339.
+    pub next: Option<String>,
+    /// Rotations completed.
+    pub completed: u64,
+    /// A rotation in progress and its step.
+    pub pending: Option<u64>,
+    /// Its step ("prepared", "staged").
+    pub pending_step: Option<String>,
 }
 
 /// Counters of one relayed (VPS) or forwarded (home) port.
@@ -279,6 +365,18 @@ impl Status {
                 "the home agent has never connected: create a token with `ceres-vps token create --role home` and run `ceres-home join TOKEN` at home".to_owned()
             });
         }
+        let rot = resp.rotation.clone().unwrap_or_default();
+        let rotation = RotationPart {
+            keys_since: rfc3339(rot.keys_since_unix),
+            keys_age_secs: (rot.keys_since_unix > 0)
+                .then(|| (now - rot.keys_since_unix).max(0) as u64),
+            last: rfc3339(rot.last_unix),
+            last_outcome: non_empty(&rot.last_outcome),
+            next: rfc3339(rot.next_unix),
+            completed: rot.completed,
+            pending: (rot.pending != 0).then_some(rot.pending),
+            pending_step: non_empty(&rot.pending_step),
+        };
         let report = home.last_report.clone();
         let relays: Vec<PortPart> = resp.relays.iter().map(PortPart::from_proto).collect();
         let forwards: Vec<PortPart> = report
@@ -329,6 +427,8 @@ impl Status {
                 });
             }
         }
+        let (mail_server, probe_problems) = mail_server_part(&resp.relays, report.as_ref());
+        problems.extend(probe_problems);
         let home_part = HomePart {
             connected: home.connected,
             since: rfc3339(home.since_unix),
@@ -370,6 +470,8 @@ impl Status {
             relays,
             forwards,
             egress,
+            rotation,
+            mail_server,
         }
     }
 
@@ -534,6 +636,47 @@ impl Status {
                     .unwrap_or_default()
             ));
         }
+        if self.tunnel.vps.running {
+            let r = &self.rotation;
+            out.push_str(&format!(
+                "{} keys        age {} · rotations {} · last {} ({}) · next {}{}\n",
+                mark(
+                    !r.last_outcome
+                        .as_deref()
+                        .is_some_and(|o| o.starts_with("failed"))
+                ),
+                r.keys_age_secs
+                    .map(|s| human(Duration::from_secs(s)))
+                    .unwrap_or_else(|| "?".into()),
+                r.completed,
+                r.last.as_deref().unwrap_or("never"),
+                r.last_outcome.as_deref().unwrap_or("-"),
+                r.next.as_deref().unwrap_or("?"),
+                r.pending
+                    .map(|p| format!(" · rotation {p} in progress"))
+                    .unwrap_or_default(),
+            ));
+        }
+        if !self.mail_server.is_empty() {
+            out.push_str("  mail server (home's probes)\n");
+            for p in &self.mail_server {
+                let state = match (p.reachable, p.expects_proxy) {
+                    (false, _) => "not reachable".to_owned(),
+                    (true, true) => "expects PROXY".to_owned(),
+                    (true, false) => p.banner.clone().unwrap_or_else(|| "reachable".into()),
+                };
+                out.push_str(&format!(
+                    "              {:<5} relay sends {:<8} · {}{}\n",
+                    p.port,
+                    p.relay_proxy.as_deref().unwrap_or("none"),
+                    state,
+                    p.error
+                        .as_deref()
+                        .map(|e| format!(" · {e}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
         if !self.problems.is_empty() {
             out.push('\n');
             for p in &self.problems {
@@ -598,6 +741,7 @@ mod tests {
             }),
             relays: Vec::new(),
             egress: None,
+            rotation: None,
             home: Some(HomeStatus {
                 connected,
                 since_unix: since,
@@ -667,6 +811,59 @@ mod tests {
         let s = Status::from_response(resp(false, 5));
         assert!(!s.render(false).contains('\x1b'));
         assert!(s.render(true).contains('\x1b'));
+    }
+
+    #[test]
+    fn probes_show_and_a_proxy_mismatch_is_a_problem() {
+        let mut r = resp(true, 5);
+        r.relays = vec![
+            RelayPort {
+                port: 25,
+                target_port: 25,
+                proxy: "proxy-v2".into(),
+                ..Default::default()
+            },
+            RelayPort {
+                port: 110,
+                target_port: 110,
+                ..Default::default()
+            },
+        ];
+        let probe = |port, reachable, banner: &str, expects_proxy| ceres_proto::MailProbe {
+            port,
+            reachable,
+            banner: banner.into(),
+            expects_proxy,
+            error: String::new(),
+        };
+        r.home.as_mut().unwrap().last_report = Some(Report {
+            probes: vec![probe(25, true, "", true), probe(110, false, "", false)],
+            ..Default::default()
+        });
+        let s = Status::from_response(r.clone());
+        assert!(s.ok, "{:?}", s.problems);
+        assert_eq!(s.mail_server.len(), 2);
+        assert_eq!(s.mail_server[0].relay_proxy.as_deref(), Some("proxy-v2"));
+        let text = s.render(false);
+        assert!(
+            text.contains("25    relay sends proxy-v2 · expects PROXY"),
+            "{text}"
+        );
+        assert!(
+            text.contains("110   relay sends none     · not reachable"),
+            "{text}"
+        );
+        r.home.as_mut().unwrap().last_report = Some(Report {
+            probes: vec![probe(25, true, "220 mail.example.com ESMTP", false)],
+            ..Default::default()
+        });
+        let s = Status::from_response(r);
+        assert!(!s.ok);
+        assert!(
+            s.problems[0].contains("does not expect"),
+            "{:?}",
+            s.problems
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod backoff;
 pub mod cli;
 pub mod mail;
+pub mod probe;
+pub mod rotation;
 pub mod session;
 pub mod settings;
 pub mod tunnel;

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
 use crate::mail::HomeMail;
+use crate::rotation::HomeRotation;
 use crate::settings::HomeSettings;
 use crate::tunnel::HomeTunnel;
 
@@ -64,12 +65,14 @@ pub async fn run(
     let started = SystemTime::now();
     let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
     let mail = Arc::new(HomeMail::new(&settings, &dir, &cancel));
+    let rotation = Arc::new(HomeRotation::load(&dir));
     // The data plane does not wait for the control plane.
     tunnel.start_saved().await;
     if let (Some((home_ip, vps_ip)), Some(relays)) = (tunnel.addresses().await, mail.saved_relays())
     {
         mail.apply(&relays, home_ip, vps_ip).await;
     }
+    rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
     tracker.spawn(renew_loop(
         creds.clone(),
@@ -80,7 +83,10 @@ pub async fn run(
     let mut backoff = Backoff::new(BACKOFF_BASE, settings.reconnect_max.max(BACKOFF_BASE));
     loop {
         let began = Instant::now();
-        let result = session(&creds, &settings, &tunnel, &mail, started, &cancel).await;
+        let result = session(
+            &creds, &settings, &tunnel, &mail, &rotation, started, &cancel,
+        )
+        .await;
         if cancel.is_cancelled() {
             break;
         }
@@ -116,8 +122,9 @@ pub async fn run(
 async fn session(
     creds: &SharedCreds,
     settings: &HomeSettings,
-    tunnel: &HomeTunnel,
+    tunnel: &Arc<HomeTunnel>,
     mail: &HomeMail,
+    rotation: &Arc<HomeRotation>,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -135,9 +142,11 @@ async fn session(
             hostname: settings.name.clone(),
             started_at_unix: unix_secs(started),
             wg_public_key: tunnel.public_key().as_bytes().to_vec(),
+            pending_rotation: rotation.pending_id(),
         })),
     };
     let _ = tx.send(hello).await;
+    rotation.attach(tx.clone());
     let mut inbound = AgentClient::new(channel)
         .session(ReceiverStream::new(rx))
         .await?
@@ -150,6 +159,9 @@ async fn session(
         None => return Err(SessionError::Closed),
     };
     let interval = Duration::from_secs(welcome.report_interval_secs.max(1) as u64);
+    if welcome.tunnel.is_none() {
+        tunnel.note_vps_start(welcome.vps_started_at_unix).await;
+    }
     if let Some(params) = welcome.tunnel {
         if let Err(e) = tunnel.apply(params, welcome.vps_started_at_unix).await {
             // The session stays up (status shows the error); the tunnel is retried on the next session.
@@ -193,7 +205,7 @@ async fn session(
             msg = inbound.message() => match msg? {
                 Some(m) => {
                     last_heard = tokio::time::Instant::now();
-                    handle_command(m);
+                    handle_command(m, tunnel, rotation).await;
                 }
                 None => return Err(SessionError::Closed),
             },
@@ -201,10 +213,28 @@ async fn session(
     }
 }
 
-fn handle_command(msg: ceres_proto::VpsMessage) {
-    match msg.kind {
-        Some(vps_message::Kind::Command(cmd)) => tracing::debug!(?cmd, "command from the VPS"),
-        other => tracing::debug!(?other, "unexpected message from the VPS"),
+async fn handle_command(
+    msg: ceres_proto::VpsMessage,
+    tunnel: &Arc<HomeTunnel>,
+    rotation: &Arc<HomeRotation>,
+) {
+    use ceres_proto::command::Kind;
+    let Some(vps_message::Kind::Command(cmd)) = msg.kind else {
+        return;
+    };
+    match cmd.kind {
+        Some(Kind::Ping(_)) | None => {}
+        Some(Kind::RotatePrepare(p)) => {
+            if let Err(e) = rotation.on_prepare(tunnel, p.rotation).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot prepare the key rotation");
+            }
+        }
+        Some(Kind::RotateCommit(c)) => {
+            rotation
+                .on_commit(tunnel, c.rotation, &c.vps_public_key, &c.preshared_key)
+                .await
+        }
+        Some(Kind::RotateAbort(a)) => rotation.on_abort(tunnel, a.rotation, &a.reason).await,
     }
 }
 

@@ -28,7 +28,7 @@ const PARAMS_FILE: &str = "tunnel.params";
 pub struct HomeTunnel {
     settings: HomeSettings,
     dir: StateDir,
-    key: PrivateKey,
+    key: std::sync::Mutex<PrivateKey>,
     cancel: CancellationToken,
     state: Mutex<Running>,
 }
@@ -68,7 +68,7 @@ impl HomeTunnel {
         Ok(Self {
             settings: settings.clone(),
             dir: dir.clone(),
-            key,
+            key: std::sync::Mutex::new(key),
             cancel: cancel.clone(),
             state: Mutex::new(Running::default()),
         })
@@ -76,7 +76,99 @@ impl HomeTunnel {
 
     /// Home's public key, sent in Hello.
     pub fn public_key(&self) -> PublicKey {
-        self.key.public_key()
+        self.private_key().public_key()
+    }
+
+    fn private_key(&self) -> PrivateKey {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs the new keys beside the current ones and handshakes with
+    /// them; returns the engine's id to wait on.
+    pub async fn stage_rotation(
+        &self,
+        new_key: PrivateKey,
+        vps_public: PublicKey,
+        psk: PresharedKey,
+    ) -> anyhow::Result<ceres_tunnel::RotationId> {
+        let st = self.state.lock().await;
+        let engine = st.engine.as_ref().context("the tunnel is not running")?;
+        let params = st.params.as_ref().context("no tunnel parameters")?;
+        let mut peer = self.peer_config(params).await?;
+        peer.public_key = vps_public;
+        peer.preshared_key = Some(psk);
+        Ok(engine.replace_rotation(Some(new_key), peer)?)
+    }
+
+    /// Waits for the staged rotation to take over.
+    pub async fn wait_rotation(&self, id: ceres_tunnel::RotationId) -> anyhow::Result<()> {
+        let mut rx = {
+            let st = self.state.lock().await;
+            st.engine
+                .as_ref()
+                .context("the tunnel is not running")?
+                .watch_rotation()
+        };
+        let s = rx
+            .wait_for(|s| s.outcome(id).is_some())
+            .await
+            .map_err(|_| anyhow::anyhow!("tunnel stopped"))?;
+        Ok(s.outcome(id).unwrap_or(Ok(()))?)
+    }
+
+    /// The VPS key of the current parameters.
+    pub async fn current_vps_key(&self) -> Option<PublicKey> {
+        let st = self.state.lock().await;
+        let k: [u8; 32] = st
+            .params
+            .as_ref()?
+            .vps_public_key
+            .as_slice()
+            .try_into()
+            .ok()?;
+        Some(PublicKey(k))
+    }
+
+    /// Notes the VPS agent's start time from a Welcome: when it changed, the
+    /// VPS lost its session keys, so handshake again at once.
+    pub async fn note_vps_start(&self, vps_started: i64) {
+        let mut st = self.state.lock().await;
+        let restarted = vps_started != 0 && st.vps_started != 0 && vps_started != st.vps_started;
+        if vps_started != 0 {
+            st.vps_started = vps_started;
+        }
+        if let (true, Some(engine)) = (restarted, st.engine.as_ref()) {
+            tracing::info!("the VPS agent restarted: handshaking again now");
+            engine.rehandshake();
+        }
+    }
+
+    /// Drops a staged rotation.
+    pub async fn abort_rotation(&self) {
+        if let Some(engine) = self.state.lock().await.engine.as_ref() {
+            engine.abort_rotation();
+        }
+    }
+
+    /// Makes the new keys current on disk and in memory.
+    pub async fn finalize_rotation(
+        &self,
+        new_key: &PrivateKey,
+        vps_public: PublicKey,
+        psk: &PresharedKey,
+    ) -> anyhow::Result<()> {
+        let mut st = self.state.lock().await;
+        if let Some(p) = st.params.as_mut() {
+            p.vps_public_key = vps_public.as_bytes().to_vec();
+            p.preshared_key = psk.0.to_vec();
+            self.dir.write(PARAMS_FILE, &p.encode_to_vec())?;
+        }
+        self.dir.write(
+            ceres_control::wgkey::WG_KEY,
+            format!("{}\n", new_key.to_base64()).as_bytes(),
+        )?;
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.clone();
+        Ok(())
     }
 
     /// Brings the tunnel up from the parameters saved by the last session.
@@ -102,17 +194,9 @@ impl HomeTunnel {
         if !self.settings.tunnel {
             return Ok(());
         }
+        self.note_vps_start(vps_started).await;
         let mut st = self.state.lock().await;
-        let vps_restarted =
-            vps_started != 0 && st.vps_started != 0 && vps_started != st.vps_started;
-        if vps_started != 0 {
-            st.vps_started = vps_started;
-        }
         if st.params.as_ref() == Some(&params) && st.engine.is_some() {
-            if let (true, Some(engine)) = (vps_restarted, st.engine.as_ref()) {
-                tracing::info!("the VPS agent restarted: handshaking again now");
-                engine.rehandshake();
-            }
             return Ok(());
         }
         let result = self.apply_locked(&mut st, &params).await;
@@ -124,11 +208,7 @@ impl HomeTunnel {
         result
     }
 
-    async fn apply_locked(&self, st: &mut Running, params: &TunnelParams) -> anyhow::Result<()> {
-        let home_address: IpNet = params
-            .home_address
-            .parse()
-            .context("home tunnel address from the VPS")?;
+    async fn peer_config(&self, params: &TunnelParams) -> anyhow::Result<PeerConfig> {
         let vps_address: IpNet = params
             .vps_address
             .parse()
@@ -143,8 +223,7 @@ impl HomeTunnel {
             .as_slice()
             .try_into()
             .context("pre-shared key length")?;
-        let mtu = u16::try_from(params.mtu).context("MTU")?;
-        let peer = PeerConfig {
+        Ok(PeerConfig {
             public_key: PublicKey(vps_key),
             preshared_key: Some(PresharedKey(psk)),
             endpoint: Some(endpoint(&params.endpoint).await?),
@@ -159,7 +238,16 @@ impl HomeTunnel {
                 vec![host_net(vps_address)]
             },
             persistent_keepalive: u16::try_from(params.keepalive_secs).ok().filter(|k| *k > 0),
-        };
+        })
+    }
+
+    async fn apply_locked(&self, st: &mut Running, params: &TunnelParams) -> anyhow::Result<()> {
+        let home_address: IpNet = params
+            .home_address
+            .parse()
+            .context("home tunnel address from the VPS")?;
+        let mtu = u16::try_from(params.mtu).context("MTU")?;
+        let peer = self.peer_config(params).await?;
         let same_device = st.params.as_ref().is_some_and(|old| {
             old.home_address == params.home_address
                 && old.mtu == params.mtu
@@ -178,7 +266,7 @@ impl HomeTunnel {
             mtu,
             address: home_address,
             listen: self.settings.wg_listen,
-            private_key: self.key.clone(),
+            private_key: self.private_key(),
             route_allowed_ips: ROUTE_ALLOWED_IPS,
             uapi_dir: Some(self.settings.wg_uapi_dir.clone()),
         };
@@ -219,7 +307,7 @@ impl HomeTunnel {
                         .unwrap_or_else(|| "waiting for parameters from the VPS".into())
                 };
                 let mut r = tunnel_down(&self.settings.tunnel_ifname, &why);
-                r.public_key = self.key.public_key().as_bytes().to_vec();
+                r.public_key = self.public_key().as_bytes().to_vec();
                 r
             }
         }

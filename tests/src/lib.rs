@@ -559,7 +559,13 @@ impl<'a> Ceres<'a> {
 
     /// Starts `ceres-vps run` in the VPS namespace and waits until it is ready.
     pub fn start_vps(&self) -> anyhow::Result<Daemon> {
+        self.start_vps_env(&[])
+    }
+
+    /// `start_vps` with extra environment variables.
+    pub fn start_vps_env(&self, env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let mut cmd = self.lab.vps.command(bin("ceres-vps"));
+        cmd.envs(env.iter().copied());
         cmd.arg("--config")
             .arg(&self.vps_config)
             .arg("--state-dir")
@@ -599,7 +605,13 @@ impl<'a> Ceres<'a> {
 
     /// Starts `ceres-home run` in the home namespace and waits until it is ready.
     pub fn start_home(&self) -> anyhow::Result<Daemon> {
+        self.start_home_env(&[])
+    }
+
+    /// `start_home` with extra environment variables.
+    pub fn start_home_env(&self, env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
         let mut cmd = self.lab.home.command(bin("ceres-home"));
+        cmd.envs(env.iter().copied());
         cmd.arg("--config")
             .arg(&self.home_config)
             .arg("--state-dir")

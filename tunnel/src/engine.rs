@@ -117,7 +117,12 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("ifname", &self.ifname)
-            .field("public_key", &self.public_key())
+            // try_lock: formatting must never wait on (or deadlock with)
+            // the data path.
+            .field(
+                "public_key",
+                &self.sessions.try_lock().ok().map(|g| g.public),
+            )
             .field("listen_port", &self.listen_port)
             .finish_non_exhaustive()
     }

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod hub;
 pub mod relays;
+pub mod rotation;
 pub mod service;
 pub mod settings;
 pub mod state;

@@ -11,8 +11,9 @@ use ceres_proto::admin_server::{Admin, AdminServer};
 use ceres_proto::agent_server::{Agent, AgentServer};
 use ceres_proto::enrollment_server::{Enrollment, EnrollmentServer};
 use ceres_proto::{
-    EnrollRequest, EnrollResponse, HomeMessage, RenewRequest, RenewResponse, StatusRequest,
-    StatusResponse, VpsMessage, VpsStatus, Welcome, home_message, vps_message,
+    EnrollRequest, EnrollResponse, HomeMessage, RenewRequest, RenewResponse, RotateRequest,
+    RotateResponse, StatusRequest, StatusResponse, VpsMessage, VpsStatus, Welcome, home_message,
+    vps_message,
 };
 use futures::Stream;
 use tokio::net::TcpListener;
@@ -24,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::Hub;
 use crate::relays::VpsRelays;
+use crate::rotation::Rotator;
 use crate::settings::VpsSettings;
 use crate::state::{ServerCert, VpsState};
 use crate::tokens::{RedeemError, TokenStore};
@@ -34,6 +36,10 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A home agent that sends nothing (not even its Hello) for this long is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `cerectl rotate` waits for a rotation, and how long a rotation
+/// may stay unfinished before it is abandoned (the current keys stay).
+const ROTATE_WAIT: Duration = Duration::from_secs(30);
+
 /// How long open connections may take to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Missed reports before the VPS gives up on a session.
@@ -50,6 +56,7 @@ struct Ctx {
     server_cert: RwLock<ServerCert>,
     tunnel: VpsTunnel,
     relays: VpsRelays,
+    rotator: Rotator,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -185,7 +192,13 @@ impl Agent for Svc {
                 Status::failed_precondition(format!("ceres-vps {VERSION}: {m}"))
             })?;
         let ctx = self.0.clone();
-        let tunnel = if hello.wg_public_key.is_empty() {
+        // While a rotation is under way (either side says so) the keys are
+        // settled by the rotation messages; a Welcome with the old keys
+        // would undo home's half of it.
+        let tunnel = if hello.wg_public_key.is_empty()
+            || hello.pending_rotation != 0
+            || ctx.rotator.staged()
+        {
             None
         } else {
             Some(ctx.tunnel.params_for(&hello.wg_public_key)?)
@@ -211,6 +224,9 @@ impl Agent for Svc {
             })),
         };
         let _ = tx.send(Ok(welcome)).await;
+        ctx.rotator
+            .attach(&ctx.tunnel, tx.clone(), hello.pending_rotation)
+            .await;
         ctx.tracker.clone().spawn(async move {
             let stale_after = interval * MISSED_REPORTS + Duration::from_secs(2);
             let mut ping = tokio::time::interval(interval);
@@ -230,6 +246,15 @@ impl Agent for Svc {
                     }
                     msg = inbound.message() => match msg {
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::Report(r)) })) => ctx.hub.report(ticket.id, r),
+                        Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateKey(k)) })) => {
+                            let _ = ctx.rotator.on_home_key(&ctx.tunnel, k.rotation, &k.home_public_key).await;
+                        }
+                        Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateDone(d)) })) => {
+                            ctx.rotator.finish(&ctx.tunnel, Some(d.rotation), true);
+                        }
+                        Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateAbort(a)) })) => {
+                            let _ = ctx.rotator.fail(&ctx.tunnel, a.rotation, &format!("home gave up: {}", a.reason)).await;
+                        }
                         Ok(Some(_)) => {}
                         Ok(None) => break "home closed the session",
                         Err(_) => break "connection lost",
@@ -293,6 +318,29 @@ impl Admin for Svc {
             vps_tunnel: Some(ctx.tunnel.report()),
             relays: ctx.relays.report(),
             egress: Some(ctx.relays.egress_status()),
+            rotation: Some(ctx.rotator.status()),
+        }))
+    }
+
+    async fn rotate(
+        &self,
+        req: Request<RotateRequest>,
+    ) -> Result<Response<RotateResponse>, Status> {
+        let who = require_role(&req, Role::Admin)?;
+        let ctx = &self.0;
+        if ctx.tunnel.engine().is_none() {
+            return Err(Status::failed_precondition(
+                "the tunnel is off (CERES_TUNNEL=off): nothing to rotate",
+            ));
+        }
+        tracing::info!(by = %who.name, "key rotation requested");
+        let id = ctx.rotator.begin().await?;
+        let outcome = ctx.rotator.wait(id, ROTATE_WAIT).await;
+        Ok(Response::new(RotateResponse {
+            rotation: id,
+            ok: outcome == "ok",
+            message: outcome,
+            finished_unix: unix_secs(SystemTime::now()),
         }))
     }
 }
@@ -332,9 +380,12 @@ pub async fn run(
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let hub = Hub::default();
     let relays = VpsRelays::start(&settings, hub.home_up(), &cancel, &tracker)?;
+    let rotator = Rotator::load(&state.dir, settings.rotate_every);
+    rotator.resume(&tunnel);
     let ctx = Arc::new(Ctx {
         tunnel,
         relays,
+        rotator,
         settings,
         state,
         tokens,
@@ -346,6 +397,8 @@ pub async fn run(
     });
     let incoming = TlsIncoming::spawn(listener, shared.clone(), cancel.clone(), &tracker);
     tracker.spawn(renew_server_cert(ctx.clone(), shared));
+    tracker.spawn(watch_promotions(ctx.clone()));
+    tracker.spawn(rotation_schedule(ctx.clone()));
     let svc = Svc(ctx.clone());
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -378,6 +431,87 @@ pub async fn run(
         ),
     }
     result.map_err(Into::into)
+}
+
+/// When the engine moves to staged keys (home handshook with them), the
+/// rotation is made permanent — even if home's RotateDone never arrives.
+async fn watch_promotions(ctx: Arc<Ctx>) {
+    let Some(engine) = ctx.tunnel.engine() else {
+        return;
+    };
+    let mut rx = engine.watch_rotation();
+    let mut seen = rx.borrow().rotations;
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let now = rx.borrow().rotations;
+        if now != seen {
+            seen = now;
+            ctx.rotator.finish(&ctx.tunnel, None, false);
+        }
+    }
+}
+
+/// Rotates on schedule (with jitter), and abandons a rotation home never
+/// completes, keeping the current keys.
+async fn rotation_schedule(ctx: Arc<Ctx>) {
+    if ctx.tunnel.engine().is_none() {
+        return;
+    }
+    let every = ctx.settings.rotate_every;
+    let mut jitter = every.mul_f64(rand_fraction() / 10.0);
+    let mut done = ctx.rotator.subscribe_done();
+    loop {
+        let due = ctx.rotator.next_due() + jitter;
+        let wake = match ctx.rotator.pending() {
+            // Check a pending rotation when it would time out.
+            Some((_, started)) => {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(started.max(0) as u64) + ROTATE_WAIT
+            }
+            None => due,
+        };
+        let sleep = wake
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .max(Duration::from_millis(200));
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            _ = tokio::time::sleep(sleep) => {}
+            // A rotation ended (or failed): plan the next one from now.
+            _ = done.changed() => {}
+        }
+        let now = SystemTime::now();
+        if let Some((id, started)) = ctx.rotator.pending() {
+            let started = SystemTime::UNIX_EPOCH + Duration::from_secs(started.max(0) as u64);
+            if now.duration_since(started).unwrap_or_default() >= ROTATE_WAIT {
+                let _ = ctx
+                    .rotator
+                    .fail(&ctx.tunnel, id, "not completed in time")
+                    .await;
+            }
+            continue;
+        }
+        if now >= ctx.rotator.next_due() + jitter && ctx.hub.is_connected() {
+            match ctx.rotator.begin().await {
+                Ok(id) => tracing::info!(rotation = id, "scheduled key rotation started"),
+                Err(e) => tracing::warn!(
+                    error = e.message(),
+                    "scheduled key rotation could not start"
+                ),
+            }
+            jitter = every.mul_f64(rand_fraction() / 10.0);
+        }
+    }
+}
+
+fn rand_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    // A fraction in [0, 1) from the std hasher's random keys: no extra dependency for jitter.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(unix_secs(SystemTime::now()) as u64);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Re-checks the server certificate twice a day and swaps in a renewed one

@@ -109,6 +109,11 @@ pub struct VpsFlags {
     /// route. [CERES_PUBLIC_IFNAME]
     #[arg(long, value_name = "NAME")]
     pub public_ifname: Option<String>,
+    /// How often the WireGuard keys and PSK rotate by themselves (with up to
+    /// a tenth of jitter); default 7d. `cerectl rotate` rotates at once.
+    /// [CERES_ROTATE_EVERY]
+    #[arg(long, value_name = "DURATION")]
+    pub rotate_every: Option<String>,
 }
 
 /// Relay and egress settings of the VPS.
@@ -190,6 +195,8 @@ pub struct VpsSettings {
     pub tunnel: TunnelSettings,
     /// Relays and egress.
     pub relay: RelaySettings,
+    /// Key rotation period.
+    pub rotate_every: Duration,
 }
 
 /// A comma-separated list of addresses.
@@ -342,7 +349,10 @@ impl VpsFlags {
                 .0,
             public_ifname: layers.get("CERES_PUBLIC_IFNAME", self.public_ifname.as_deref())?,
         };
+        let HumanDuration(rotate_every) =
+            layers.get_or("CERES_ROTATE_EVERY", self.rotate_every.as_deref(), "7d")?;
         Ok(VpsSettings {
+            rotate_every,
             relay,
             tunnel,
             public_ips,

@@ -40,7 +40,7 @@ pub const HOME_KEEPALIVE_SECS: u16 = 25;
 pub struct VpsTunnel {
     settings: TunnelSettings,
     dir: StateDir,
-    public_key: PublicKey,
+    public_key: Mutex<PublicKey>,
     engine: Option<Tunnel>,
     peer: Mutex<Option<HomePeer>>,
 }
@@ -66,7 +66,7 @@ impl VpsTunnel {
         let mut this = Self {
             settings: settings.clone(),
             dir: dir.clone(),
-            public_key,
+            public_key: Mutex::new(public_key),
             engine: None,
             peer: Mutex::new(stored.clone()),
         };
@@ -147,7 +147,7 @@ impl VpsTunnel {
             .parse()
             .map_err(|_| Status::internal("stored PSK damaged"))?;
         Ok(TunnelParams {
-            vps_public_key: self.public_key.as_bytes().to_vec(),
+            vps_public_key: self.public_key().as_bytes().to_vec(),
             preshared_key: psk.0.to_vec(),
             vps_address: self.settings.vps_address.to_string(),
             home_address: self.settings.home_address.to_string(),
@@ -157,13 +157,94 @@ impl VpsTunnel {
         })
     }
 
+    /// Our current static public key.
+    pub fn public_key(&self) -> PublicKey {
+        *self.public_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The engine, when the tunnel runs.
+    pub fn engine(&self) -> Option<&Tunnel> {
+        self.engine.as_ref()
+    }
+
+    /// The current pre-shared key, if a home peer is known.
+    pub fn current_psk(&self) -> Option<PresharedKey> {
+        self.peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|p| p.preshared_key.parse().ok())
+    }
+
+    /// Home's current public key, if known.
+    pub fn home_key(&self) -> Option<String> {
+        self.peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.public_key.clone())
+    }
+
+    /// Installs the new keys beside the current ones (make-before-break).
+    pub fn stage_rotation(
+        &self,
+        new_key: PrivateKey,
+        home_public: PublicKey,
+        psk: PresharedKey,
+    ) -> anyhow::Result<()> {
+        let engine = self.engine.as_ref().context("the tunnel is not running")?;
+        let peer = PeerConfig {
+            public_key: home_public,
+            preshared_key: Some(psk),
+            endpoint: None,
+            allowed_ips: vec![host_net(self.settings.home_address)],
+            persistent_keepalive: None,
+        };
+        engine.replace_rotation(Some(new_key), peer)?;
+        Ok(())
+    }
+
+    /// Makes the rotated keys the current ones on disk and in memory. The
+    /// engine has already moved to them (or will with `commit`).
+    pub fn finalize_rotation(
+        &self,
+        new_key: &PrivateKey,
+        home_public: PublicKey,
+        psk: &PresharedKey,
+        commit: bool,
+    ) -> anyhow::Result<()> {
+        if let (true, Some(engine)) = (commit, &self.engine) {
+            if engine.rotation().staged.is_some() {
+                let _ = engine.commit_rotation();
+            }
+        }
+        let fresh = HomePeer {
+            public_key: home_public.to_string(),
+            preshared_key: psk.to_base64(),
+        };
+        // The peer first: with the old key and the new peer on disk a restart
+        // still converges (the next rotation replaces both); the reverse
+        // order could pair a new key with an old PSK.
+        self.dir.write(
+            HOME_PEER,
+            &serde_json::to_vec_pretty(&fresh).unwrap_or_default(),
+        )?;
+        self.dir.write(
+            ceres_control::wgkey::WG_KEY,
+            format!("{}\n", new_key.to_base64()).as_bytes(),
+        )?;
+        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
+        *self.public_key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.public_key();
+        Ok(())
+    }
+
     /// The VPS end's report.
     pub fn report(&self) -> TunnelReport {
         match &self.engine {
             Some(engine) => tunnel_report(&engine.stats(), &self.settings.vps_address.to_string()),
             None => {
                 let mut r = tunnel_down(&self.settings.ifname, "disabled (CERES_TUNNEL=off)");
-                r.public_key = self.public_key.as_bytes().to_vec();
+                r.public_key = self.public_key().as_bytes().to_vec();
                 r
             }
         }

@@ -49,7 +49,7 @@ pub struct RenewResponse {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HomeMessage {
-    #[prost(oneof = "home_message::Kind", tags = "1, 2")]
+    #[prost(oneof = "home_message::Kind", tags = "1, 2, 3, 4, 5")]
     pub kind: ::core::option::Option<home_message::Kind>,
 }
 /// Nested message and enum types in `HomeMessage`.
@@ -60,7 +60,57 @@ pub mod home_message {
         Hello(super::Hello),
         #[prost(message, tag = "2")]
         Report(super::Report),
+        #[prost(message, tag = "3")]
+        RotateKey(super::RotateKey),
+        #[prost(message, tag = "4")]
+        RotateDone(super::RotateDone),
+        #[prost(message, tag = "5")]
+        RotateAbort(super::RotateAbort),
     }
+}
+/// Key rotation, make-before-break, driven by the VPS:
+/// VPS  -> home  RotatePrepare{id}                 home makes a new key, keeps it
+/// home -> VPS   RotateKey{id, home's new public}  VPS makes its new key and PSK,
+/// installs them beside the old ones
+/// VPS  -> home  RotateCommit{id, VPS's new public, PSK}
+/// home installs beside the old ones
+/// and handshakes with the new keys
+/// home -> VPS   RotateDone{id}                    both dropped the old keys
+/// Every step is persisted before it is acted on, so either side can crash at
+/// any point and converge after restart: the pending step is repeated.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotatePrepare {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateKey {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub home_public_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateCommit {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub vps_public_key: ::prost::alloc::vec::Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub preshared_key: ::prost::alloc::vec::Vec<u8>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateDone {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+}
+/// Either side gives up on a rotation; the current keys stay.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateAbort {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VpsMessage {
@@ -93,6 +143,9 @@ pub struct Hello {
     /// Home's WireGuard static public key (32 bytes). The private key stays home.
     #[prost(bytes = "vec", tag = "6")]
     pub wg_public_key: ::prost::alloc::vec::Vec<u8>,
+    /// A key rotation home has begun and not finished (0: none).
+    #[prost(uint64, tag = "7")]
+    pub pending_rotation: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Welcome {
@@ -256,15 +309,21 @@ pub struct MailProbe {
     #[prost(string, tag = "5")]
     pub error: ::prost::alloc::string::String,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Command {
-    #[prost(oneof = "command::Kind", tags = "1")]
+    #[prost(oneof = "command::Kind", tags = "2, 3, 4, 1")]
     pub kind: ::core::option::Option<command::Kind>,
 }
 /// Nested message and enum types in `Command`.
 pub mod command {
-    #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
     pub enum Kind {
+        #[prost(message, tag = "2")]
+        RotatePrepare(super::RotatePrepare),
+        #[prost(message, tag = "3")]
+        RotateCommit(super::RotateCommit),
+        #[prost(message, tag = "4")]
+        RotateAbort(super::RotateAbort),
         /// Sent every report interval: home treats a silent VPS as gone after
         /// three intervals, which finds a dead connection (e.g. home's address
         /// changed under it) long before TCP would.
@@ -274,6 +333,44 @@ pub mod command {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ping {}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotateResponse {
+    #[prost(uint64, tag = "1")]
+    pub rotation: u64,
+    #[prost(bool, tag = "2")]
+    pub ok: bool,
+    #[prost(string, tag = "3")]
+    pub message: ::prost::alloc::string::String,
+    /// Gap-free? The largest pause the VPS saw in tunnel traffic is not known
+    /// here; see the benchmark.
+    #[prost(int64, tag = "4")]
+    pub finished_unix: i64,
+}
+/// Key rotation state for status.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RotationStatus {
+    /// Unix seconds of the last completed rotation (0: never, keys from setup).
+    #[prost(int64, tag = "1")]
+    pub last_unix: i64,
+    /// "ok", "failed: ..." or "" (never).
+    #[prost(string, tag = "2")]
+    pub last_outcome: ::prost::alloc::string::String,
+    /// When the next scheduled rotation is due.
+    #[prost(int64, tag = "3")]
+    pub next_unix: i64,
+    /// A rotation in progress (0: none) and its step.
+    #[prost(uint64, tag = "4")]
+    pub pending: u64,
+    #[prost(string, tag = "5")]
+    pub pending_step: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "6")]
+    pub completed: u64,
+    /// When the current keys were created.
+    #[prost(int64, tag = "7")]
+    pub keys_since_unix: i64,
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -289,6 +386,8 @@ pub struct StatusResponse {
     pub relays: ::prost::alloc::vec::Vec<RelayPort>,
     #[prost(message, optional, tag = "5")]
     pub egress: ::core::option::Option<EgressStatus>,
+    #[prost(message, optional, tag = "6")]
+    pub rotation: ::core::option::Option<RotationStatus>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VpsStatus {
@@ -1149,6 +1248,25 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("ceres.v1.Admin", "Status"));
             self.inner.unary(req, path, codec).await
         }
+        /// Rotate the WireGuard keys and PSK now; returns when done or failed.
+        pub async fn rotate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RotateRequest>,
+        ) -> std::result::Result<tonic::Response<super::RotateResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/ceres.v1.Admin/Rotate");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("ceres.v1.Admin", "Rotate"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1168,6 +1286,11 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::StatusRequest>,
         ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status>;
+        /// Rotate the WireGuard keys and PSK now; returns when done or failed.
+        async fn rotate(
+            &self,
+            request: tonic::Request<super::RotateRequest>,
+        ) -> std::result::Result<tonic::Response<super::RotateResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -1273,6 +1396,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ceres.v1.Admin/Rotate" => {
+                    #[allow(non_camel_case_types)]
+                    struct RotateSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::RotateRequest>
+                    for RotateSvc<T> {
+                        type Response = super::RotateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RotateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::rotate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RotateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -1,0 +1,226 @@
+//! Issue 6's mail half in the namespace lab, with a real Postfix at home:
+//! `cerectl send-test` delivers through the VPS into the home Maildir and
+//! shows each SMTP step; `cerectl doctor --skip-dns` passes the inbound
+//! banner and the open-relay probe against a correctly set up home, reports
+//! a 421 when home is away, and FAILS (exit 1) against a home Postfix that
+//! relays for anyone because port 25 is relayed without PROXY.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ceres_tests::postfix::smtp::{SmtpClient, connect};
+use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::{Ceres, Lab, addr, require_root, wait_until};
+use serde_json::Value;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Waits until VPS:25 answers with the home server's 220 through the tunnel.
+fn wait_relay_ready(lab: &Lab) {
+    wait_until(
+        "the relay reaching home's Postfix",
+        Duration::from_secs(30),
+        || {
+            let stream = connect(
+                &lab.internet,
+                SocketAddr::new(ip(addr::VPS), 25),
+                Duration::from_secs(5),
+            )?;
+            let mut c = SmtpClient::new(stream, Duration::from_secs(10))?;
+            Ok(c.read_reply()?.code == 220)
+        },
+    )
+    .unwrap();
+}
+
+/// The checks of a doctor JSON report with this kind.
+fn kind<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .collect()
+}
+
+#[test]
+fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
+    if !require_root("send_test_delivers_home_and_doctor_passes_then_sees_home_away") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    // Only the ports the home Postfix serves, so every relay has a server.
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"], &[]).unwrap();
+    let _vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let mut home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    let home_mx = Postfix::start(
+        &lab.home,
+        PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")]),
+    )
+    .unwrap();
+    // An SMTP server on the internet side for the outbound-25 probe.
+    let remote_mx = Postfix::start(
+        &lab.internet,
+        PostfixOptions::sink(
+            vec![ip(addr::CLIENT)],
+            "mx.remote.example",
+            &["remote.example"],
+        ),
+    )
+    .unwrap();
+    wait_relay_ready(&lab);
+
+    // send-test, defaults: port 25 on the VPS's first public address.
+    let (code, out, err) = ceres
+        .ctl(&["send-test", "--to", "postmaster@example.com"])
+        .unwrap();
+    println!("{out}");
+    assert_eq!(code, 0, "{out}\n{err}\nhome log:\n{}", home_mx.log());
+    let steps: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "connect", "banner", "EHLO", "MAIL", "RCPT", "DATA", "message", "QUIT"
+        ],
+        "{out}"
+    );
+    assert!(out.contains(&format!("{}:25", addr::VPS)), "{out}");
+    assert!(out.contains("banner    220 mail.example.com"), "{out}");
+    assert!(out.contains("queued as"), "{out}");
+    let id = out
+        .split("Message-ID <")
+        .nth(1)
+        .and_then(|r| r.split('>').next())
+        .unwrap();
+    let msg = home_mx
+        .wait_for_message_id(id, Duration::from_secs(30))
+        .unwrap();
+    assert!(
+        msg.content.contains("Subject: CERES test message"),
+        "{}",
+        msg.content
+    );
+    assert!(msg.content.contains("cerectl send-test"));
+
+    // A refused recipient: exit 1, and the step it stopped at.
+    let (code, out, _) = ceres
+        .ctl(&["send-test", "--to", "someone@elsewhere.example"])
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED at RCPT"), "{out}");
+
+    // doctor, mail checks only: banner on both addresses, relay refused,
+    // outbound 25 to the internet-side server.
+    let probe = format!("{}:25", addr::CLIENT);
+    let (code, text, err) = ceres
+        .ctl(&["doctor", "--skip-dns", "--probe-25", &probe])
+        .unwrap();
+    println!("{text}");
+    assert_eq!(code, 0, "{text}\n{err}");
+    assert!(
+        text.contains(&format!("PASS   SMTP   {}:25", addr::VPS)),
+        "{text}"
+    );
+    assert!(text.contains("PASS   RELAY"), "{text}");
+    assert!(text.contains("Relay access denied"), "{text}");
+    assert!(!text.contains("DNS records"), "{text}");
+    let (code, out, _) = ceres
+        .ctl(&["doctor", "--skip-dns", "--probe-25", &probe, "--json"])
+        .unwrap();
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let inbound = kind(&report, "smtp-inbound");
+    assert_eq!(inbound.len(), 2, "{report:#}"); // IPv4 and IPv6
+    for c in &inbound {
+        assert_eq!(c["status"], "pass", "{c:#}");
+        assert!(c["found"].as_str().unwrap().contains("mail.example.com"));
+    }
+    let relay = kind(&report, "open-relay");
+    assert_eq!(relay.len(), 2, "{report:#}");
+    assert!(relay.iter().all(|c| c["status"] == "pass"), "{report:#}");
+    let outbound = kind(&report, "smtp-outbound");
+    assert_eq!(outbound[0]["status"], "pass", "{report:#}");
+    assert!(!kind(&report, "proxy").is_empty(), "{report:#}");
+    // The probe never sent a message: nothing but the send-test mail arrived.
+    assert_eq!(home_mx.maildir_messages().len(), 1);
+    drop(remote_mx);
+
+    // Home away: the VPS answers 421 for it, and doctor says so.
+    home.terminate(Duration::from_secs(10)).unwrap();
+    ceres
+        .wait_home_connected(false, Duration::from_secs(20))
+        .unwrap();
+    let (code, text, _) = ceres.ctl(&["doctor", "--skip-dns"]).unwrap();
+    println!("{text}");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("FAIL   SMTP   {}:25", addr::VPS)) && text.contains("421"),
+        "{text}"
+    );
+    assert!(text.contains("ceres-home run"), "{text}");
+}
+
+#[test]
+fn doctor_fails_on_an_open_relay_through_the_tunnel() {
+    if !require_root("doctor_fails_on_an_open_relay_through_the_tunnel") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    // 25 relayed WITHOUT PROXY: every sender arrives from the forwarder's
+    // 127.0.0.1, which the default mynetworks (127.0.0.0/8) trusts.
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25"], &[]).unwrap();
+    let _vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let _home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    let opts = PostfixOptions {
+        postscreen_proxy_on_25: false,
+        submission: false,
+        submission_proxy: false,
+        ..PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")])
+    };
+    assert!(opts.mynetworks.iter().any(|n| n == "127.0.0.0/8"));
+    let home_mx = Postfix::start(&lab.home, opts).unwrap();
+    wait_relay_ready(&lab);
+
+    let (code, text, err) = ceres.ctl(&["doctor", "--skip-dns"]).unwrap();
+    println!("{text}");
+    assert_eq!(code, 1, "{text}\n{err}");
+    assert!(text.contains("FAIL   RELAY"), "{text}");
+    assert!(text.contains("OPEN RELAY"), "{text}");
+    assert!(text.contains("mynetworks"), "{text}");
+    let (code, out, _) = ceres.ctl(&["doctor", "--skip-dns", "--json"]).unwrap();
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], false);
+    let relay = kind(&report, "open-relay");
+    assert!(
+        !relay.is_empty() && relay.iter().all(|c| c["status"] == "fail"),
+        "{report:#}"
+    );
+    // The banner itself is fine: only the relay fails.
+    assert!(
+        kind(&report, "smtp-inbound")
+            .iter()
+            .all(|c| c["status"] == "pass")
+    );
+    // Nothing was sent: the probe stops after RCPT.
+    assert!(home_mx.maildir_messages().is_empty());
+    assert_eq!(home_mx.queue_len().unwrap(), 0, "{}", home_mx.log());
+}
