@@ -141,6 +141,17 @@ impl HomeMail {
         }))
     }
 
+    /// The relays being forwarded now.
+    pub async fn specs(&self) -> Vec<RelaySpec> {
+        self.state
+            .lock()
+            .await
+            .forwarder
+            .as_ref()
+            .map(|r| r.specs.clone())
+            .unwrap_or_default()
+    }
+
     /// Counters and egress state for the report.
     pub async fn report(&self) -> (Vec<RelayPort>, EgressStatus) {
         let st = self.state.lock().await;

@@ -47,6 +47,39 @@ enum SessionError {
     Silent,
 }
 
+/// The latest mail-server probe results, for reports.
+type Probes = Arc<Mutex<Vec<ceres_proto::MailProbe>>>;
+
+/// Probes the mail server on every forwarded port, now and then every
+/// `every` (CERES_PROBE_INTERVAL), so status shows whether it answers and
+/// expects PROXY. Each probe holds a connection for at most a few seconds.
+async fn probe_loop(
+    mail: Arc<HomeMail>,
+    server: std::net::IpAddr,
+    every: Duration,
+    out: Probes,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let specs = mail.specs().await;
+        if specs.is_empty() {
+            // Not forwarding yet: look again soon.
+            tick.reset_after(Duration::from_secs(2));
+            continue;
+        }
+        let results = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = crate::probe::probe(server, &specs) => r,
+        };
+        *out.lock().unwrap_or_else(|p| p.into_inner()) = results;
+    }
+}
+
 /// Shared credentials; replaced when the certificate renews.
 type SharedCreds = Arc<Mutex<Credentials>>;
 
@@ -74,6 +107,14 @@ pub async fn run(
     }
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
+    let probes: Probes = Arc::new(Mutex::new(Vec::new()));
+    tracker.spawn(probe_loop(
+        mail.clone(),
+        settings.mail_server,
+        settings.probe_interval,
+        probes.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(renew_loop(
         creds.clone(),
         dir,
@@ -84,7 +125,7 @@ pub async fn run(
     loop {
         let began = Instant::now();
         let result = session(
-            &creds, &settings, &tunnel, &mail, &rotation, started, &cancel,
+            &creds, &settings, &tunnel, &mail, &rotation, &probes, started, &cancel,
         )
         .await;
         if cancel.is_cancelled() {
@@ -125,6 +166,7 @@ async fn session(
     tunnel: &Arc<HomeTunnel>,
     mail: &HomeMail,
     rotation: &Arc<HomeRotation>,
+    probes: &Probes,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
@@ -196,7 +238,7 @@ async fn session(
                     tunnel: Some(tunnel.report().await),
                     forwards,
                     egress: Some(egress),
-                    probes: Vec::new(),
+                    probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 };
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
                     return Err(SessionError::Closed);

@@ -55,6 +55,10 @@ pub struct HomeFlags {
     /// [CERES_EGRESS_PORTS]
     #[arg(long, value_name = "PORT[,PORT]")]
     pub egress_ports: Option<String>,
+    /// How often the mail server is probed on each forwarded port (shown in
+    /// `cerectl status`); default 30s. [CERES_PROBE_INTERVAL]
+    #[arg(long, value_name = "DURATION")]
+    pub probe_interval: Option<String>,
 }
 
 /// A comma-separated list of networks (a bare address is a /32 or /128).
@@ -103,6 +107,8 @@ pub struct HomeSettings {
     pub egress_from: Vec<ipnet::IpNet>,
     /// Egress ports.
     pub egress_ports: Vec<u16>,
+    /// Mail server probe interval.
+    pub probe_interval: Duration,
 }
 
 /// This machine's host name.
@@ -159,6 +165,13 @@ impl HomeFlags {
                     "CERES_EGRESS_PORTS",
                     self.egress_ports.as_deref(),
                     "25,465,587",
+                )?
+                .0,
+            probe_interval: layers
+                .get_or::<HumanDuration>(
+                    "CERES_PROBE_INTERVAL",
+                    self.probe_interval.as_deref(),
+                    "30s",
                 )?
                 .0,
         })

@@ -59,7 +59,7 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
         return;
     }
     let lab = Lab::new().unwrap();
-    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    let ceres = Ceres::init(&lab, &[], &["CERES_PROBE_INTERVAL=1s"]).unwrap();
     let _vps = ceres.start_vps().unwrap();
     ceres.join_home().unwrap();
     let mut home = ceres.start_home().unwrap();
@@ -215,6 +215,39 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
             &lab.home_tun,
         ])
         .unwrap();
+
+    // Home's probes see Postfix on 25 expecting a PROXY header, as the relay sends.
+    wait_until(
+        "home's probe of Postfix on 25",
+        Duration::from_secs(20),
+        || {
+            let (_, j) = ceres.status_json()?;
+            Ok(j["mail_server"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["port"] == 25 && p["reachable"] == true))
+        },
+    )
+    .unwrap();
+    let (code, j) = ceres.status_json().unwrap();
+    let p25 = j["mail_server"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 25)
+        .unwrap()
+        .clone();
+    assert_eq!(p25["expects_proxy"], true, "probe of postscreen: {p25}");
+    assert!(
+        !j["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("PROXY")),
+        "{j}"
+    );
+    let _ = code;
 
     // Status has the relay counters.
     let (_, json) = ceres.status_json().unwrap();

@@ -213,9 +213,11 @@ fn gateway(o: Options) -> anyhow::Result<()> {
     let vps_pid = pid_of(&vps, "ceres-vps")?;
     let home_pid = pid_of(&home, "ceres-home")?;
 
-    // Home's Postfix: a plain smtpd on 25 (no postscreen: its greet-wait
-    // would hold a new client's banner for seconds), submission on 587
-    // expecting PROXY. It listens on loopback (the forwarder's target) and
+    // Home's Postfix: a plain smtpd on 25, submission on 587 expecting
+    // PROXY. No postscreen: a client it has not seen gets a `220-` teaser
+    // and the rest of the banner only after postscreen_greet_wait, and a
+    // known one goes through postscreen's hand-off to smtpd — either way
+    // the timing would be postscreen's policy, not the path's. It listens on loopback (the forwarder's target) and
     // on home's own address (the direct path from the internet).
     let postfix = Postfix::start(
         &lab.home,
