@@ -124,10 +124,13 @@ pub async fn run(
     let mut backoff = Backoff::new(BACKOFF_BASE, settings.reconnect_max.max(BACKOFF_BASE));
     loop {
         let began = Instant::now();
-        let result = session(
-            &creds, &settings, &tunnel, &mail, &rotation, &probes, started, &cancel,
-        )
-        .await;
+        let planes = Planes {
+            tunnel: &tunnel,
+            mail: &mail,
+            rotation: &rotation,
+            probes: &probes,
+        };
+        let result = session(&creds, &settings, &planes, started, &cancel).await;
         if cancel.is_cancelled() {
             break;
         }
@@ -160,16 +163,27 @@ pub async fn run(
     Ok(())
 }
 
+/// The data-plane parts a session reports on and steers.
+struct Planes<'a> {
+    tunnel: &'a Arc<HomeTunnel>,
+    mail: &'a HomeMail,
+    rotation: &'a Arc<HomeRotation>,
+    probes: &'a Probes,
+}
+
 async fn session(
     creds: &SharedCreds,
     settings: &HomeSettings,
-    tunnel: &Arc<HomeTunnel>,
-    mail: &HomeMail,
-    rotation: &Arc<HomeRotation>,
-    probes: &Probes,
+    planes: &Planes<'_>,
     started: SystemTime,
     cancel: &CancellationToken,
 ) -> Result<(), SessionError> {
+    let Planes {
+        tunnel,
+        mail,
+        rotation,
+        probes,
+    } = *planes;
     let c = current(creds);
     let channel = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
