@@ -91,7 +91,12 @@ impl JoinToken {
     /// The text form. Contains the secret: print it once, never log it.
     pub fn encode(&self) -> String {
         let addr = self.control_address.as_bytes();
-        let addr_len = addr.len().min(255);
+        // Cut an overlong address on a character boundary, so the token still
+        // decodes (to a shorter address) instead of failing as "not UTF-8".
+        let mut addr_len = addr.len().min(255);
+        while !self.control_address.is_char_boundary(addr_len) {
+            addr_len -= 1;
+        }
         let mut buf = Vec::with_capacity(FIXED_LEN + addr_len + CHECK_LEN);
         buf.push(VERSION);
         buf.push(match self.role {

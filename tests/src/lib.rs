@@ -508,6 +508,8 @@ pub struct Ceres<'a> {
     pub home_state: PathBuf,
     /// cerectl credentials dir.
     pub ctl_dir: PathBuf,
+    /// Every join token made, for the secrets-in-logs check.
+    pub tokens: std::sync::Mutex<Vec<String>>,
 }
 
 impl<'a> Ceres<'a> {
@@ -521,6 +523,7 @@ impl<'a> Ceres<'a> {
             home_config: lab.path("home.env"),
             home_state: lab.path("home-state"),
             ctl_dir: lab.path("ctl"),
+            tokens: std::sync::Mutex::new(Vec::new()),
         };
         // Interface names are unique per lab: the WireGuard API socket
         // directory is shared by every namespace.
@@ -585,7 +588,12 @@ impl<'a> Ceres<'a> {
             .arg("--state-dir")
             .arg(&self.vps_state)
             .args(["token", "create", "--role", role]))?;
-        Ok(out.trim().to_owned())
+        let token = out.trim().to_owned();
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(token.clone());
+        Ok(token)
     }
 
     /// `ceres-home join` from the home namespace.
@@ -807,4 +815,59 @@ pub fn echo_roundtrip(ns: &Netns, ip: &str, port: u16, payload: &str) -> anyhow:
     }
     let out = child.wait_with_output()?;
     Ok(out.status.success() && String::from_utf8_lossy(&out.stdout) == payload)
+}
+
+/// Every secret the lab's CERES state holds: private keys (PEM bodies and
+/// WireGuard keys, including staged ones), pre-shared keys, join tokens.
+pub fn lab_secrets(ceres: &Ceres<'_>) -> Vec<String> {
+    let mut secrets: Vec<String> = ceres
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for dir in [&ceres.vps_state, &ceres.home_state, &ceres.ctl_dir] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            if name.ends_with(".key") {
+                // PEM: every base64 line of the body; WireGuard: the key itself.
+                secrets.extend(
+                    text.lines()
+                        .filter(|l| !l.starts_with("-----") && l.trim().len() >= 24)
+                        .map(|l| l.trim().to_owned()),
+                );
+            }
+            if name == "home-peer.json" {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if let Some(psk) = v["preshared_key"].as_str() {
+                        secrets.push(psk.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    secrets
+}
+
+/// Fails when any of `secrets` appears in any of `logs` (daemon logs,
+/// command output): keys and tokens must never be logged.
+pub fn assert_no_secrets(secrets: &[String], logs: &[(&str, String)]) {
+    assert!(
+        !secrets.is_empty(),
+        "no secrets collected: the check would prove nothing"
+    );
+    for (name, log) in logs {
+        for secret in secrets {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a secret ({}...) appears in {name}",
+                &secret[..8.min(secret.len())]
+            );
+        }
+    }
 }

@@ -452,3 +452,26 @@ fn state_files_are_private_and_token_secret_is_not_stored() {
     .unwrap_or_default();
     assert!(listing.is_empty(), "token secret found in {listing}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn token_guessing_is_rate_limited_per_address_and_logged() {
+    let vps = LoopVps::start_vps();
+    let real = JoinToken::decode(&vps.token_or_panic("home", "1h")).unwrap();
+    for i in 0..5 {
+        let forged = JoinToken::new(
+            Role::Home,
+            real.ca_fingerprint,
+            real.control_address.clone(),
+            Duration::from_secs(60),
+        );
+        let (code, err) = join(&forged.encode(), &fresh_state(&vps));
+        assert_eq!(code, 1);
+        assert!(err.contains("not known"), "attempt {i}: {err}");
+    }
+    // The sixth attempt from the same address is refused before the token is looked at.
+    let (code, err) = join(&real.encode(), &fresh_state(&vps));
+    assert_eq!(code, 1);
+    assert!(err.contains("too many failed join attempts"), "{err}");
+    vps.wait_log("too many failed attempts", "enrolment refused");
+    vps.assert_still_serving().await;
+}

@@ -305,4 +305,14 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
         took < Duration::from_millis(100),
         "993 took {took:?} to close"
     );
+
+    // No key, PSK or token in any log of the run.
+    ceres_tests::assert_no_secrets(
+        &ceres_tests::lab_secrets(&ceres),
+        &[
+            ("vps log", _vps.log_text()),
+            ("home log", home.log_text()),
+            ("home postfix", home_mx.log()),
+        ],
+    );
 }

@@ -44,9 +44,9 @@ fn ten_forced_rotations_keep_a_tcp_stream_intact() {
     let (lab, lines) = lab_with(&[]);
     let vps_lines: Vec<&str> = lines.iter().map(String::as_str).collect();
     let ceres = Ceres::init(&lab, &vps_lines, &["CERES_EGRESS=off"]).unwrap();
-    let _vps = ceres.start_vps().unwrap();
+    let vps = ceres.start_vps().unwrap();
     ceres.join_home().unwrap();
-    let _home = ceres.start_home().unwrap();
+    let home = ceres.start_home().unwrap();
     ceres.enroll_ctl().unwrap();
     let _echo = echo_server(&lab.vps, VPS_TUN, 7000, lab.dir.path()).unwrap();
     wait_until("tunnel up", Duration::from_secs(30), || {
@@ -115,6 +115,16 @@ fn ten_forced_rotations_keep_a_tcp_stream_intact() {
     assert_ne!(
         after["tunnel"]["home"]["public_key"],
         before["tunnel"]["home"]["public_key"]
+    );
+    // Ten rotations' worth of keys, PSKs and the tokens: none in any log.
+    let (_, text) = (0, serde_json::to_string(&after).unwrap());
+    ceres_tests::assert_no_secrets(
+        &ceres_tests::lab_secrets(&ceres),
+        &[
+            ("vps log", vps.log_text()),
+            ("home log", home.log_text()),
+            ("status", text),
+        ],
     );
     // New keys are on disk: a VPS restart keeps the rotated ones.
     let key_file = std::fs::read_to_string(ceres.vps_state.join("wg.key")).unwrap();

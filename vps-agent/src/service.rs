@@ -36,6 +36,40 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A home agent that sends nothing (not even its Hello) for this long is dropped.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed enrolments allowed per address per window: tokens are 256-bit
+/// random, so guessing is hopeless anyway; the limit keeps a guesser from
+/// burning CPU on CSR checks and flooding the log.
+const ENROLL_FAILURES: u32 = 5;
+/// The window of [`ENROLL_FAILURES`].
+const ENROLL_WINDOW: Duration = Duration::from_secs(600);
+
+/// Counts failed enrolments per client address.
+#[derive(Debug, Default)]
+struct FailureLimit {
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl FailureLimit {
+    /// `Err(wait)` while `ip` is over the limit.
+    fn check(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
+        let map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some((n, since)) if *n >= ENROLL_FAILURES && since.elapsed() < ENROLL_WINDOW => {
+                Err(ENROLL_WINDOW - since.elapsed())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        // Old entries go, so the map cannot grow without bound.
+        map.retain(|_, (_, since)| since.elapsed() < ENROLL_WINDOW);
+        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
+        e.0 += 1;
+    }
+}
+
 /// How long `cerectl rotate` waits for a rotation, and how long a rotation
 /// may stay unfinished before it is abandoned (the current keys stay).
 const ROTATE_WAIT: Duration = Duration::from_secs(30);
@@ -57,6 +91,7 @@ struct Ctx {
     tunnel: VpsTunnel,
     relays: VpsRelays,
     rotator: Rotator,
+    enroll_limit: FailureLimit,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -95,9 +130,18 @@ impl Enrollment for Svc {
     ) -> Result<Response<EnrollResponse>, Status> {
         let remote = caller(&req)?.remote;
         let body = req.into_inner();
+        if let Err(wait) = self.0.enroll_limit.check(remote.ip()) {
+            tracing::warn!(%remote, retry_in_s = wait.as_secs(), "enrolment refused: too many failed attempts from this address (token guessing?)");
+            return Err(Status::resource_exhausted(format!(
+                "too many failed join attempts from {}: try again in {} s",
+                remote.ip(),
+                wait.as_secs().max(1)
+            )));
+        }
         let (role, certificate_pem) = match self.enroll_inner(&body) {
             Ok(ok) => ok,
             Err(status) => {
+                self.0.enroll_limit.failed(remote.ip());
                 tracing::warn!(%remote, reason = status.message(), "enrolment refused");
                 return Err(status);
             }
@@ -386,6 +430,7 @@ pub async fn run(
         tunnel,
         relays,
         rotator,
+        enroll_limit: FailureLimit::default(),
         settings,
         state,
         tokens,
