@@ -123,6 +123,7 @@ impl HomeMail {
         ceres_relay::raise_fd_limit().ok();
         let mut config = ForwarderConfig::new(home_ip, vps_ip, &specs);
         config.mail_server = self.settings.mail_server;
+        config.max_per_port = self.settings.forward_max_per_port;
         let forwarder = Forwarder::bind(config)?;
         let stats = forwarder.stats();
         let stop = self.cancel.child_token();

@@ -59,6 +59,10 @@ pub struct HomeFlags {
     /// `cerectl status`); default 30s. [CERES_PROBE_INTERVAL]
     #[arg(long, value_name = "DURATION")]
     pub probe_interval: Option<String>,
+    /// Concurrent forwarded connections per port; default 1000. Keep it at
+    /// least the VPS's CERES_RELAY_MAX_PER_PORT. [CERES_FORWARD_MAX_PER_PORT]
+    #[arg(long, value_name = "N")]
+    pub forward_max_per_port: Option<String>,
 }
 
 /// A comma-separated list of networks (a bare address is a /32 or /128).
@@ -109,6 +113,8 @@ pub struct HomeSettings {
     pub egress_ports: Vec<u16>,
     /// Mail server probe interval.
     pub probe_interval: Duration,
+    /// Forwarder per-port limit.
+    pub forward_max_per_port: u32,
 }
 
 /// This machine's host name.
@@ -174,6 +180,11 @@ impl HomeFlags {
                     "30s",
                 )?
                 .0,
+            forward_max_per_port: layers.get_or(
+                "CERES_FORWARD_MAX_PER_PORT",
+                self.forward_max_per_port.as_deref(),
+                "1000",
+            )?,
         })
     }
 }

@@ -48,9 +48,9 @@ pub fn require_root(test: &str) -> bool {
 ///
 /// `cargo nextest run --workspace` does not build other packages' binaries
 /// for this package's tests, so the test command builds them first
-/// (`cargo build --workspace --bins`); `CERES_BIN_DIR` overrides.
+/// (`cargo build --workspace --bins`); `CERESTEST_BIN_DIR` overrides.
 pub fn bin(name: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("CERES_BIN_DIR") {
+    if let Some(dir) = std::env::var_os("CERESTEST_BIN_DIR") {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("current_exe");

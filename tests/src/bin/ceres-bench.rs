@@ -104,7 +104,6 @@ fn parse_options(args: &[String]) -> anyhow::Result<Options> {
 }
 
 fn main() -> anyhow::Result<()> {
-    hide_bin_dir()?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("gateway") => gateway(parse_options(&args[1..])?),
@@ -114,27 +113,6 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
-}
-
-/// The agents read every `CERES_*` environment variable as configuration
-/// and refuse unknown keys, so `CERES_BIN_DIR` (which `ceres_tests::bin`
-/// honours) must not reach them. The binaries are found next to this one
-/// instead, which is where `cargo build --release --workspace --bins` puts them.
-fn hide_bin_dir() -> anyhow::Result<()> {
-    let Some(dir) = std::env::var_os("CERES_BIN_DIR") else {
-        return Ok(());
-    };
-    let exe = std::env::current_exe()?;
-    let own = exe.parent().context("the directory of ceres-bench")?;
-    ensure!(
-        std::fs::canonicalize(&dir)? == std::fs::canonicalize(own)?,
-        "CERES_BIN_DIR={} is not the directory of this ceres-bench ({}): run the ceres-bench built with the binaries to measure",
-        std::path::Path::new(&dir).display(),
-        own.display()
-    );
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe { std::env::remove_var("CERES_BIN_DIR") };
-    Ok(())
 }
 
 fn ip(s: &str) -> IpAddr {
