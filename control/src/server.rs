@@ -85,6 +85,10 @@ impl AsyncWrite for AuthedConn {
     }
 }
 
+/// Says whether a certificate serial (hex) has been revoked. Checked after
+/// every handshake, so a revocation takes effect for the next connection.
+pub type RevocationCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The TLS server configuration in use; replaced when the server certificate renews.
 pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
@@ -111,6 +115,7 @@ impl TlsIncoming {
     pub fn spawn(
         listener: TcpListener,
         config: SharedServerConfig,
+        revoked: RevocationCheck,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
@@ -142,6 +147,7 @@ impl TlsIncoming {
                 };
                 let tx = tx.clone();
                 let cancel = cancel.clone();
+                let revoked = revoked.clone();
                 handshakes.spawn(async move {
                     let _permit = permit;
                     let hs = tokio::select! {
@@ -165,6 +171,10 @@ impl TlsIncoming {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|der| CertificateInfo::from_der(der).ok());
+                    if let Some(cert) = certificate.as_ref().filter(|c| revoked(&c.serial)) {
+                        tracing::warn!(peer = %remote, name = %cert.name, serial = %cert.serial, "control: revoked certificate refused");
+                        return;
+                    }
                     let conn = AuthedConn { inner: tls, caller: Caller { remote, certificate } };
                     let _ = tx.send(Ok(conn)).await;
                 });

@@ -475,3 +475,54 @@ async fn token_guessing_is_rate_limited_per_address_and_logged() {
     vps.wait_log("too many failed attempts", "enrolment refused");
     vps.assert_still_serving().await;
 }
+
+#[test]
+fn revoked_certificate_is_refused_at_the_next_connection() {
+    let vps = LoopVps::start_vps();
+    let ctl = vps.enroll_ctl().unwrap();
+    let status = |ctl: &Path| {
+        run(Command::new(bin("cerectl"))
+            .arg("--dir")
+            .arg(ctl)
+            .arg("status"))
+        .unwrap()
+    };
+    // Home never joined: exit 1 ("something is broken"), but the status came.
+    assert_eq!(status(&ctl).status.code(), Some(1));
+    let list = vps.vps(&["cert", "list"]).unwrap();
+    let listing = String::from_utf8_lossy(&list.stdout).into_owned();
+    let serial = ceres_pki::CertificateInfo::from_pem(
+        &std::fs::read_to_string(ctl.join("admin.pem")).unwrap(),
+    )
+    .unwrap()
+    .serial;
+    assert!(
+        listing.contains(&serial) && listing.contains("admin") && listing.contains("valid"),
+        "{listing}"
+    );
+
+    let out = vps.vps(&["cert", "revoke", &serial]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&vps.vps(&["cert", "list"]).unwrap().stdout).into_owned();
+    assert!(listing.contains("REVOKED"), "{listing}");
+
+    // The running agent refuses it from now on, without a restart.
+    let out = status(&ctl);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    vps.wait_log("revoked certificate refused", &serial);
+    // Unknown names are an error that says where to look.
+    let out = vps.vps(&["cert", "revoke", "no-such-host"]).unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("cert list"));
+    // Another admin still works.
+    let ctl2 = vps.enroll_ctl().unwrap();
+    assert_eq!(status(&ctl2).status.code(), Some(1));
+}

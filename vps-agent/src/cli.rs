@@ -56,6 +56,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Run the agent (until SIGINT or SIGTERM).
     Run(RunArgs),
+    /// Client certificates issued by this VPS's CA.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -105,6 +108,19 @@ pub struct InitArgs {
 pub struct RunArgs {
     #[command(flatten)]
     flags: VpsFlags,
+}
+
+/// `cert` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// List issued client certificates (name, role, serial, expiry, revoked).
+    List,
+    /// Revoke a client certificate by serial or enrolment name: the next
+    /// connection with it is refused (the running agent needs no restart).
+    Revoke {
+        /// Serial (hex, from `cert list`) or the name given at enrolment.
+        what: String,
+    },
 }
 
 /// `token` subcommands.
@@ -169,6 +185,7 @@ fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Init(args) => init(cli, &args.flags),
         Command::Token(TokenCommand::Create { role, ttl }) => token_create(cli, *role, ttl.0),
+        Command::Cert(cmd) => cert(cli, cmd),
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run(cli, &args.flags))
@@ -295,6 +312,39 @@ fn token_create(cli: &Cli, role: Role, ttl: std::time::Duration) -> Outcome {
         humantime_short(ttl)
     );
     println!("{}", token.encode());
+    Ok(())
+}
+
+fn cert(cli: &Cli, cmd: &CertCommand) -> Outcome {
+    let missing_ok = cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = Layers::load_path(&cli.config, missing_ok)?;
+    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    match cmd {
+        CertCommand::List => {
+            println!(
+                "{:<32}  {:<6}  {:<24}  {:<20}  status",
+                "serial", "role", "name", "valid until"
+            );
+            for (i, revoked) in crate::certs::list(&state.dir)? {
+                println!(
+                    "{:<32}  {:<6}  {:<24}  {:<20}  {}",
+                    i.serial,
+                    i.role,
+                    i.name,
+                    ceres_pki::rfc3339(i.not_after_unix),
+                    if revoked { "REVOKED" } else { "valid" }
+                );
+            }
+        }
+        CertCommand::Revoke { what } => {
+            for i in crate::certs::revoke(&state.dir, what)? {
+                println!(
+                    "revoked {} ({} {}): its next connection is refused",
+                    i.serial, i.role, i.name
+                );
+            }
+        }
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! enrols the home agent and admins, and the hub that knows whether home is
 //! connected and what it last reported.
 
+pub mod certs;
 pub mod cli;
 pub mod hub;
 pub mod relays;

@@ -200,11 +200,17 @@ impl Svc {
     }
 
     fn sign(&self, csr_pem: &str, role: Role, name: &str) -> Result<String, Status> {
-        self.0
+        let pem = self
+            .0
             .state
             .ca
             .sign_client(csr_pem, role, name, self.0.settings.client_cert_ttl)
-            .map_err(pki_status)
+            .map_err(pki_status)?;
+        // Recorded so `ceres-vps cert list` can show it and `cert revoke` find it.
+        if let Err(e) = crate::certs::record(&self.0.state.dir, &pem) {
+            tracing::warn!(error = %e, "could not record the issued certificate");
+        }
+        Ok(pem)
     }
 }
 
@@ -440,7 +446,10 @@ pub async fn run(
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
-    let incoming = TlsIncoming::spawn(listener, shared.clone(), cancel.clone(), &tracker);
+    let revoked_dir = ctx.state.dir.clone();
+    let revoked: ceres_control::server::RevocationCheck =
+        Arc::new(move |serial: &str| crate::certs::is_revoked(&revoked_dir, serial));
+    let incoming = TlsIncoming::spawn(listener, shared.clone(), revoked, cancel.clone(), &tracker);
     tracker.spawn(renew_server_cert(ctx.clone(), shared));
     tracker.spawn(watch_promotions(ctx.clone()));
     tracker.spawn(rotation_schedule(ctx.clone()));
