@@ -54,7 +54,12 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
     }
     let lab = Lab::new().unwrap();
     // Only the ports the home Postfix serves, so every relay has a server.
-    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"], &[]).unwrap();
+    let ceres = Ceres::init(
+        &lab,
+        &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"],
+        &["CERES_PROBE_INTERVAL=1s"],
+    )
+    .unwrap();
     let _vps = ceres.start_vps().unwrap();
     ceres.join_home().unwrap();
     let mut home = ceres.start_home().unwrap();
@@ -121,6 +126,16 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
         .unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAILED at RCPT"), "{out}");
+
+    // Doctor also reads home's probes of the mail server: wait for one made
+    // after Postfix started (the first ran before it).
+    ceres_tests::wait_until("home's probes see Postfix", Duration::from_secs(20), || {
+        let (_, j) = ceres.status_json()?;
+        Ok(j["mail_server"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|p| p["reachable"] == true)))
+    })
+    .unwrap();
 
     // doctor, mail checks only: banner on both addresses, relay refused,
     // outbound 25 to the internet-side server.
