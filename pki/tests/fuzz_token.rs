@@ -107,6 +107,13 @@ fn edit() -> impl Strategy<Value = Edit> {
 
 fn apply(text: &str, edit: &Edit) -> String {
     let mut chars: Vec<char> = text.chars().collect();
+    if chars.is_empty() {
+        // Earlier edits ate everything; only an insertion has anything to do.
+        if let Edit::Insert(_, c) = edit {
+            return c.to_string();
+        }
+        return String::new();
+    }
     match edit {
         Edit::Truncate(i) => chars.truncate(i.index(chars.len())),
         Edit::Replace(i, c) => {

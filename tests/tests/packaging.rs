@@ -41,10 +41,7 @@ fn unit_copy(dir: &Path, agent: &str, extra: &str) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(&src).with_context(|| src.display().to_string())?;
     let exec = format!("ExecStart=/usr/bin/{agent} run");
     ensure!(text.contains(&exec), "{} lacks {exec:?}", src.display());
-    let mut text = text.replace(
-        &exec,
-        &format!("ExecStart={} run", bin(agent).display()),
-    );
+    let mut text = text.replace(&exec, &format!("ExecStart={} run", bin(agent).display()));
     if !extra.is_empty() {
         text = text.replace("[Service]\n", &format!("[Service]\n{extra}\n"));
     }
@@ -84,7 +81,11 @@ fn systemd_units_verify_without_warnings() -> anyhow::Result<()> {
     for agent in ["ceres-vps", "ceres-home"] {
         let unit = unit_copy(dir.path(), agent, "")?;
         let complaints = verify_complaints(&unit)?;
-        ensure!(complaints.is_empty(), "{agent}.service:\n{}", complaints.join("\n"));
+        ensure!(
+            complaints.is_empty(),
+            "{agent}.service:\n{}",
+            complaints.join("\n")
+        );
     }
     // The check above must be able to fail: a misspelt directive is reported.
     let broken_dir = dir.path().join("broken");
@@ -165,7 +166,12 @@ fn mode_of(path: &Path) -> anyhow::Result<(u32, u32)> {
 
 /// A scratch root with just enough of /etc and dpkg's database to install into.
 fn scratch_root(root: &Path) -> anyhow::Result<()> {
-    for d in ["etc", "var/lib/dpkg/info", "var/lib/dpkg/updates", "usr/sbin"] {
+    for d in [
+        "etc",
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "usr/sbin",
+    ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     for (file, text) in [
@@ -215,7 +221,8 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
             .arg(&bin_dir)
             .arg("--out")
             .arg(&out)
-            .args(["--version", "0.1.0~test"]),
+            // Uncompressed: xz on ~150 MB debug binaries takes minutes.
+            .args(["--version", "0.1.0~test", "--compress", "none"]),
     )?;
     let debs: Vec<PathBuf> = built.lines().map(PathBuf::from).collect();
     let deb = |name: &str| -> anyhow::Result<&PathBuf> {
@@ -229,15 +236,28 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
     let (vps, home, ctl) = (deb("ceres-vps")?, deb("ceres-home")?, deb("cerectl")?);
 
     // Contents and modes, as packed.
-    for (pkg, name, agent) in [(vps, "ceres-vps", true), (home, "ceres-home", true), (ctl, "cerectl", false)] {
+    for (pkg, name, agent) in [
+        (vps, "ceres-vps", true),
+        (home, "ceres-home", true),
+        (ctl, "cerectl", false),
+    ] {
         let entries = contents(pkg)?;
         let find = |path: &str| entries.iter().find(|(_, _, p)| p == path);
         let mut want = vec![
             (format!("usr/bin/{name}"), "-rwxr-xr-x"),
             (format!("usr/share/man/man1/{name}.1.gz"), "-rw-r--r--"),
-            (format!("usr/share/bash-completion/completions/{name}"), "-rw-r--r--"),
-            (format!("usr/share/zsh/vendor-completions/_{name}"), "-rw-r--r--"),
-            (format!("usr/share/fish/vendor_completions.d/{name}.fish"), "-rw-r--r--"),
+            (
+                format!("usr/share/bash-completion/completions/{name}"),
+                "-rw-r--r--",
+            ),
+            (
+                format!("usr/share/zsh/vendor-completions/_{name}"),
+                "-rw-r--r--",
+            ),
+            (
+                format!("usr/share/fish/vendor_completions.d/{name}.fish"),
+                "-rw-r--r--",
+            ),
             (format!("usr/share/doc/{name}/copyright"), "-rw-r--r--"),
         ];
         if agent {
@@ -246,7 +266,10 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
         }
         for (path, mode) in &want {
             let (m, owner, _) = find(path).with_context(|| format!("{name}: no {path}"))?;
-            ensure!(m == mode && owner == "root/root", "{name}: {path} is {m} {owner}");
+            ensure!(
+                m == mode && owner == "root/root",
+                "{name}: {path} is {m} {owner}"
+            );
         }
         for (m, owner, p) in &entries {
             ensure!(owner == "root/root", "{name}: {p} owned by {owner}");
@@ -258,7 +281,9 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
         }
     }
     ensure!(
-        contents(ctl)?.iter().all(|(_, _, p)| !p.starts_with("lib/systemd")),
+        contents(ctl)?
+            .iter()
+            .all(|(_, _, p)| !p.starts_with("lib/systemd")),
         "cerectl ships a unit"
     );
 
@@ -271,7 +296,10 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
     );
     ensure!(field(home, "Depends")?.contains("iproute2"));
     let info = output(Command::new("dpkg-deb").arg("-I").arg(vps).arg("conffiles"))?;
-    ensure!(info.trim() == "/etc/ceres/ceres-vps.env.example", "conffiles: {info}");
+    ensure!(
+        info.trim() == "/etc/ceres/ceres-vps.env.example",
+        "conffiles: {info}"
+    );
     let info = output(Command::new("dpkg-deb").arg("-I").arg(vps))?;
     for script in ["postinst", "postrm", "prerm"] {
         ensure!(info.contains(script), "ceres-vps has no {script}:\n{info}");
@@ -307,11 +335,20 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
         "ceres user: {user}"
     );
     let ceres_uid: u32 = f[2].parse()?;
-    ensure!(ceres_uid != 0 && ceres_uid < 1000, "ceres is not a system user: {user}");
+    ensure!(
+        ceres_uid != 0 && ceres_uid < 1000,
+        "ceres is not a system user: {user}"
+    );
     let group = std::fs::read_to_string(root.join("etc/group"))?;
-    ensure!(group.lines().any(|l| l.starts_with("ceres:")), "no ceres group");
+    ensure!(
+        group.lines().any(|l| l.starts_with("ceres:")),
+        "no ceres group"
+    );
     let (m, uid) = mode_of(&root.join("var/lib/ceres"))?;
-    ensure!((m, uid) == (0o700, ceres_uid), "/var/lib/ceres: mode {m:o} uid {uid}");
+    ensure!(
+        (m, uid) == (0o700, ceres_uid),
+        "/var/lib/ceres: mode {m:o} uid {uid}"
+    );
 
     // The example config names every key `run --help` documents.
     for agent in ["ceres-vps", "ceres-home"] {
@@ -326,18 +363,30 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
 
     // Purge: the state survives while the other agent is installed, and goes
     // with the last one; a second install (upgrade path) keeps the user.
-    std::fs::write(root.join("etc/ceres/ceres.env"), "CERES_DOMAIN=example.com\n")?;
+    std::fs::write(
+        root.join("etc/ceres/ceres.env"),
+        "CERES_DOMAIN=example.com\n",
+    )?;
     std::fs::write(root.join("var/lib/ceres/ca.pem"), "state")?;
     dpkg(&root, &["--purge", "ceres-home"], &[])?;
-    ensure!(root.join("var/lib/ceres/ca.pem").exists(), "purging home removed the VPS state");
+    ensure!(
+        root.join("var/lib/ceres/ca.pem").exists(),
+        "purging home removed the VPS state"
+    );
     ensure!(!root.join("usr/bin/ceres-home").exists());
     dpkg(&root, &["-i"], &[vps])?;
     let again = std::fs::read_to_string(root.join("etc/passwd"))?;
-    ensure!(again.matches("\nceres:").count() == 1, "user duplicated:\n{again}");
+    ensure!(
+        again.matches("\nceres:").count() == 1,
+        "user duplicated:\n{again}"
+    );
     dpkg(&root, &["--purge", "ceres-vps"], &[])?;
     if root.join("var/lib/ceres").exists() || root.join("etc/ceres/ceres.env").exists() {
         bail!("purge left the state or config behind");
     }
-    ensure!(!root.join("etc/ceres/ceres-vps.env.example").exists(), "conffile left after purge");
+    ensure!(
+        !root.join("etc/ceres/ceres-vps.env.example").exists(),
+        "conffile left after purge"
+    );
     Ok(())
 }

@@ -19,6 +19,8 @@
 
 mod config;
 mod engine;
+#[cfg(test)]
+mod fuzz_tests;
 mod key;
 mod peer;
 mod rotation;
