@@ -1,6 +1,8 @@
 //! Process plumbing shared by the CERES agents: graceful shutdown on SIGINT
 //! and SIGTERM, readiness via sd_notify, and logging set-up.
 
+pub mod metrics;
+
 use std::os::unix::net::UnixDatagram;
 
 use tokio_util::sync::CancellationToken;

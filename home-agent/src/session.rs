@@ -47,6 +47,114 @@ enum SessionError {
     Silent,
 }
 
+/// Whether the session is up, and the rest of the metrics page as of the
+/// last report (the page is rendered from what is reported anyway).
+type MetricsCache = Arc<Mutex<(bool, String)>>;
+
+fn render_metrics(r: &Report) -> String {
+    use ceres_daemon::metrics::{header, line};
+    let mut o = String::new();
+    if let Some(t) = &r.tunnel {
+        let age = (t.last_handshake_unix > 0)
+            .then(|| (r.sent_at_unix - t.last_handshake_unix).max(0) as f64);
+        header(
+            &mut o,
+            "ceres_tunnel_up",
+            "gauge",
+            "1 when a WireGuard handshake completed in the last 180 s",
+        );
+        line(
+            &mut o,
+            "ceres_tunnel_up",
+            &[],
+            if t.running && age.is_some_and(|a| a < 180.0) {
+                1.0
+            } else {
+                0.0
+            },
+        );
+        if let Some(age) = age {
+            header(
+                &mut o,
+                "ceres_tunnel_last_handshake_age_seconds",
+                "gauge",
+                "seconds since the last WireGuard handshake",
+            );
+            line(&mut o, "ceres_tunnel_last_handshake_age_seconds", &[], age);
+        }
+        for (name, help, v) in [
+            (
+                "ceres_tunnel_rx_bytes_total",
+                "bytes received from the VPS through the tunnel",
+                t.rx_bytes,
+            ),
+            (
+                "ceres_tunnel_tx_bytes_total",
+                "bytes sent to the VPS through the tunnel",
+                t.tx_bytes,
+            ),
+        ] {
+            header(&mut o, name, "counter", help);
+            line(&mut o, name, &[], v as f64);
+        }
+    }
+    header(
+        &mut o,
+        "ceres_forward_connections_total",
+        "counter",
+        "connections forwarded to the mail server",
+    );
+    for f in &r.forwards {
+        line(
+            &mut o,
+            "ceres_forward_connections_total",
+            &[("port", &f.port.to_string())],
+            f.total as f64,
+        );
+    }
+    header(
+        &mut o,
+        "ceres_forward_connections_active",
+        "gauge",
+        "forwarded connections open now",
+    );
+    for f in &r.forwards {
+        line(
+            &mut o,
+            "ceres_forward_connections_active",
+            &[("port", &f.port.to_string())],
+            f.active as f64,
+        );
+    }
+    header(
+        &mut o,
+        "ceres_mail_server_reachable",
+        "gauge",
+        "1 when home's probe reached the mail server on the port",
+    );
+    for p in &r.probes {
+        line(
+            &mut o,
+            "ceres_mail_server_reachable",
+            &[("port", &p.port.to_string())],
+            if p.reachable { 1.0 } else { 0.0 },
+        );
+    }
+    header(
+        &mut o,
+        "ceres_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "when this agent's certificate expires (renewed at 2/3 of its life)",
+    );
+    line(
+        &mut o,
+        "ceres_certificate_expiry_timestamp_seconds",
+        &[("cert", "home")],
+        r.certificate_not_after_unix as f64,
+    );
+    o
+}
+
 /// The latest mail-server probe results, for reports.
 type Probes = Arc<Mutex<Vec<ceres_proto::MailProbe>>>;
 
@@ -108,6 +216,29 @@ pub async fn run(
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
     let probes: Probes = Arc::new(Mutex::new(Vec::new()));
+    let metrics: MetricsCache = Arc::new(Mutex::new((false, String::new())));
+    let mcache = metrics.clone();
+    tracker.spawn(ceres_daemon::metrics::start(
+        settings.metrics_listen,
+        Arc::new(move || {
+            let (connected, body) = mcache.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut o = String::new();
+            ceres_daemon::metrics::header(
+                &mut o,
+                "ceres_vps_connected",
+                "gauge",
+                "1 while the session to the VPS is up",
+            );
+            ceres_daemon::metrics::line(
+                &mut o,
+                "ceres_vps_connected",
+                &[],
+                if connected { 1.0 } else { 0.0 },
+            );
+            o + &body
+        }),
+        cancel.clone(),
+    ));
     tracker.spawn(probe_loop(
         mail.clone(),
         settings.mail_server,
@@ -129,6 +260,7 @@ pub async fn run(
             mail: &mail,
             rotation: &rotation,
             probes: &probes,
+            metrics: &metrics,
         };
         let result = session(&creds, &settings, &planes, started, &cancel).await;
         if cancel.is_cancelled() {
@@ -169,6 +301,7 @@ struct Planes<'a> {
     mail: &'a HomeMail,
     rotation: &'a Arc<HomeRotation>,
     probes: &'a Probes,
+    metrics: &'a MetricsCache,
 }
 
 async fn session(
@@ -183,7 +316,16 @@ async fn session(
         mail,
         rotation,
         probes,
+        metrics,
     } = *planes;
+    // Whatever ends this session, the gauge says so.
+    struct Disconnected<'a>(&'a MetricsCache);
+    impl Drop for Disconnected<'_> {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).0 = false;
+        }
+    }
+    let _disconnected = Disconnected(metrics);
     let c = current(creds);
     let channel = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
@@ -254,6 +396,7 @@ async fn session(
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 };
+                *metrics.lock().unwrap_or_else(|p| p.into_inner()) = (true, render_metrics(&report));
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
                     return Err(SessionError::Closed);
                 }

@@ -63,6 +63,10 @@ pub struct HomeFlags {
     /// least the VPS's CERES_RELAY_MAX_PER_PORT. [CERES_FORWARD_MAX_PER_PORT]
     #[arg(long, value_name = "N")]
     pub forward_max_per_port: Option<String>,
+    /// Prometheus metrics at http://ADDR/metrics; default 127.0.0.1:9478;
+    /// off to disable. [CERES_METRICS_LISTEN]
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub metrics_listen: Option<String>,
 }
 
 /// A comma-separated list of networks (a bare address is a /32 or /128).
@@ -115,6 +119,8 @@ pub struct HomeSettings {
     pub probe_interval: Duration,
     /// Forwarder per-port limit.
     pub forward_max_per_port: u32,
+    /// Metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// This machine's host name.
@@ -185,6 +191,13 @@ impl HomeFlags {
                 self.forward_max_per_port.as_deref(),
                 "1000",
             )?,
+            metrics_listen: layers
+                .get_or::<ceres_daemon::metrics::ListenSetting>(
+                    "CERES_METRICS_LISTEN",
+                    self.metrics_listen.as_deref(),
+                    "127.0.0.1:9478",
+                )?
+                .0,
         })
     }
 }

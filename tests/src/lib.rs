@@ -718,8 +718,9 @@ impl LoopVps {
         let ip = loopback_ip();
         let addr = format!("{ip}:7443");
         let config = dir.path().join("vps.env");
-        let mut text =
-            format!("CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\nCERES_TUNNEL=off\n");
+        let mut text = format!(
+            "CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\n"
+        );
         for l in extra_config {
             text.push_str(l);
             text.push('\n');

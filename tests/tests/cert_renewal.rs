@@ -22,7 +22,11 @@ fn home_and_cerectl_certificates_renew_before_expiry() {
     let vps = LoopVps::start(&["CERES_CLIENT_CERT_TTL=6s"]).unwrap();
     let home_state = vps.dir.path().join("home-state");
     let home_config = vps.dir.path().join("home.env");
-    std::fs::write(&home_config, "CERES_TUNNEL=off\nCERES_RECONNECT_MAX=1s\n").unwrap();
+    std::fs::write(
+        &home_config,
+        "CERES_TUNNEL=off\nCERES_RECONNECT_MAX=1s\nCERES_METRICS_LISTEN=off\n",
+    )
+    .unwrap();
     let token = vps.token("home", "1h").unwrap();
     sh(Command::new(bin("ceres-home"))
         .arg("--config")

@@ -49,6 +49,45 @@ fn agents_join_report_and_survive_a_killed_home() {
         "{text}"
     );
 
+    // Prometheus metrics on both agents, on their loopback (not the public address).
+    let vps_metrics = scrape(&lab.vps, 9477);
+    assert!(
+        vps_metrics.contains("ceres_home_connected 1"),
+        "{vps_metrics}"
+    );
+    assert!(
+        vps_metrics.contains("ceres_relay_connections_total{port=\"25\"}"),
+        "{vps_metrics}"
+    );
+    assert!(
+        vps_metrics.contains("ceres_certificate_expiry_timestamp_seconds{cert=\"server\"}"),
+        "{vps_metrics}"
+    );
+    assert!(
+        vps_metrics.contains("ceres_rotations_total 0"),
+        "{vps_metrics}"
+    );
+    ceres_tests::wait_until(
+        "home's metrics after a report",
+        Duration::from_secs(10),
+        || Ok(scrape(&lab.home, 9478).contains("ceres_vps_connected 1")),
+    )
+    .unwrap();
+    let home_metrics = scrape(&lab.home, 9478);
+    assert!(
+        home_metrics.contains("ceres_certificate_expiry_timestamp_seconds{cert=\"home\"}"),
+        "{home_metrics}"
+    );
+    assert!(
+        ceres_tests::postfix::smtp::connect(
+            &lab.internet,
+            format!("{}:9477", addr::VPS).parse().unwrap(),
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "metrics must not listen on the public address"
+    );
+
     // On a terminal: colour and symbols (run under a pseudo-terminal).
     let out = ceres_tests::sh(lab.internet.command("script").args([
         "-qec",
@@ -115,4 +154,22 @@ fn agents_join_report_and_survive_a_killed_home() {
         "ceres-vps exit on SIGTERM: {status}\n{}",
         vps.log_text()
     );
+}
+
+/// `GET /metrics` on 127.0.0.1:`port` inside `ns`.
+fn scrape(ns: &ceres_tests::Netns, port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = ceres_tests::postfix::smtp::connect(
+        ns,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
 }

@@ -452,6 +452,12 @@ pub async fn run(
     let incoming = TlsIncoming::spawn(listener, shared.clone(), revoked, cancel.clone(), &tracker);
     tracker.spawn(renew_server_cert(ctx.clone(), shared));
     tracker.spawn(watch_promotions(ctx.clone()));
+    let mctx = ctx.clone();
+    tracker.spawn(ceres_daemon::metrics::start(
+        ctx.settings.metrics_listen,
+        Arc::new(move || render_metrics(&mctx)),
+        cancel.clone(),
+    ));
     tracker.spawn(rotation_schedule(ctx.clone()));
     let svc = Svc(ctx.clone());
     let serve = tonic::transport::Server::builder()
@@ -485,6 +491,184 @@ pub async fn run(
         ),
     }
     result.map_err(Into::into)
+}
+
+/// The Prometheus page of the VPS agent.
+fn render_metrics(ctx: &Ctx) -> String {
+    use ceres_daemon::metrics::{header, line};
+    let mut o = String::new();
+    let now = SystemTime::now();
+    header(
+        &mut o,
+        "ceres_home_connected",
+        "gauge",
+        "1 while the home agent's session is up",
+    );
+    line(
+        &mut o,
+        "ceres_home_connected",
+        &[],
+        if ctx.hub.is_connected() { 1.0 } else { 0.0 },
+    );
+    let t = ctx.tunnel.report();
+    header(
+        &mut o,
+        "ceres_tunnel_up",
+        "gauge",
+        "1 when a WireGuard handshake completed in the last 180 s",
+    );
+    let age =
+        (t.last_handshake_unix > 0).then(|| (unix_secs(now) - t.last_handshake_unix).max(0) as f64);
+    line(
+        &mut o,
+        "ceres_tunnel_up",
+        &[],
+        if t.running && age.is_some_and(|a| a < 180.0) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    if let Some(age) = age {
+        header(
+            &mut o,
+            "ceres_tunnel_last_handshake_age_seconds",
+            "gauge",
+            "seconds since the last WireGuard handshake",
+        );
+        line(&mut o, "ceres_tunnel_last_handshake_age_seconds", &[], age);
+    }
+    for (name, help, v) in [
+        (
+            "ceres_tunnel_rx_bytes_total",
+            "bytes received from home through the tunnel",
+            t.rx_bytes,
+        ),
+        (
+            "ceres_tunnel_tx_bytes_total",
+            "bytes sent to home through the tunnel",
+            t.tx_bytes,
+        ),
+        (
+            "ceres_tunnel_dropped_datagrams_total",
+            "WireGuard datagrams dropped (garbage, replays, unknown keys)",
+            t.dropped,
+        ),
+    ] {
+        header(&mut o, name, "counter", help);
+        line(&mut o, name, &[], v as f64);
+    }
+    let relays = ctx.relays.report();
+    type Pick = fn(&ceres_proto::RelayPort) -> u64;
+    let per_port: [(&str, &str, &str, Pick); 6] = [
+        (
+            "ceres_relay_connections_active",
+            "gauge",
+            "relayed connections open now",
+            |p| p.active,
+        ),
+        (
+            "ceres_relay_connections_total",
+            "counter",
+            "relayed connections accepted",
+            |p| p.total,
+        ),
+        (
+            "ceres_relay_bytes_in_total",
+            "counter",
+            "bytes from clients",
+            |p| p.bytes_in,
+        ),
+        (
+            "ceres_relay_bytes_out_total",
+            "counter",
+            "bytes to clients",
+            |p| p.bytes_out,
+        ),
+        (
+            "ceres_relay_refused_total",
+            "counter",
+            "connections refused by limits",
+            |p| p.refused,
+        ),
+        (
+            "ceres_relay_unavailable_total",
+            "counter",
+            "connections turned away while home was away (421 or close)",
+            |p| p.unavailable,
+        ),
+    ];
+    for (name, kind, help, pick) in per_port {
+        header(&mut o, name, kind, help);
+        for p in &relays {
+            line(
+                &mut o,
+                name,
+                &[("port", &p.port.to_string())],
+                pick(p) as f64,
+            );
+        }
+    }
+    let r = ctx.rotator.status();
+    header(
+        &mut o,
+        "ceres_rotations_total",
+        "counter",
+        "completed WireGuard key rotations since the CA was made",
+    );
+    line(&mut o, "ceres_rotations_total", &[], r.completed as f64);
+    header(
+        &mut o,
+        "ceres_keys_age_seconds",
+        "gauge",
+        "age of the current WireGuard keys",
+    );
+    line(
+        &mut o,
+        "ceres_keys_age_seconds",
+        &[],
+        (unix_secs(now) - r.keys_since_unix).max(0) as f64,
+    );
+    header(
+        &mut o,
+        "ceres_rotation_last_failed",
+        "gauge",
+        "1 when the last rotation failed",
+    );
+    line(
+        &mut o,
+        "ceres_rotation_last_failed",
+        &[],
+        if r.last_outcome.starts_with("failed") {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    header(
+        &mut o,
+        "ceres_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "when a certificate expires (renewed at 2/3 of its life)",
+    );
+    if let Ok(c) = ctx.server_cert.read() {
+        line(
+            &mut o,
+            "ceres_certificate_expiry_timestamp_seconds",
+            &[("cert", "server")],
+            unix_secs(c.info.not_after) as f64,
+        );
+    }
+    let home = ctx.hub.status();
+    if home.certificate_not_after_unix > 0 {
+        line(
+            &mut o,
+            "ceres_certificate_expiry_timestamp_seconds",
+            &[("cert", "home")],
+            home.certificate_not_after_unix as f64,
+        );
+    }
+    o
 }
 
 /// When the engine moves to staged keys (home handshook with them), the

@@ -114,6 +114,11 @@ pub struct VpsFlags {
     /// [CERES_ROTATE_EVERY]
     #[arg(long, value_name = "DURATION")]
     pub rotate_every: Option<String>,
+    /// Prometheus metrics at http://ADDR/metrics; default 127.0.0.1:9477
+    /// (never the public address unless you say so); off to disable.
+    /// [CERES_METRICS_LISTEN]
+    #[arg(long, value_name = "IP:PORT|off")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Relay and egress settings of the VPS.
@@ -197,6 +202,8 @@ pub struct VpsSettings {
     pub relay: RelaySettings,
     /// Key rotation period.
     pub rotate_every: Duration,
+    /// Metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A comma-separated list of addresses.
@@ -351,7 +358,15 @@ impl VpsFlags {
         };
         let HumanDuration(rotate_every) =
             layers.get_or("CERES_ROTATE_EVERY", self.rotate_every.as_deref(), "7d")?;
+        let metrics_listen = layers
+            .get_or::<ceres_daemon::metrics::ListenSetting>(
+                "CERES_METRICS_LISTEN",
+                self.metrics_listen.as_deref(),
+                "127.0.0.1:9477",
+            )?
+            .0;
         Ok(VpsSettings {
+            metrics_listen,
             rotate_every,
             relay,
             tunnel,

@@ -23,9 +23,12 @@ fn ip(s: &str) -> anyhow::Result<IpAddr> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("clean") {
+        return clean();
+    }
     if args.first().map(String::as_str) != Some("demo") {
         eprintln!(
-            "usage: ceres-lab demo [--keep]\n\nBuilds the one-machine lab (namespaces internet, vps, home), runs both agents,\n\
+            "usage: ceres-lab demo [--keep] | ceres-lab clean\n\nBuilds the one-machine lab (namespaces internet, vps, home), runs both agents,\n\
              delivers mail in and out through the VPS with real Postfix, shows `cerectl status`\n\
              and `cerectl dns`, and cleans up. Needs root."
         );
@@ -177,6 +180,37 @@ fn main() -> anyhow::Result<()> {
         let _ = std::io::stdin().lock().lines().next();
     }
     step("tearing down");
+    Ok(())
+}
+
+/// Removes what a lab killed mid-run may leave: its namespaces (with the
+/// processes in them) and WireGuard API sockets. A finished demo cleans up
+/// by itself; this is the second command for when it did not.
+fn clean() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ceres_tests::require_root("ceres-lab clean"),
+        "ceres-lab clean needs root"
+    );
+    let list = ceres_tests::sh(std::process::Command::new("ip").args(["netns", "list"]))?;
+    let mut removed = 0;
+    for name in list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("ceres-"))
+    {
+        // Processes first: a namespace lives on while something runs in it.
+        let pids =
+            ceres_tests::run(std::process::Command::new("ip").args(["netns", "pids", name]))?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+        ceres_tests::sh(std::process::Command::new("ip").args(["netns", "del", name]))?;
+        println!("removed namespace {name}");
+        removed += 1;
+    }
+    println!("{removed} lab namespace(s) removed");
     Ok(())
 }
 
