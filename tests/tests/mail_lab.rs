@@ -249,6 +249,55 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
     );
     let _ = code;
 
+    // Security matrix, data plane:
+    // (1) a PROXY header sent from the internet is not trusted: the relay puts
+    //     its own first, so Postfix sees the real client and the forged line
+    //     as garbage.
+    let forged = ceres_tests::postfix::smtp::proxy_v1(
+        "192.0.2.99:1234".parse().unwrap(),
+        "203.0.113.10:25".parse().unwrap(),
+    );
+    let stream = connect(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS), 25),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut c = SmtpClient::new(stream, Duration::from_secs(10)).unwrap();
+    c.send_raw(&forged).unwrap();
+    let _ = c.read_reply();
+    drop(c);
+    // The connection came from the router's address on the VPS link.
+    home_mx
+        .wait_log("CONNECT from [203.0.113.1]", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        !home_mx.log().contains("CONNECT from [192.0.2.99]")
+            && !home_mx.log().contains("client=unknown[192.0.2.99]"),
+        "a forged PROXY header was trusted:\n{}",
+        home_mx.log()
+    );
+    // (2) the relay is not an open proxy: ports not in CERES_RELAYS are closed.
+    assert!(
+        connect(
+            &lab.internet,
+            SocketAddr::new(ip(addr::VPS), 2525),
+            Duration::from_secs(3)
+        )
+        .is_err()
+    );
+    // (3) nothing from the tunnel reaches the VPS's own services (control port).
+    let to_control = connect_from(
+        &lab.home,
+        ip(HOME_TUN),
+        SocketAddr::new(ip("10.77.77.1"), 7443),
+        Duration::from_secs(3),
+    );
+    assert!(
+        to_control.is_err(),
+        "the VPS control port answered through the tunnel"
+    );
+
     // Status has the relay counters.
     let (_, json) = ceres.status_json().unwrap();
     let p25 = json["relays"]
