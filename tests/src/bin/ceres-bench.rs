@@ -7,6 +7,10 @@
 //! - `ceres-bench gateway [--samples N] [--runs N] [--conns N] [--seconds N] [--shape-mbit N]`
 //! - `ceres-bench banner-server ADDR...` — the tiny banner server the
 //!   benchmark starts inside the home namespace for the idle connections.
+//! - `ceres-bench load [--sessions N]` — issue 7's load figure: N concurrent
+//!   SMTP sessions through the VPS relay, each delivering one message to an
+//!   SMTP sink at home, with the VPS agent's memory and CPU meanwhile.
+//! - `ceres-bench smtp-sink COUNT_FILE ADDR...` — that sink (home namespace).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -31,7 +35,15 @@ const USAGE: &str = "usage:
       Defaults: --samples 1000 --runs 3 --conns 5000 --seconds 10 --shape-mbit 500.
   ceres-bench banner-server ADDR...
       Accepts on each ADDR, sends an SMTP-like banner, holds connections until
-      the client closes (used by `gateway` inside the home namespace).";
+      the client closes (used by `gateway` inside the home namespace).
+  ceres-bench load [--sessions N]
+      N concurrent SMTP sessions (default 1000) from the internet client
+      through the VPS relay and the tunnel to an SMTP sink at home, each
+      delivering one message; prints completed/failed and the VPS agent's
+      RSS and CPU before, at peak and after (needs root).
+  ceres-bench smtp-sink COUNT_FILE ADDR...
+      Minimal SMTP server (EHLO/MAIL/RCPT/DATA/QUIT, PROXY v2 header skipped)
+      writing the number of accepted messages to COUNT_FILE (used by `load`).";
 
 /// Home's tunnel address (the VPS agent's default).
 const HOME_TUN: &str = "10.77.77.2";
@@ -108,6 +120,8 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("gateway") => gateway(parse_options(&args[1..])?),
         Some("banner-server") => banner_server(&args[1..]),
+        Some("load") => load(parse_load_options(&args[1..])?),
+        Some("smtp-sink") => smtp_sink(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
@@ -987,5 +1001,551 @@ fn banner_server(addrs: &[String]) -> anyhow::Result<()> {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// `load`: concurrent SMTP sessions through the relay (issue 7).
+// ---------------------------------------------------------------------------
+
+/// The relayed port of the load run: the VPS relays it (PROXY v2, as for
+/// submission in production) to home's forwarder, which forwards to the
+/// sink on 127.0.0.1.
+const LOAD_PORT: u16 = 2525;
+/// Concurrent sessions of the warm-up round before the measured one, so
+/// one-time allocations (runtime workers, buffers) are not charged to it.
+const LOAD_WARMUP: usize = 50;
+/// Stack of each client and sink thread: a session needs a few KiB, and a
+/// thousand default 2 MiB stacks would only cost address space and time.
+const SESSION_STACK: usize = 128 * 1024;
+/// How often the sampler reads the VPS agent's RSS during the run.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// The PROXY v2 signature (the first 12 bytes of every v2 header).
+const PROXY_V2_SIG: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
+fn parse_load_options(args: &[String]) -> anyhow::Result<usize> {
+    let mut sessions = 1000;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--sessions" => {
+                sessions = value
+                    .parse()
+                    .with_context(|| format!("{flag} {value}: not a positive number"))?;
+            }
+            _ => bail!("unknown option {flag}\n{USAGE}"),
+        }
+    }
+    ensure!(sessions > 0, "--sessions must be at least 1");
+    // The client holds one socket per session, the relay two, the sink one;
+    // the hard limit here is 20,000 open files per process.
+    ensure!(
+        sessions <= 8000,
+        "--sessions {sessions} is over 8,000: the relay needs two sockets per session and the hard limit here is 20,000 open files"
+    );
+    Ok(sessions)
+}
+
+/// CPU seconds of `pid` so far (utime + stime).
+fn cpu_secs(pid: u32) -> f64 {
+    cpu_ticks(&[pid]) as f64 / clock_ticks()
+}
+
+/// Reads `count_file` as written by the sink (0 while it does not exist).
+fn sink_count(count_file: &std::path::Path) -> u64 {
+    std::fs::read_to_string(count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn load(sessions: usize) -> anyhow::Result<()> {
+    ensure!(
+        ceres_tests::require_root("ceres-bench"),
+        "ceres-bench needs root (network namespaces, TUN devices, nftables)"
+    );
+    raise_nofile();
+    let load_start = loadavg();
+    let started = Instant::now();
+
+    // Every session comes from the one internet client address, so the
+    // per-source limit (default 50) must admit them all, and both ends'
+    // per-port limits the whole run.
+    let limit = (sessions + LOAD_WARMUP + 100).to_string();
+    let vps_lines = [
+        format!("CERES_RELAYS={LOAD_PORT}/proxy-v2"),
+        format!("CERES_RELAY_MAX_PER_PORT={limit}"),
+        format!("CERES_RELAY_MAX_PER_SOURCE={limit}"),
+    ];
+    let vps_lines: Vec<&str> = vps_lines.iter().map(String::as_str).collect();
+    let home_line = format!("CERES_FORWARD_MAX_PER_PORT={limit}");
+
+    let lab = Lab::new().context("building the lab namespaces")?;
+    let ceres = Ceres::init(&lab, &vps_lines, &[home_line.as_str()])?;
+    let vps = ceres.start_vps()?;
+    ceres.join_home()?;
+    let home = ceres.start_home()?;
+    ceres.enroll_ctl()?;
+    ceres.wait_home_connected(true, Duration::from_secs(30))?;
+    let vps_pid = pid_of(&vps, "ceres-vps")?;
+    let home_pid = pid_of(&home, "ceres-home")?;
+
+    let count_file = lab.path("sink-count");
+    let mut sink_cmd = lab.home.command(std::env::current_exe()?);
+    sink_cmd
+        .arg("smtp-sink")
+        .arg(&count_file)
+        .arg(format!("127.0.0.1:{LOAD_PORT}"));
+    let mut sink = Daemon::spawn("smtp-sink", sink_cmd, lab.dir.path())?;
+    sink.wait_ready(Duration::from_secs(10))?;
+
+    let to = SocketAddr::new(ip(addr::VPS), LOAD_PORT);
+    wait_until(
+        "a banner from the sink through the relay",
+        Duration::from_secs(30),
+        || time_to_banner(&lab.internet, None, to, &[], Duration::from_secs(5)).map(|_| true),
+    )?;
+    println!(
+        "ceres-bench load: kernel {}, {} CPUs, load average at start {load_start}; lab {} ready in {:.1} s",
+        kernel(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        lab.id,
+        started.elapsed().as_secs_f64()
+    );
+
+    let base = [(vps_pid, fd_count(vps_pid)), (home_pid, fd_count(home_pid))];
+    let warm = run_sessions(&lab, to, LOAD_WARMUP, vps_pid)?;
+    ensure!(
+        warm.failed.is_empty(),
+        "warm-up: {} of {LOAD_WARMUP} sessions failed, first: {}",
+        warm.failed.len(),
+        warm.failed[0]
+    );
+    wait_fds_settle(&base)?;
+    let delivered_before = sink_count(&count_file);
+
+    let rss_before = rss_kib(vps_pid)?;
+    let home_before = rss_kib(home_pid)?;
+    let cpu_before = cpu_secs(vps_pid);
+    let home_cpu_before = cpu_secs(home_pid);
+    let r = run_sessions(&lab, to, sessions, vps_pid)?;
+    let cpu_run = cpu_secs(vps_pid) - cpu_before;
+    let home_cpu_run = cpu_secs(home_pid) - home_cpu_before;
+    let home_peak = rss_kib(home_pid)?;
+    // Every session saw its `250` after the dot, so the sink counted it;
+    // the file is written just before that reply, this only waits for the
+    // write to be visible.
+    let want = delivered_before + sessions as u64;
+    let delivered = if r.failed.is_empty() {
+        wait_until(
+            "the sink to count every message",
+            Duration::from_secs(10),
+            || Ok(sink_count(&count_file) >= want),
+        )
+        .ok();
+        sink_count(&count_file) - delivered_before
+    } else {
+        sink_count(&count_file).saturating_sub(delivered_before)
+    };
+    let settle = wait_fds_settle(&base);
+    let rss_after = rss_kib(vps_pid)?;
+    let cpu_after = cpu_secs(vps_pid) - cpu_before;
+
+    let completed = sessions - r.failed.len();
+    println!(
+        "\nLoad: {sessions} concurrent SMTP sessions, internet client {} -> VPS {to} (relay, PROXY v2) -> tunnel -> home forwarder -> SMTP sink",
+        addr::CLIENT
+    );
+    println!(
+        "   completed {completed}, failed {}; messages counted by the sink {delivered}",
+        r.failed.len()
+    );
+    println!(
+        "   {} of {sessions} sessions connected and got their banner before any sent EHLO (relayed connections open at once)",
+        r.connected_at_once
+    );
+    println!(
+        "   wall time {:.2} s (connect+banner {:.2} s, transactions {:.2} s), {:.0} sessions/s",
+        r.wall.as_secs_f64(),
+        r.connect_phase.as_secs_f64(),
+        (r.wall - r.connect_phase).as_secs_f64(),
+        sessions as f64 / r.wall.as_secs_f64()
+    );
+    println!(
+        "   ceres-vps RSS: before {rss_before} KiB, with all sessions open {} KiB, peak sampled {} KiB, after {rss_after} KiB",
+        r.rss_all_open_kib, r.rss_peak_kib
+    );
+    println!(
+        "   ceres-vps RSS per concurrent session: {:.2} KiB (all open - before), {:.2} KiB (peak - before)",
+        (r.rss_all_open_kib as f64 - rss_before as f64) / sessions as f64,
+        (r.rss_peak_kib as f64 - rss_before as f64) / sessions as f64
+    );
+    println!(
+        "   ceres-vps CPU: {cpu_run:.2} s during the run ({:.2} ms per session), {cpu_after:.2} s including teardown",
+        cpu_run * 1000.0 / sessions as f64
+    );
+    println!(
+        "   ceres-home (forwarder): RSS {home_before} -> {home_peak} KiB, CPU {home_cpu_run:.2} s",
+    );
+    println!(
+        "load average at end {}; whole run {:.0} s",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    for e in r.failed.iter().take(10) {
+        eprintln!("   failed: {e}");
+    }
+    drop(sink);
+    ensure!(
+        r.failed.is_empty(),
+        "{} of {sessions} sessions failed",
+        r.failed.len()
+    );
+    ensure!(
+        delivered == sessions as u64,
+        "the sink counted {delivered} messages for {sessions} sessions"
+    );
+    settle.context("after the load run")?;
+    Ok(())
+}
+
+/// What one round of concurrent sessions did.
+struct LoadRun {
+    /// One message per failed session.
+    failed: Vec<String>,
+    /// Sessions that had connected and got their banner when they were
+    /// released together.
+    connected_at_once: usize,
+    wall: Duration,
+    connect_phase: Duration,
+    /// VPS agent RSS while every session was connected and none had
+    /// finished.
+    rss_all_open_kib: u64,
+    /// Highest VPS agent RSS the sampler saw during the round.
+    rss_peak_kib: u64,
+}
+
+/// Opens `n` SMTP sessions from the internet namespace at once (one
+/// thread each), waits until all are connected with their banner read,
+/// samples the VPS agent, then lets every session deliver its message.
+fn run_sessions(lab: &Lab, to: SocketAddr, n: usize, vps_pid: u32) -> anyhow::Result<LoadRun> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    // Sessions that have tried to connect (and read the banner), and the
+    // gate they then wait at until the VPS agent has been sampled with all
+    // of them open. A failed attempt counts too, so one failure cannot keep
+    // the others waiting.
+    let attempted = AtomicUsize::new(0);
+    let connected_ok = AtomicUsize::new(0);
+    let gate = (Mutex::new(false), Condvar::new());
+    let failed = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let peak = AtomicU64::new(rss_kib(vps_pid)?);
+    let t0 = Instant::now();
+    let open_gate = || {
+        if let Ok(mut g) = gate.0.lock() {
+            *g = true;
+        }
+        gate.1.notify_all();
+    };
+    let (connect_phase, rss_all_open_kib) = in_netns(&lab.internet, || {
+        std::thread::scope(|s| -> anyhow::Result<(Duration, u64)> {
+            s.spawn(|| {
+                // Sampled, not only read with every session open: the
+                // relay's peak can come later (DATA buffers, teardown).
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(kib) = rss_kib(vps_pid) {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(SAMPLE_EVERY);
+                }
+            });
+            let mut sessions = Vec::with_capacity(n);
+            for i in 0..n {
+                let (attempted, connected_ok, gate, failed) =
+                    (&attempted, &connected_ok, &gate, &failed);
+                let h = std::thread::Builder::new()
+                    .stack_size(SESSION_STACK)
+                    .spawn_scoped(s, move || {
+                        let open = smtp_open(to);
+                        if open.is_ok() {
+                            connected_ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        attempted.fetch_add(1, Ordering::Release);
+                        if let Ok(g) = gate.0.lock() {
+                            drop(gate.1.wait_while(g, |open| !*open));
+                        }
+                        if let Err(e) = open.and_then(|c| smtp_deliver(c, i)) {
+                            if let Ok(mut f) = failed.lock() {
+                                f.push(format!("session {i}: {e:#}"));
+                            }
+                        }
+                    });
+                match h {
+                    Ok(h) => sessions.push(h),
+                    Err(e) => {
+                        if let Ok(mut f) = failed.lock() {
+                            f.push(format!("session {i}: spawning its thread: {e}"));
+                        }
+                    }
+                }
+            }
+            let spawned = sessions.len();
+            // Bounded: each attempt ends within its connect and read timeouts.
+            let all = wait_until(
+                "every session to connect and read its banner",
+                Duration::from_secs(120),
+                || Ok(attempted.load(Ordering::Acquire) >= spawned),
+            );
+            let connect_phase = t0.elapsed();
+            let all_open = rss_kib(vps_pid);
+            open_gate();
+            // Stops the sampler once the sessions are done, also on error.
+            let _stopper = StopOnDrop(&stop);
+            for h in sessions {
+                let _ = h.join();
+            }
+            all?;
+            let all_open = all_open?;
+            peak.fetch_max(all_open, Ordering::Relaxed);
+            Ok((connect_phase, all_open))
+        })
+    })??;
+    let wall = t0.elapsed();
+    Ok(LoadRun {
+        failed: failed.into_inner().unwrap_or_default(),
+        connected_at_once: connected_ok.into_inner(),
+        wall,
+        connect_phase,
+        rss_all_open_kib,
+        rss_peak_kib: peak.into_inner(),
+    })
+}
+
+/// Sets its flag when dropped: stops the RSS sampler however the round ends.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A client session: the buffered reader and the socket it writes to.
+struct SmtpClient {
+    r: std::io::BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl SmtpClient {
+    /// Reads one (possibly multi-line) reply and checks its code.
+    fn expect(&mut self, code: &str, after: &str) -> anyhow::Result<()> {
+        use std::io::BufRead;
+        loop {
+            let mut line = String::new();
+            let k = self
+                .r
+                .read_line(&mut line)
+                .with_context(|| format!("reading the reply to {after}"))?;
+            ensure!(k > 0, "connection closed before the reply to {after}");
+            ensure!(
+                line.len() >= 4 && line.starts_with(code),
+                "reply to {after}: {:?}, expected {code}",
+                line.trim_end()
+            );
+            // "250-..." continues, "250 ..." ends the reply.
+            if line.as_bytes()[3] == b' ' || line.trim_end().len() == 3 {
+                return Ok(());
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: &str, code: &str) -> anyhow::Result<()> {
+        self.w
+            .write_all(cmd.as_bytes())
+            .with_context(|| format!("sending {}", cmd.trim_end()))?;
+        self.expect(code, cmd.split_whitespace().next().unwrap_or(cmd))
+    }
+}
+
+/// Connects and reads the `220` banner.
+fn smtp_open(to: SocketAddr) -> anyhow::Result<SmtpClient> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(30))
+        .with_context(|| format!("connecting to {to}"))?;
+    // Generous: a thousand sessions share two CPUs with the whole lab.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.set_nodelay(true)?;
+    let w = s.try_clone()?;
+    let mut c = SmtpClient {
+        r: std::io::BufReader::new(s),
+        w,
+    };
+    c.expect("220", "connect")?;
+    Ok(c)
+}
+
+/// One small message, every reply checked, then QUIT.
+fn smtp_deliver(mut c: SmtpClient, i: usize) -> anyhow::Result<()> {
+    c.command("EHLO client.example\r\n", "250")?;
+    c.command(&format!("MAIL FROM:<load{i}@client.example>\r\n"), "250")?;
+    c.command("RCPT TO:<postmaster@example.com>\r\n", "250")?;
+    c.command("DATA\r\n", "354")?;
+    c.command(
+        &format!(
+            "From: <load{i}@client.example>\r\nTo: <postmaster@example.com>\r\n\
+             Subject: load {i}\r\nMessage-ID: <load{i}@client.example>\r\n\r\n\
+             Message {i} of the ceres-bench load run.\r\n.\r\n"
+        ),
+        "250",
+    )?;
+    c.command("QUIT\r\n", "221")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The SMTP sink (runs inside the home namespace).
+// ---------------------------------------------------------------------------
+
+/// Accepts on every address; per connection (one thread each) skips a PROXY
+/// v2 header if one comes first, speaks just enough SMTP for one client to
+/// deliver messages, and after each accepted message writes the running
+/// total to `COUNT_FILE`. Runs until killed.
+fn smtp_sink(args: &[String]) -> anyhow::Result<()> {
+    use std::sync::{Arc, Mutex};
+
+    let [count_file, addrs @ ..] = args else {
+        bail!("smtp-sink needs COUNT_FILE ADDR...\n{USAGE}");
+    };
+    ensure!(!addrs.is_empty(), "smtp-sink needs ADDR...\n{USAGE}");
+    raise_nofile();
+    let count = Arc::new(Mutex::new((0u64, std::path::PathBuf::from(count_file))));
+    let mut listeners = Vec::new();
+    for a in addrs {
+        let sa: SocketAddr = a.parse().with_context(|| format!("address {a}"))?;
+        listeners.push(TcpListener::bind(sa).with_context(|| format!("binding {sa}"))?);
+    }
+    notify_ready()?;
+    std::thread::scope(|s| {
+        for l in &listeners {
+            let count = Arc::clone(&count);
+            s.spawn(move || {
+                loop {
+                    match l.accept() {
+                        Ok((conn, _)) => {
+                            let count = Arc::clone(&count);
+                            let spawned = std::thread::Builder::new()
+                                .stack_size(SESSION_STACK)
+                                .spawn(move || {
+                                    if let Err(e) = sink_session(conn, &count) {
+                                        eprintln!("smtp-sink: session: {e:#}");
+                                    }
+                                });
+                            if let Err(e) = spawned {
+                                eprintln!("smtp-sink: spawning a session thread: {e}");
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            // Out of fds, say: report, back off, go on.
+                            eprintln!("smtp-sink: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// The running total of messages and the file it is published in.
+type SinkCount = std::sync::Mutex<(u64, std::path::PathBuf)>;
+
+fn sink_session(conn: TcpStream, count: &SinkCount) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(300)))?;
+    let mut w = conn.try_clone()?;
+    let mut r = std::io::BufReader::new(conn);
+    // The banner goes out at once (as Postfix without postscreen would);
+    // the relay writes its PROXY header before any client byte, so it is
+    // at the front of the stream if it comes at all.
+    w.write_all(b"220 sink.example ESMTP ceres-bench\r\n")?;
+    if r.fill_buf()?.first() == Some(&b'\r') {
+        let mut head = [0u8; 16];
+        r.read_exact(&mut head)?;
+        ensure!(&head[..12] == PROXY_V2_SIG, "bad PROXY v2 signature");
+        let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+        let mut rest = vec![0u8; len];
+        r.read_exact(&mut rest)?;
+    }
+    let (mut from, mut rcpt) = (false, false);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let verb = line
+            .get(..4)
+            .map(str::to_ascii_uppercase)
+            .unwrap_or_default();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" => b"250-sink.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+            "HELO" => b"250 sink.example\r\n",
+            "MAIL" => {
+                from = true;
+                rcpt = false;
+                b"250 2.1.0 Ok\r\n"
+            }
+            "RCPT" if from => {
+                rcpt = true;
+                b"250 2.1.5 Ok\r\n"
+            }
+            "RCPT" => b"503 5.5.1 Need MAIL first\r\n",
+            "DATA" if rcpt => {
+                w.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
+                loop {
+                    line.clear();
+                    ensure!(r.read_line(&mut line)? > 0, "closed inside DATA");
+                    if line == ".\r\n" || line == ".\n" {
+                        break;
+                    }
+                }
+                let n = {
+                    let mut c = count
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("count poisoned"))?;
+                    c.0 += 1;
+                    // Written before the 250, so the count is on disk by
+                    // the time the client knows its message was taken.
+                    let tmp = c.1.with_extension("tmp");
+                    std::fs::write(&tmp, c.0.to_string())?;
+                    std::fs::rename(&tmp, &c.1)?;
+                    c.0
+                };
+                from = false;
+                rcpt = false;
+                w.write_all(format!("250 2.0.0 Ok: queued as {n}\r\n").as_bytes())?;
+                continue;
+            }
+            "DATA" => b"503 5.5.1 Need RCPT first\r\n",
+            "RSET" => {
+                from = false;
+                rcpt = false;
+                b"250 2.0.0 Ok\r\n"
+            }
+            "NOOP" => b"250 2.0.0 Ok\r\n",
+            "QUIT" => {
+                w.write_all(b"221 2.0.0 Bye\r\n")?;
+                return Ok(());
+            }
+            _ => b"502 5.5.2 Command not recognized\r\n",
+        };
+        w.write_all(reply)?;
     }
 }
