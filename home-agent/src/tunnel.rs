@@ -38,6 +38,10 @@ struct Running {
     engine: Option<Tunnel>,
     /// Start time of the VPS agent we last configured against.
     vps_started: i64,
+    /// VPS keys rotated away from in this process: a Welcome built just
+    /// before the VPS finished a rotation may still carry one, and applying
+    /// it would undo the rotation at this end only.
+    retired_vps_keys: Vec<Vec<u8>>,
     params: Option<TunnelParams>,
     error: Option<String>,
 }
@@ -158,6 +162,11 @@ impl HomeTunnel {
         psk: &PresharedKey,
     ) -> anyhow::Result<()> {
         let mut st = self.state.lock().await;
+        if let Some(old) = st.params.as_ref().map(|p| p.vps_public_key.clone()) {
+            if old != vps_public.as_bytes().to_vec() {
+                st.retired_vps_keys.push(old);
+            }
+        }
         if let Some(p) = st.params.as_mut() {
             p.vps_public_key = vps_public.as_bytes().to_vec();
             p.preshared_key = psk.0.to_vec();
@@ -197,6 +206,12 @@ impl HomeTunnel {
         self.note_vps_start(vps_started).await;
         let mut st = self.state.lock().await;
         if st.params.as_ref() == Some(&params) && st.engine.is_some() {
+            return Ok(());
+        }
+        if st.engine.is_some() && st.retired_vps_keys.contains(&params.vps_public_key) {
+            tracing::info!(
+                "ignoring tunnel parameters with a VPS key rotated away from (a stale Welcome)"
+            );
             return Ok(());
         }
         let result = self.apply_locked(&mut st, &params).await;

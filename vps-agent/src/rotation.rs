@@ -70,6 +70,10 @@ pub struct Rotator {
     home: Mutex<Option<HomeTx>>,
     /// Completed rotations, for waiters (cerectl rotate).
     done: watch::Sender<(u64, String)>,
+    /// Set while a finished rotation is being made permanent: the pending
+    /// record is already claimed but the new keys are not in place yet, so
+    /// a Welcome must not carry (old) tunnel parameters in that window.
+    finishing: std::sync::atomic::AtomicBool,
 }
 
 fn msg(kind: command::Kind) -> VpsMessage {
@@ -105,6 +109,7 @@ impl Rotator {
             history: Mutex::new(history),
             home: Mutex::new(None),
             done: watch::Sender::new((0, String::new())),
+            finishing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -400,8 +405,18 @@ impl Rotator {
         {
             return;
         }
+        self.finishing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         *guard = None;
         drop(guard);
+        // Cleared on every way out of this function.
+        struct Finished<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _finished = Finished(&self.finishing);
         crash_point("vps-promoted");
         let old_home = tunnel.home_key();
         if let Err(e) = tunnel.finalize_rotation(&key, home, &psk, commit) {
@@ -509,11 +524,13 @@ impl Rotator {
 
     /// Whether new keys are staged (a rotation past its first step).
     pub fn staged(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|p| p.step == Step::Staged)
+        self.finishing.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|p| p.step == Step::Staged)
     }
 
     /// The pending rotation's id and age, if any.
