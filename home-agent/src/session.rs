@@ -55,48 +55,7 @@ fn render_metrics(r: &Report) -> String {
     use ceres_daemon::metrics::{header, line};
     let mut o = String::new();
     if let Some(t) = &r.tunnel {
-        let age = (t.last_handshake_unix > 0)
-            .then(|| (r.sent_at_unix - t.last_handshake_unix).max(0) as f64);
-        header(
-            &mut o,
-            "ceres_tunnel_up",
-            "gauge",
-            "1 when a WireGuard handshake completed in the last 180 s",
-        );
-        line(
-            &mut o,
-            "ceres_tunnel_up",
-            &[],
-            if t.running && age.is_some_and(|a| a < 180.0) {
-                1.0
-            } else {
-                0.0
-            },
-        );
-        if let Some(age) = age {
-            header(
-                &mut o,
-                "ceres_tunnel_last_handshake_age_seconds",
-                "gauge",
-                "seconds since the last WireGuard handshake",
-            );
-            line(&mut o, "ceres_tunnel_last_handshake_age_seconds", &[], age);
-        }
-        for (name, help, v) in [
-            (
-                "ceres_tunnel_rx_bytes_total",
-                "bytes received from the VPS through the tunnel",
-                t.rx_bytes,
-            ),
-            (
-                "ceres_tunnel_tx_bytes_total",
-                "bytes sent to the VPS through the tunnel",
-                t.tx_bytes,
-            ),
-        ] {
-            header(&mut o, name, "counter", help);
-            line(&mut o, name, &[], v as f64);
-        }
+        ceres_control::report::tunnel_metrics(&mut o, t, r.sent_at_unix, "the VPS");
     }
     header(
         &mut o,

@@ -511,53 +511,19 @@ fn render_metrics(ctx: &Ctx) -> String {
         if ctx.hub.is_connected() { 1.0 } else { 0.0 },
     );
     let t = ctx.tunnel.report();
+    ceres_control::report::tunnel_metrics(&mut o, &t, unix_secs(now), "home");
     header(
         &mut o,
-        "ceres_tunnel_up",
-        "gauge",
-        "1 when a WireGuard handshake completed in the last 180 s",
+        "ceres_tunnel_dropped_datagrams_total",
+        "counter",
+        "WireGuard datagrams dropped (garbage, replays, unknown keys)",
     );
-    let age =
-        (t.last_handshake_unix > 0).then(|| (unix_secs(now) - t.last_handshake_unix).max(0) as f64);
     line(
         &mut o,
-        "ceres_tunnel_up",
+        "ceres_tunnel_dropped_datagrams_total",
         &[],
-        if t.running && age.is_some_and(|a| a < 180.0) {
-            1.0
-        } else {
-            0.0
-        },
+        t.dropped as f64,
     );
-    if let Some(age) = age {
-        header(
-            &mut o,
-            "ceres_tunnel_last_handshake_age_seconds",
-            "gauge",
-            "seconds since the last WireGuard handshake",
-        );
-        line(&mut o, "ceres_tunnel_last_handshake_age_seconds", &[], age);
-    }
-    for (name, help, v) in [
-        (
-            "ceres_tunnel_rx_bytes_total",
-            "bytes received from home through the tunnel",
-            t.rx_bytes,
-        ),
-        (
-            "ceres_tunnel_tx_bytes_total",
-            "bytes sent to home through the tunnel",
-            t.tx_bytes,
-        ),
-        (
-            "ceres_tunnel_dropped_datagrams_total",
-            "WireGuard datagrams dropped (garbage, replays, unknown keys)",
-            t.dropped,
-        ),
-    ] {
-        header(&mut o, name, "counter", help);
-        line(&mut o, name, &[], v as f64);
-    }
     let relays = ctx.relays.report();
     type Pick = fn(&ceres_proto::RelayPort) -> u64;
     let per_port: [(&str, &str, &str, Pick); 6] = [
