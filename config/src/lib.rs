@@ -5,6 +5,8 @@
 //! is the list of keys), unknown keys and bad values are errors that name the
 //! key and where it came from, and config errors exit with [`EXIT_CONFIG`].
 
+pub mod manual;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ceres_config::manual;
 use ceres_control::{CredError, Credentials};
 use ceres_pki::{JoinToken, Role};
 use ceres_proto::StatusRequest;
@@ -67,49 +68,9 @@ pub enum Command {
     /// exit 0 only when the server accepted it (250).
     SendTest(crate::sendtest::SendTestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions(CompletionsArgs),
+    Completions(manual::CompletionsArgs),
     /// Print the man page, or with --out-dir write one page per subcommand.
-    Man(ManArgs),
-}
-
-/// `completions` arguments.
-#[derive(Debug, Args)]
-pub struct CompletionsArgs {
-    /// The shell to complete for.
-    #[arg(value_enum)]
-    shell: clap_complete::Shell,
-}
-
-/// `man` arguments.
-#[derive(Debug, Args)]
-pub struct ManArgs {
-    /// Write cerectl.1 and a page per subcommand (cerectl-status.1, ...) here
-    /// instead of printing cerectl.1.
-    #[arg(long, value_name = "DIR")]
-    out_dir: Option<PathBuf>,
-}
-
-/// Writes the completion script for `shell`, generated from the clap
-/// definition so it never drifts from the real flags.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "cerectl", out);
-}
-
-/// Writes the `cerectl(1)` man page (roff), generated from the clap definition.
-pub fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    clap_mangen::Man::new(Cli::command()).render(out)
-}
-
-fn man(args: &ManArgs) -> Outcome {
-    use clap::CommandFactory;
-    match &args.out_dir {
-        Some(dir) => clap_mangen::generate_to(Cli::command(), dir)
-            .with_context(|| format!("writing man pages to {}", dir.display()))?,
-        None => write_man(&mut std::io::stdout().lock())?,
-    }
-    Ok(ExitCode::SUCCESS)
+    Man(manual::ManArgs),
 }
 
 /// `enroll` arguments.
@@ -225,10 +186,13 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Command::MailserverConfig(args) => crate::mailconfig::run(cli, args).await,
         Command::SendTest(args) => crate::sendtest::run(cli, args).await,
         Command::Completions(args) => {
-            write_completions(args.shell, &mut std::io::stdout().lock());
+            manual::completions::<Cli>(args);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man(args) => man(args),
+        Command::Man(args) => {
+            manual::man::<Cli>(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -356,58 +320,20 @@ async fn status(cli: &Cli, args: &StatusArgs) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn completions_name_every_subcommand() {
-        use clap_complete::Shell;
-        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let mut out = Vec::new();
-            write_completions(shell, &mut out);
-            let text = String::from_utf8(out).expect("utf-8");
-            for sub in [
-                "enroll",
-                "status",
-                "dns",
-                "doctor",
-                "mailserver-config",
-                "completions",
-            ] {
-                assert!(text.contains(sub), "{shell}: {sub} missing");
-            }
-        }
-    }
-
-    #[test]
-    fn man_page_lists_subcommands() {
-        let mut out = Vec::new();
-        write_man(&mut out).expect("render");
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(
-            text.starts_with(".ie") || text.contains(".TH cerectl"),
-            "not roff: {text:.80}"
-        );
-        for sub in ["enroll", "status", "rotate", "dns", "doctor", "send\\-test"] {
-            assert!(text.contains(sub), "{sub} missing from the man page");
-        }
-    }
-
-    #[test]
-    fn man_out_dir_writes_a_page_per_subcommand() {
-        let dir = std::env::temp_dir().join(format!("cerectl-man-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let outcome = man(&ManArgs {
-            out_dir: Some(dir.clone()),
-        });
-        let status_page = dir.join("cerectl-status.1").exists();
-        let main_page = dir.join("cerectl.1").exists();
-        let _ = std::fs::remove_dir_all(&dir);
-        outcome.expect("man --out-dir");
-        assert!(main_page && status_page, "pages missing");
+    fn cli_completions_and_man_page_are_complete() {
+        manual::check_generated::<Cli>(&[
+            "enroll",
+            "status",
+            "rotate",
+            "dns",
+            "doctor",
+            "mailserver-config",
+            "send-test",
+            "completions",
+            "man",
+        ])
+        .unwrap_or_else(|missing| panic!("{missing}"));
     }
 }

@@ -12,11 +12,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ceres_dnscheck::{Checklist, HickoryLookup, MailIdentity, Report, verify};
-use ceres_proto::admin_client::AdminClient;
-use ceres_proto::{StatusRequest, VpsStatus};
+use ceres_proto::VpsStatus;
 use clap::{Args, ValueEnum};
 
-use crate::cli::{Cli, Unreachable, admin_credentials, creds_dir};
+use crate::cli::Cli;
 
 /// Env var for the DKIM selector, so scripts and shells need not repeat it.
 pub const DKIM_SELECTOR_ENV: &str = "CERES_DKIM_SELECTOR";
@@ -165,31 +164,13 @@ pub(crate) async fn identity(cli: &Cli, args: &IdentityArgs) -> anyhow::Result<M
     Ok(builder.build()?)
 }
 
-/// The VPS section of Admin.Status; any failure to get it is [`Unreachable`]
+/// The VPS section of Admin.Status; any failure to get it is [`Unreachable`](crate::cli::Unreachable)
 /// (exit 3), with the hint that flags make the VPS unnecessary.
 async fn vps_status(cli: &Cli, address: Option<&str>) -> anyhow::Result<VpsStatus> {
     const OFFLINE: &str = "cannot get the domain and addresses from the VPS \
                            (or give --domain and --public-ip to work without it)";
-    let dir = creds_dir(cli)?;
-    let creds = admin_credentials(&dir, address)
-        .await
-        .map_err(|e| Unreachable(e.context(OFFLINE)))?;
-    let channel = creds
-        .connect(address)
-        .await
-        .map_err(|e| Unreachable(anyhow::Error::from(e).context(OFFLINE)))?;
-    let resp = AdminClient::new(channel)
-        .status(StatusRequest {})
-        .await
-        .map_err(|s| {
-            Unreachable(anyhow::anyhow!(
-                "the VPS refused the status request: {}",
-                s.message()
-            ))
-        })?
-        .into_inner();
-    resp.vps
-        .ok_or_else(|| Unreachable(anyhow::anyhow!("the VPS's status has no VPS section")).into())
+    let resp = crate::vps::fetch_status(cli, address, OFFLINE).await?;
+    Ok(crate::vps::vps_part(&resp)?.clone())
 }
 
 /// A placeholder address: the builder needs one to validate names alone.

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ceres_dnscheck::{
-    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Status, Summary, dnsbl_check,
-    verify,
+    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Row, Status, Summary, Table,
+    dnsbl_check, verify,
 };
 use ceres_proto::StatusResponse;
 use clap::Args;
@@ -426,62 +426,33 @@ impl Diagnosis {
             "Doctor for {} (mail host {})\n",
             self.domain, self.mail_host
         );
-        let name_w = self
-            .findings()
-            .map(|(_, c)| c.display_name().chars().count())
-            .max()
-            .unwrap_or(0);
-        let badge_w = if color { 7 } else { 5 };
-        // Two leading spaces, badge, kind, name and their gaps: details line up
-        // under the "found" column.
-        let indent = " ".repeat(2 + badge_w + 2 + 5 + 2 + name_w + 2);
-        for s in &self.sections {
+        let names: Vec<Vec<String>> = self
+            .sections
+            .iter()
+            .map(|s| s.checks.iter().map(Finding::display_name).collect())
+            .collect();
+        let table = Table::new(color, 2, names.iter().flatten().map(String::as_str));
+        for (s, names) in self.sections.iter().zip(&names) {
             let _ = writeln!(out, "\n{}", s.title);
             if s.checks.is_empty() {
                 out.push_str("  (nothing to check)\n");
             }
-            for c in &s.checks {
-                let _ = writeln!(
-                    out,
-                    "  {}  {:<5}  {:name_w$}  {}",
-                    badge(c.status, color),
-                    c.kind.label(),
-                    c.display_name(),
-                    c.found
+            for (c, name) in s.checks.iter().zip(names) {
+                table.write_row(
+                    &mut out,
+                    &Row {
+                        status: c.status,
+                        label: c.kind.label(),
+                        name,
+                        found: &c.found,
+                        expected: &c.expected,
+                        fix: c.fix.as_deref(),
+                    },
                 );
-                if c.status != Status::Pass {
-                    let _ = writeln!(out, "{indent}expected: {}", c.expected);
-                    if let Some(fix) = &c.fix {
-                        let _ = writeln!(out, "{indent}fix: {fix}");
-                    }
-                }
             }
         }
-        let s = self.summary();
-        let _ = writeln!(
-            out,
-            "\n{} passed, {} {}, {} failed, {} not checked",
-            s.pass,
-            s.warn,
-            if s.warn == 1 { "warning" } else { "warnings" },
-            s.fail,
-            s.error
-        );
+        out.push_str(&self.summary().render_text());
         out
-    }
-}
-
-fn badge(status: Status, color: bool) -> String {
-    let (symbol, code) = match status {
-        Status::Pass => ("✔", "32"),
-        Status::Warn => ("!", "33"),
-        Status::Fail => ("✘", "31"),
-        Status::Error => ("?", "35"),
-    };
-    if color {
-        format!("\x1b[{code}m{symbol} {:<5}\x1b[0m", status.label())
-    } else {
-        format!("{:<5}", status.label())
     }
 }
 

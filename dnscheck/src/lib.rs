@@ -40,4 +40,4 @@ pub use identity::{IdentityError, MailIdentity, MailIdentityBuilder};
 pub use lookup::{
     FakeLookup, HickoryLookup, Lookup, LookupError, MxRecord, ResolverError, reverse_name,
 };
-pub use verify::{Check, CheckKind, Report, Status, Summary, verify};
+pub use verify::{Check, CheckKind, Report, Row, Status, Summary, Table, verify};

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ceres_config::{ConfigError, DEFAULT_STATE_DIR, Layers};
+use ceres_config::{ConfigError, DEFAULT_STATE_DIR, Layers, manual};
 use ceres_control::{CredError, Credentials};
 use ceres_pki::{JoinToken, Role};
 use ceres_state::StateDir;
@@ -53,40 +53,9 @@ pub enum Command {
     /// Run the agent (until SIGINT or SIGTERM).
     Run(Box<RunArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        /// The shell to complete for.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    Completions(manual::CompletionsArgs),
     /// Print the man page, or with --out-dir write one page per subcommand.
-    Man {
-        /// Write ceres-home.1 and a page per subcommand here instead of printing ceres-home.1.
-        #[arg(long, value_name = "DIR")]
-        out_dir: Option<PathBuf>,
-    },
-}
-
-/// Writes the completion script for `shell`, generated from the clap
-/// definition so it never drifts from the real flags.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "ceres-home", out);
-}
-
-/// Writes the `ceres-home(1)` man page (roff), generated from the clap definition.
-pub fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    clap_mangen::Man::new(Cli::command()).render(out)
-}
-
-fn man(out_dir: Option<&Path>) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    match out_dir {
-        Some(dir) => clap_mangen::generate_to(Cli::command(), dir)
-            .with_context(|| format!("writing man pages to {}", dir.display()))?,
-        None => write_man(&mut std::io::stdout().lock())?,
-    }
-    Ok(())
+    Man(manual::ManArgs),
 }
 
 /// `join` arguments.
@@ -147,11 +116,11 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Join(args) => join(cli, args).await,
         Command::Run(args) => run(cli, &args.flags).await,
-        Command::Completions { shell } => {
-            write_completions(*shell, &mut std::io::stdout().lock());
+        Command::Completions(args) => {
+            manual::completions::<Cli>(args);
             Ok(())
         }
-        Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Man(args) => Ok(manual::man::<Cli>(args)?),
     }
 }
 
@@ -209,38 +178,11 @@ async fn run(cli: &Cli, flags: &HomeFlags) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn completions_name_every_subcommand() {
-        use clap_complete::Shell;
-        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let mut out = Vec::new();
-            write_completions(shell, &mut out);
-            let text = String::from_utf8(out).expect("utf-8");
-            for sub in ["join", "run", "completions"] {
-                assert!(text.contains(sub), "{shell}: {sub} missing");
-            }
-        }
-    }
-
-    #[test]
-    fn man_page_lists_subcommands() {
-        let mut out = Vec::new();
-        write_man(&mut out).expect("render");
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(
-            text.contains(".TH ceres-home"),
-            "not a man page: {text:.80}"
-        );
-        for sub in ["join", "run"] {
-            assert!(text.contains(sub), "{sub} missing from the man page");
-        }
+    fn cli_completions_and_man_page_are_complete() {
+        manual::check_generated::<Cli>(&["join", "run", "completions", "man"])
+            .unwrap_or_else(|missing| panic!("{missing}"));
     }
 
     #[test]

@@ -173,12 +173,11 @@ impl HomeFlags {
                 .get_or::<NetList>("CERES_EGRESS_FROM", self.egress_from.as_deref(), "")?
                 .0,
             egress_ports: layers
-                .get_or::<PortList>(
-                    "CERES_EGRESS_PORTS",
-                    self.egress_ports.as_deref(),
-                    "25,465,587",
-                )?
-                .0,
+                .get::<PortList>("CERES_EGRESS_PORTS", self.egress_ports.as_deref())?
+                .map_or_else(
+                    || ceres_relay::egress::DEFAULT_EGRESS_PORTS.to_vec(),
+                    |p| p.0,
+                ),
             probe_interval: layers
                 .get_or::<HumanDuration>(
                     "CERES_PROBE_INTERVAL",

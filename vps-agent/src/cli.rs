@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ceres_config::{ConfigError, DEFAULT_STATE_DIR, HumanDuration, Layers};
+use ceres_config::{ConfigError, DEFAULT_STATE_DIR, HumanDuration, Layers, manual};
 use ceres_pki::Role;
 use ceres_state::StateDir;
 use clap::{Args, Parser, Subcommand};
@@ -60,40 +60,9 @@ pub enum Command {
     #[command(subcommand)]
     Cert(CertCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        /// The shell to complete for.
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    Completions(manual::CompletionsArgs),
     /// Print the man page, or with --out-dir write one page per subcommand.
-    Man {
-        /// Write ceres-vps.1 and a page per subcommand here instead of printing ceres-vps.1.
-        #[arg(long, value_name = "DIR")]
-        out_dir: Option<PathBuf>,
-    },
-}
-
-/// Writes the completion script for `shell`, generated from the clap
-/// definition so it never drifts from the real flags.
-pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
-    use clap::CommandFactory;
-    clap_complete::generate(shell, &mut Cli::command(), "ceres-vps", out);
-}
-
-/// Writes the `ceres-vps(1)` man page (roff), generated from the clap definition.
-pub fn write_man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
-    use clap::CommandFactory;
-    clap_mangen::Man::new(Cli::command()).render(out)
-}
-
-fn man(out_dir: Option<&Path>) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    match out_dir {
-        Some(dir) => clap_mangen::generate_to(Cli::command(), dir)
-            .with_context(|| format!("writing man pages to {}", dir.display()))?,
-        None => write_man(&mut std::io::stdout().lock())?,
-    }
-    Ok(())
+    Man(manual::ManArgs),
 }
 
 /// `init` arguments.
@@ -190,11 +159,11 @@ fn dispatch(cli: &Cli) -> Outcome {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run(cli, &args.flags))
         }
-        Command::Completions { shell } => {
-            write_completions(*shell, &mut std::io::stdout().lock());
+        Command::Completions(args) => {
+            manual::completions::<Cli>(args);
             Ok(())
         }
-        Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Man(args) => Ok(manual::man::<Cli>(args)?),
     }
 }
 
@@ -374,35 +343,11 @@ async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn completions_name_every_subcommand() {
-        use clap_complete::Shell;
-        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-            let mut out = Vec::new();
-            write_completions(shell, &mut out);
-            let text = String::from_utf8(out).expect("utf-8");
-            for sub in ["init", "token", "run", "completions"] {
-                assert!(text.contains(sub), "{shell}: {sub} missing");
-            }
-        }
-    }
-
-    #[test]
-    fn man_page_lists_subcommands() {
-        let mut out = Vec::new();
-        write_man(&mut out).expect("render");
-        let text = String::from_utf8(out).expect("utf-8");
-        assert!(text.contains(".TH ceres-vps"), "not a man page: {text:.80}");
-        for sub in ["init", "token", "run"] {
-            assert!(text.contains(sub), "{sub} missing from the man page");
-        }
+    fn cli_completions_and_man_page_are_complete() {
+        manual::check_generated::<Cli>(&["init", "token", "run", "cert", "completions", "man"])
+            .unwrap_or_else(|missing| panic!("{missing}"));
     }
 
     #[test]

@@ -348,12 +348,11 @@ impl VpsFlags {
                 .get_or::<Switch>("CERES_EGRESS", self.egress.as_deref(), "on")?
                 .0,
             egress_ports: layers
-                .get_or::<PortList>(
-                    "CERES_EGRESS_PORTS",
-                    self.egress_ports.as_deref(),
-                    "25,465,587",
-                )?
-                .0,
+                .get::<PortList>("CERES_EGRESS_PORTS", self.egress_ports.as_deref())?
+                .map_or_else(
+                    || ceres_relay::egress::DEFAULT_EGRESS_PORTS.to_vec(),
+                    |p| p.0,
+                ),
             public_ifname: layers.get("CERES_PUBLIC_IFNAME", self.public_ifname.as_deref())?,
         };
         let HumanDuration(rotate_every) =

@@ -4,6 +4,8 @@
 mod checks;
 mod render;
 
+pub use render::{Row, Table};
+
 use std::net::IpAddr;
 
 use serde::Serialize;
