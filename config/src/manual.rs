@@ -43,16 +43,26 @@ pub fn completions<C: CommandFactory>(args: &CompletionsArgs) {
 }
 
 /// Runs the `man` subcommand: the main page on standard output, or every page
-/// into `--out-dir`. An error names the directory.
+/// into `--out-dir` (created if missing). An error names the directory. A
+/// reader that stops early (`| head`) is not an error.
 pub fn man<C: CommandFactory>(args: &ManArgs) -> io::Result<()> {
     match &args.out_dir {
-        Some(dir) => clap_mangen::generate_to(C::command(), dir).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("writing man pages to {}: {e}", dir.display()),
-            )
-        }),
-        None => write_man::<C>(&mut io::stdout().lock()),
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(C::command(), dir))
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("writing man pages to {}: {e}", dir.display()),
+                )
+            }),
+        None => {
+            let mut page = Vec::new();
+            write_man::<C>(&mut page)?;
+            match io::stdout().lock().write_all(&page) {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+                other => other,
+            }
+        }
     }
 }
 
@@ -135,12 +145,13 @@ mod tests {
     #[test]
     fn out_dir_gets_a_page_per_subcommand() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("man1");
         man::<Demo>(&ManArgs {
-            out_dir: Some(dir.path().to_owned()),
+            out_dir: Some(out.clone()),
         })
         .expect("man --out-dir");
         for page in ["demo.1", "demo-say-hello.1", "demo-man.1"] {
-            assert!(dir.path().join(page).exists(), "{page} missing");
+            assert!(out.join(page).exists(), "{page} missing");
         }
     }
 
