@@ -301,10 +301,11 @@ impl SmtpConn {
         // Swap in a placeholder while the handshake owns the stream.
         let plain = std::mem::replace(&mut self.io, Box::new(empty::EmptyDuplex));
         let timeout = self.timeout;
+        let shown = name.to_str().into_owned();
         let tls = tokio::time::timeout(timeout, connector.connect(name, plain))
             .await
             .map_err(|_| SmtpError::Timeout(timeout))?
-            .map_err(|e| SmtpError::Tls(e.to_string()))?;
+            .map_err(|e| SmtpError::Tls(explain_tls(&e, &shown)))?;
         self.io = Box::new(tls);
         self.tls = true;
         Ok(())
@@ -376,6 +377,35 @@ fn parse_line(line: &str) -> Result<(u16, bool, &str), SmtpError> {
     }
 }
 
+/// A failed handshake in words an admin can act on: what is wrong with the
+/// server's certificate and what to change.
+fn explain_tls(e: &std::io::Error, name: &str) -> String {
+    use rustls::CertificateError as C;
+    let Some(rustls::Error::InvalidCertificate(cert)) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    let fix = match cert {
+        C::UnknownIssuer | C::BadSignature => {
+            "it is not signed by a CA this host trusts: give the CA with --ca-file, \
+             or make the server send its full chain (with the intermediates)"
+                .to_owned()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => format!(
+            "it does not name {name}: set --tls-name to a name it carries, \
+             or give the server a certificate for {name}"
+        ),
+        C::Expired | C::ExpiredContext { .. } => "it has expired: renew it".to_owned(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "it is not valid yet: check the clocks of both hosts".to_owned()
+        }
+        _ => return e.to_string(),
+    };
+    format!("the server's certificate was refused ({e}); {fix}")
+}
+
 /// A TLS client configuration trusting `ca_file` (PEM), or the system's CA
 /// bundle (`SSL_CERT_FILE`, else [`SYSTEM_CA_BUNDLE`]).
 pub fn tls_connector(ca_file: Option<&Path>) -> Result<TlsConnector, SmtpError> {
@@ -420,6 +450,33 @@ pub fn tls_connector_from_pem(pem: &str) -> Result<TlsConnector, SmtpError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn refused_certificates_are_explained_with_the_fix() {
+        let io = |c: rustls::CertificateError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(c),
+            )
+        };
+        let unknown = explain_tls(
+            &io(rustls::CertificateError::UnknownIssuer),
+            "mail.example.com",
+        );
+        assert!(unknown.contains("--ca-file"), "{unknown}");
+        let name = explain_tls(
+            &io(rustls::CertificateError::NotValidForName),
+            "mail.example.com",
+        );
+        assert!(
+            name.contains("--tls-name") && name.contains("mail.example.com"),
+            "{name}"
+        );
+        let expired = explain_tls(&io(rustls::CertificateError::Expired), "mail.example.com");
+        assert!(expired.contains("expired"), "{expired}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(explain_tls(&other, "mail.example.com"), "reset");
+    }
 
     #[test]
     fn reply_lines_parse() {

@@ -65,6 +65,10 @@ pub struct PostfixOptions {
     /// `-o smtpd_upstream_proxy_protocol=haproxy`, never globally: that
     /// would break internal reinjection). Implies `submission`.
     pub submission_proxy: bool,
+    /// Submission as applications use it: STARTTLS required, then SASL
+    /// AUTH (Cyrus with a sasldb of one user, PLAIN and LOGIN), and only an
+    /// authenticated client may send. Implies `submission`.
+    pub submission_auth: Option<SubmissionAuth>,
     /// Trusted clients (may relay anywhere). Postfix syntax; IPv6 in
     /// brackets. Never put the tunnel subnet here: that is an open relay.
     pub mynetworks: Vec<String>,
@@ -103,6 +107,7 @@ impl Default for PostfixOptions {
             postscreen_proxy_on_25: false,
             submission: false,
             submission_proxy: false,
+            submission_auth: None,
             mynetworks: vec!["127.0.0.0/8".to_owned()],
             relayhost: String::new(),
             transport: Vec::new(),
@@ -141,6 +146,77 @@ impl PostfixOptions {
             ..Self::default()
         }
     }
+}
+
+/// The login and the TLS certificate of an authenticated submission service.
+#[derive(Clone)]
+pub struct SubmissionAuth {
+    /// Login name as `user@domain` (the domain part is the SASL realm).
+    pub login: String,
+    /// Its password.
+    pub password: String,
+    /// The server certificate chain for STARTTLS (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for SubmissionAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubmissionAuth")
+            .field("login", &self.login)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the STARTTLS certificate and key, and the Cyrus SASL config with a
+/// sasldb holding the one login, into `conf`.
+fn write_submission_auth(conf: &Path, auth: &SubmissionAuth) -> anyhow::Result<()> {
+    let (user, realm) = auth
+        .login
+        .split_once('@')
+        .context("SubmissionAuth::login must be user@domain")?;
+    std::fs::write(conf.join("tls.crt"), &auth.cert_pem)?;
+    let key = conf.join("tls.key");
+    std::fs::write(&key, &auth.key_pem)?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let sasl = conf.join("sasl");
+    std::fs::create_dir(&sasl)?;
+    let sasldb = sasl.join("sasldb2");
+    std::fs::write(
+        sasl.join("smtpd.conf"),
+        format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+            sasldb.display()
+        ),
+    )?;
+    // `-p`: the password from standard input, never on a command line.
+    let mut child = Command::new("saslpasswd2")
+        .arg("-f")
+        .arg(&sasldb)
+        .args(["-p", "-c", "-u", realm, user])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running saslpasswd2 (apt-get install sasl2-bin)")?;
+    child
+        .stdin
+        .take()
+        .context("saslpasswd2 stdin")?
+        .write_all(auth.password.as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "saslpasswd2 failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // smtpd looks the password up after dropping to the postfix user.
+    let (_, postfix_gid) = user_ids("postfix")?;
+    chown(&sasldb, 0, postfix_gid)?;
+    std::fs::set_permissions(&sasldb, std::fs::Permissions::from_mode(0o640))?;
+    Ok(())
 }
 
 /// A message found in the Maildir.
@@ -269,6 +345,9 @@ impl Postfix {
             main_cf(&opts, dir.path(), mail_uid, mail_gid),
         )?;
         std::fs::write(conf.join("master.cf"), master_cf(&opts))?;
+        if let Some(auth) = &opts.submission_auth {
+            write_submission_auth(&conf, auth)?;
+        }
 
         let pf = Self {
             ns: ns.name.clone(),
@@ -750,6 +829,13 @@ fn main_cf(opts: &PostfixOptions, dir: &Path, mail_uid: u32, mail_gid: u32) -> S
             opts.postscreen_greet_wait.as_secs().max(1)
         ));
     }
+    if opts.submission_auth.is_some() {
+        line(format!("smtpd_tls_cert_file = {d}/conf/tls.crt"));
+        line(format!("smtpd_tls_key_file = {d}/conf/tls.key"));
+        line("smtpd_sasl_type = cyrus".into());
+        line(format!("cyrus_sasl_config_path = {d}/conf/sasl"));
+        line("smtpd_sasl_path = smtpd".into());
+    }
     for extra in &opts.extra_main_cf {
         line(extra.clone());
     }
@@ -770,7 +856,7 @@ fn master_cf(opts: &PostfixOptions) -> String {
     } else {
         cf.push_str("smtp      inet  n       -       n       -       -       smtpd\n");
     }
-    if opts.submission || opts.submission_proxy {
+    if opts.submission || opts.submission_proxy || opts.submission_auth.is_some() {
         cf.push_str("submission inet n       -       n       -       -       smtpd\n");
         cf.push_str("  -o syslog_name=postfix/submission\n");
         if opts.submission_proxy {
@@ -780,6 +866,21 @@ fn master_cf(opts: &PostfixOptions) -> String {
                 opts.proxy_timeout.as_secs().max(1)
             );
         }
+        if opts.submission_auth.is_some() {
+            for o in [
+                "smtpd_tls_security_level=encrypt",
+                "smtpd_tls_auth_only=yes",
+                "smtpd_sasl_auth_enable=yes",
+                "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+                "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+            ] {
+                let _ = writeln!(cf, "  -o {o}");
+            }
+        }
+    }
+    if opts.submission_auth.is_some() {
+        // TLS session cache and entropy for smtpd: without it smtpd turns TLS off.
+        cf.push_str("tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n");
     }
     cf.push_str(
         "pickup    unix  n       -       n       60      1       pickup\n\

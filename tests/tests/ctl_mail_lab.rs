@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ceres_tests::postfix::smtp::{SmtpClient, connect};
-use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::postfix::{Postfix, PostfixOptions, SubmissionAuth};
 use ceres_tests::{Ceres, Lab, addr, require_root, wait_until};
 use serde_json::Value;
 
@@ -238,4 +238,176 @@ fn doctor_fails_on_an_open_relay_through_the_tunnel() {
     // Nothing was sent: the probe stops after RCPT.
     assert!(home_mx.maildir_messages().is_empty());
     assert_eq!(home_mx.queue_len().unwrap(), 0, "{}", home_mx.log());
+}
+
+/// A lab CA and a certificate for `mail.example.com` signed by it: (CA PEM,
+/// leaf chain PEM, leaf key PEM).
+fn lab_tls() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "CERES lab mail CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["mail.example.com".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// The path applications (Keycloak, onboarding mail) use: submission on 587
+/// through the VPS with a PROXY v2 header, STARTTLS, then AUTH, into a real
+/// Postfix that only lets authenticated clients send. A wrong password and a
+/// send without credentials are both refused, and the password is never
+/// printed.
+#[test]
+fn send_test_submits_with_starttls_and_auth_through_the_vps() {
+    if !require_root("send_test_submits_with_starttls_and_auth_through_the_vps") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"], &[]).unwrap();
+    let _vps = ceres.start_vps().unwrap();
+    ceres.join_home().unwrap();
+    let _home = ceres.start_home().unwrap();
+    ceres.enroll_ctl().unwrap();
+    ceres
+        .wait_home_connected(true, Duration::from_secs(20))
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = lab_tls();
+    let password = "lab-submission-Pa55word";
+    let home_mx = Postfix::start(
+        &lab.home,
+        PostfixOptions {
+            submission_auth: Some(SubmissionAuth {
+                login: "app@example.com".to_owned(),
+                password: password.to_owned(),
+                cert_pem,
+                key_pem,
+            }),
+            ..PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")])
+        },
+    )
+    .unwrap();
+    wait_relay_ready(&lab);
+    let files = tempfile::tempdir().unwrap();
+    let ca_file = files.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let good = files.path().join("good");
+    std::fs::write(&good, format!("{password}\n")).unwrap();
+    let bad = files.path().join("bad");
+    std::fs::write(&bad, "not-the-password\n").unwrap();
+
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send-test",
+            "--to",
+            "postmaster@example.com",
+            "--port",
+            "587",
+            "--ca-file",
+            ca_file,
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = ceres.ctl(&args).unwrap();
+        println!("{out}{err}");
+        assert!(!out.contains(password) && !err.contains(password));
+        (code, out)
+    };
+
+    let (code, out) = send(&[
+        "--user",
+        "app@example.com",
+        "--password-file",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\nhome log:\n{}", home_mx.log());
+    let steps: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "connect", "banner", "EHLO", "STARTTLS", "TLS", "EHLO", "AUTH", "MAIL", "RCPT", "DATA",
+            "message", "QUIT"
+        ],
+        "{out}"
+    );
+    assert!(out.contains(&format!("{}:587", addr::VPS)), "{out}");
+    assert!(out.contains("as app@example.com"), "{out}");
+    let id = out
+        .split("Message-ID <")
+        .nth(1)
+        .and_then(|r| r.split('>').next())
+        .unwrap();
+    home_mx
+        .wait_for_message_id(id, Duration::from_secs(30))
+        .unwrap();
+    // Postfix saw the internet client log in (its address came in the PROXY
+    // v2 header through the tunnel), not a tunnel address.
+    let client: SocketAddr = out
+        .split("(from ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let line = home_mx
+        .wait_log("sasl_username=app@example.com", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        line.contains(&format!("client=unknown[{}]", client.ip())),
+        "{line}"
+    );
+
+    // A wrong password: refused at AUTH, exit 1.
+    let (code, out) = send(&[
+        "--user",
+        "app@example.com",
+        "--password-file",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED at AUTH"), "{out}");
+
+    // A server certificate from a CA we were not told to trust: stopped at
+    // TLS, before the password is sent.
+    let other_ca = files.path().join("other-ca.pem");
+    std::fs::write(&other_ca, lab_tls().0).unwrap();
+    let (code, out, err) = ceres
+        .ctl(&[
+            "send-test",
+            "--to",
+            "postmaster@example.com",
+            "--port",
+            "587",
+            "--ca-file",
+            other_ca.to_str().unwrap(),
+            "--user",
+            "app@example.com",
+            "--password-file",
+            good.to_str().unwrap(),
+        ])
+        .unwrap();
+    println!("{out}{err}");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAILED at TLS") && out.contains("--ca-file"),
+        "{out}"
+    );
+    assert!(!out.contains("  AUTH"), "{out}");
+
+    // No credentials: TLS, but Postfix lets no anonymous client send.
+    let (code, out) = send(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAILED at RCPT"), "{out}");
+    assert_eq!(home_mx.maildir_messages().len(), 1);
 }
