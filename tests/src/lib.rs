@@ -631,6 +631,17 @@ impl<'a> Ceres<'a> {
         Ok(d)
     }
 
+    /// The whole gateway up: the VPS agent started, home joined and started,
+    /// cerectl enrolled, and home connected. Returns (vps, home).
+    pub fn up(&self) -> anyhow::Result<(Daemon, Daemon)> {
+        let vps = self.start_vps()?;
+        self.join_home()?;
+        let home = self.start_home()?;
+        self.enroll_ctl()?;
+        self.wait_home_connected(true, Duration::from_secs(20))?;
+        Ok((vps, home))
+    }
+
     /// `cerectl enroll` from the internet namespace (the admin is "anywhere").
     pub fn enroll_ctl(&self) -> anyhow::Result<()> {
         let token = self.token("admin")?;

@@ -34,13 +34,7 @@ fn no_mail_lost_under_faults() {
     let fault_secs = env_num("CERESTEST_CHAOS_SECS", 60);
     let lab = Lab::new().unwrap();
     let ceres = Ceres::init(&lab, &[], &[]).unwrap();
-    let mut vps = ceres.start_vps().unwrap();
-    ceres.join_home().unwrap();
-    let mut home = ceres.start_home().unwrap();
-    ceres.enroll_ctl().unwrap();
-    ceres
-        .wait_home_connected(true, Duration::from_secs(20))
-        .unwrap();
+    let (mut vps, mut home) = ceres.up().unwrap();
 
     let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
     let home_mx = Postfix::start(

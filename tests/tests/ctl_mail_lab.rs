@@ -60,13 +60,7 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
         &["CERES_PROBE_INTERVAL=1s"],
     )
     .unwrap();
-    let _vps = ceres.start_vps().unwrap();
-    ceres.join_home().unwrap();
-    let mut home = ceres.start_home().unwrap();
-    ceres.enroll_ctl().unwrap();
-    ceres
-        .wait_home_connected(true, Duration::from_secs(20))
-        .unwrap();
+    let (_vps, mut home) = ceres.up().unwrap();
     let home_mx = Postfix::start(
         &lab.home,
         PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")]),
@@ -197,13 +191,7 @@ fn doctor_fails_on_an_open_relay_through_the_tunnel() {
     // 25 relayed WITHOUT PROXY: every sender arrives from the forwarder's
     // 127.0.0.1, which the default mynetworks (127.0.0.0/8) trusts.
     let ceres = Ceres::init(&lab, &["CERES_RELAYS=25"], &[]).unwrap();
-    let _vps = ceres.start_vps().unwrap();
-    ceres.join_home().unwrap();
-    let _home = ceres.start_home().unwrap();
-    ceres.enroll_ctl().unwrap();
-    ceres
-        .wait_home_connected(true, Duration::from_secs(20))
-        .unwrap();
+    let (_vps, _home) = ceres.up().unwrap();
     let opts = PostfixOptions {
         postscreen_proxy_on_25: false,
         submission: false,
@@ -272,13 +260,7 @@ fn send_test_submits_with_starttls_and_auth_through_the_vps() {
     }
     let lab = Lab::new().unwrap();
     let ceres = Ceres::init(&lab, &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"], &[]).unwrap();
-    let _vps = ceres.start_vps().unwrap();
-    ceres.join_home().unwrap();
-    let _home = ceres.start_home().unwrap();
-    ceres.enroll_ctl().unwrap();
-    ceres
-        .wait_home_connected(true, Duration::from_secs(20))
-        .unwrap();
+    let (_vps, _home) = ceres.up().unwrap();
     let (ca_pem, cert_pem, key_pem) = lab_tls();
     let password = "lab-submission-Pa55word";
     let home_mx = Postfix::start(

@@ -60,13 +60,7 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
     }
     let lab = Lab::new().unwrap();
     let ceres = Ceres::init(&lab, &[], &["CERES_PROBE_INTERVAL=1s"]).unwrap();
-    let _vps = ceres.start_vps().unwrap();
-    ceres.join_home().unwrap();
-    let mut home = ceres.start_home().unwrap();
-    ceres.enroll_ctl().unwrap();
-    ceres
-        .wait_home_connected(true, Duration::from_secs(20))
-        .unwrap();
+    let (_vps, mut home) = ceres.up().unwrap();
 
     // The real mail server at home: postscreen expects PROXY on 25; it sends
     // outbound mail from the tunnel address (smtp_bind_address), to a fixed
