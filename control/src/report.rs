@@ -53,9 +53,12 @@ pub fn relay_ports(
     snapshots
         .iter()
         .map(|s| {
+            // A VPS relay is known by its public port; a home forwarder (on a
+            // port of its own) by the home port it forwards to.
             let proxy = specs
                 .iter()
-                .find(|r| r.public_port == s.port || r.home_port == s.port)
+                .find(|r| r.public_port == s.port && r.home_port == s.target_port)
+                .or_else(|| specs.iter().find(|r| r.home_port == s.target_port))
                 .map(|r| match r.proxy {
                     ceres_relay::ProxyMode::None => "",
                     ceres_relay::ProxyMode::V1 => "proxy-v1",

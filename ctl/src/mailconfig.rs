@@ -375,10 +375,7 @@ pub fn postfix(s: &MailSetup) -> String {
     let _ = writeln!(
         o,
         "# inet_interfaces must include the address the home agent forwards to\n\
-         # (CERES_MAIL_SERVER, default 127.0.0.1) and must NOT be `all`: the home\n\
-         # agent listens on the tunnel address on the same ports, and a wildcard\n\
-         # listener cannot share a port with it. Use e.g. `inet_interfaces =\n\
-         # 127.0.0.1, <LAN address>` (or remap ports in CERES_RELAYS, 25:10025).\n\
+         # (CERES_MAIL_SERVER, default 127.0.0.1); the default `all` does.\n\
          # smtp_bind_address exists while the home agent runs; a Postfix in a\n\
          # container has no tunnel address: leave smtp_bind_address out there and\n\
          # set CERES_EGRESS_FROM to the container network instead.\n\

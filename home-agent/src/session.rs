@@ -67,7 +67,7 @@ fn render_metrics(r: &Report) -> String {
         line(
             &mut o,
             "ceres_forward_connections_total",
-            &[("port", &f.port.to_string())],
+            &[("port", &f.target_port.to_string())],
             f.total as f64,
         );
     }
@@ -81,7 +81,7 @@ fn render_metrics(r: &Report) -> String {
         line(
             &mut o,
             "ceres_forward_connections_active",
-            &[("port", &f.port.to_string())],
+            &[("port", &f.target_port.to_string())],
             f.active as f64,
         );
     }

@@ -61,7 +61,8 @@ async fn relay_child(listen: SocketAddr, target: SocketAddr) -> Result<()> {
     config.max_per_port = 100_000;
     config.max_per_source = 100_000;
     let listener = Listener::bind(config)?;
-    let (_tx, rx) = tokio::sync::watch::channel(true);
+    let (_tx, rx) =
+        tokio::sync::watch::channel(ceres_relay::HomeReach::up([(target.port(), target.port())]));
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

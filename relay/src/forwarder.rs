@@ -1,5 +1,11 @@
 //! Home side: accepts relayed connections on the home tunnel address and forwards them
 //! to the mail server, bytes (including the VPS's PROXY header) unchanged.
+//!
+//! The forwarders listen on ports the kernel picks, not on the mail ports: a mail
+//! server on the same host may then listen on the wildcard address (`0.0.0.0:25`,
+//! Postfix's `inet_interfaces = all`, Docker's published ports), which could not share
+//! a port with a listener on the tunnel address. The home agent reports the ports to
+//! the VPS, whose relays dial them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -21,7 +27,8 @@ pub const DEFAULT_MAIL_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// mail server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ForwardRoute {
-    /// Port on the home tunnel address (the relay spec's home port).
+    /// Port on the home tunnel address; 0 before [`Forwarder::bind`]: a free port
+    /// the kernel picks (see [`Forwarder::routes`] for the bound one).
     pub listen_port: u16,
     /// Port on the mail server.
     pub target_port: u16,
@@ -49,20 +56,21 @@ pub struct ForwarderConfig {
 }
 
 impl ForwarderConfig {
-    /// Forwards each relay's home port to the same port on `127.0.0.1`, with default
-    /// timeouts and limits. To reach a mail server that listens on `0.0.0.0:25` (which
-    /// the forwarder cannot share), map the relay to another home port, e.g. `25:10025`,
-    /// and set that route's `target_port` to 25.
+    /// One forwarder per distinct home port of `relays`, to that port on `127.0.0.1`,
+    /// each listening on a port the kernel picks; default timeouts and limits.
     pub fn new(listen: IpAddr, allowed_peer: IpAddr, relays: &[RelaySpec]) -> Self {
+        let mut home_ports: Vec<u16> = relays.iter().map(|r| r.home_port).collect();
+        home_ports.sort_unstable();
+        home_ports.dedup();
         Self {
             listen,
             allowed_peer,
             mail_server: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            routes: relays
-                .iter()
-                .map(|r| ForwardRoute {
-                    listen_port: r.home_port,
-                    target_port: r.home_port,
+            routes: home_ports
+                .into_iter()
+                .map(|port| ForwardRoute {
+                    listen_port: 0,
+                    target_port: port,
                 })
                 .collect(),
             connect_timeout: DEFAULT_MAIL_CONNECT_TIMEOUT,
@@ -81,15 +89,21 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Binds every route's port on the tunnel address. Does not need a runtime.
-    pub fn bind(config: ForwarderConfig) -> Result<Self, RelayError> {
+    /// Binds every route's port on the tunnel address (a free one where the route
+    /// says 0). Does not need a runtime.
+    pub fn bind(mut config: ForwarderConfig) -> Result<Self, RelayError> {
         let mut sockets = Vec::new();
         let mut ports = Vec::new();
-        for route in &config.routes {
-            sockets.push(serve::bind(
-                SocketAddr::new(config.listen, route.listen_port),
-                true,
-            )?);
+        for route in &mut config.routes {
+            let socket = serve::bind(SocketAddr::new(config.listen, route.listen_port), true)?;
+            route.listen_port = socket
+                .local_addr()
+                .map_err(|source| RelayError::Bind {
+                    addr: SocketAddr::new(config.listen, route.listen_port),
+                    source,
+                })?
+                .port();
+            sockets.push(socket);
             ports.push(Arc::new(PortCounters::new(
                 route.listen_port,
                 route.target_port,
@@ -105,6 +119,11 @@ impl Forwarder {
                 ports: Arc::new(ports),
             },
         })
+    }
+
+    /// The routes with their bound ports.
+    pub fn routes(&self) -> &[ForwardRoute] {
+        &self.config.routes
     }
 
     /// The bound addresses.

@@ -19,7 +19,7 @@ mod stats;
 pub use forwarder::{DEFAULT_MAIL_CONNECT_TIMEOUT, ForwardRoute, Forwarder, ForwarderConfig};
 pub use listener::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PER_PORT, DEFAULT_MAX_PER_SOURCE,
-    Listener, ListenerConfig,
+    HomeReach, Listener, ListenerConfig,
 };
 pub use spec::{DEFAULT_RELAYS, ProxyMode, RelaySpec, SpecError, default_relays, parse_relays};
 pub use splice::pooled_pipes;

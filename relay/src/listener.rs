@@ -1,6 +1,7 @@
 //! VPS side: one listener per relayed port on each public address, spliced to the
 //! home tunnel address with an optional PROXY header.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +29,48 @@ pub const DEFAULT_MAX_PER_PORT: u32 = 1000;
 /// one NAT with several devices stay well below this.
 pub const DEFAULT_MAX_PER_SOURCE: u32 = 50;
 
+/// What the relays know about home: whether its session is up, and where its
+/// forwarders listen on the tunnel address. Home's forwarders listen on ports
+/// of their own choosing (never the mail ports, so the mail server at home may
+/// listen on the wildcard address) and report them; the VPS agent publishes
+/// this through a watch channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HomeReach {
+    /// A home session is up. While false nothing is relayed (SMTP ports answer
+    /// `421` at once).
+    pub up: bool,
+    /// Home port (a relay spec's `home_port`: the mail server's port) → the
+    /// tunnel-address port of home's forwarder for it, from home's report.
+    pub forward_ports: BTreeMap<u16, u16>,
+}
+
+impl HomeReach {
+    /// Home up, its forwarders on the given `(home_port, forwarder_port)` pairs.
+    pub fn up(forward_ports: impl IntoIterator<Item = (u16, u16)>) -> Self {
+        Self {
+            up: true,
+            forward_ports: forward_ports.into_iter().collect(),
+        }
+    }
+
+    /// Where to dial for `home_port`: `None` while home is down or has not
+    /// reported a forwarder for it.
+    pub fn port_for(&self, home_port: u16) -> Option<u16> {
+        if self.up {
+            self.forward_ports.get(&home_port).copied()
+        } else {
+            None
+        }
+    }
+}
+
 /// Settings of the VPS relays. Build with [`ListenerConfig::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Public addresses to listen on (IPv4 and/or IPv6; `0.0.0.0`/`::` are fine).
     pub bind: Vec<IpAddr>,
-    /// The home tunnel address connections are relayed to.
+    /// The home tunnel address connections are relayed to (at the ports home
+    /// reports, see [`HomeReach`]).
     pub target: IpAddr,
     /// The relayed ports.
     pub relays: Vec<RelaySpec>,
@@ -119,12 +156,13 @@ impl Listener {
     }
 
     /// Relays connections until `shutdown` is cancelled, then closes every relayed
-    /// connection and returns. `home_up` says whether home is reachable (the agent's
-    /// view of the tunnel/control stream); while it is `false` nothing is relayed.
+    /// connection and returns. `home` says whether home is reachable (the agent's
+    /// view of the control session) and where its forwarders listen; while home is
+    /// down, or has no forwarder for a port, nothing is relayed on that port.
     /// Returns at once when no ports are configured.
     pub async fn run(
         self,
-        home_up: watch::Receiver<bool>,
+        home: watch::Receiver<HomeReach>,
         shutdown: CancellationToken,
     ) -> Result<(), RelayError> {
         let ctxs: Vec<Arc<PortCtx>> = self
@@ -138,7 +176,8 @@ impl Listener {
                         proxy: spec.proxy,
                         smtp_banner: spec.smtp_banner,
                         mail_host: self.config.mail_host.clone(),
-                        home_up: home_up.clone(),
+                        home: home.clone(),
+                        home_port: spec.home_port,
                     },
                     counters: Arc::clone(counters),
                     target: SocketAddr::new(self.config.target, spec.home_port),

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::RelayError;
+use crate::listener::HomeReach;
 use crate::proxy::{self, unmap};
 use crate::spec::ProxyMode;
 use crate::splice::{self, End};
@@ -35,7 +36,10 @@ pub(crate) enum Role {
         proxy: ProxyMode,
         smtp_banner: bool,
         mail_host: String,
-        home_up: watch::Receiver<bool>,
+        home: watch::Receiver<HomeReach>,
+        /// The mail server's port at home; home reports which tunnel-address port
+        /// its forwarder for it listens on.
+        home_port: u16,
     },
     /// Home side: only the VPS tunnel address may connect; bytes pass unchanged.
     Forward { allowed_peer: IpAddr },
@@ -46,6 +50,8 @@ pub(crate) enum Role {
 pub(crate) struct PortCtx {
     pub(crate) role: Role,
     pub(crate) counters: Arc<PortCounters>,
+    /// Where connections go; on the VPS the port is home's mail port, replaced
+    /// by the forwarder port home reported when connecting.
     pub(crate) target: SocketAddr,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
@@ -176,29 +182,47 @@ async fn refuse(mut stream: TcpStream, ctx: &PortCtx, why_code: &str, why: &str)
 
 async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     let port = ctx.counters.port;
-    if let Role::Relay { home_up, .. } = &ctx.role {
-        if !*home_up.borrow() {
-            ctx.counters.count_unavailable();
-            debug!(port, source = %peer.ip(), "home down, refusing at once");
-            refuse(client, ctx, "4.4.2", "temporarily unavailable").await;
-            return;
+    let target = match &ctx.role {
+        Role::Relay {
+            home, home_port, ..
+        } => {
+            let reach = home.borrow().clone();
+            match reach.port_for(*home_port) {
+                Some(p) => SocketAddr::new(ctx.target.ip(), p),
+                None => {
+                    ctx.counters.count_unavailable();
+                    if reach.up {
+                        let why = format!(
+                            "home is connected but reports no forwarder for its port {home_port} \
+                             (see the home agent's log and `cerectl status`)"
+                        );
+                        warn!(port, source = %peer.ip(), "{why}");
+                        ctx.counters.record_error(why);
+                    } else {
+                        debug!(port, source = %peer.ip(), "home down, refusing at once");
+                    }
+                    refuse(client, ctx, "4.4.2", "temporarily unavailable").await;
+                    return;
+                }
+            }
         }
-    }
+        Role::Forward { .. } => ctx.target,
+    };
     let connect = tokio::select! {
-        r = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(ctx.target)) => r,
+        r = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(target)) => r,
         // Shutting down: do not hold the relay's exit for a slow connect.
         () = ctx.shutdown.cancelled() => return,
     };
     let mut server = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            unavailable(client, ctx, format!("connect to {}: {e}", ctx.target)).await;
+            unavailable(client, ctx, format!("connect to {target}: {e}")).await;
             return;
         }
         Err(_) => {
             let why = format!(
-                "connect to {}: timed out after {:?}",
-                ctx.target, ctx.connect_timeout
+                "connect to {target}: timed out after {:?}",
+                ctx.connect_timeout
             );
             unavailable(client, ctx, why).await;
             return;
@@ -219,7 +243,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             let sent = tokio::time::timeout(REPLY_TIMEOUT, server.write_all(&header)).await;
             if !matches!(sent, Ok(Ok(()))) {
                 ctx.counters
-                    .record_error(format!("sending PROXY header to {}", ctx.target));
+                    .record_error(format!("sending PROXY header to {target}"));
                 return;
             }
         }
@@ -255,7 +279,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
 
 /// The target could not be reached: record why and refuse the client.
 async fn unavailable(client: TcpStream, ctx: &PortCtx, why: String) {
-    warn!(port = ctx.counters.port, target = %ctx.target, error = %why, "target unreachable");
+    warn!(port = ctx.counters.port, error = %why, "target unreachable");
     ctx.counters.count_unavailable();
     ctx.counters.record_error(why);
     refuse(client, ctx, "4.4.2", "temporarily unavailable").await;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ceres_relay::proxy::{self, ProxyHeader};
 use ceres_relay::{
-    ForwardRoute, Forwarder, ForwarderConfig, Listener, ListenerConfig, ProxyMode, RelaySpec,
-    StatsHandle, parse_relays,
+    ForwardRoute, Forwarder, ForwarderConfig, HomeReach, Listener, ListenerConfig, ProxyMode,
+    RelaySpec, StatsHandle, parse_relays,
 };
 use common::{connect_from, have_root, unique_ip, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,7 +26,10 @@ struct Running {
     addrs: Vec<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
-    home_up: watch::Sender<bool>,
+    home: watch::Sender<HomeReach>,
+    /// Home up, with a forwarder on each relay's home port itself (the fake
+    /// servers of these tests stand in for home's forwarders).
+    home_reach: HomeReach,
 }
 
 impl Drop for Running {
@@ -39,8 +42,13 @@ impl Drop for Running {
 }
 
 fn start_listener(config: ListenerConfig, up: bool) -> Running {
+    let home_reach = HomeReach::up(config.relays.iter().map(|r| (r.home_port, r.home_port)));
     let listener = Listener::bind(config).expect("bind relay");
-    let (home_up, rx) = watch::channel(up);
+    let (home, rx) = watch::channel(if up {
+        home_reach.clone()
+    } else {
+        HomeReach::default()
+    });
     let shutdown = CancellationToken::new();
     let stats = listener.stats();
     let addrs = listener.local_addrs();
@@ -53,7 +61,8 @@ fn start_listener(config: ListenerConfig, up: bool) -> Running {
         addrs,
         shutdown,
         task: Some(task),
-        home_up,
+        home,
+        home_reach,
     }
 }
 
@@ -280,7 +289,7 @@ async fn home_marked_down_answers_without_connecting() {
     expect_421(SocketAddr::new(public, 2587), client).await;
     expect_close_without_data(SocketAddr::new(public, 2993), client).await;
     // Home comes back: the very next connection is relayed to the real server.
-    relay.home_up.send(true).unwrap();
+    relay.home.send(relay.home_reach.clone()).unwrap();
     let mut c = connect_from(client, SocketAddr::new(public, 2587))
         .await
         .unwrap();
@@ -501,11 +510,12 @@ async fn forwarder_closes_when_mail_server_is_down() {
     config.mail_server = mail;
     let fwd = Forwarder::bind(config).unwrap();
     let stats = fwd.stats();
+    let to = fwd.local_addrs()[0];
     let shutdown = CancellationToken::new();
     let _guard = shutdown.clone().drop_guard();
     tokio::spawn(fwd.run(shutdown.clone()));
     // The home side never answers for the mail server, not even on SMTP ports.
-    expect_close_without_data(SocketAddr::new(tunnel_home, 2500), vps).await;
+    expect_close_without_data(to, vps).await;
     wait_until("unavailable counted", GUARD, || {
         stats.snapshot()[0].unavailable == 1
     })
@@ -555,4 +565,81 @@ async fn server_reset_mid_stream_ends_only_that_connection() {
     let (mut s2, _) = server.accept().await.unwrap();
     s2.write_all(b"ok").await.unwrap();
     assert_eq!(read_exact_guarded(&mut c2, 2).await, b"ok");
+}
+
+#[tokio::test]
+async fn relay_dials_the_forwarder_port_home_reports() {
+    let (public, home, client) = (unique_ip(), unique_ip(), unique_ip());
+    // Home's forwarder for mail port 25 listens on 41025; nothing on 25.
+    let mut seen = fake_server(SocketAddr::new(home, 41025), b"220 fwd\r\n", true).await;
+    let listener = Listener::bind(ListenerConfig::new(
+        vec![public],
+        home,
+        vec![spec(2525, 25, ProxyMode::V2, true)],
+        "mail.example.test",
+    ))
+    .unwrap();
+    let stats = listener.stats();
+    let (home_tx, rx) = watch::channel(HomeReach::up([]));
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    tokio::spawn(listener.run(rx, shutdown.clone()));
+    let to = SocketAddr::new(public, 2525);
+
+    // Connected, but no forwarder reported for 25 yet: 421, and the reason is
+    // kept for `cerectl status`.
+    expect_421(to, client).await;
+    let snap = &stats.snapshot()[0];
+    assert_eq!(snap.unavailable, 1);
+    let why = snap.last_error.as_ref().map(|e| e.message.clone()).unwrap();
+    assert!(why.contains("no forwarder for its port 25"), "{why}");
+
+    // Reported: relayed to 41025 with the PROXY header.
+    home_tx.send(HomeReach::up([(25, 41025)])).unwrap();
+    let mut c = connect_from(client, to).await.unwrap();
+    assert_eq!(read_exact_guarded(&mut c, 9).await, b"220 fwd\r\n");
+    c.shutdown().await.unwrap();
+    read_to_end_guarded(&mut c).await.unwrap();
+    let s = seen.recv().await.unwrap();
+    assert_eq!(s.header.unwrap().source.map(|a| a.ip()), Some(client));
+}
+
+#[tokio::test]
+async fn forwarder_coexists_with_a_mail_server_on_the_wildcard_address() {
+    let (tunnel_home, vps) = (unique_ip(), unique_ip());
+    // The mail server listens on 0.0.0.0 (Postfix `inet_interfaces = all`).
+    let mail = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let mail_port = mail.local_addr().unwrap().port();
+    let mail = TcpListener::from_std({
+        mail.set_nonblocking(true).unwrap();
+        mail
+    })
+    .unwrap();
+    let fwd = Forwarder::bind(ForwarderConfig::new(
+        tunnel_home,
+        vps,
+        &[
+            spec(25, mail_port, ProxyMode::V2, true),
+            // Two relays to one home port share one forwarder.
+            spec(2525, mail_port, ProxyMode::None, true),
+        ],
+    ))
+    .expect("the forwarder must not need the mail port");
+    let routes = fwd.routes().to_vec();
+    assert_eq!(routes.len(), 1, "{routes:?}");
+    assert_eq!(routes[0].target_port, mail_port);
+    assert_ne!(routes[0].listen_port, mail_port);
+    assert_ne!(routes[0].listen_port, 0);
+    let to = fwd.local_addrs()[0];
+    assert_eq!(to, SocketAddr::new(tunnel_home, routes[0].listen_port));
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    tokio::spawn(fwd.run(shutdown.clone()));
+    let mut c = connect_from(vps, to).await.unwrap();
+    let (mut s, _) = tokio::time::timeout(GUARD, mail.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(b"220 wildcard\r\n").await.unwrap();
+    assert_eq!(read_exact_guarded(&mut c, 14).await, b"220 wildcard\r\n");
 }

@@ -679,6 +679,38 @@ impl<'a> Ceres<'a> {
         Ok((code, json))
     }
 
+    /// Home's forwarders, from `cerectl status --json`: mail port -> the port
+    /// the forwarder listens on at home's tunnel address (the kernel picks
+    /// it). Waits until home has reported `count` of them.
+    pub fn forwarder_ports(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<std::collections::BTreeMap<u16, u16>> {
+        let mut ports = std::collections::BTreeMap::new();
+        wait_until(
+            &format!("{count} forwarders in home's report"),
+            timeout,
+            || {
+                let (_, json) = self.status_json()?;
+                ports = json["forwards"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| {
+                                let port = u16::try_from(f["port"].as_u64()?).ok()?;
+                                let target = u16::try_from(f["target_port"].as_u64()?).ok()?;
+                                Some((target, port))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok(ports.len() >= count)
+            },
+        )?;
+        Ok(ports)
+    }
+
     /// Waits until `cerectl status --json` says home is (or is not) connected.
     pub fn wait_home_connected(
         &self,

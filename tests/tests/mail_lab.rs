@@ -67,6 +67,9 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
     // internet-side host (no DNS in the lab).
     // Both families: postscreen must understand the TCP6 PROXY header of IPv6 clients.
     let mut opts = PostfixOptions::home(vec![ip("127.0.0.1"), ip("::1")]);
+    // Listening on every address, as a stock Postfix does: home's forwarders
+    // listen on ports of their own, so nothing clashes with 0.0.0.0:25.
+    opts.extra_main_cf.push("inet_interfaces = all".into());
     opts.smtp_bind_address = Some(HOME_TUN.parse().unwrap());
     opts.transport = vec![("remote.example".into(), format!("[{}]:25", addr::CLIENT))];
     let home_mx = Postfix::start(&lab.home, opts).unwrap();

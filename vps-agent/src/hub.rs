@@ -1,12 +1,14 @@
 //! What the VPS knows about the home agent: whether its session is up, since
 //! when, and what it last reported.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
 use ceres_pki::unix_secs;
 use ceres_proto::{Hello, HomeStatus, Report};
+use ceres_relay::HomeReach;
 use tokio_util::sync::CancellationToken;
 
 /// The session registry. At most one home session is live: a new one (the
@@ -17,14 +19,15 @@ pub struct Hub {
     inner: Mutex<Inner>,
     /// Whether a home session is up, for the relays: while it is not, SMTP
     /// ports answer 421 at once instead of trying the tunnel.
-    up: tokio::sync::watch::Sender<bool>,
+    /// What the relays need: session up, and home's forwarder ports.
+    reach: tokio::sync::watch::Sender<HomeReach>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
         Self {
             inner: Mutex::default(),
-            up: tokio::sync::watch::Sender::new(false),
+            reach: tokio::sync::watch::Sender::new(HomeReach::default()),
         }
     }
 }
@@ -79,7 +82,9 @@ impl Hub {
             old.cancel.cancel();
         }
         let cancel = parent.child_token();
-        self.up.send_replace(true);
+        // Up, but no forwarder ports until home's first report (sent as soon
+        // as its forwarders run): the ports of an earlier session may be gone.
+        self.reach.send_replace(HomeReach::up([]));
         inner.current = Some(Session {
             id,
             since_unix: now,
@@ -98,6 +103,15 @@ impl Hub {
     pub fn report(&self, id: u64, report: Report) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = inner.current.as_mut().filter(|s| s.id == id) {
+            let ports = forward_ports(&report);
+            self.reach.send_if_modified(|reach| {
+                let changed = reach.forward_ports != ports;
+                if changed {
+                    tracing::info!(forwarders = ?ports, "home's forwarders (mail port -> tunnel port)");
+                    reach.forward_ports = ports;
+                }
+                changed
+            });
             s.last_report_unix = unix_secs(SystemTime::now());
             s.last_report = Some(report);
         }
@@ -109,13 +123,13 @@ impl Hub {
         if inner.current.as_ref().is_some_and(|s| s.id == id) {
             inner.previous = inner.current.take();
             inner.ended_unix = unix_secs(SystemTime::now());
-            self.up.send_replace(false);
+            self.reach.send_replace(HomeReach::default());
         }
     }
 
-    /// Follows whether a home session is up.
-    pub fn home_up(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.up.subscribe()
+    /// Follows whether a home session is up and where its forwarders listen.
+    pub fn home_reach(&self) -> tokio::sync::watch::Receiver<HomeReach> {
+        self.reach.subscribe()
     }
 
     /// Whether a home session is up.
@@ -151,4 +165,20 @@ impl Hub {
         }
         status
     }
+}
+
+/// Home's forwarders from a report: mail port at home -> forwarder port on
+/// the tunnel address. Ports outside u16 (a broken report) are skipped.
+fn forward_ports(report: &Report) -> BTreeMap<u16, u16> {
+    report
+        .forwards
+        .iter()
+        .filter_map(|f| {
+            Some((
+                u16::try_from(f.target_port).ok()?,
+                u16::try_from(f.port).ok()?,
+            ))
+        })
+        .filter(|&(target, port)| target != 0 && port != 0)
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use anyhow::Context;
 use ceres_proto::{EgressStatus, RelayPort};
 use ceres_relay::egress::{ForwardingState, HostSystem, VpsEgress};
-use ceres_relay::{Listener, ListenerConfig, StatsHandle};
+use ceres_relay::{HomeReach, Listener, ListenerConfig, StatsHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,7 +45,7 @@ impl VpsRelays {
     /// nothing is started.
     pub fn start(
         settings: &VpsSettings,
-        home_up: watch::Receiver<bool>,
+        reach: watch::Receiver<HomeReach>,
         cancel: &CancellationToken,
         tracker: &TaskTracker,
     ) -> anyhow::Result<Self> {
@@ -78,7 +78,7 @@ impl VpsRelays {
             this.stats = Some(listener.stats());
             let shutdown = cancel.child_token();
             tracker.spawn(async move {
-                if let Err(e) = listener.run(home_up, shutdown).await {
+                if let Err(e) = listener.run(reach, shutdown).await {
                     tracing::error!(error = %e, "relays stopped");
                 }
             });

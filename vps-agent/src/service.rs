@@ -429,7 +429,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let hub = Hub::default();
-    let relays = VpsRelays::start(&settings, hub.home_up(), &cancel, &tracker)?;
+    let relays = VpsRelays::start(&settings, hub.home_reach(), &cancel, &tracker)?;
     let rotator = Rotator::load(&state.dir, settings.rotate_every);
     rotator.resume(&tunnel);
     let ctx = Arc::new(Ctx {

@@ -260,7 +260,9 @@ fn gateway(o: Options) -> anyhow::Result<()> {
 
     // HAProxy runs for the whole measurement, like the VPS agent, so both
     // have served the banner connections before their idle measurement.
-    let haproxy = start_haproxy(&lab, &idle, o.conns)?;
+    // HAProxy dials home's forwarders where home reported them.
+    let forwarders = ceres.forwarder_ports(idle.len() + 3, Duration::from_secs(30))?;
+    let haproxy = start_haproxy(&lab, &forwarders, &idle, o.conns)?;
     let haproxy_pid = pid_of(&haproxy, "haproxy")?;
     let banners = bench_banners(&lab, o)?;
     let bulk = bench_bulk(&lab, o, vps_pid, home_pid)?;
@@ -799,19 +801,32 @@ fn measure_idle(
 /// through the same tunnel to the same home forwarder ports as the CERES
 /// relay: 587 for the banner timing; the idle ports round-robin, so no
 /// port gets over home's 1,000 per port.
-fn start_haproxy(lab: &Lab, idle: &[u16], conns: usize) -> anyhow::Result<Daemon> {
+fn start_haproxy(
+    lab: &Lab,
+    forwarders: &std::collections::BTreeMap<u16, u16>,
+    idle: &[u16],
+    conns: usize,
+) -> anyhow::Result<Daemon> {
+    let fwd = |p: u16| {
+        forwarders
+            .get(&p)
+            .copied()
+            .with_context(|| format!("home reported no forwarder for port {p}"))
+    };
     let cfg = lab.path("haproxy.cfg");
     let mut text = format!(
         "global\n  maxconn {max}\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30m\n  timeout server 30m\n\n\
          frontend submission\n  bind {vps}:{HAPROXY_SUBMISSION_PORT}\n  default_backend submission\n\n\
-         backend submission\n  server home587 {HOME_TUN}:587 send-proxy-v2\n\n\
+         backend submission\n  server home587 {HOME_TUN}:{f587} send-proxy-v2\n\n\
          frontend relay\n  bind {vps}:{HAPROXY_PORT}\n  maxconn {max}\n  default_backend home\n\n\
          backend home\n  balance roundrobin\n",
         max = conns + 1000,
         vps = addr::VPS,
+        f587 = fwd(587)?,
     );
     for p in idle {
-        text.push_str(&format!("  server home{p} {HOME_TUN}:{p} send-proxy-v2\n"));
+        let f = fwd(*p)?;
+        text.push_str(&format!("  server home{p} {HOME_TUN}:{f} send-proxy-v2\n"));
     }
     std::fs::write(&cfg, text)?;
     let mut cmd = lab.vps.command("haproxy");
