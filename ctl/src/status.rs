@@ -124,9 +124,10 @@ pub struct RotationPart {
 /// Counters of one relayed (VPS) or forwarded (home) port.
 #[derive(Debug, Clone, Serialize)]
 pub struct PortPart {
-    /// Listening port.
+    /// Listening port: the VPS's public port, or for home's forwarders their
+    /// port on the tunnel address (picked by the kernel).
     pub port: u32,
-    /// Port connected to (home tunnel port / mail server port).
+    /// The mail server's port at home.
     pub target_port: u32,
     /// "proxy-v1", "proxy-v2" or null.
     pub proxy: Option<String>,
@@ -596,12 +597,20 @@ impl Status {
                 mark(true),
                 self.relays.len()
             ));
-            out.push_str("              port → home  proxy      active   total      in     out  refused  421/closed\n");
+            // "via": the port of home's forwarder on its tunnel address, as
+            // home reported it ("-": none, so the relay answers 421).
+            out.push_str("              port → home  via    proxy      active   total      in     out  refused  421/closed\n");
             for r in &self.relays {
+                let via = self
+                    .forwards
+                    .iter()
+                    .find(|f| f.target_port == r.target_port)
+                    .map_or_else(|| "-".to_owned(), |f| f.port.to_string());
                 out.push_str(&format!(
-                    "              {:<5}→ {:<5} {:<9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11}{}\n",
+                    "              {:<5}→ {:<5} {:<6} {:<9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11}{}\n",
                     r.port,
                     r.target_port,
+                    via,
                     r.proxy.as_deref().unwrap_or("-"),
                     r.active,
                     r.total,
@@ -838,6 +847,12 @@ mod tests {
         };
         r.home.as_mut().unwrap().last_report = Some(Report {
             probes: vec![probe(25, true, "", true), probe(110, false, "", false)],
+            // Home's forwarder for 25 listens on 41025; none for 110.
+            forwards: vec![RelayPort {
+                port: 41025,
+                target_port: 25,
+                ..Default::default()
+            }],
             ..Default::default()
         });
         let s = Status::from_response(r.clone());
@@ -845,6 +860,8 @@ mod tests {
         assert_eq!(s.mail_server.len(), 2);
         assert_eq!(s.mail_server[0].relay_proxy.as_deref(), Some("proxy-v2"));
         let text = s.render(false);
+        assert!(text.contains("25   → 25    41025  proxy-v2"), "{text}");
+        assert!(text.contains("110  → 110   -      -"), "{text}");
         assert!(
             text.contains("25    relay sends proxy-v2 · expects PROXY"),
             "{text}"

@@ -49,7 +49,14 @@ fn main() -> anyhow::Result<()> {
         addr::VPS6,
         addr::HOME
     ));
-    let ceres = Ceres::init(&lab, &[], &[])?;
+    // The relays the lab's Postfix serves (25 with postscreen, 587 with
+    // submission, both expecting PROXY), and home's probes of it every 2 s so
+    // the status below shows what they found.
+    let ceres = Ceres::init(
+        &lab,
+        &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"],
+        &["CERES_PROBE_INTERVAL=2s"],
+    )?;
     step("ceres-vps init: CA, server certificate, config");
     let _vps = ceres.start_vps()?;
     step(
@@ -163,6 +170,16 @@ fn main() -> anyhow::Result<()> {
         println!("    remote MX log: {line}");
     }
 
+    wait_until(
+        "home's probes to find Postfix",
+        Duration::from_secs(20),
+        || {
+            let (_, j) = ceres.status_json()?;
+            Ok(j["mail_server"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(|p| p["reachable"] == true)))
+        },
+    )?;
     step("cerectl status:");
     let (code, out, _) = ceres.ctl(&["status"])?;
     print!("{out}");
