@@ -186,12 +186,16 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         Role::Relay {
             home, home_port, ..
         } => {
-            let reach = home.borrow().clone();
-            match reach.port_for(*home_port) {
+            // Read under the borrow, which must not be held across an await.
+            let (port, up) = {
+                let reach = home.borrow();
+                (reach.port_for(*home_port), reach.up)
+            };
+            match port {
                 Some(p) => SocketAddr::new(ctx.target.ip(), p),
                 None => {
                     ctx.counters.count_unavailable();
-                    if reach.up {
+                    if up {
                         let why = format!(
                             "home is connected but reports no forwarder for its port {home_port} \
                              (see the home agent's log and `cerectl status`)"
