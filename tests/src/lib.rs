@@ -711,6 +711,24 @@ impl<'a> Ceres<'a> {
         Ok(ports)
     }
 
+    /// Waits until home's probes (in `cerectl status --json`) reach the mail
+    /// server on every relayed port, or on `port` alone when given.
+    pub fn wait_mail_server_reachable(
+        &self,
+        port: Option<u16>,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_until("home's probes to reach the mail server", timeout, || {
+            let (_, j) = self.status_json()?;
+            let probes = j["mail_server"].as_array().cloned().unwrap_or_default();
+            let ok = |p: &serde_json::Value| p["reachable"] == true;
+            Ok(match port {
+                Some(port) => probes.iter().any(|p| p["port"] == port && ok(p)),
+                None => !probes.is_empty() && probes.iter().all(ok),
+            })
+        })
+    }
+
     /// Waits until `cerectl status --json` says home is (or is not) connected.
     pub fn wait_home_connected(
         &self,

@@ -123,13 +123,9 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
 
     // Doctor also reads home's probes of the mail server: wait for one made
     // after Postfix started (the first ran before it).
-    ceres_tests::wait_until("home's probes see Postfix", Duration::from_secs(20), || {
-        let (_, j) = ceres.status_json()?;
-        Ok(j["mail_server"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty() && a.iter().all(|p| p["reachable"] == true)))
-    })
-    .unwrap();
+    ceres
+        .wait_mail_server_reachable(None, Duration::from_secs(20))
+        .unwrap();
 
     // doctor, mail checks only: banner on both addresses, relay refused,
     // outbound 25 to the internet-side server.

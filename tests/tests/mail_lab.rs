@@ -214,19 +214,9 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
         .unwrap();
 
     // Home's probes see Postfix on 25 expecting a PROXY header, as the relay sends.
-    wait_until(
-        "home's probe of Postfix on 25",
-        Duration::from_secs(20),
-        || {
-            let (_, j) = ceres.status_json()?;
-            Ok(j["mail_server"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|p| p["port"] == 25 && p["reachable"] == true))
-        },
-    )
-    .unwrap();
+    ceres
+        .wait_mail_server_reachable(Some(25), Duration::from_secs(20))
+        .unwrap();
     let (code, j) = ceres.status_json().unwrap();
     let p25 = j["mail_server"]
         .as_array()

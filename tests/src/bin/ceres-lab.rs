@@ -170,16 +170,7 @@ fn main() -> anyhow::Result<()> {
         println!("    remote MX log: {line}");
     }
 
-    wait_until(
-        "home's probes to find Postfix",
-        Duration::from_secs(20),
-        || {
-            let (_, j) = ceres.status_json()?;
-            Ok(j["mail_server"]
-                .as_array()
-                .is_some_and(|a| !a.is_empty() && a.iter().all(|p| p["reachable"] == true)))
-        },
-    )?;
+    ceres.wait_mail_server_reachable(None, Duration::from_secs(20))?;
     step("cerectl status:");
     let (code, out, _) = ceres.ctl(&["status"])?;
     print!("{out}");
