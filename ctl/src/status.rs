@@ -428,6 +428,27 @@ impl Status {
                 });
             }
         }
+        // With the tunnel up, home runs a forwarder for each relayed home port;
+        // the VPS answers 421 on a port home reports none for.
+        if home.connected && tunnel_up && report.is_some() {
+            let mut missing: Vec<u32> = relays
+                .iter()
+                .map(|r| r.target_port)
+                .filter(|p| !forwards.iter().any(|f| f.target_port == *p))
+                .collect();
+            missing.sort_unstable();
+            missing.dedup();
+            if !missing.is_empty() {
+                let list = missing
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                problems.push(format!(
+                    "home runs no forwarder for port {list}: the VPS answers those with 421; look for `cannot start the forwarders` in the home agent's log"
+                ));
+            }
+        }
         let (mail_server, probe_problems) = mail_server_part(&resp.relays, report.as_ref());
         problems.extend(probe_problems);
         let home_part = HomePart {
@@ -798,6 +819,46 @@ mod tests {
         let s = Status::from_response(r);
         assert!(!s.ok && !s.tunnel.up);
         assert!(s.problems[0].contains("UDP 51820"), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn a_relayed_port_without_home_forwarder_is_a_problem() {
+        let mut r = resp(true, 5);
+        r.vps_tunnel = Some(TunnelReport {
+            running: true,
+            last_handshake_unix: 1_800_000_000 - 5,
+            ..Default::default()
+        });
+        let relay = |port| RelayPort {
+            port,
+            target_port: port,
+            ..Default::default()
+        };
+        r.relays = vec![relay(25), relay(587), relay(2525)];
+        r.relays[2].target_port = 25; // 2525 -> home's 25: same forwarder
+        let forward = |port, target_port| RelayPort {
+            port,
+            target_port,
+            ..Default::default()
+        };
+        r.home.as_mut().unwrap().last_report = Some(Report {
+            forwards: vec![forward(40001, 25)],
+            ..Default::default()
+        });
+        let s = Status::from_response(r.clone());
+        assert!(!s.ok);
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert!(
+            s.problems[0].contains("no forwarder for port 587:"),
+            "{:?}",
+            s.problems
+        );
+        r.home.as_mut().unwrap().last_report = Some(Report {
+            forwards: vec![forward(40001, 25), forward(40002, 587)],
+            ..Default::default()
+        });
+        let s = Status::from_response(r);
+        assert!(s.ok, "{:?}", s.problems);
     }
 
     #[test]
