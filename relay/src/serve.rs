@@ -19,7 +19,7 @@ use crate::listener::HomeReach;
 use crate::proxy::{self, unmap};
 use crate::spec::ProxyMode;
 use crate::splice::{self, End};
-use crate::stats::{PortCounters, Refusal};
+use crate::stats::{PortCounters, Refusal, Warning, clock_ms};
 
 /// Bound on writing our own short replies (`421`), so a client that never reads
 /// cannot pin a task.
@@ -131,8 +131,11 @@ async fn accept_loop(
         if let Role::Forward { allowed_peer } = &ctx.role {
             if peer.ip() != unmap(SocketAddr::new(*allowed_peer, 0)).ip() {
                 ctx.counters.count_refused();
-                warn!(port = ctx.counters.port, source = %peer.ip(), allowed = %allowed_peer,
-                    "refused connection not from the VPS tunnel address");
+                if let Some(held) = ctx.counters.log.admit(Warning::Untrusted, clock_ms()) {
+                    warn!(port = ctx.counters.port, source = %peer.ip(), allowed = %allowed_peer,
+                        more_since_last_line = held,
+                        "refused connection not from the VPS tunnel address");
+                }
                 continue;
             }
         }
@@ -143,8 +146,11 @@ async fn accept_loop(
                     Refusal::PortLimit(n) => ("port", n),
                     Refusal::SourceLimit(n) => ("source", n),
                 };
-                warn!(port = ctx.counters.port, source = %peer.ip(), limit, scope = what,
-                    "connection limit reached, refusing");
+                if let Some(held) = ctx.counters.log.admit(Warning::Limit, clock_ms()) {
+                    warn!(port = ctx.counters.port, source = %peer.ip(), limit, scope = what,
+                        more_since_last_line = held,
+                        "connection limit reached, refusing");
+                }
                 let ctx = Arc::clone(&ctx);
                 tracker.spawn(async move {
                     refuse(stream, &ctx, "4.7.0", "too many connections").await;
@@ -200,7 +206,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
                             "home is connected but reports no forwarder for its port {home_port} \
                              (see the home agent's log and `cerectl status`)"
                         );
-                        warn!(port, source = %peer.ip(), "{why}");
+                        if let Some(held) = ctx.counters.log.admit(Warning::Unreachable, clock_ms())
+                        {
+                            warn!(port, source = %peer.ip(), more_since_last_line = held, "{why}");
+                        }
                         ctx.counters.record_error(why);
                     } else {
                         debug!(port, source = %peer.ip(), "home down, refusing at once");
@@ -283,7 +292,9 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
 
 /// The target could not be reached: record why and refuse the client.
 async fn unavailable(client: TcpStream, ctx: &PortCtx, why: String) {
-    warn!(port = ctx.counters.port, error = %why, "target unreachable");
+    if let Some(held) = ctx.counters.log.admit(Warning::Unreachable, clock_ms()) {
+        warn!(port = ctx.counters.port, error = %why, more_since_last_line = held, "target unreachable");
+    }
     ctx.counters.count_unavailable();
     ctx.counters.record_error(why);
     refuse(client, ctx, "4.4.2", "temporarily unavailable").await;

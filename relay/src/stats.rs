@@ -48,6 +48,57 @@ pub(crate) enum Refusal {
     SourceLimit(u32),
 }
 
+/// How often one port logs the same kind of trouble. A flood against a limit
+/// (or a dead home under steady traffic) would otherwise write a line per
+/// connection; the counters keep the exact numbers either way.
+pub(crate) const LOG_EVERY_MS: u64 = 10_000;
+
+/// Kinds of per-connection warnings, each throttled on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Warning {
+    /// A connection limit was hit.
+    Limit = 0,
+    /// A connection not from the VPS tunnel address (home side).
+    Untrusted = 1,
+    /// The target could not be reached, or home has no forwarder for the port.
+    Unreachable = 2,
+}
+
+/// At most one warning of a kind per [`LOG_EVERY_MS`], counting the ones held
+/// back so the next line can say how many there were.
+#[derive(Debug, Default)]
+pub(crate) struct LogThrottle {
+    /// Milliseconds (on [`clock_ms`]) of the last line logged, per kind; 0: never.
+    last_ms: [AtomicU64; 3],
+    held: [AtomicU64; 3],
+}
+
+impl LogThrottle {
+    /// `Some(n)` when a line may be logged now (`n` lines of this kind were held
+    /// back since the last one), `None` when it is held back.
+    pub(crate) fn admit(&self, kind: Warning, now_ms: u64) -> Option<u64> {
+        let (last, held) = (&self.last_ms[kind as usize], &self.held[kind as usize]);
+        let prev = last.load(Ordering::Relaxed);
+        let now = now_ms.max(1);
+        if (prev != 0 && now.saturating_sub(prev) < LOG_EVERY_MS)
+            || last
+                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(held.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// Milliseconds since the first call: a monotonic clock for [`LogThrottle`].
+pub(crate) fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Live counters of one port. Cheap to update from many connection tasks.
 #[derive(Debug)]
 pub(crate) struct PortCounters {
@@ -62,6 +113,8 @@ pub(crate) struct PortCounters {
     refused: AtomicU64,
     unavailable: AtomicU64,
     last_error: Mutex<Option<LastError>>,
+    /// Keeps per-connection warnings of this port to one line per kind and interval.
+    pub(crate) log: LogThrottle,
     /// Open connections per source key; entries are removed at zero so the map only
     /// holds current clients.
     sources: Mutex<HashMap<IpAddr, u32>>,
@@ -93,6 +146,7 @@ impl PortCounters {
             refused: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            log: LogThrottle::default(),
             sources: Mutex::new(HashMap::new()),
         }
     }
@@ -203,6 +257,23 @@ impl StatsHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warnings_are_one_line_per_kind_and_interval_with_the_held_back_count() {
+        let t = LogThrottle::default();
+        assert_eq!(t.admit(Warning::Limit, 5), Some(0));
+        assert_eq!(t.admit(Warning::Limit, 6), None);
+        assert_eq!(t.admit(Warning::Limit, 5 + LOG_EVERY_MS - 1), None);
+        // Another kind has its own budget.
+        assert_eq!(t.admit(Warning::Unreachable, 7), Some(0));
+        // After the interval: logged, saying two were held back.
+        assert_eq!(t.admit(Warning::Limit, 5 + LOG_EVERY_MS), Some(2));
+        assert_eq!(t.admit(Warning::Limit, 6 + LOG_EVERY_MS), None);
+        // At time 0 (the clock's first millisecond) it still logs once.
+        let t = LogThrottle::default();
+        assert_eq!(t.admit(Warning::Untrusted, 0), Some(0));
+        assert_eq!(t.admit(Warning::Untrusted, 0), None);
+    }
 
     #[test]
     fn limits_and_release() {

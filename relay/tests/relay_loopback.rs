@@ -643,3 +643,69 @@ async fn forwarder_coexists_with_a_mail_server_on_the_wildcard_address() {
     s.write_all(b"220 wildcard\r\n").await.unwrap();
     assert_eq!(read_exact_guarded(&mut c, 14).await, b"220 wildcard\r\n");
 }
+
+/// Log lines captured from the current thread's tracing events.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_flood_against_a_limit_is_logged_once_and_counted_exactly() {
+    // The relay's tasks run on this test's single thread, under this subscriber.
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    let (public, home, flooder) = (unique_ip(), unique_ip(), unique_ip());
+    let _seen = fake_server(SocketAddr::new(home, 2500), b"220 hi\r\n", false).await;
+    let mut config = ListenerConfig::new(
+        vec![public],
+        home,
+        vec![spec(2525, 2500, ProxyMode::None, true)],
+        "mail.example.test",
+    );
+    config.max_per_source = 1;
+    let relay = start_listener(config, true);
+    let to = SocketAddr::new(public, 2525);
+    let mut first = connect_from(flooder, to).await.unwrap();
+    assert_eq!(read_exact_guarded(&mut first, 8).await, b"220 hi\r\n");
+    for _ in 0..20 {
+        let mut s = connect_from(flooder, to).await.unwrap();
+        let got = read_to_end_guarded(&mut s).await.unwrap();
+        assert!(got.starts_with(b"421 4.7.0"), "{got:?}");
+    }
+    assert_eq!(relay.stats.snapshot()[0].refused, 20);
+    let log = captured.text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("connection limit reached"))
+        .count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(
+        log.contains("scope=\"source\"") || log.contains("scope=source"),
+        "{log}"
+    );
+}
