@@ -473,7 +473,15 @@ async fn token_guessing_is_rate_limited_per_address_and_logged() {
     assert_eq!(code, 1);
     assert!(err.contains("too many failed join attempts"), "{err}");
     vps.wait_log("too many failed attempts", "enrolment refused");
+    // More attempts in the window: refused too, but logged only the first time.
+    for _ in 0..3 {
+        let (code, err) = join(&real.encode(), &fresh_state(&vps));
+        assert_eq!(code, 1);
+        assert!(err.contains("too many failed join attempts"), "{err}");
+    }
     vps.assert_still_serving().await;
+    let log = vps.daemon.log_text();
+    assert_eq!(log.matches("too many failed attempts").count(), 1, "{log}");
 }
 
 #[test]

@@ -43,19 +43,42 @@ const ENROLL_FAILURES: u32 = 5;
 /// The window of [`ENROLL_FAILURES`].
 const ENROLL_WINDOW: Duration = Duration::from_secs(600);
 
+/// Failed enrolments of one client address in the current window.
+#[derive(Debug)]
+struct Failures {
+    count: u32,
+    since: std::time::Instant,
+    /// The block was logged; later refusals in the window are not, so a
+    /// guessing flood cannot fill the journal.
+    logged: bool,
+}
+
 /// Counts failed enrolments per client address.
 #[derive(Debug, Default)]
 struct FailureLimit {
-    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    by_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
+}
+
+/// An address over the limit: how long until it may try again, and whether
+/// this is the first refusal of the window (the one to log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Blocked {
+    wait: Duration,
+    first: bool,
 }
 
 impl FailureLimit {
-    /// `Err(wait)` while `ip` is over the limit.
-    fn check(&self, ip: std::net::IpAddr) -> Result<(), Duration> {
-        let map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&ip) {
-            Some((n, since)) if *n >= ENROLL_FAILURES && since.elapsed() < ENROLL_WINDOW => {
-                Err(ENROLL_WINDOW - since.elapsed())
+    /// `Err` while `ip` is over the limit.
+    fn check(&self, ip: std::net::IpAddr) -> Result<(), Blocked> {
+        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(&ip) {
+            Some(f) if f.count >= ENROLL_FAILURES && f.since.elapsed() < ENROLL_WINDOW => {
+                let first = !f.logged;
+                f.logged = true;
+                Err(Blocked {
+                    wait: ENROLL_WINDOW - f.since.elapsed(),
+                    first,
+                })
             }
             _ => Ok(()),
         }
@@ -64,9 +87,13 @@ impl FailureLimit {
     fn failed(&self, ip: std::net::IpAddr) {
         let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         // Old entries go, so the map cannot grow without bound.
-        map.retain(|_, (_, since)| since.elapsed() < ENROLL_WINDOW);
-        let e = map.entry(ip).or_insert((0, std::time::Instant::now()));
-        e.0 += 1;
+        map.retain(|_, f| f.since.elapsed() < ENROLL_WINDOW);
+        let f = map.entry(ip).or_insert(Failures {
+            count: 0,
+            since: std::time::Instant::now(),
+            logged: false,
+        });
+        f.count += 1;
     }
 }
 
@@ -130,12 +157,14 @@ impl Enrollment for Svc {
     ) -> Result<Response<EnrollResponse>, Status> {
         let remote = caller(&req)?.remote;
         let body = req.into_inner();
-        if let Err(wait) = self.0.enroll_limit.check(remote.ip()) {
-            tracing::warn!(%remote, retry_in_s = wait.as_secs(), "enrolment refused: too many failed attempts from this address (token guessing?)");
+        if let Err(blocked) = self.0.enroll_limit.check(remote.ip()) {
+            if blocked.first {
+                tracing::warn!(%remote, retry_in_s = blocked.wait.as_secs(), "enrolment refused: too many failed attempts from this address (token guessing?); further attempts from it are refused without a log line until then");
+            }
             return Err(Status::resource_exhausted(format!(
                 "too many failed join attempts from {}: try again in {} s",
                 remote.ip(),
-                wait.as_secs().max(1)
+                blocked.wait.as_secs().max(1)
             )));
         }
         let (role, certificate_pem) = match self.enroll_inner(&body) {
