@@ -444,8 +444,19 @@ impl Status {
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join(", ");
+                let why = report
+                    .as_ref()
+                    .map(|r| r.forward_error.as_str())
+                    .filter(|e| !e.is_empty())
+                    .map_or_else(
+                        || {
+                            "look for `cannot start the forwarders` in the home agent's log"
+                                .to_owned()
+                        },
+                        |e| format!("home says: {e}"),
+                    );
                 problems.push(format!(
-                    "home runs no forwarder for port {list}: the VPS answers those with 421; look for `cannot start the forwarders` in the home agent's log"
+                    "home runs no forwarder for port {list}: the VPS answers those with 421; {why}"
                 ));
             }
         }
@@ -849,7 +860,21 @@ mod tests {
         assert!(!s.ok);
         assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
         assert!(
-            s.problems[0].contains("no forwarder for port 587:"),
+            s.problems[0].contains("no forwarder for port 587:")
+                && s.problems[0].contains("home agent's log"),
+            "{:?}",
+            s.problems
+        );
+        // With home's reason.
+        r.home.as_mut().unwrap().last_report = Some(Report {
+            forwards: vec![],
+            forward_error: "too many open files".into(),
+            ..Default::default()
+        });
+        let s = Status::from_response(r.clone());
+        assert!(
+            s.problems[0].contains("port 25, 587:")
+                && s.problems[0].contains("home says: too many open files"),
             "{:?}",
             s.problems
         );

@@ -153,8 +153,9 @@ impl HomeMail {
             .unwrap_or_default()
     }
 
-    /// Counters and egress state for the report.
-    pub async fn report(&self) -> (Vec<RelayPort>, EgressStatus) {
+    /// Counters, why the forwarders could not start (if so), and egress state
+    /// for the report.
+    pub async fn report(&self) -> (Vec<RelayPort>, String, EgressStatus) {
         let st = self.state.lock().await;
         let forwards = st
             .forwarder
@@ -180,7 +181,11 @@ impl HomeMail {
                 _ => String::new(),
             },
         };
-        (forwards, egress)
+        (
+            forwards,
+            st.forward_error.clone().unwrap_or_default(),
+            egress,
+        )
     }
 
     /// Stops the forwarders and removes the routing.

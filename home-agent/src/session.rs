@@ -345,13 +345,14 @@ async fn session(
             _ = tokio::time::sleep_until(last_heard + silent_limit) => return Err(SessionError::Silent),
             _ = tick.tick() => {
                 let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
-                let (forwards, egress) = mail.report().await;
+                let (forwards, forward_error, egress) = mail.report().await;
                 let report = Report {
                     sent_at_unix: unix_secs(SystemTime::now()),
                     uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
                     certificate_not_after_unix: not_after,
                     tunnel: Some(tunnel.report().await),
                     forwards,
+                    forward_error,
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 };

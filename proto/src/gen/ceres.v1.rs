@@ -240,7 +240,9 @@ pub struct Report {
     pub certificate_not_after_unix: i64,
     #[prost(message, optional, tag = "4")]
     pub tunnel: ::core::option::Option<TunnelReport>,
-    /// Home's forwarders (tunnel port -> mail server port).
+    /// Home's forwarders: `port` is the forwarder's port on the tunnel address
+    /// (the kernel picks it; the VPS relays dial it), `target_port` the mail
+    /// server's port.
     #[prost(message, repeated, tag = "5")]
     pub forwards: ::prost::alloc::vec::Vec<RelayPort>,
     #[prost(message, optional, tag = "6")]
@@ -248,6 +250,9 @@ pub struct Report {
     /// The mail server as home sees it, per forwarded port.
     #[prost(message, repeated, tag = "7")]
     pub probes: ::prost::alloc::vec::Vec<MailProbe>,
+    /// Why home's forwarders could not start, if they could not.
+    #[prost(string, tag = "8")]
+    pub forward_error: ::prost::alloc::string::String,
 }
 /// Counters of one relayed port (VPS) or forwarded port (home).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
