@@ -314,8 +314,12 @@ proptest! {
             Outcome::Packet(Which::Current, payload.clone())
         };
         prop_assert_eq!(p.vps.receive(&d), want);
+        // A damaged counter may name one already received (the handshake's
+        // keepalives used the first ones): that is refused as a replay before
+        // decryption, and counted so. Count from here.
+        let replays = p.vps.counters.drops().replay;
         prop_assert_eq!(p.vps.receive(&d), Outcome::Dropped(Which::Current, DropReason::Replay));
-        prop_assert_eq!(p.vps.counters.drops().replay, 1);
+        prop_assert_eq!(p.vps.counters.drops().replay, replays + 1);
     }
 
     /// A damaged handshake initiation is refused without an answer, and the
