@@ -193,11 +193,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
             home, home_port, ..
         } => {
             // Read under the borrow, which must not be held across an await.
-            let (port, up) = {
+            let (forwarder_port, up) = {
                 let reach = home.borrow();
                 (reach.port_for(*home_port), reach.up)
             };
-            match port {
+            match forwarder_port {
                 Some(p) => SocketAddr::new(ctx.target.ip(), p),
                 None => {
                     ctx.counters.count_unavailable();
