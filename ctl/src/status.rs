@@ -185,7 +185,8 @@ pub struct EgressEnd {
     pub tcp_ports: Vec<u32>,
     /// Home: sources routed into the tunnel.
     pub sources: Vec<String>,
-    /// Why it is not installed.
+    /// Why it is not installed, or (when installed) what stops outbound mail
+    /// anyway, such as another table's default-drop forward chain.
     pub error: Option<String>,
 }
 
@@ -393,7 +394,11 @@ impl Status {
         };
         for (end, e) in [("VPS", Some(&egress.vps)), ("home", egress.home.as_ref())] {
             if let Some(err) = e.and_then(|e| e.error.as_deref()) {
-                if !err.starts_with("disabled") && !err.starts_with("not installed (tunnel off)") {
+                if e.is_some_and(|e| e.enabled) {
+                    problems.push(format!("outbound mail through the {end}: {err}"));
+                } else if !err.starts_with("disabled")
+                    && !err.starts_with("not installed (tunnel off)")
+                {
                     problems.push(format!(
                         "outbound mail routing is not installed on the {end}: {err}"
                     ));
@@ -659,7 +664,13 @@ impl Status {
         }
         let e = &self.egress;
         // Before home's first report only the VPS end is known.
-        let egress_ok = e.vps.enabled && e.home.as_ref().is_none_or(|h| h.enabled);
+        // An installed end with an error: something else (another firewall
+        // table) is in the way.
+        let blocked = [Some(&e.vps), e.home.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|end| end.enabled && end.error.is_some());
+        let egress_ok = e.vps.enabled && e.home.as_ref().is_none_or(|h| h.enabled) && !blocked;
         let ports = e
             .vps
             .tcp_ports
@@ -676,6 +687,12 @@ impl Status {
                     .map(|h| format!(" · home sources {}", h.sources.join(", ")))
                     .unwrap_or_default()
             ));
+            if blocked {
+                out.push_str(
+                    "              blocked by another firewall table: see the problems below
+",
+                );
+            }
         }
         if self.tunnel.vps.running {
             let r = &self.rotation;

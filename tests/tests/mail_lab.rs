@@ -352,3 +352,84 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
         ],
     );
 }
+
+/// A VPS that also runs Docker: Docker sets the forward chain of `ip filter`
+/// to `policy drop`, which drops home's outbound mail after CERES's own table
+/// accepted it. The VPS agent says so in `cerectl status`, with the rules
+/// that fix it; applying exactly those rules lets mail out again and clears
+/// the problem.
+#[test]
+fn a_default_drop_forward_chain_on_the_vps_is_reported_with_a_fix_that_works() {
+    if !require_root("a_default_drop_forward_chain_on_the_vps_is_reported_with_a_fix_that_works") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25/proxy-v2"], &[]).unwrap();
+    let (_vps, _home) = ceres.up().unwrap();
+    let _mx = echo_server(&lab.internet, addr::CLIENT, 25, lab.dir.path()).unwrap();
+    let out25 = || {
+        connect_from(
+            &lab.home,
+            ip(HOME_TUN),
+            SocketAddr::new(ip(addr::CLIENT), 25),
+            Duration::from_secs(3),
+        )
+    };
+    wait_until(
+        "outbound 25 through the VPS",
+        Duration::from_secs(20),
+        || Ok(out25().is_ok()),
+    )
+    .unwrap();
+
+    // What Docker does to the VPS's firewall.
+    lab.vps
+        .command("nft")
+        .args(["add table ip filter"])
+        .status()
+        .unwrap();
+    let added = lab
+        .vps
+        .command("nft")
+        .arg("add chain ip filter FORWARD { type filter hook forward priority filter; policy drop; }")
+        .status()
+        .unwrap();
+    assert!(added.success());
+    assert!(out25().is_err(), "the drop chain did not drop egress");
+    let (code, j) = ceres.status_json().unwrap();
+    assert_eq!(code, 1, "{j:#}");
+    let advice = j["egress"]["vps"]["error"].as_str().unwrap().to_owned();
+    assert!(
+        advice.contains("chain FORWARD of table ip filter drops forwarded traffic"),
+        "{advice}"
+    );
+    assert!(
+        j["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("ip filter")),
+        "{j:#}"
+    );
+    let (_, text, _) = ceres.ctl(&["status"]).unwrap();
+    println!("{text}");
+    assert!(text.contains("blocked by another firewall table"), "{text}");
+
+    // The advice's nft commands, run as written.
+    let fixes: Vec<&str> = advice
+        .split('`')
+        .filter(|s| s.starts_with("nft insert rule"))
+        .collect();
+    assert_eq!(fixes.len(), 2, "{advice}");
+    for fix in fixes {
+        let ok = lab.vps.command("sh").args(["-c", fix]).status().unwrap();
+        assert!(ok.success(), "{fix}");
+    }
+    wait_until("outbound 25 after the fix", Duration::from_secs(10), || {
+        Ok(out25().is_ok())
+    })
+    .unwrap();
+    let (code, j) = ceres.status_json().unwrap();
+    assert!(j["egress"]["vps"]["error"].is_null(), "{j:#}");
+    assert_eq!(code, 0, "{j:#}");
+}

@@ -87,6 +87,9 @@ impl VpsRelays {
             match Self::install_egress(settings, home) {
                 Ok(installed) => {
                     tracing::info!(ports = ?rs.egress_ports, public_if = %installed.0.public_if, "egress NAT installed (table inet ceres)");
+                    if let Some(advice) = Self::forward_drop_advice(&installed.0) {
+                        tracing::warn!("{advice}");
+                    }
                     *this.egress.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(installed);
                 }
                 Err(e) => {
@@ -122,9 +125,34 @@ impl VpsRelays {
         }
     }
 
-    /// Egress state for status.
+    /// What other tables' default-drop forward chains do to home's outbound
+    /// mail, and how to fix it; `None` when nothing is in the way (or `nft`
+    /// cannot tell).
+    fn forward_drop_advice(egress: &VpsEgress) -> Option<String> {
+        let drops = egress
+            .foreign_forward_drops(&HostSystem::default())
+            .inspect_err(|e| tracing::debug!(error = %e, "cannot list the nftables chains"))
+            .ok()?;
+        (!drops.is_empty()).then(|| {
+            drops
+                .iter()
+                .map(|d| d.advice(&egress.tunnel_if))
+                .collect::<Vec<_>>()
+                .join("; and ")
+        })
+    }
+
+    /// Egress state for status. Looks at the other firewall tables each time:
+    /// Docker, for one, may install its default-drop forward chain after us.
     pub fn egress_status(&self) -> EgressStatus {
-        let installed = self.egress.lock().map(|g| g.is_some()).unwrap_or(false);
+        let (installed, blocked) = self
+            .egress
+            .lock()
+            .map(|g| match g.as_ref() {
+                Some((egress, _)) => (true, Self::forward_drop_advice(egress)),
+                None => (false, None),
+            })
+            .unwrap_or((false, None));
         EgressStatus {
             enabled: installed,
             tcp_ports: self
@@ -138,7 +166,7 @@ impl VpsRelays {
                 (Some(e), _) => e.clone(),
                 (None, false) => "disabled (CERES_EGRESS=off)".into(),
                 (None, true) if !installed => "not installed (tunnel off)".into(),
-                _ => String::new(),
+                _ => blocked.unwrap_or_default(),
             },
         }
     }

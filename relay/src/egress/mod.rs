@@ -12,7 +12,7 @@ mod home;
 mod vps;
 
 pub use home::{DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, HomeEgress};
-pub use vps::{DEFAULT_EGRESS_PORTS, ForwardingState, VpsEgress};
+pub use vps::{DEFAULT_EGRESS_PORTS, ForeignForwardDrop, ForwardingState, VpsEgress};
 
 /// Default name of our own nftables table on both sides.
 pub const DEFAULT_NFT_TABLE: &str = "ceres";
