@@ -465,6 +465,13 @@ impl Status {
                 ));
             }
         }
+        if let Some(fw) = report
+            .as_ref()
+            .map(|r| r.firewall.as_str())
+            .filter(|f| !f.is_empty())
+        {
+            problems.push(format!("relayed connections cannot reach home: {fw}"));
+        }
         let (mail_server, probe_problems) = mail_server_part(&resp.relays, report.as_ref());
         problems.extend(probe_problems);
         let home_part = HomePart {

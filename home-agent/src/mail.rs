@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ceres_proto::{EgressStatus, RelayPort};
-use ceres_relay::egress::{HomeEgress, HostSystem};
+use ceres_relay::egress::{HomeEgress, Hook, HostSystem, blocking_chains};
 use ceres_relay::{Forwarder, ForwarderConfig, RelaySpec, StatsHandle};
 use ceres_state::StateDir;
 use tokio::sync::Mutex;
@@ -151,6 +151,31 @@ impl HomeMail {
             .as_ref()
             .map(|r| r.specs.clone())
             .unwrap_or_default()
+    }
+
+    /// What a host firewall blocks on the tunnel interface while forwarders
+    /// run (see [`ceres_relay::egress::DropChain`]); empty when nothing does,
+    /// or when `nft` is not there to ask.
+    pub async fn firewall_advice(&self) -> String {
+        if self.state.lock().await.forwarder.is_none() {
+            return String::new();
+        }
+        let ifname = self.settings.tunnel_ifname.clone();
+        tokio::task::spawn_blocking(move || {
+            match blocking_chains(&HostSystem::default(), Hook::Input, &ifname, None) {
+                Ok(chains) => chains
+                    .iter()
+                    .map(|c| c.advice(&ifname))
+                    .collect::<Vec<_>>()
+                    .join("; and "),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list the nftables chains");
+                    String::new()
+                }
+            }
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Counters, why the forwarders could not start (if so), and egress state

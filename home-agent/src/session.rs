@@ -339,6 +339,9 @@ async fn session(
     // connection is dead even if TCP has not noticed (home's address changed).
     let silent_limit = interval * 3 + Duration::from_secs(2);
     let mut last_heard = tokio::time::Instant::now();
+    // The firewall advice is logged when it first appears or changes, not
+    // with every report.
+    let mut last_firewall = String::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -346,6 +349,11 @@ async fn session(
             _ = tick.tick() => {
                 let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
                 let (forwards, forward_error, egress) = mail.report().await;
+                let firewall = mail.firewall_advice().await;
+                if !firewall.is_empty() && firewall != last_firewall {
+                    tracing::warn!("{firewall}");
+                }
+                last_firewall.clone_from(&firewall);
                 let report = Report {
                     sent_at_unix: unix_secs(SystemTime::now()),
                     uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
@@ -353,6 +361,7 @@ async fn session(
                     tunnel: Some(tunnel.report().await),
                     forwards,
                     forward_error,
+                    firewall,
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 };

@@ -433,3 +433,91 @@ fn a_default_drop_forward_chain_on_the_vps_is_reported_with_a_fix_that_works() {
     assert!(j["egress"]["vps"]["error"].is_null(), "{j:#}");
     assert_eq!(code, 0, "{j:#}");
 }
+
+/// A home server with a default-drop input firewall (ufw, firewalld, a
+/// hand-written nftables ruleset) that does not accept the tunnel: the VPS
+/// cannot reach the forwarders, relayed connections get 421. The home agent
+/// reports it and `cerectl status` shows the rule that fixes it; that rule,
+/// run as printed, makes the relay work again and clears the problem.
+#[test]
+fn a_home_firewall_dropping_the_tunnel_is_reported_with_a_fix_that_works() {
+    if !require_root("a_home_firewall_dropping_the_tunnel_is_reported_with_a_fix_that_works") {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    // The firewall is there from boot, as ufw or firewalld would be, so
+    // connection tracking knows the agents' own flows (the control session,
+    // WireGuard's UDP) from their first packet. It keeps replies and
+    // loopback; for now it accepts everything else too.
+    let nft = |rule: &str| {
+        let ok = lab.home.command("nft").arg(rule).status().unwrap();
+        assert!(ok.success(), "{rule}");
+    };
+    nft("add table inet homefw");
+    nft("add chain inet homefw input { type filter hook input priority filter; policy accept; }");
+    nft("add rule inet homefw input ct state established,related accept");
+    nft("add rule inet homefw input iif lo accept");
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25"], &[]).unwrap();
+    let (_vps, _home) = ceres.up().unwrap();
+    let _mail = echo_server(&lab.home, "127.0.0.1", 25, lab.dir.path()).unwrap();
+    let relayed = || ceres_tests::echo_roundtrip(&lab.internet, addr::VPS, 25, "ping\n");
+    wait_until("the relay reaching home", Duration::from_secs(20), relayed).unwrap();
+
+    // Now it drops every new connection in.
+    nft("add chain inet homefw input { policy drop; }");
+    assert!(!relayed().unwrap_or(false), "the firewall did not block");
+    let problem = |j: &serde_json::Value| -> Option<String> {
+        j["problems"]
+            .as_array()?
+            .iter()
+            .filter_map(|p| p.as_str())
+            .find(|p| p.contains("relayed connections cannot reach home"))
+            .map(str::to_owned)
+    };
+    let mut advice = String::new();
+    wait_until(
+        "the firewall in home's report",
+        Duration::from_secs(10),
+        || {
+            let (code, j) = ceres.status_json()?;
+            advice = problem(&j).unwrap_or_default();
+            Ok(code == 1 && !advice.is_empty())
+        },
+    )
+    .unwrap();
+    println!("{advice}");
+    assert!(
+        advice.contains("chain input of table inet homefw drops incoming connections"),
+        "{advice}"
+    );
+
+    // The advice's nft command, run as written.
+    let fix = advice
+        .split('`')
+        .find(|s| s.starts_with("nft insert rule"))
+        .unwrap();
+    assert_eq!(
+        fix,
+        format!(
+            "nft insert rule inet homefw input iifname \"{}\" accept",
+            lab.home_tun
+        )
+    );
+    let ok = lab.home.command("sh").args(["-c", fix]).status().unwrap();
+    assert!(ok.success(), "{fix}");
+    wait_until(
+        "the relay reaching home after the fix",
+        Duration::from_secs(10),
+        relayed,
+    )
+    .unwrap();
+    wait_until(
+        "the problem gone from status",
+        Duration::from_secs(10),
+        || {
+            let (code, j) = ceres.status_json()?;
+            Ok(code == 0 && problem(&j).is_none())
+        },
+    )
+    .unwrap();
+}

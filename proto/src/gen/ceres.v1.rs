@@ -253,6 +253,11 @@ pub struct Report {
     /// Why home's forwarders could not start, if they could not.
     #[prost(string, tag = "8")]
     pub forward_error: ::prost::alloc::string::String,
+    /// What a host firewall at home blocks — a default-drop input chain that
+    /// does not accept the tunnel interface, so the VPS cannot reach the
+    /// forwarders — with the rule that fixes it; empty when nothing does.
+    #[prost(string, tag = "9")]
+    pub firewall: ::prost::alloc::string::String,
 }
 /// Counters of one relayed port (VPS) or forwarded port (home).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

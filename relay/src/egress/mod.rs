@@ -8,11 +8,13 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+mod firewall;
 mod home;
 mod vps;
 
+pub use firewall::{DropChain, Hook, blocking_chains};
 pub use home::{DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, HomeEgress};
-pub use vps::{DEFAULT_EGRESS_PORTS, ForeignForwardDrop, ForwardingState, VpsEgress};
+pub use vps::{DEFAULT_EGRESS_PORTS, ForwardingState, VpsEgress};
 
 /// Default name of our own nftables table on both sides.
 pub const DEFAULT_NFT_TABLE: &str = "ceres";
@@ -160,13 +162,24 @@ pub(crate) mod fake {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    /// Records commands; answers `sysctl -n` from a map and fails `ip rule del` once
-    /// the pretend rules run out.
+    /// Records commands; answers `sysctl -n` from a map, fails `ip rule del` once
+    /// the pretend rules run out, and gives canned output for other commands.
     #[derive(Default)]
     pub(crate) struct FakeSystem {
         pub(crate) log: RefCell<Vec<String>>,
         pub(crate) sysctls: RefCell<HashMap<String, String>>,
         pub(crate) rules_to_delete: RefCell<u32>,
+        /// Output by command line (`program args...`).
+        pub(crate) outputs: RefCell<HashMap<String, String>>,
+    }
+
+    impl FakeSystem {
+        /// Makes `command` (as `program args...`) print `output`.
+        pub(crate) fn respond(&self, command: &str, output: &str) {
+            self.outputs
+                .borrow_mut()
+                .insert(command.to_owned(), output.to_owned());
+        }
     }
 
     impl System for FakeSystem {
@@ -206,7 +219,12 @@ pub(crate) mod fake {
                     *n -= 1;
                     Ok(String::new())
                 }
-                _ => Ok(String::new()),
+                _ => Ok(self
+                    .outputs
+                    .borrow()
+                    .get(&line)
+                    .cloned()
+                    .unwrap_or_default()),
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::firewall::{DropChain, Hook, blocking_chains};
 use super::{EgressError, System, check_ifname, check_table, delete_table_text, port_set};
 
 /// `CERES_EGRESS_PORTS` default: SMTP to other MXes, plus submission ports for a
@@ -27,78 +28,6 @@ pub struct VpsEgress {
     /// none: the agents talk over the public address and relay replies are covered
     /// by connection tracking.
     pub local_tcp_ports: Vec<u16>,
-}
-
-/// A forward-hook chain of someone else's table whose policy is `drop` (Docker
-/// sets `ip filter FORWARD` so). Every table's forward chains see each packet,
-/// so such a chain drops home's outbound mail after ours accepted it, unless it
-/// accepts that traffic itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForeignForwardDrop {
-    /// nftables family (`ip`, `ip6`, `inet`).
-    pub family: String,
-    /// Table name (`filter`).
-    pub table: String,
-    /// Chain name (`FORWARD`).
-    pub chain: String,
-}
-
-impl ForeignForwardDrop {
-    /// What is wrong and the two rules that fix it, for the log and `cerectl status`.
-    pub fn advice(&self, tunnel_if: &str) -> String {
-        let ForeignForwardDrop {
-            family,
-            table,
-            chain,
-        } = self;
-        format!(
-            "the firewall chain {chain} of table {family} {table} drops forwarded traffic by default \
-             (Docker sets this), so home's outbound mail is dropped there after CERES accepted it; \
-             allow the tunnel in that table: `nft insert rule {family} {table} {chain} iifname \"{tunnel_if}\" accept` \
-             and `nft insert rule {family} {table} {chain} oifname \"{tunnel_if}\" ct state established,related accept` \
-             (with Docker, put the same in its DOCKER-USER chain: `iptables -I DOCKER-USER -i {tunnel_if} -j ACCEPT`, \
-             `iptables -I DOCKER-USER -o {tunnel_if} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`); \
-             CERES's own table still limits the tunnel to the allowed ports"
-        )
-    }
-}
-
-/// The forward-hook chains with `policy drop` in `nft list chains` output.
-pub(crate) fn parse_forward_drops(text: &str) -> Vec<ForeignForwardDrop> {
-    let mut found = Vec::new();
-    let (mut family, mut table, mut chain) = (String::new(), String::new(), String::new());
-    for line in text.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["table", fam, name, ..] => {
-                family = (*fam).to_owned();
-                table = (*name).to_owned();
-            }
-            ["chain", name, ..] => chain = (*name).to_owned(),
-            _ if line.contains("hook forward") && line.contains("policy drop") => {
-                found.push(ForeignForwardDrop {
-                    family: family.clone(),
-                    table: table.clone(),
-                    chain: chain.clone(),
-                });
-            }
-            _ => {}
-        }
-    }
-    found
-}
-
-/// Whether a table listing accepts traffic both from and (replies) to
-/// `ifname`: rules with `iifname "ceres0" ... accept` and `oifname "ceres0"
-/// ... accept`, as nft and iptables-nft write them.
-pub(crate) fn lets_through(table: &str, ifname: &str) -> bool {
-    let accepts = |dir: &str| {
-        let needle = format!("{dir} \"{ifname}\"");
-        table
-            .lines()
-            .any(|l| l.contains(&needle) && l.split_whitespace().any(|w| w == "accept"))
-    };
-    accepts("iifname") && accepts("oifname")
 }
 
 /// Per-interface forwarding sysctls as they were before [`VpsEgress::apply`], so
@@ -232,26 +161,12 @@ impl VpsEgress {
         Ok(state)
     }
 
-    /// Forward chains of other tables that drop by default and so would drop
-    /// home's outbound mail (see [`ForeignForwardDrop`]). Ours is not one of
-    /// them, nor is a table that already accepts traffic from the tunnel
-    /// interface somewhere (e.g. in Docker's DOCKER-USER chain).
-    pub fn foreign_forward_drops(
-        &self,
-        sys: &dyn System,
-    ) -> Result<Vec<ForeignForwardDrop>, EgressError> {
-        let text = sys.run("nft", &["list", "chains"], None)?;
-        let mut found = Vec::new();
-        for d in parse_forward_drops(&text) {
-            if d.family == "inet" && d.table == self.table {
-                continue;
-            }
-            let table = sys.run("nft", &["list", "table", &d.family, &d.table], None)?;
-            if !lets_through(&table, &self.tunnel_if) {
-                found.push(d);
-            }
-        }
-        Ok(found)
+    /// Forward chains of other tables that drop by default and would drop
+    /// home's outbound mail after ours accepted it (see [`DropChain`]). Ours
+    /// is not one of them, nor is a table that already lets the tunnel through
+    /// both ways (e.g. in Docker's DOCKER-USER chain).
+    pub fn foreign_forward_drops(&self, sys: &dyn System) -> Result<Vec<DropChain>, EgressError> {
+        blocking_chains(sys, Hook::Forward, &self.tunnel_if, Some(&self.table))
     }
 
     /// Deletes our table (a no-op if it is not there) and restores the forwarding
@@ -275,60 +190,6 @@ mod tests {
 
     fn example() -> VpsEgress {
         VpsEgress::new("ceres0", "eth0", "10.77.77.2".parse().unwrap())
-    }
-
-    #[test]
-    fn docker_style_forward_drop_is_found_and_ours_is_not() {
-        let listing = "table ip filter {
-\tchain DOCKER-USER {
-\t}
-\tchain FORWARD {
-\t\ttype filter hook forward priority filter; policy drop;
-\t}
-\tchain INPUT {
-\t\ttype filter hook input priority filter; policy drop;
-\t}
-}
-table inet ceres {
-\tchain forward {
-\t\ttype filter hook forward priority filter; policy accept;
-\t}
-}
-table inet strict {
-\tchain fwd {
-\t\ttype filter hook forward priority 10; policy drop;
-\t}
-}
-";
-        let found = parse_forward_drops(listing);
-        let names: Vec<String> = found
-            .iter()
-            .map(|d| format!("{} {} {}", d.family, d.table, d.chain))
-            .collect();
-        assert_eq!(names, ["ip filter FORWARD", "inet strict fwd"]);
-        let advice = found[0].advice("ceres0");
-        assert!(
-            advice.contains("nft insert rule ip filter FORWARD iifname \"ceres0\" accept"),
-            "{advice}"
-        );
-        assert!(advice.contains("DOCKER-USER"), "{advice}");
-        // A table that already lets the tunnel through (iptables-nft style).
-        let docker = "table ip filter {
-\tchain DOCKER-USER {
-\t\toifname \"ceres0\" ct state related,established counter packets 2 bytes 120 accept
-\t\tiifname \"ceres0\" counter packets 3 bytes 180 accept
-\t}
-}";
-        assert!(lets_through(docker, "ceres0"));
-        assert!(!lets_through(docker, "ceres1"));
-        // One direction only (replies would still be dropped), or a drop: no.
-        assert!(!lets_through("\t\tiifname \"ceres0\" accept", "ceres0"));
-        assert!(!lets_through(
-            "\t\tiifname \"ceres0\" counter drop\n\t\toifname \"ceres0\" counter drop",
-            "ceres0"
-        ));
-        // An accepting ruleset, and ours alone: nothing to report.
-        assert!(parse_forward_drops("table inet ceres {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t}\n}\n").is_empty());
     }
 
     #[test]
