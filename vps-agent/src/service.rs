@@ -356,6 +356,13 @@ impl Admin for Svc {
     ) -> Result<Response<StatusResponse>, Status> {
         require_role(&req, Role::Admin)?;
         let ctx = &self.0;
+        // Looking at the other firewall tables runs `nft`: off the async workers.
+        let egress = {
+            let ctx = Arc::clone(ctx);
+            tokio::task::spawn_blocking(move || ctx.relays.egress_status())
+                .await
+                .map_err(|e| Status::internal(format!("egress status: {e}")))?
+        };
         let now = SystemTime::now();
         let server_not_after = ctx
             .server_cert
@@ -396,7 +403,7 @@ impl Admin for Svc {
             home: Some(ctx.hub.status()),
             vps_tunnel: Some(ctx.tunnel.report()),
             relays: ctx.relays.report(),
-            egress: Some(ctx.relays.egress_status()),
+            egress: Some(egress),
             rotation: Some(ctx.rotator.status()),
         }))
     }
