@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ceres_config::{ConfigError, EnvFile, HumanDuration, Layers, Origin, PortList, Switch};
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const CASES: u32 = 512;
@@ -22,23 +21,7 @@ const SEED: u64 = 0xCE7E_5002;
 const PATH: &str = "/etc/ceres/ceres.env";
 
 fn config() -> ProptestConfig {
-    let base = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            base.cases
-        } else {
-            CASES
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(SEED)
-        },
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..base
-    }
+    ceres_testkit::fuzz_config(CASES, SEED)
 }
 
 /// Line numbers an error may name in `text` (1-based; an empty file has none,

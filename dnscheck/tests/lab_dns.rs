@@ -152,19 +152,8 @@ impl Nsd {
 
 impl Drop for Nsd {
     fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: plain syscall on the process group we created for this child.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_DEADLINE;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above; also reaps workers that outlived the parent.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
+        // nsd leads its own process group (its workers are in it).
+        ceres_testkit::stop_child(&mut self.child, true, STOP_DEADLINE);
     }
 }
 

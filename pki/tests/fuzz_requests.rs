@@ -16,7 +16,6 @@ use base64::engine::general_purpose::STANDARD;
 use ceres_pki::{Ca, CertificateInfo, KeyAndCsr, Role, validate_csr};
 use ceres_proto::{EnrollRequest, HomeMessage};
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 use prost::Message;
 use x509_parser::prelude::FromDer;
 
@@ -27,23 +26,7 @@ const CASES: u32 = 256;
 const SEED: u64 = 0xCE7E_5004;
 
 fn config() -> ProptestConfig {
-    let base = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            base.cases
-        } else {
-            CASES
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(SEED)
-        },
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..base
-    }
+    ceres_testkit::fuzz_config(CASES, SEED)
 }
 
 static CA: LazyLock<Ca> =

@@ -11,7 +11,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ceres_pki::{Fingerprint, JoinToken, Role, Secret, TokenError};
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 const PREFIX: &str = "ceres1_";
 
@@ -21,24 +20,7 @@ const CASES: u32 = 512;
 const SEED: u64 = 0xCE7E_5001;
 
 fn config() -> ProptestConfig {
-    let base = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            base.cases
-        } else {
-            CASES
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(SEED)
-        },
-        // Test files are not under `src/`, where the default would look.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..base
-    }
+    ceres_testkit::fuzz_config(CASES, SEED)
 }
 
 /// Control addresses of at most 255 bytes (what the format can hold): mostly

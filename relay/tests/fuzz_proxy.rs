@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ceres_relay::ProxyMode;
 use ceres_relay::proxy::{self, ProxyError, ProxyHeader, V1_MAX_LEN, V2_SIGNATURE};
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, RngSeed};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const CASES: u32 = 2048;
@@ -20,23 +19,7 @@ const CASES: u32 = 2048;
 const SEED: u64 = 0xCE7E_5003;
 
 fn config() -> ProptestConfig {
-    let base = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            base.cases
-        } else {
-            CASES
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(SEED)
-        },
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..base
-    }
+    ceres_testkit::fuzz_config(CASES, SEED)
 }
 
 /// IPv4, IPv6, IPv4-mapped IPv6, and the special ones (unspecified,

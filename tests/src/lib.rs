@@ -276,23 +276,14 @@ impl Daemon {
 
     /// SIGTERM, then wait up to `timeout` for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + timeout;
         let mut child = self.child.take().context("already stopped")?;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
-                    self.label,
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match ceres_testkit::stop_child(&mut child, false, timeout) {
+            Some(status) => Ok(status),
+            None => bail!(
+                "{} did not stop within {timeout:?} of SIGTERM; log:\n{}",
+                self.label,
+                self.log_text()
+            ),
         }
     }
 

@@ -143,19 +143,8 @@ impl Nsd {
 
 impl Drop for Nsd {
     fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // SAFETY: kill(2) on the process group this test created for nsd.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SAFETY: as above; also catches a server process that outlived its parent.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let _ = self.child.wait();
+        // nsd leads its own process group (its workers are in it).
+        ceres_testkit::stop_child(&mut self.child, true, Duration::from_secs(5));
     }
 }
 

@@ -13,7 +13,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use boringtun::noise::TunnResult;
 use proptest::prelude::*;
-use proptest::test_runner::RngSeed;
 
 use crate::config::PeerConfig;
 use crate::key::{PresharedKey, PrivateKey};
@@ -33,20 +32,7 @@ const VPS_IP: [u8; 4] = [10, 77, 77, 1];
 const FROM: [u8; 4] = [192, 0, 2, 9];
 
 fn config() -> ProptestConfig {
-    let base = ProptestConfig::default();
-    ProptestConfig {
-        cases: if std::env::var_os("PROPTEST_CASES").is_some() {
-            base.cases
-        } else {
-            CASES
-        },
-        rng_seed: if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
-            base.rng_seed
-        } else {
-            RngSeed::Fixed(SEED)
-        },
-        ..base
-    }
+    ceres_testkit::fuzz_config(CASES, SEED)
 }
 
 fn peer_cfg(key: &PrivateKey, psk: &PresharedKey, dials: bool, ip: [u8; 4]) -> PeerConfig {
