@@ -16,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -257,6 +257,10 @@ struct Prober {
     sender: Option<JoinHandle<u64>>,
     receiver: Option<JoinHandle<()>>,
     replies: Arc<Mutex<Vec<(u64, Instant)>>>,
+    /// Signalled by the receiver after each reply.
+    replied: Arc<Condvar>,
+    /// Set by the receiver when it has gone (so `stop` need not wait for it).
+    stop_rx: Arc<AtomicBool>,
     sent_at: Arc<Mutex<Vec<Instant>>>,
 }
 
@@ -270,13 +274,16 @@ impl Prober {
         sock.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
         let rx = sock.try_clone().unwrap();
-        let (st, r) = (stop.clone(), replies.clone());
+        let replied = Arc::new(Condvar::new());
+        let stop_rx = Arc::new(AtomicBool::new(false));
+        let (st, r, cv) = (stop_rx.clone(), replies.clone(), replied.clone());
         let receiver = std::thread::spawn(move || {
             let mut b = [0u8; 64];
             while !st.load(Ordering::Relaxed) {
                 if let Ok((8, _)) = rx.recv_from(&mut b) {
                     let seq = u64::from_le_bytes(b[..8].try_into().unwrap());
                     r.lock().unwrap().push((seq, Instant::now()));
+                    cv.notify_all();
                 }
             }
         });
@@ -302,17 +309,26 @@ impl Prober {
             sender: Some(sender),
             receiver: Some(receiver),
             replies,
+            replied,
+            stop_rx,
             sent_at,
         }
     }
 
-    /// Stops the probe; replies to the last probes get a moment to arrive.
+    /// Stops sending, then waits for the reply to the last probe (at most
+    /// 300 ms: a lost last probe must not hang the test) before stopping the
+    /// receiver.
     fn stop(&mut self) {
-        std::thread::sleep(Duration::from_millis(300));
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.sender.take() {
-            h.join().unwrap();
-        }
+        let sent = self.sender.take().map_or(0, |h| h.join().unwrap());
+        let replies = self.replies.lock().unwrap();
+        let _ = self
+            .replied
+            .wait_timeout_while(replies, Duration::from_millis(300), |r| {
+                sent > 0 && !r.iter().any(|(seq, _)| *seq == sent - 1)
+            })
+            .unwrap();
+        self.stop_rx.store(true, Ordering::Relaxed);
         if let Some(h) = self.receiver.take() {
             h.join().unwrap();
         }
