@@ -10,9 +10,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ceres_tests::postfix::smtp::{SmtpClient, connect};
+use ceres_tests::postfix::smtp::wait_banner;
 use ceres_tests::postfix::{Postfix, PostfixOptions, SubmissionAuth};
-use ceres_tests::{Ceres, Lab, addr, require_root, wait_until};
+use ceres_tests::{Ceres, Lab, addr, require_root};
 use serde_json::Value;
 
 fn ip(s: &str) -> IpAddr {
@@ -21,18 +21,10 @@ fn ip(s: &str) -> IpAddr {
 
 /// Waits until VPS:25 answers with the home server's 220 through the tunnel.
 fn wait_relay_ready(lab: &Lab) {
-    wait_until(
-        "the relay reaching home's Postfix",
+    wait_banner(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS), 25),
         Duration::from_secs(30),
-        || {
-            let stream = connect(
-                &lab.internet,
-                SocketAddr::new(ip(addr::VPS), 25),
-                Duration::from_secs(5),
-            )?;
-            let mut c = SmtpClient::new(stream, Duration::from_secs(10))?;
-            Ok(c.read_reply()?.code == 220)
-        },
     )
     .unwrap();
 }

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ceres_tests::postfix::smtp::{SmtpClient, compose, connect, connect_from};
+use ceres_tests::postfix::smtp::{SmtpClient, compose, connect, connect_from, wait_banner};
 use ceres_tests::postfix::{Postfix, PostfixOptions};
 use ceres_tests::{Ceres, Lab, addr, echo_server, require_root, unique_id, wait_until};
 
@@ -84,18 +84,10 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
     .unwrap();
 
     // Wait until the tunnel carries the relay (home answers through it).
-    wait_until(
-        "the relay reaching home's Postfix",
+    wait_banner(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS), 25),
         Duration::from_secs(30),
-        || {
-            let stream = connect(
-                &lab.internet,
-                SocketAddr::new(ip(addr::VPS), 25),
-                Duration::from_secs(5),
-            )?;
-            let mut c = SmtpClient::new(stream, Duration::from_secs(10))?;
-            Ok(c.read_reply()?.code == 220)
-        },
     )
     .unwrap();
 

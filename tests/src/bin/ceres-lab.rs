@@ -11,9 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use ceres_tests::postfix::smtp::{SmtpClient, compose, connect};
+use ceres_tests::postfix::smtp::{SmtpClient, compose, wait_banner};
 use ceres_tests::postfix::{Postfix, PostfixOptions};
-use ceres_tests::{Ceres, Lab, addr, unique_id, wait_until};
+use ceres_tests::{Ceres, Lab, addr, unique_id};
 
 const HOME_TUN: &str = "10.77.77.2";
 
@@ -88,20 +88,10 @@ fn main() -> anyhow::Result<()> {
     step(
         "Postfix at home (postscreen expecting PROXY on 25, smtp_bind_address 10.77.77.2) and a remote MX on the internet side",
     );
-    wait_until(
-        "the relay reaching home's Postfix",
+    wait_banner(
+        &lab.internet,
+        SocketAddr::new(ip(addr::VPS)?, 25),
         Duration::from_secs(30),
-        || {
-            let stream = connect(
-                &lab.internet,
-                SocketAddr::new(ip(addr::VPS)?, 25),
-                Duration::from_secs(5),
-            )?;
-            Ok(SmtpClient::new(stream, Duration::from_secs(10))?
-                .read_reply()?
-                .code
-                == 220)
-        },
     )?;
 
     let id = format!("{}@client.example", unique_id());

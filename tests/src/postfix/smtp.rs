@@ -54,6 +54,17 @@ where
     })
 }
 
+/// Waits until `to` answers with a `220` banner when dialled from inside
+/// `ns` — for the VPS's address: until the relay, the tunnel and home's
+/// forwarder carry a session to home's mail server.
+pub fn wait_banner(ns: &Netns, to: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    crate::wait_until(&format!("a 220 banner from {to}"), timeout, || {
+        let stream = connect(ns, to, Duration::from_secs(5))?;
+        let mut c = SmtpClient::new(stream, Duration::from_secs(10))?;
+        Ok(c.read_reply()?.code == 220)
+    })
+}
+
 /// Opens a TCP connection to `addr` from inside `ns`.
 pub fn connect(ns: &Netns, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
     connect_in(&ns.name, None, addr, timeout)
