@@ -3,8 +3,7 @@
 //! its own way, reverse zones and DNSBL zones. Nothing outside loopback is queried.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,6 @@ use ceres_dnscheck::{
 /// Any fixed port works: every lab gets its own 127.x.y.z address.
 const PORT: u16 = 15353;
 const READY_DEADLINE: Duration = Duration::from_secs(20);
-const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
@@ -34,30 +32,11 @@ fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
 
-/// nsd in the foreground in its own process group, stopped (group-wide) on drop,
-/// including when a test panics.
-struct Nsd {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
+/// The lab's authoritative server ([`ceres_testkit::Nsd`]) on a loopback
+/// address of its own, ready once it answers.
+struct Nsd(ceres_testkit::Nsd);
 
 impl Nsd {
-    fn binary() -> Option<PathBuf> {
-        let candidates = ["/usr/sbin/nsd", "/usr/local/sbin/nsd"];
-        candidates
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .or_else(|| {
-                std::env::var_os("PATH").and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|d| d.join("nsd"))
-                        .find(|p| p.exists())
-                })
-            })
-    }
-
     /// A loopback address nobody else uses: from our pid and a per-process counter.
     fn unique_addr() -> SocketAddr {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
@@ -71,54 +50,23 @@ impl Nsd {
     }
 
     async fn start(binary: &Path, zones: &[(String, String)]) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("ceres-nsd-").tempdir()?;
-        let addr = Self::unique_addr();
-        let d = dir.path().display();
-        // rrl-ratelimit 0: nsd's response-rate limiting (200/s by default) silently
-        // drops answers to a burst of checks from one address, which shows up as
-        // random 2 s timeouts.
-        let mut conf = format!(
-            "server:\n  ip-address: {}@{}\n  port: {}\n  do-ip6: no\n  username: \"\"\n  chroot: \"\"\n  database: \"\"\n  \
-             zonelistfile: \"{d}/zone.list\"\n  xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
-             logfile: \"{d}/nsd.log\"\n  zonesdir: \"{d}\"\n  server-count: 1\n  verbosity: 1\n  \
-             rrl-ratelimit: 0\n\
-             remote-control:\n  control-enable: no\n",
-            addr.ip(),
-            addr.port(),
-            addr.port()
-        );
-        for (i, (name, body)) in zones.iter().enumerate() {
-            let file = format!("zone{i}.zone");
-            std::fs::write(dir.path().join(&file), body)?;
-            conf.push_str(&format!(
-                "zone:\n  name: \"{name}\"\n  zonefile: \"{file}\"\n"
-            ));
-        }
-        let conf_path = dir.path().join("nsd.conf");
-        std::fs::write(&conf_path, conf)?;
-        let out = std::fs::File::create(dir.path().join("stdout"))?;
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new(binary)
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                // Own process group: nsd forks workers, and drop stops them all.
-                .process_group(0)
-                .spawn()
-                .context("spawn nsd")?
-        };
-        let mut nsd = Self { child, dir, addr };
+        let zones: Vec<(&str, &str)> = zones
+            .iter()
+            .map(|(n, z)| (n.as_str(), z.as_str()))
+            .collect();
+        let nsd =
+            ceres_testkit::Nsd::spawn(binary, Self::unique_addr(), &zones).context("spawn nsd")?;
+        let mut nsd = Self(nsd);
         nsd.wait_ready().await?;
         Ok(nsd)
     }
 
     fn log(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("stdout"), read("nsd.log"))
+        self.0.log()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     /// Ready when it answers a question from its zones; fails fast if nsd exits.
@@ -126,12 +74,12 @@ impl Nsd {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
             // A fresh resolver per attempt, so no failure is cached.
-            let lookup = HickoryLookup::with_server_addr(self.addr)?;
+            let lookup = HickoryLookup::with_server_addr(self.addr())?;
             let last = match lookup.a("ns1.example.com").await {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.0.exited()? {
                 bail!("nsd exited with {status} before answering:\n{}", self.log());
             }
             if Instant::now() > deadline {
@@ -146,27 +94,14 @@ impl Nsd {
 
     fn lookup(&self) -> HickoryLookup {
         // Exercise the same `IP:PORT` parsing `cerectl --resolver` uses.
-        HickoryLookup::with_server(&self.addr.to_string()).expect("resolver for the lab")
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        // nsd leads its own process group (its workers are in it).
-        ceres_testkit::stop_child(&mut self.child, true, STOP_DEADLINE);
+        HickoryLookup::with_server(&self.addr().to_string()).expect("resolver for the lab")
     }
 }
 
 /// Starts the lab, or returns None (test skipped) when nsd is not installed and we
 /// are not in CI.
 async fn lab() -> Option<Nsd> {
-    let Some(bin) = Nsd::binary() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("nsd is not installed (apt-get install -y nsd), and CI=true");
-        }
-        eprintln!("skipping: nsd is not installed (apt-get install -y nsd)");
-        return None;
-    };
+    let bin = ceres_testkit::Nsd::binary()?;
     Some(Nsd::start(&bin, &zones()).await.expect("start nsd"))
 }
 
@@ -606,7 +541,7 @@ async fn refused_and_silent_servers_are_not_reported_missing() {
     assert!(!a.found.starts_with("nothing"));
 
     // A server that never answers: a timeout, again not "missing".
-    let silent = UdpSocket::bind(SocketAddr::new(nsd.addr.ip(), PORT + 1)).unwrap();
+    let silent = UdpSocket::bind(SocketAddr::new(nsd.addr().ip(), PORT + 1)).unwrap();
     let lookup = HickoryLookup::with_server_addr(silent.local_addr().unwrap()).unwrap();
     let err = lookup.a("mail.example.com").await.unwrap_err();
     assert!(!err.is_negative(), "{err:?}");

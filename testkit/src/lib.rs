@@ -1,6 +1,10 @@
-//! Test helpers shared by the workspace's crates (a dev-dependency only): the
-//! fuzzing configuration every property test uses, and stopping a child
-//! process by waiting on it rather than polling it.
+//! Test helpers shared by the workspace's crates: the fuzzing configuration
+//! every property test uses, stopping a child process by waiting on it rather
+//! than polling it, and an authoritative DNS server (nsd) for the DNS tests.
+
+mod nsd;
+
+pub use nsd::Nsd;
 
 use std::process::{Child, ExitStatus};
 use std::time::Duration;

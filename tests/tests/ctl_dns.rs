@@ -15,7 +15,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -43,91 +43,47 @@ fn next_ports() -> (u16, u16) {
 
 /// nsd, or None (skip) when it is not installed outside CI.
 fn nsd_binary() -> Option<PathBuf> {
-    let found = ["/usr/sbin/nsd", "/usr/local/sbin/nsd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("nsd is not installed (apt-get install -y nsd) and CI=true: refusing to skip");
-        }
-        eprintln!("SKIP: nsd is not installed (apt-get install -y nsd)");
-    }
-    found
+    ceres_testkit::Nsd::binary()
 }
 
-/// An authoritative nsd in the foreground, in its own process group, stopped
-/// on drop (also when the test panics).
-struct Nsd {
-    child: Child,
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
+/// The lab's authoritative server ([`ceres_testkit::Nsd`]) on the loopback
+/// address, ready once it answers.
+struct Nsd(ceres_testkit::Nsd);
 
 impl Nsd {
     fn start(binary: &Path, port: u16, zones: &[(&str, String)]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ceres-ctl-nsd-")
-            .tempdir()?;
         let addr: SocketAddr = format!("{}:{port}", loopback_ip()).parse()?;
-        let d = dir.path().display();
-        // No user switch, chroot or database: nsd runs as whoever runs the
-        // test, with every file in the test's directory. Response-rate
-        // limiting off: a burst of checks from one address must all be answered.
-        let mut conf = format!(
-            "server:\n  ip-address: {ip}@{port}\n  port: {port}\n  do-ip6: no\n  username: \"\"\n  \
-             chroot: \"\"\n  database: \"\"\n  zonesdir: \"{d}\"\n  zonelistfile: \"{d}/zone.list\"\n  \
-             xfrdfile: \"{d}/xfrd.state\"\n  xfrdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  \
-             logfile: \"{d}/nsd.log\"\n  server-count: 1\n  rrl-ratelimit: 0\n\
-             remote-control:\n  control-enable: no\n",
-            ip = addr.ip(),
-        );
-        for (i, (name, body)) in zones.iter().enumerate() {
-            let file = format!("z{i}.zone");
-            std::fs::write(dir.path().join(&file), body)?;
-            conf.push_str(&format!(
-                "zone:\n  name: \"{name}\"\n  zonefile: \"{file}\"\n"
-            ));
-        }
-        let conf_path = dir.path().join("nsd.conf");
-        std::fs::write(&conf_path, conf)?;
-        let out = std::fs::File::create(dir.path().join("output"))?;
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new(binary)
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out)
-                // nsd forks a server process: a group of its own lets drop stop both.
-                .process_group(0)
-                .spawn()
-                .context("starting nsd")?
-        };
-        let mut nsd = Self { child, dir, addr };
+        let zones: Vec<(&str, &str)> = zones.iter().map(|(n, z)| (*n, z.as_str())).collect();
+        let mut nsd =
+            Self(ceres_testkit::Nsd::spawn(binary, addr, &zones).context("starting nsd")?);
         nsd.wait_ready(zones.first().map(|z| z.0).unwrap_or(DOMAIN))?;
         Ok(nsd)
     }
 
     fn log(&self) -> String {
-        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-        format!("{}{}", read("output"), read("nsd.log"))
+        self.0.log()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
     }
 
     /// Ready when it answers the SOA of its first zone; an early exit fails at once.
     fn wait_ready(&mut self, zone: &str) -> Result<()> {
         let deadline = Instant::now() + READY;
         loop {
-            if soa_answered(self.addr, zone)? {
+            if soa_answered(self.addr(), zone)? {
                 return Ok(());
             }
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.0.exited()? {
                 bail!("nsd exited ({status}) before answering:\n{}", self.log());
             }
             // nsd keeps running without a zone it could not read: say why at once.
-            if self.log().contains(" read with ") {
+            if self
+                .log()
+                .lines()
+                .any(|l| l.contains(" read with ") && !l.contains(" read with success"))
+            {
                 bail!("nsd refused a zone:\n{}", self.log());
             }
             if Instant::now() > deadline {
@@ -137,14 +93,7 @@ impl Nsd {
     }
 
     fn resolver(&self) -> String {
-        self.addr.to_string()
-    }
-}
-
-impl Drop for Nsd {
-    fn drop(&mut self) {
-        // nsd leads its own process group (its workers are in it).
-        ceres_testkit::stop_child(&mut self.child, true, Duration::from_secs(5));
+        self.addr().to_string()
     }
 }
 
@@ -461,7 +410,7 @@ fn dns_prints_the_checklist_from_the_vps_and_the_zone_snippet_loads_in_nsd() {
         String::from_utf8_lossy(&out.stderr)
     );
     let nsd = Nsd::start(&nsd_bin, dns_port, &[(DOMAIN, zone)]).unwrap();
-    assert!(soa_answered(nsd.addr, DOMAIN).unwrap(), "{}", nsd.log());
+    assert!(soa_answered(nsd.addr(), DOMAIN).unwrap(), "{}", nsd.log());
 
     // Offline: no enrolment, no VPS, just flags.
     let empty = vps.dir.path().join("no-credentials");
