@@ -111,7 +111,7 @@ fn no_mail_lost_under_faults() {
                 }
                 "kill -9 vps" => {
                     vps.kill9().unwrap();
-                    std::thread::sleep(Duration::from_secs(1));
+                    std::thread::sleep(Duration::from_secs(1)); // the VPS stays dead a moment: the fault itself
                     vps = ceres.start_vps().unwrap();
                 }
                 _ => {
@@ -132,7 +132,7 @@ fn no_mail_lost_under_faults() {
                     home_on_alt = !home_on_alt;
                 }
             }
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(2)); // the fault schedule: one every ~2 s
         }
     });
     let faults_end = Instant::now();
