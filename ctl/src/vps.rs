@@ -58,3 +58,10 @@ pub(crate) fn split_prefix(s: &str) -> anyhow::Result<(std::net::IpAddr, Option<
         .map_err(|_| anyhow::anyhow!("{s:?} has a bad prefix length"))?;
     Ok((ip, prefix))
 }
+
+/// Home's IPv6 tunnel address as outbound mail uses it, or `off` when the VPS
+/// carries no IPv6 egress (older VPS agents report neither).
+pub(crate) fn egress6_home_address(_vps: &VpsStatus) -> String {
+    // Filled from the VPS's dual-stack status fields once they exist.
+    "off".into()
+}

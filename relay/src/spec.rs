@@ -1,16 +1,23 @@
 //! Which ports are relayed, and how: the parsed form of `CERES_RELAYS`.
 //!
 //! Syntax: a comma-separated list of entries `PUBLIC[:HOME][/OPTION]...`, e.g.
-//! `25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143,995,110,4190,80,443`.
+//! `25/proxy-v2,587/proxy-v2,993/proxy-v2,2525:25`.
 //!
-//! - `PUBLIC` is the port the VPS listens on; `HOME` (default: the same) is the port the
-//!   VPS connects to on the home tunnel address. `:` follows Docker's `-p PUBLIC:HOME`
-//!   order, which docker-mailserver and mailcow users already know; `=` is accepted as a
-//!   synonym (`2525=25` relays public 2525 to home 25).
+//! - `PUBLIC` is the port the VPS listens on; `HOME` is the port the home agent
+//!   connects to on the mail server. `:` follows Docker's `-p PUBLIC:HOME` order, which
+//!   docker-mailserver and mailcow users already know; `=` is accepted as a synonym
+//!   (`2525=25` relays public 2525 to home 25).
 //! - Options: `proxy-v1` / `proxy-v2` prefix each relayed connection with a PROXY
 //!   protocol header carrying the real client address (none: plain TCP); `smtp` /
 //!   `no-smtp` override whether the port speaks SMTP first, i.e. whether the VPS answers
 //!   `421` when home is down (default: yes for public ports 25 and 587).
+//! - Without `HOME`, a plain relay goes to the same port at home, and a PROXY relay
+//!   to the mail server's **PROXY port** `10000 + PUBLIC` (25 → 10025, 587 → 10587,
+//!   993 → 10993, 4190 → 14190, 443 → 10443; see [`proxy_home_port`]). A PROXY header
+//!   must only be accepted where nothing but the home agent can connect, so the
+//!   header-reading listeners are separate services on loopback, and the ordinary
+//!   ports keep serving LAN clients without one. The numbers are the ones mailcow's
+//!   own PROXY listeners already use, so one convention serves every stack.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -20,22 +27,34 @@ use serde::Serialize;
 
 /// The relay list used when `CERES_RELAYS` is not set.
 ///
-/// Why each entry:
-/// - `25/proxy-v2`: inbound MX traffic. Postfix's postscreen
-///   (`postscreen_upstream_proxy_protocol = haproxy`) needs the real client address for
-///   DNSBL checks, greylisting and SPF; without PROXY every sender looks like the tunnel.
-/// - `465/proxy-v2`, `587/proxy-v2`: submission (implicit TLS and STARTTLS). Per-service
-///   `-o smtpd_upstream_proxy_protocol=haproxy` in master.cf, so fail2ban and rate limits
-///   see real clients.
-/// - `993/proxy-v2`: IMAPS, Dovecot `haproxy = yes` listener, same reason (auth
-///   failures are logged with the real address).
-/// - `143`, `995`, `110`, `4190`: IMAP with STARTTLS, POP3S, POP3 and ManageSieve are
-///   relayed plain because most setups have no haproxy listener for them and a PROXY
-///   header sent to a server not expecting one breaks the connection outright.
-/// - `80`, `443`: Let's Encrypt HTTP-01 challenges, autoconfig/autodiscover and webmail;
-///   plain, because web servers need explicit setup for PROXY (nginx `proxy_protocol`).
-pub const DEFAULT_RELAYS: &str =
-    "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143,995,110,4190,80,443";
+/// Every port carries the client's address (PROXY v2) to a loopback-only PROXY
+/// listener at home ([`proxy_home_port`]): without it every internet client of
+/// that port reaches the mail server from the home agent's address (127.0.0.1),
+/// which Postfix trusts (`mynetworks`), Dovecot treats as a secured connection
+/// (cleartext passwords allowed) and web apps' `allow 127.0.0.1` rules let in.
+/// `cerectl mailserver-config postfix|dovecot|nginx --apply` adds those
+/// listeners. Ports: 25 inbound MX; 465/587 submission; 993/143 IMAP;
+/// 995/110 POP3; 4190 ManageSieve; 80/443 ACME challenges, autoconfig, webmail.
+pub const DEFAULT_RELAYS: &str = "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,\
+     143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,80/proxy-v2,443/proxy-v2";
+
+/// The offset between a public port and its PROXY port at home.
+pub const PROXY_PORT_OFFSET: u16 = 10000;
+
+/// The home port a PROXY relay of `public_port` goes to when `CERES_RELAYS`
+/// names none: `10000 + public_port` (`None` above 55535, where the entry must
+/// name its home port).
+pub fn proxy_home_port(public_port: u16) -> Option<u16> {
+    public_port.checked_add(PROXY_PORT_OFFSET)
+}
+
+/// The home port an entry without `:HOME` relays to.
+fn default_home_port(public_port: u16, proxy: ProxyMode) -> Option<u16> {
+    match proxy {
+        ProxyMode::None => Some(public_port),
+        ProxyMode::V1 | ProxyMode::V2 => proxy_home_port(public_port),
+    }
+}
 
 /// Whether a relayed connection starts with a PROXY protocol header, and which version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -64,11 +83,13 @@ pub struct RelaySpec {
 }
 
 impl RelaySpec {
-    /// A relay of `port` to the same port at home, with the defaults for that port.
+    /// A relay of `port` with the defaults for that port: to the same port at home
+    /// when plain, to its PROXY port ([`proxy_home_port`], or the same port above
+    /// 55535) with a header.
     pub fn new(port: u16, proxy: ProxyMode) -> Self {
         Self {
             public_port: port,
-            home_port: port,
+            home_port: default_home_port(port, proxy).unwrap_or(port),
             proxy,
             smtp_banner: smtp_banner_by_default(port),
         }
@@ -114,6 +135,16 @@ pub enum SpecError {
         /// The whole entry as written.
         entry: String,
     },
+    /// A PROXY relay of a port above 55535 has no default home port.
+    #[error(
+        "relay entry {entry:?}: a PROXY relay of port {port} needs its home port written out ({port}:HOME/proxy-v2): the default, {port} + 10000, is not a port"
+    )]
+    NoProxyPort {
+        /// The whole entry as written.
+        entry: String,
+        /// The public port.
+        port: u16,
+    },
     /// The same public port is listed twice.
     #[error("relay entry {entry:?}: public port {port} is already relayed by an earlier entry")]
     Duplicate {
@@ -150,11 +181,8 @@ fn parse_entry(raw: &str, position: usize) -> Result<RelaySpec, SpecError> {
     let mut parts = entry.split('/');
     let ports = parts.next().unwrap_or_default();
     let (public, home) = match ports.split_once([':', '=']) {
-        Some((p, h)) => (parse_port(entry, p)?, parse_port(entry, h)?),
-        None => {
-            let p = parse_port(entry, ports)?;
-            (p, p)
-        }
+        Some((p, h)) => (parse_port(entry, p)?, Some(parse_port(entry, h)?)),
+        None => (parse_port(entry, ports)?, None),
     };
     let mut proxy = None;
     let mut smtp = None;
@@ -186,10 +214,18 @@ fn parse_entry(raw: &str, position: usize) -> Result<RelaySpec, SpecError> {
             }
         }
     }
+    let proxy = proxy.unwrap_or(ProxyMode::None);
+    let home = match home {
+        Some(h) => h,
+        None => default_home_port(public, proxy).ok_or_else(|| SpecError::NoProxyPort {
+            entry: entry.to_owned(),
+            port: public,
+        })?,
+    };
     Ok(RelaySpec {
         public_port: public,
         home_port: home,
-        proxy: proxy.unwrap_or(ProxyMode::None),
+        proxy,
         smtp_banner: smtp.unwrap_or_else(|| smtp_banner_by_default(public)),
     })
 }
@@ -217,11 +253,25 @@ pub fn default_relays() -> Vec<RelaySpec> {
     parse_relays(DEFAULT_RELAYS).unwrap_or_default()
 }
 
+impl RelaySpec {
+    /// The entry with its home port always written out (`25:10025/proxy-v2`): what
+    /// the VPS sends to home, so both ends agree on the port even when their
+    /// versions' defaults differ.
+    pub fn explicit(&self) -> String {
+        let short = self.to_string();
+        if short.contains(':') {
+            return short;
+        }
+        let (port, options) = short.split_at(short.find('/').unwrap_or(short.len()));
+        format!("{port}:{}{options}", self.home_port)
+    }
+}
+
 impl fmt::Display for RelaySpec {
     /// Writes the canonical entry form, which [`parse_relays`] reads back unchanged.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.public_port)?;
-        if self.home_port != self.public_port {
+        if Some(self.home_port) != default_home_port(self.public_port, self.proxy) {
             write!(f, ":{}", self.home_port)?;
         }
         match self.proxy {
@@ -254,8 +304,32 @@ mod tests {
         assert!(by_port(587).smtp_banner);
         assert!(!by_port(465).smtp_banner, "465 is implicit TLS");
         assert!(!by_port(993).smtp_banner);
-        assert_eq!(by_port(143).proxy, ProxyMode::None);
-        assert_eq!(by_port(443).home_port, 443);
+        // Every port carries the client address, to its loopback PROXY port.
+        for r in &relays {
+            assert_eq!(r.proxy, ProxyMode::V2, "{r}");
+            assert_eq!(r.home_port, r.public_port + 10000, "{r}");
+        }
+        assert_eq!(by_port(4190).home_port, 14190);
+    }
+
+    #[test]
+    fn proxy_relays_default_to_the_proxy_port_plain_ones_to_the_same() {
+        let r = parse_relays("25/proxy-v2,587/proxy-v1,143,2525:25/proxy-v2,26:26/proxy-v2")
+            .unwrap();
+        let homes: Vec<u16> = r.iter().map(|r| r.home_port).collect();
+        assert_eq!(homes, [10025, 10587, 143, 25, 26]);
+        assert_eq!(RelaySpec::new(993, ProxyMode::V2).home_port, 10993);
+        assert_eq!(RelaySpec::new(993, ProxyMode::None).home_port, 993);
+        // No default above 55535: the entry must say where.
+        assert_eq!(
+            parse_relays("60000/proxy-v2").unwrap_err(),
+            SpecError::NoProxyPort {
+                entry: "60000/proxy-v2".into(),
+                port: 60000
+            }
+        );
+        assert_eq!(parse_relays("60000:6000/proxy-v2").unwrap()[0].home_port, 6000);
+        assert_eq!(parse_relays("60000").unwrap()[0].home_port, 60000);
     }
 
     #[test]
@@ -314,10 +388,15 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        let list = "25/proxy-v2,2525:25/proxy-v1/smtp,993/proxy-v2,80,587/no-smtp,8025:25/smtp";
+        let list = "25/proxy-v2,2525:25/proxy-v1/smtp,993/proxy-v2,80,587/no-smtp,8025:25/smtp,26:26/proxy-v2,60000:6000/proxy-v1";
         let parsed = parse_relays(list).unwrap();
         let printed: Vec<String> = parsed.iter().map(ToString::to_string).collect();
         assert_eq!(printed.join(","), list);
         assert_eq!(parse_relays(&printed.join(",")).unwrap(), parsed);
+        let explicit: Vec<String> = parsed.iter().map(RelaySpec::explicit).collect();
+        assert_eq!(explicit[0], "25:10025/proxy-v2");
+        assert_eq!(explicit[3], "80:80");
+        assert_eq!(explicit[1], "2525:25/proxy-v1/smtp");
+        assert_eq!(parse_relays(&explicit.join(",")).unwrap(), parsed);
     }
 }

@@ -431,12 +431,14 @@ impl Admin for Svc {
     }
 }
 
+/// The relay list as home receives it: home ports written out, so a home agent
+/// of another version maps every port as this VPS does.
 fn relays_text(settings: &VpsSettings) -> String {
     settings
         .relay
         .relays
         .iter()
-        .map(|r| r.to_string())
+        .map(ceres_relay::RelaySpec::explicit)
         .collect::<Vec<_>>()
         .join(",")
 }

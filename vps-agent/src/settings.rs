@@ -77,7 +77,8 @@ pub struct VpsFlags {
     pub wg_uapi_dir: Option<String>,
     /// Relayed ports with their PROXY mode: PORT[:HOME_PORT][/proxy-v1|/proxy-v2],
     /// comma-separated; empty for none. Default
-    /// 25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143,995,110,4190,80,443.
+    /// 25,465,587,993,143,995,110,4190,80,443, each with proxy-v2 to its
+    /// PROXY port 10000+PORT at home (`cerectl mailserver-config --apply`).
     /// [CERES_RELAYS]
     #[arg(long, value_name = "LIST")]
     pub relays: Option<String>,
