@@ -314,8 +314,8 @@ mod tests {
 
     #[test]
     fn proxy_relays_default_to_the_proxy_port_plain_ones_to_the_same() {
-        let r = parse_relays("25/proxy-v2,587/proxy-v1,143,2525:25/proxy-v2,26:26/proxy-v2")
-            .unwrap();
+        let r =
+            parse_relays("25/proxy-v2,587/proxy-v1,143,2525:25/proxy-v2,26:26/proxy-v2").unwrap();
         let homes: Vec<u16> = r.iter().map(|r| r.home_port).collect();
         assert_eq!(homes, [10025, 10587, 143, 25, 26]);
         assert_eq!(RelaySpec::new(993, ProxyMode::V2).home_port, 10993);
@@ -328,7 +328,10 @@ mod tests {
                 port: 60000
             }
         );
-        assert_eq!(parse_relays("60000:6000/proxy-v2").unwrap()[0].home_port, 6000);
+        assert_eq!(
+            parse_relays("60000:6000/proxy-v2").unwrap()[0].home_port,
+            6000
+        );
         assert_eq!(parse_relays("60000").unwrap()[0].home_port, 60000);
     }
 

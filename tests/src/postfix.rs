@@ -56,14 +56,15 @@ pub struct PostfixOptions {
     /// Addresses to listen on (IPv4 and/or IPv6; they must exist in the
     /// namespace). Also decides `inet_protocols`. Must not be empty.
     pub inet_interfaces: Vec<IpAddr>,
-    /// Port 25 is postscreen expecting a PROXY header (haproxy protocol,
-    /// v1 or v2) — the CERES relay's mode. False: a plain smtpd on 25.
+    /// The relay's PROXY port for 25 ([`PROXY_SMTP`], loopback) is postscreen
+    /// expecting a PROXY header (v1 or v2) — the CERES relay's default. Port
+    /// 25 itself is always a plain smtpd.
     pub postscreen_proxy_on_25: bool,
     /// Listen on 587 (submission) with a plain smtpd.
     pub submission: bool,
-    /// The 587 listener expects a PROXY header (set per service with
-    /// `-o smtpd_upstream_proxy_protocol=haproxy`, never globally: that
-    /// would break internal reinjection). Implies `submission`.
+    /// A submission listener on the relay's PROXY port for 587
+    /// ([`PROXY_SUBMISSION`], loopback) expects a PROXY header (set per
+    /// service, never globally: that would break internal reinjection).
     pub submission_proxy: bool,
     /// Submission as applications use it: STARTTLS required, then SASL
     /// AUTH (Cyrus with a sasldb of one user, PLAIN and LOGIN), and only an
@@ -433,12 +434,8 @@ impl Postfix {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         };
-        // Loopback is in mynetworks: postscreen passes it at once.
-        let header = self
-            .opts
-            .postscreen_proxy_on_25
-            .then(|| smtp::proxy_v1(SocketAddr::new(client, 1), addr));
-        (client, addr, header)
+        // Port 25 itself is always plain (PROXY is on the loopback ports).
+        (client, addr, None)
     }
 
     fn wait_ready(&self) -> anyhow::Result<()> {
@@ -820,7 +817,8 @@ fn main_cf(opts: &PostfixOptions, dir: &Path, mail_uid: u32, mail_gid: u32) -> S
     }
     let proxy_timeout = format!("{}s", opts.proxy_timeout.as_secs().max(1));
     if opts.postscreen_proxy_on_25 {
-        line("postscreen_upstream_proxy_protocol = haproxy".into());
+        // The PROXY setting itself is per service (master.cf): globally it
+        // would make port 25 on every address take a forged header.
         line(format!(
             "postscreen_upstream_proxy_timeout = {proxy_timeout}"
         ));
@@ -842,30 +840,32 @@ fn main_cf(opts: &PostfixOptions, dir: &Path, mail_uid: u32, mail_gid: u32) -> S
     cf
 }
 
+/// Where the relays' PROXY connections land (CERES's PROXY ports, 10000 +
+/// the public port, on loopback).
+pub const PROXY_SMTP: &str = "127.0.0.1:10025";
+/// The submission PROXY port.
+pub const PROXY_SUBMISSION: &str = "127.0.0.1:10587";
+
 fn master_cf(opts: &PostfixOptions) -> String {
     // Every service unchrooted (5th column "n"): a chroot would need copies
     // of system files in each instance's queue dir.
     let mut cf = String::from("# A CERES lab instance, written by ceres-tests.\n");
+    // Port 25 on every address stays plain (LAN clients, local programs).
+    cf.push_str("smtp      inet  n       -       n       -       -       smtpd\n");
     if opts.postscreen_proxy_on_25 {
-        cf.push_str(
-            "smtp      inet  n       -       n       -       1       postscreen\n\
+        // The relay's PROXY port (10000 + 25), on loopback: only the home
+        // agent reaches it, so only it can send a header.
+        let _ = write!(
+            cf,
+            "{PROXY_SMTP}  inet  n       -       n       -       1       postscreen\n\
+             \x20 -o postscreen_upstream_proxy_protocol=haproxy\n\
              smtpd     pass  -       -       n       -       -       smtpd\n\
              dnsblog   unix  -       -       n       -       0       dnsblog\n\
              tlsproxy  unix  -       -       n       -       0       tlsproxy\n",
         );
-    } else {
-        cf.push_str("smtp      inet  n       -       n       -       -       smtpd\n");
     }
-    if opts.submission || opts.submission_proxy || opts.submission_auth.is_some() {
-        cf.push_str("submission inet n       -       n       -       -       smtpd\n");
-        cf.push_str("  -o syslog_name=postfix/submission\n");
-        if opts.submission_proxy {
-            let _ = write!(
-                cf,
-                "  -o smtpd_upstream_proxy_protocol=haproxy\n  -o smtpd_upstream_proxy_timeout={}s\n",
-                opts.proxy_timeout.as_secs().max(1)
-            );
-        }
+    let proxy_timeout = opts.proxy_timeout.as_secs().max(1);
+    let submission_auth = |cf: &mut String| {
         if opts.submission_auth.is_some() {
             for o in [
                 "smtpd_tls_security_level=encrypt",
@@ -877,6 +877,21 @@ fn master_cf(opts: &PostfixOptions) -> String {
                 let _ = writeln!(cf, "  -o {o}");
             }
         }
+    };
+    if opts.submission || opts.submission_proxy || opts.submission_auth.is_some() {
+        cf.push_str("submission inet n       -       n       -       -       smtpd\n");
+        cf.push_str("  -o syslog_name=postfix/submission\n");
+        submission_auth(&mut cf);
+    }
+    if opts.submission_proxy {
+        let _ = write!(
+            cf,
+            "{PROXY_SUBMISSION} inet n       -       n       -       -       smtpd\n\
+             \x20 -o syslog_name=postfix/submission\n\
+             \x20 -o smtpd_upstream_proxy_protocol=haproxy\n\
+             \x20 -o smtpd_upstream_proxy_timeout={proxy_timeout}s\n"
+        );
+        submission_auth(&mut cf);
     }
     if opts.submission_auth.is_some() {
         // TLS session cache and entropy for smtpd: without it smtpd turns TLS off.

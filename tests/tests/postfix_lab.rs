@@ -1,6 +1,7 @@
 //! The Postfix harness on its own, before CERES sits in the middle: a real
-//! Postfix at home behind postscreen with PROXY (v1/v2, IPv4/IPv6), the
-//! submission port with PROXY driven by swaks, and outbound mail from home
+//! Postfix at home with postscreen reading PROXY (v1/v2, IPv4/IPv6 clients)
+//! on its loopback PROXY port only, port 25 plain for everyone else, the
+//! submission PROXY port driven by swaks, and outbound mail from home
 //! to a second real Postfix on the internet side that logs which client it
 //! saw.
 
@@ -38,13 +39,14 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
         PostfixOptions::home(vec![ip(addr::HOME), ip(addr::HOME6)]),
     )
     .unwrap();
-    let home25 = sock(addr::HOME, 25);
+    // The PROXY port, as the home agent's forwarder reaches it: loopback.
+    let home25 = sock("127.0.0.1", 10025);
 
     // IPv4, PROXY v2, a raw SMTP session from the internet namespace.
     let id4 = format!("{}.v4@lab.example.org", unique_id());
     let header = proxy_v2(sock(addr::CLIENT, 40000), home25);
     let delivery = smtp::deliver(
-        &lab.internet,
+        &lab.home,
         home25,
         Some(&header),
         "sender@example.org",
@@ -76,9 +78,11 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
 
     // IPv6, PROXY v2 with a TCP6 address block.
     let home25v6 = sock(addr::HOME6, 25);
+    // (The header names the IPv6 client and destination; it travels over
+    // loopback IPv4 like every forwarded connection.)
     let id6 = format!("{}.v6@lab.example.org", unique_id());
     let header = proxy_v2(sock(addr::CLIENT6, 40001), home25v6);
-    let mut client = SmtpClient::connect(&lab.internet, home25v6, Some(&header), IO).unwrap();
+    let mut client = SmtpClient::connect(&lab.home, home25, Some(&header), IO).unwrap();
     let reply = client
         .send_mail(
             "client6.example.org",
@@ -101,7 +105,7 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
 
     // PROXY v1 works as well.
     let banner = smtp::read_banner(
-        &lab.internet,
+        &lab.home,
         home25,
         &proxy_v1(sock("192.0.2.99", 40002), home25),
         IO,
@@ -114,8 +118,8 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     // The latency probe works through postscreen, from the client's own
     // source address (postscreen's `220-` teaser ends the measurement).
     smtp::time_to_banner(
-        &lab.internet,
-        Some(ip(addr::CLIENT)),
+        &lab.home,
+        None,
         home25,
         &proxy_v2(sock(addr::CLIENT, 40003), home25),
         IO,
@@ -126,8 +130,7 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
 
     // Without a PROXY header postscreen greets nobody: it answers 421 (or
     // just closes), never 220.
-    let reply =
-        smtp::read_banner(&lab.internet, home25, b"EHLO sneaky.example.org\r\n", IO).unwrap();
+    let reply = smtp::read_banner(&lab.home, home25, b"EHLO sneaky.example.org\r\n", IO).unwrap();
     assert!(
         reply.as_ref().is_none_or(|r| r.code != 220),
         "postscreen greeted a client without PROXY: {reply:?}"
@@ -135,11 +138,40 @@ fn postscreen_takes_proxy_headers_and_delivers_to_the_maildir() {
     home.wait_log("haproxy read: unrecognized protocol header", WAIT)
         .unwrap();
 
+    // From the internet (or the LAN), port 25 is plain: a banner without a
+    // header, and a forged header is just a bad command, never an address.
+    let public25 = sock(addr::HOME, 25);
+    let banner = smtp::read_banner(&lab.internet, public25, b"", IO)
+        .unwrap()
+        .expect("a banner on plain 25");
+    assert_eq!(banner.code, 220);
+    let forged = proxy_v1(sock("127.0.0.1", 40009), public25);
+    let _ = smtp::read_banner(&lab.internet, public25, &forged, IO).unwrap();
+    // The PROXY port is not reachable from outside the host.
+    assert!(
+        smtp::read_banner(
+            &lab.internet,
+            sock(addr::HOME, 10025),
+            b"",
+            Duration::from_secs(2)
+        )
+        .is_err(),
+        "the PROXY port answered on a non-loopback address"
+    );
+
     // smtpd saw the clients from the headers, never the router's address.
     home.wait_log("connect from unknown[192.0.2.99]", WAIT)
         .unwrap();
     let seen = home.remote_clients_seen();
-    let want: BTreeSet<IpAddr> = [ip(addr::CLIENT), ip(addr::CLIENT6), ip("192.0.2.99")].into();
+    // The header clients, and the router (the plain-25 checks above come
+    // from its address on the home link) — never the forged 127.0.0.1.
+    let want: BTreeSet<IpAddr> = [
+        ip(addr::CLIENT),
+        ip(addr::CLIENT6),
+        ip("192.0.2.99"),
+        ip(addr::HOME_GW),
+    ]
+    .into();
     assert_eq!(seen, want, "log:\n{}", home.log());
     assert_eq!(home.maildir_messages().len(), 2);
 }
@@ -226,15 +258,17 @@ fn swaks_on_plain_25_and_proxied_submission() {
     assert!(run.accepted, "{}", run.transcript);
     home.wait_for_message_id(&id25, WAIT).unwrap();
 
-    // 587 expects PROXY: swaks writes a v1 header.
+    // The submission PROXY port (loopback) expects PROXY: swaks writes a v1
+    // header, from the home host like the forwarder.
     let id587 = format!("{}.swaks587@lab.example.org", unique_id());
-    let mut swaks = Swaks::new(sock(addr::HOME, 587), "postmaster@example.com", &id587);
+    let proxy587 = sock("127.0.0.1", 10587);
+    let mut swaks = Swaks::new(proxy587, "postmaster@example.com", &id587);
     swaks.proxy = Some(SwaksProxy {
         version: 1,
         source: sock("192.0.2.77", 50000),
         dest: sock(addr::HOME, 587),
     });
-    let run = swaks.run(&lab.internet).unwrap();
+    let run = swaks.run(&lab.home).unwrap();
     assert!(run.accepted, "{}", run.transcript);
     home.wait_for_message_id(&id587, WAIT).unwrap();
     home.wait_log("submission/smtpd", WAIT).unwrap();

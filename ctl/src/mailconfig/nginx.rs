@@ -576,7 +576,11 @@ mod tests {
         let f = findings(&s, &all);
         // Only what the stock site cannot serve: it has no TLS.
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].subject.starts_with("listen 127.0.0.1:10443 ssl") && f[0].fix.contains("remove 443"), "{f:?}");
+        assert!(
+            f[0].subject.starts_with("listen 127.0.0.1:10443 ssl")
+                && f[0].fix.contains("remove 443"),
+            "{f:?}"
+        );
     }
 
     #[test]

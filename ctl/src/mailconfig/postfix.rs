@@ -359,11 +359,12 @@ pub fn print(s: &MailSetup) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         o,
-        "# ---- /etc/postfix/master.cf (add; keep your other services) ----"
+        "# ---- /etc/postfix/master.cf ----"
     );
     let _ = writeln!(
         o,
-        "# Relayed SMTP lands on these loopback services, which read the PROXY\n\
+        "# Add these services; keep your others as they are.\n\
+         # Relayed SMTP lands on these loopback services, which read the PROXY\n\
          # header the VPS sends and so see every client's real address. Only the\n\
          # home agent reaches loopback: a LAN host cannot forge an address, and\n\
          # the ordinary ports (25, 587, ...) stay as they are for LAN clients and\n\
@@ -602,7 +603,11 @@ pub fn apply(s: &MailSetup, dir: &Path) -> anyhow::Result<Outcome> {
             ));
         }
         let have_params = have.map(|h| h.params.clone()).unwrap_or_default();
-        if rewritten || have_params != want.params {
+        // postconf -P lists a service's parameters sorted: compare as sets.
+        let (mut have_sorted, mut want_sorted) = (have_params.clone(), want.params.clone());
+        have_sorted.sort();
+        want_sorted.sort();
+        if rewritten || have_sorted != want_sorted {
             if !rewritten {
                 for (k, _) in &have_params {
                     if !want.params.iter().any(|(w, _)| w == k) {
