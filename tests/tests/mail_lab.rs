@@ -205,16 +205,17 @@ fn mail_in_keeps_the_client_ip_mail_out_leaves_from_the_vps_and_home_down_gets_4
         ])
         .unwrap();
 
-    // Home's probes see Postfix on 25 expecting a PROXY header, as the relay sends.
+    // Home's probes see Postfix on the PROXY port of 25 (10025, loopback)
+    // expecting a PROXY header, as the relay sends.
     ceres
-        .wait_mail_server_reachable(Some(25), Duration::from_secs(20))
+        .wait_mail_server_reachable(Some(10025), Duration::from_secs(20))
         .unwrap();
     let (code, j) = ceres.status_json().unwrap();
     let p25 = j["mail_server"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["port"] == 25)
+        .find(|p| p["port"] == 10025)
         .unwrap()
         .clone();
     assert_eq!(p25["expects_proxy"], true, "probe of postscreen: {p25}");
