@@ -21,6 +21,9 @@ pub struct Status {
     pub ok: bool,
     /// One line per broken thing, with what to do.
     pub problems: Vec<String>,
+    /// Choices that work but cost something (a port relayed without PROXY:
+    /// every client there looks local at home); not counted as broken.
+    pub warnings: Vec<String>,
     /// The VPS agent.
     pub vps: VpsPart,
     /// The home agent as the VPS sees it.
@@ -491,10 +494,22 @@ impl Status {
             uptime_secs: report.as_ref().map(|r| r.uptime_secs),
             certificate_not_after: rfc3339(home.certificate_not_after_unix),
         };
+        let warnings = resp
+            .relays
+            .iter()
+            .filter(|r| r.proxy.is_empty())
+            .map(|r| {
+                crate::mailconfig::plain_relay_warning(
+                    u16::try_from(r.port).unwrap_or_default(),
+                    u16::try_from(r.target_port).unwrap_or_default(),
+                )
+            })
+            .collect();
         Status {
             schema: SCHEMA,
             ok: problems.is_empty(),
             problems,
+            warnings,
             vps: VpsPart {
                 version: vps.agent_version,
                 protocol: vps.protocol_version,
@@ -742,6 +757,12 @@ impl Status {
                 ));
             }
         }
+        if !self.warnings.is_empty() {
+            out.push('\n');
+            for w in &self.warnings {
+                out.push_str(&format!("{} {w}\n", paint(false, "warning:")));
+            }
+        }
         if !self.problems.is_empty() {
             out.push('\n');
             for p in &self.problems {
@@ -967,6 +988,18 @@ mod tests {
         });
         let s = Status::from_response(r.clone());
         assert!(s.ok, "{:?}", s.problems);
+        // 110 is relayed plain: said plainly, not counted as broken.
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].starts_with("port 110 is relayed without PROXY")
+                && s.warnings[0].contains("cleartext passwords"),
+            "{:?}",
+            s.warnings
+        );
+        assert!(
+            s.render(false)
+                .contains("warning: port 110 is relayed without PROXY")
+        );
         assert_eq!(s.mail_server.len(), 2);
         assert_eq!(s.mail_server[0].relay_proxy.as_deref(), Some("proxy-v2"));
         let text = s.render(false);
@@ -997,7 +1030,8 @@ mod tests {
     fn json_has_the_documented_top_level_fields() {
         let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
         for k in [
-            "schema", "ok", "problems", "vps", "home", "tunnel", "relays", "forwards", "egress",
+            "schema", "ok", "problems", "warnings", "vps", "home", "tunnel", "relays", "forwards",
+            "egress",
         ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }

@@ -678,8 +678,9 @@ mod tests {
         let st = status(
             "25/proxy-v2,587/proxy-v2,2993:993/proxy-v2,143,110",
             vec![
-                probe(25, true, true),
-                probe(587, true, false),
+                // Probes are by home port: PROXY relays land on 10000 + port.
+                probe(10025, true, true),
+                probe(10587, true, false),
                 probe(993, true, true),
                 probe(143, true, true),
                 probe(110, false, false),
@@ -687,9 +688,9 @@ mod tests {
         );
         let f = proxy_findings(&st);
         let by = |n: &str| f.iter().find(|x| x.name == n).unwrap();
-        assert_eq!(by("port 25").status, Status::Pass);
-        assert_eq!(by("port 587").status, Status::Fail);
-        assert!(by("port 587").found.contains("does not expect"));
+        assert_eq!(by("port 25 -> home 10025").status, Status::Pass);
+        assert_eq!(by("port 587 -> home 10587").status, Status::Fail);
+        assert!(by("port 587 -> home 10587").found.contains("does not expect"));
         assert_eq!(by("port 2993 -> home 993").status, Status::Pass);
         assert_eq!(by("port 143").status, Status::Fail);
         assert!(
@@ -703,7 +704,7 @@ mod tests {
         // 25 plain and matching: a warning; 25 unreachable: a failure.
         let f = proxy_findings(&status("25", vec![probe(25, true, false)]));
         assert_eq!(f[0].status, Status::Warn);
-        let f = proxy_findings(&status("25/proxy-v2", vec![probe(25, false, false)]));
+        let f = proxy_findings(&status("25/proxy-v2", vec![probe(10025, false, false)]));
         assert_eq!(f[0].status, Status::Fail);
     }
 

@@ -19,6 +19,7 @@ mod edit;
 mod finding;
 mod keycloak;
 mod nginx;
+mod plain;
 mod postfix;
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -33,6 +34,7 @@ use crate::vps::{fetch_status, split_prefix, vps_part};
 
 pub use finding::{Finding, FindingKind};
 pub use keycloak::{KeycloakOptions, keycloak};
+pub use plain::plain_relay_warning;
 
 /// Which software to print lines for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -357,10 +357,7 @@ pub fn print(s: &MailSetup) -> anyhow::Result<String> {
         s.mail_host,
         s.relay_list()
     );
-    let _ = writeln!(
-        o,
-        "# ---- /etc/postfix/master.cf ----"
-    );
+    let _ = writeln!(o, "# ---- /etc/postfix/master.cf ----");
     let _ = writeln!(
         o,
         "# Add these services; keep your others as they are.\n\
