@@ -32,6 +32,10 @@ pub struct ForwardRoute {
     pub listen_port: u16,
     /// Port on the mail server.
     pub target_port: u16,
+    /// The VPS sends a PROXY header on this port: the forwarder reads it first
+    /// and refuses a header that would make the client look local (loopback,
+    /// unspecified, `LOCAL`/`UNKNOWN`), which only a compromised VPS sends.
+    pub proxy: bool,
 }
 
 /// Settings of the home forwarder. Build with [`ForwarderConfig::new`].
@@ -62,6 +66,11 @@ impl ForwarderConfig {
         let mut home_ports: Vec<u16> = relays.iter().map(|r| r.home_port).collect();
         home_ports.sort_unstable();
         home_ports.dedup();
+        let proxied = |port: u16| {
+            relays
+                .iter()
+                .any(|r| r.home_port == port && r.proxy != crate::spec::ProxyMode::None)
+        };
         Self {
             listen,
             allowed_peer,
@@ -71,6 +80,7 @@ impl ForwarderConfig {
                 .map(|port| ForwardRoute {
                     listen_port: 0,
                     target_port: port,
+                    proxy: proxied(port),
                 })
                 .collect(),
             connect_timeout: DEFAULT_MAIL_CONNECT_TIMEOUT,
@@ -149,6 +159,7 @@ impl Forwarder {
                 let ctx = Arc::new(PortCtx {
                     role: Role::Forward {
                         allowed_peer: self.config.allowed_peer,
+                        proxy: route.proxy,
                     },
                     counters: Arc::clone(counters),
                     target: SocketAddr::new(self.config.mail_server, route.target_port),

@@ -42,7 +42,12 @@ pub(crate) enum Role {
         home_port: u16,
     },
     /// Home side: only the VPS tunnel address may connect; bytes pass unchanged.
-    Forward { allowed_peer: IpAddr },
+    Forward {
+        allowed_peer: IpAddr,
+        /// A PROXY header comes first: read and vetted before the mail server
+        /// is dialled (see [`read_vetted_header`]).
+        proxy: bool,
+    },
 }
 
 /// Everything a connection task needs, shared by all connections of one port.
@@ -128,7 +133,7 @@ async fn accept_loop(
             },
         };
         let peer = unmap(peer);
-        if let Role::Forward { allowed_peer } = &ctx.role {
+        if let Role::Forward { allowed_peer, .. } = &ctx.role {
             if peer.ip() != unmap(SocketAddr::new(*allowed_peer, 0)).ip() {
                 ctx.counters.count_refused();
                 if let Some(held) = ctx.counters.log.admit(Warning::Untrusted, clock_ms()) {
@@ -186,8 +191,88 @@ async fn refuse(mut stream: TcpStream, ctx: &PortCtx, why_code: &str, why: &str)
     // Dropping closes with FIN (or RST if the client already sent bytes): no hang.
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
+/// The longest PROXY header we read (v2 with TLVs would be longer; the VPS
+/// sends none).
+const MAX_HEADER: usize = 536;
+
+/// Why a forwarded connection's PROXY header was refused.
+#[derive(Debug, thiserror::Error)]
+enum HeaderRefusal {
+    #[error("no complete PROXY header within {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed before a complete PROXY header")]
+    Closed,
+    #[error("reading the PROXY header: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Malformed(#[from] proxy::ProxyError),
+    #[error(
+        "the PROXY header names no client (LOCAL/UNKNOWN): the mail server would see 127.0.0.1"
+    )]
+    NoClient,
+    #[error("the PROXY header claims client {0}, which would look local at home")]
+    LocalClient(IpAddr),
+}
+
+/// Reads the PROXY header the VPS sends ahead of a relayed connection (and any
+/// bytes that came with it) and refuses one that would make the client look
+/// local to the mail server. The VPS writes the real peer address, which is
+/// never loopback; a header saying otherwise comes from a compromised or
+/// misconfigured VPS, and 127.0.0.1 is trusted by many mail servers.
+async fn read_vetted_header(
+    client: &mut TcpStream,
+    timeout: Duration,
+) -> Result<Vec<u8>, HeaderRefusal> {
+    use tokio::io::AsyncReadExt as _;
+    let read = async {
+        let mut buf = Vec::with_capacity(128);
+        loop {
+            match proxy::parse(&buf)? {
+                Some((header, _)) => {
+                    let source = header.source.ok_or(HeaderRefusal::NoClient)?;
+                    let ip = unmap(source).ip();
+                    if ip.is_loopback() || ip.is_unspecified() {
+                        return Err(HeaderRefusal::LocalClient(ip));
+                    }
+                    return Ok(buf);
+                }
+                None if buf.len() >= MAX_HEADER => {
+                    return Err(HeaderRefusal::Malformed(proxy::ProxyError::NotProxy));
+                }
+                None => {}
+            }
+            let mut chunk = [0u8; MAX_HEADER];
+            let want = MAX_HEADER - buf.len();
+            let n = client.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Err(HeaderRefusal::Closed);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| HeaderRefusal::Timeout(timeout))?
+}
+
+async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     let port = ctx.counters.port;
+    let mut early = Vec::new();
+    if let Role::Forward { proxy: true, .. } = &ctx.role {
+        match read_vetted_header(&mut client, ctx.connect_timeout).await {
+            Ok(bytes) => early = bytes,
+            Err(why) => {
+                ctx.counters.count_refused();
+                if let Some(held) = ctx.counters.log.admit(Warning::Untrusted, clock_ms()) {
+                    warn!(port, source = %peer.ip(), more_since_last_line = held, error = %why,
+                        "refused relayed connection: bad PROXY header");
+                }
+                ctx.counters
+                    .record_error(format!("refused a relayed connection: {why}"));
+                return;
+            }
+        }
+    }
     let target = match &ctx.role {
         Role::Relay {
             home, home_port, ..
@@ -244,14 +329,18 @@ async fn handle(client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
     // Small SMTP/IMAP exchanges are latency-bound; Nagle would delay them.
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    if let Role::Relay { proxy, .. } = &ctx.role {
-        let header = match client.local_addr() {
+    let header = match &ctx.role {
+        Role::Relay { proxy, .. } => match client.local_addr() {
             Ok(local) => proxy::encode(*proxy, peer, local),
             Err(e) => {
                 ctx.counters.record_error(format!("local address: {e}"));
                 return;
             }
-        };
+        },
+        // The vetted header (and what came with it), passed on unchanged.
+        Role::Forward { .. } => early,
+    };
+    {
         if !header.is_empty() {
             let sent = tokio::time::timeout(REPLY_TIMEOUT, server.write_all(&header)).await;
             if !matches!(sent, Ok(Ok(()))) {

@@ -461,6 +461,7 @@ async fn forwarder_passes_bytes_and_trusts_only_the_peer() {
     config.routes = vec![ForwardRoute {
         listen_port: 2500,
         target_port: 2525,
+        proxy: true,
     }];
     let fwd = Forwarder::bind(config).unwrap();
     let stats = fwd.stats();
@@ -469,14 +470,15 @@ async fn forwarder_passes_bytes_and_trusts_only_the_peer() {
     tokio::spawn(fwd.run(shutdown.clone()));
     let to = SocketAddr::new(tunnel_home, 2500);
 
-    // From the VPS tunnel address: header and payload arrive byte for byte.
+    // From the VPS tunnel address: header and payload arrive byte for byte
+    // (the header first, as the VPS relay writes it).
     let header = proxy::encode_v2(
         "203.0.113.9:40000".parse().unwrap(),
         "198.51.100.1:25".parse().unwrap(),
     );
     let mut c = connect_from(vps, to).await.unwrap();
-    assert_eq!(read_exact_guarded(&mut c, 10).await, b"220 mail\r\n");
     c.write_all(&header).await.unwrap();
+    assert_eq!(read_exact_guarded(&mut c, 10).await, b"220 mail\r\n");
     c.write_all(b"EHLO x\r\n").await.unwrap();
     c.shutdown().await.unwrap();
     assert_eq!(read_to_end_guarded(&mut c).await.unwrap(), b"got 8\r\n");
@@ -502,6 +504,85 @@ async fn forwarder_passes_bytes_and_trusts_only_the_peer() {
     assert!(seen.try_recv().is_err());
 }
 
+/// A compromised VPS cannot make a client look local at home: a header that
+/// claims loopback (v1 or v2, IPv4, IPv6 or IPv4-mapped), names no client
+/// (v2 LOCAL, v1 UNKNOWN), or is garbage is refused before the mail server
+/// is dialled.
+#[tokio::test]
+async fn forwarder_refuses_headers_that_would_look_local() {
+    let (tunnel_home, vps, mail) = (unique_ip(), unique_ip(), unique_ip());
+    let mut seen = fake_server(SocketAddr::new(mail, 2525), b"220 mail\r\n", true).await;
+    let mut config = ForwarderConfig::new(tunnel_home, vps, &[]);
+    config.mail_server = mail;
+    config.connect_timeout = Duration::from_millis(500);
+    config.routes = vec![ForwardRoute {
+        listen_port: 2501,
+        target_port: 2525,
+        proxy: true,
+    }];
+    let fwd = Forwarder::bind(config).unwrap();
+    let stats = fwd.stats();
+    let shutdown = CancellationToken::new();
+    let _guard = shutdown.clone().drop_guard();
+    tokio::spawn(fwd.run(shutdown.clone()));
+    let to = SocketAddr::new(tunnel_home, 2501);
+    let dst: SocketAddr = "198.51.100.1:25".parse().unwrap();
+    let local_v2 = {
+        // v2 signature, version 2 / command LOCAL, family unspecified, length 0.
+        let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+        h.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+        h
+    };
+    let forged: Vec<Vec<u8>> = vec![
+        proxy::encode_v1("127.0.0.1:1234".parse().unwrap(), dst),
+        proxy::encode_v2("127.0.0.1:1234".parse().unwrap(), dst),
+        proxy::encode_v2(
+            "[::1]:1234".parse().unwrap(),
+            "[2001:db8::1]:25".parse().unwrap(),
+        ),
+        proxy::encode_v2(
+            "[::ffff:127.0.0.9]:1".parse().unwrap(),
+            "[::ffff:198.51.100.1]:25".parse().unwrap(),
+        ),
+        proxy::encode_v1("0.0.0.0:1".parse().unwrap(), dst),
+        b"PROXY UNKNOWN\r\n".to_vec(),
+        local_v2,
+        b"EHLO no header at all\r\n".to_vec(),
+    ];
+    for (i, bytes) in forged.iter().enumerate() {
+        let mut c = connect_from(vps, to).await.unwrap();
+        c.write_all(bytes).await.unwrap();
+        match read_to_end_guarded(&mut c).await {
+            Ok(d) => assert!(d.is_empty(), "case {i}: got {d:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "case {i}"),
+        }
+    }
+    // A header that never completes is given up after the connect timeout.
+    let mut c = connect_from(vps, to).await.unwrap();
+    c.write_all(b"PROXY TCP4 203.0.113.9").await.unwrap();
+    match read_to_end_guarded(&mut c).await {
+        Ok(d) => assert!(d.is_empty()),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    let n = forged.len() as u64 + 1;
+    wait_until("refusals counted", GUARD, || {
+        stats.snapshot()[0].refused == n
+    })
+    .await;
+    assert!(
+        seen.try_recv().is_err(),
+        "the mail server saw a forged client"
+    );
+    assert!(
+        stats.snapshot()[0]
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.message.contains("PROXY header")),
+        "{:?}",
+        stats.snapshot()[0].last_error
+    );
+}
+
 #[tokio::test]
 async fn forwarder_closes_when_mail_server_is_down() {
     let (tunnel_home, vps, mail) = (unique_ip(), unique_ip(), unique_ip());
@@ -514,8 +595,19 @@ async fn forwarder_closes_when_mail_server_is_down() {
     let shutdown = CancellationToken::new();
     let _guard = shutdown.clone().drop_guard();
     tokio::spawn(fwd.run(shutdown.clone()));
-    // The home side never answers for the mail server, not even on SMTP ports.
-    expect_close_without_data(to, vps).await;
+    // The home side never answers for the mail server, not even on SMTP ports
+    // (the VPS sends its header first, as always).
+    let mut c = connect_from(vps, to).await.expect("connect to the forwarder");
+    c.write_all(&proxy::encode_v2(
+        "203.0.113.9:40000".parse().unwrap(),
+        "198.51.100.1:25".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    match read_to_end_guarded(&mut c).await {
+        Ok(data) => assert!(data.is_empty(), "got {data:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+    }
     wait_until("unavailable counted", GUARD, || {
         stats.snapshot()[0].unavailable == 1
     })
@@ -636,6 +728,12 @@ async fn forwarder_coexists_with_a_mail_server_on_the_wildcard_address() {
     let _guard = shutdown.clone().drop_guard();
     tokio::spawn(fwd.run(shutdown.clone()));
     let mut c = connect_from(vps, to).await.unwrap();
+    c.write_all(&proxy::encode_v2(
+        "203.0.113.9:40000".parse().unwrap(),
+        "198.51.100.1:25".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
     let (mut s, _) = tokio::time::timeout(GUARD, mail.accept())
         .await
         .unwrap()

@@ -690,7 +690,11 @@ mod tests {
         let by = |n: &str| f.iter().find(|x| x.name == n).unwrap();
         assert_eq!(by("port 25 -> home 10025").status, Status::Pass);
         assert_eq!(by("port 587 -> home 10587").status, Status::Fail);
-        assert!(by("port 587 -> home 10587").found.contains("does not expect"));
+        assert!(
+            by("port 587 -> home 10587")
+                .found
+                .contains("does not expect")
+        );
         assert_eq!(by("port 2993 -> home 993").status, Status::Pass);
         assert_eq!(by("port 143").status, Status::Fail);
         assert!(
