@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use ceres_pki::{CertificateInfo, Role};
 use futures::Stream;
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use std::future::Future;
 
 use ceres_relay::source_key;
 use ceres_relay::throttle::{KeyedThrottle, clock_ms};

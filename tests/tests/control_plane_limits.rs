@@ -139,7 +139,10 @@ fn certless_connections_are_capped_per_source_and_another_source_still_enrols() 
         .collect();
     // The fourth from the same source is closed before its handshake.
     let fourth = tls_without_cert(&vps, flooder);
-    assert!(fourth.is_err(), "a fourth connection from one source was served");
+    assert!(
+        fourth.is_err(),
+        "a fourth connection from one source was served"
+    );
     // Another source enrols and gets its status while the three are held.
     let ctl = vps.enroll_ctl().unwrap();
     let out = run(Command::new(bin("cerectl"))
@@ -155,7 +158,10 @@ fn certless_connections_are_capped_per_source_and_another_source_still_enrols() 
         String::from_utf8_lossy(&out.stderr)
     );
     let log = vps.daemon.log_text();
-    assert!(log.contains("too many connections from this source"), "{log}");
+    assert!(
+        log.contains("too many connections from this source"),
+        "{log}"
+    );
     // A slot comes back when a connection closes.
     drop(held);
     wait_until("a freed slot to be usable", GUARD, || {
