@@ -4,10 +4,12 @@
 
 pub mod client;
 pub mod creds;
+pub mod limits;
 pub mod report;
 pub mod server;
 pub mod wgkey;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};
+pub use limits::ConnLimits;
 pub use server::{Caller, TlsIncoming, caller, require_role};

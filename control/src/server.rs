@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use ceres_pki::{CertificateInfo, Role};
 use futures::Stream;
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+
+use ceres_relay::source_key;
+use ceres_relay::throttle::{KeyedThrottle, clock_ms};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -20,11 +24,16 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected;
 use tonic::{Request, Status};
 
+use crate::limits::{ConnLimits, PerSource, SourceSlot};
+
 /// A peer that has not finished its handshake by then is dropped: a slow or
 /// silent client must not hold a slot forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; more wait in the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
+/// One log line per source and this window for failed handshakes and
+/// per-source refusals; the next line says how many were held back.
+pub const LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Sources whose log lines are throttled one by one; beyond that they share one.
+const LOG_SOURCES: usize = 4096;
 
 /// Who is calling: the TCP peer and, if it presented one, its verified certificate.
 #[derive(Debug, Clone)]
@@ -35,11 +44,35 @@ pub struct Caller {
     pub certificate: Option<CertificateInfo>,
 }
 
-/// A TLS connection with its caller identity, as tonic wants it.
+/// A TLS connection with its caller identity, as tonic wants it. It holds
+/// its connection slots (global and per source) until tonic drops it.
 #[derive(Debug)]
 pub struct AuthedConn {
     inner: TlsStream<TcpStream>,
     caller: Caller,
+    /// Without a client certificate: when the connection is cut. Reads and
+    /// writes fail from then on, and hyper closes the connection.
+    expires: Option<Pin<Box<tokio::time::Sleep>>>,
+    _slot: OwnedSemaphorePermit,
+    _source_slot: SourceSlot,
+}
+
+impl AuthedConn {
+    /// `Err` once the connection has outlived its maximum age (and registers
+    /// the waker, so an idle connection is woken to be closed).
+    fn check_age(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let expired = self
+            .expires
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if expired {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection without a client certificate reached its maximum age",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Connected for AuthedConn {
@@ -55,6 +88,9 @@ impl AsyncRead for AuthedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Err(e) = self.check_age(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -65,6 +101,9 @@ impl AsyncWrite for AuthedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check_age(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -78,6 +117,9 @@ impl AsyncWrite for AuthedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Err(e) = self.check_age(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -110,17 +152,28 @@ impl TlsIncoming {
     /// its own task (tracked by `tracker`) so one slow peer never blocks others.
     ///
     /// Failed handshakes — garbage, plain HTTP, a certificate from another CA,
-    /// an expired one — are logged with the peer address and dropped; the
-    /// listener keeps serving.
+    /// an expired one — are logged with the peer address (one line per source
+    /// and [`LOG_WINDOW`], with a count) and dropped; the listener keeps serving.
+    ///
+    /// Each connection holds a slot of `limits.max_connections` and one of its
+    /// source's `limits.max_per_source` from the accept until it closes; at the
+    /// global cap new connections wait in the kernel's accept queue, over the
+    /// source's cap they are closed at once. Connections without a client
+    /// certificate are cut after `limits.no_cert_max_age`.
     pub fn spawn(
         listener: TcpListener,
         config: SharedServerConfig,
         revoked: RevocationCheck,
+        limits: ConnLimits,
         cancel: CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let per_source = PerSource::new(limits.max_per_source.max(1));
+        let window_ms = u64::try_from(LOG_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        let failed_log = Arc::new(KeyedThrottle::new(window_ms, LOG_SOURCES));
+        let refused_log = KeyedThrottle::new(window_ms, LOG_SOURCES);
         let handshakes = tracker.clone();
         tracker.spawn(async move {
             loop {
@@ -140,6 +193,15 @@ impl TlsIncoming {
                         }
                     },
                 };
+                let source = source_key(remote.ip());
+                let Some(source_slot) = per_source.take(source) else {
+                    if let Some(held) = refused_log.admit(&source, clock_ms()) {
+                        tracing::warn!(peer = %remote, limit = limits.max_per_source,
+                            more_since_last_line = held,
+                            "control: too many connections from this source (IPv6: its /64), connection closed");
+                    }
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = match config.read() {
                     Ok(c) => TlsAcceptor::from(c.clone()),
@@ -148,8 +210,8 @@ impl TlsIncoming {
                 let tx = tx.clone();
                 let cancel = cancel.clone();
                 let revoked = revoked.clone();
+                let failed_log = Arc::clone(&failed_log);
                 handshakes.spawn(async move {
-                    let _permit = permit;
                     let hs = tokio::select! {
                         _ = cancel.cancelled() => return,
                         r = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => r,
@@ -157,11 +219,17 @@ impl TlsIncoming {
                     let tls = match hs {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
-                            tracing::info!(peer = %remote, error = %e, "control: TLS handshake failed, connection dropped");
+                            if let Some(held) = failed_log.admit(&source, clock_ms()) {
+                                tracing::info!(peer = %remote, error = %e, more_since_last_line = held,
+                                    "control: TLS handshake failed, connection dropped");
+                            }
                             return;
                         }
                         Err(_) => {
-                            tracing::info!(peer = %remote, "control: TLS handshake timed out, connection dropped");
+                            if let Some(held) = failed_log.admit(&source, clock_ms()) {
+                                tracing::info!(peer = %remote, more_since_last_line = held,
+                                    "control: TLS handshake timed out, connection dropped");
+                            }
                             return;
                         }
                     };
@@ -175,7 +243,16 @@ impl TlsIncoming {
                         tracing::warn!(peer = %remote, name = %cert.name, serial = %cert.serial, "control: revoked certificate refused");
                         return;
                     }
-                    let conn = AuthedConn { inner: tls, caller: Caller { remote, certificate } };
+                    let expires = certificate
+                        .is_none()
+                        .then(|| Box::pin(tokio::time::sleep(limits.no_cert_max_age)));
+                    let conn = AuthedConn {
+                        inner: tls,
+                        caller: Caller { remote, certificate },
+                        expires,
+                        _slot: permit,
+                        _source_slot: source_slot,
+                    };
                     let _ = tx.send(Ok(conn)).await;
                 });
             }

@@ -144,6 +144,10 @@ pub struct PortPart {
     pub bytes_out: u64,
     /// Refused by connection limits.
     pub refused: u64,
+    /// The same by reason: `port_full`, `reserved_for_known`, `source`,
+    /// `v4_net24`, `v6_net56`, `v6_net48`, `rate`, `untrusted` (only reasons
+    /// with refusals; `unknown` for a reason this cerectl does not know).
+    pub refused_by: std::collections::BTreeMap<String, u64>,
     /// Turned away while home was unreachable.
     pub unavailable: u64,
     /// Last error and when.
@@ -163,6 +167,15 @@ impl PortPart {
             bytes_in: p.bytes_in,
             bytes_out: p.bytes_out,
             refused: p.refused,
+            refused_by: p
+                .refused_by
+                .iter()
+                .map(|c| {
+                    let reason = ceres_control::report::relay_refusal(c.reason())
+                        .map_or("unknown", ceres_relay::Refusal::as_str);
+                    (reason.to_owned(), c.count)
+                })
+                .collect(),
             unavailable: p.unavailable,
             last_error: non_empty(&p.last_error),
             last_error_at: rfc3339(p.last_error_unix),
@@ -682,6 +695,17 @@ impl Status {
                         .map(|e| format!("  last error: {e}"))
                         .unwrap_or_default()
                 ));
+                if !r.refused_by.is_empty() {
+                    let why: Vec<String> = r
+                        .refused_by
+                        .iter()
+                        .map(|(reason, n)| format!("{reason} {n}"))
+                        .collect();
+                    out.push_str(&format!(
+                        "                     refused by: {}\n",
+                        why.join(", ")
+                    ));
+                }
             }
         }
         let e = &self.egress;

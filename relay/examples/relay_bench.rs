@@ -58,8 +58,7 @@ async fn relay_child(listen: SocketAddr, target: SocketAddr) -> Result<()> {
     };
     let mut config =
         ListenerConfig::new(vec![listen.ip()], target.ip(), vec![spec], "bench.example");
-    config.max_per_port = 100_000;
-    config.max_per_source = 100_000;
+    config.limits = ceres_relay::Limits::port_only(100_000);
     let listener = Listener::bind(config)?;
     let (_tx, rx) =
         tokio::sync::watch::channel(ceres_relay::HomeReach::up([(target.port(), target.port())]));

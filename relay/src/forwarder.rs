@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::RelayError;
-use crate::listener::{DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PER_PORT};
+use crate::admission::{DEFAULT_MAX_PER_PORT, Limits};
+use crate::listener::DEFAULT_IDLE_TIMEOUT;
 use crate::serve::{self, PortCtx, Role};
 use crate::spec::RelaySpec;
 use crate::stats::{PortCounters, StatsHandle};
@@ -117,9 +118,8 @@ impl Forwarder {
             ports.push(Arc::new(PortCounters::new(
                 route.listen_port,
                 route.target_port,
-                config.max_per_port,
-                // One trusted source: the per-source limit is the per-port limit.
-                config.max_per_port,
+                // One trusted source (the VPS): only the port cap applies.
+                Limits::port_only(config.max_per_port),
             )));
         }
         Ok(Self {

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+mod admission;
 pub mod egress;
 mod forwarder;
 mod listener;
@@ -15,11 +16,16 @@ mod serve;
 pub mod spec;
 mod splice;
 mod stats;
+pub mod throttle;
 
+pub use admission::{
+    DEFAULT_BURST, DEFAULT_MAX_PER_PORT, DEFAULT_MAX_PER_SOURCE, DEFAULT_RATE_PER_MINUTE,
+    DELIVERING_MIN_BYTES, Limits, Refusal, source_key,
+};
 pub use forwarder::{DEFAULT_MAIL_CONNECT_TIMEOUT, ForwardRoute, Forwarder, ForwarderConfig};
 pub use listener::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PER_PORT, DEFAULT_MAX_PER_SOURCE,
-    HomeReach, Listener, ListenerConfig,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_SMTP_IDLE_TIMEOUT, HomeReach, Listener,
+    ListenerConfig,
 };
 pub use spec::{DEFAULT_RELAYS, ProxyMode, RelaySpec, SpecError, default_relays, parse_relays};
 pub use splice::pooled_pipes;

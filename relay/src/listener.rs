@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::RelayError;
+use crate::admission::Limits;
 use crate::serve::{self, PortCtx, Role};
 use crate::spec::RelaySpec;
 use crate::stats::{PortCounters, StatsHandle};
@@ -20,14 +21,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default idle timeout: above the 29 minutes IMAP IDLE clients wait between
 /// re-issuing IDLE (RFC 2177), so idling mail clients are not cut off.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-/// Default cap on concurrent connections per port, far above what a personal mail
-/// server sees, low enough that a flood cannot take all of the agent's fds
-/// (20,000 per process, two per connection, over ten ports).
-pub const DEFAULT_MAX_PER_PORT: u32 = 1000;
-/// Default cap on concurrent connections per source address (IPv6: per /64) and port.
-/// Postfix's own `smtpd_client_connection_count_limit` is 50; mail clients behind
-/// one NAT with several devices stay well below this.
-pub const DEFAULT_MAX_PER_SOURCE: u32 = 50;
+/// Default idle timeout on SMTP ports (25, 465, 587, and any port relayed with an
+/// SMTP banner): RFC 5321 §4.5.3.2.7's server timeout of 5 minutes. A sender
+/// that says nothing for that long is gone or holding a slot.
+pub const DEFAULT_SMTP_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// What the relays know about home: whether its session is up, and where its
 /// forwarders listen on the tunnel address. Home's forwarders listen on ports
@@ -78,12 +75,13 @@ pub struct ListenerConfig {
     pub mail_host: String,
     /// Give up connecting to home after this long (then `421` / close).
     pub connect_timeout: Duration,
-    /// Close a relayed connection after this long without traffic either way.
+    /// Close a relayed connection after this long without traffic either way
+    /// (ports that are not SMTP: IMAP, POP3, HTTP, ...).
     pub idle_timeout: Duration,
-    /// Concurrent connections allowed per public port.
-    pub max_per_port: u32,
-    /// Concurrent connections allowed per source address (IPv6: per /64) per port.
-    pub max_per_source: u32,
+    /// The same on SMTP ports (see [`RelaySpec::is_smtp`]).
+    pub smtp_idle_timeout: Duration,
+    /// Connection limits of each port.
+    pub limits: Limits,
 }
 
 impl ListenerConfig {
@@ -101,8 +99,8 @@ impl ListenerConfig {
             mail_host: mail_host.into(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_per_port: DEFAULT_MAX_PER_PORT,
-            max_per_source: DEFAULT_MAX_PER_SOURCE,
+            smtp_idle_timeout: DEFAULT_SMTP_IDLE_TIMEOUT,
+            limits: Limits::default(),
         }
     }
 }
@@ -125,8 +123,7 @@ impl Listener {
             ports.push(Arc::new(PortCounters::new(
                 spec.public_port,
                 spec.home_port,
-                config.max_per_port,
-                config.max_per_source,
+                config.limits,
             )));
             for ip in &config.bind {
                 let addr = SocketAddr::new(*ip, spec.public_port);
@@ -182,7 +179,11 @@ impl Listener {
                     counters: Arc::clone(counters),
                     target: SocketAddr::new(self.config.target, spec.home_port),
                     connect_timeout: self.config.connect_timeout,
-                    idle_timeout: self.config.idle_timeout,
+                    idle_timeout: if spec.is_smtp() {
+                        self.config.smtp_idle_timeout
+                    } else {
+                        self.config.idle_timeout
+                    },
                     shutdown: shutdown.clone(),
                 })
             })

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -15,11 +16,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::RelayError;
+use crate::admission::Refusal;
 use crate::listener::HomeReach;
 use crate::proxy::{self, unmap};
 use crate::spec::ProxyMode;
 use crate::splice::{self, End};
-use crate::stats::{PortCounters, Refusal, Warning, clock_ms};
+use crate::stats::{PortCounters, Slot, Warning};
+use crate::throttle::clock_ms;
 
 /// Bound on writing our own short replies (`421`), so a client that never reads
 /// cannot pin a task.
@@ -135,7 +138,7 @@ async fn accept_loop(
         let peer = unmap(peer);
         if let Role::Forward { allowed_peer, .. } = &ctx.role {
             if peer.ip() != unmap(SocketAddr::new(*allowed_peer, 0)).ip() {
-                ctx.counters.count_refused();
+                ctx.counters.count_refused(Refusal::Untrusted);
                 if let Some(held) = ctx.counters.log.admit(Warning::Untrusted, clock_ms()) {
                     warn!(port = ctx.counters.port, source = %peer.ip(), allowed = %allowed_peer,
                         more_since_last_line = held,
@@ -147,26 +150,22 @@ async fn accept_loop(
         let slot = match ctx.counters.admit(peer.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                let (what, limit) = match refusal {
-                    Refusal::PortLimit(n) => ("port", n),
-                    Refusal::SourceLimit(n) => ("source", n),
-                };
                 if let Some(held) = ctx.counters.log.admit(Warning::Limit, clock_ms()) {
-                    warn!(port = ctx.counters.port, source = %peer.ip(), limit, scope = what,
+                    warn!(port = ctx.counters.port, source = %peer.ip(), reason = refusal.as_str(),
+                        limits = ?ctx.counters.limits(),
                         more_since_last_line = held,
                         "connection limit reached, refusing");
                 }
                 let ctx = Arc::clone(&ctx);
                 tracker.spawn(async move {
-                    refuse(stream, &ctx, "4.7.0", "too many connections").await;
+                    refuse(stream, &ctx, "4.7.0", refusal.smtp_text()).await;
                 });
                 continue;
             }
         };
         let ctx = Arc::clone(&ctx);
         tracker.spawn(async move {
-            let _slot = slot;
-            handle(stream, peer, &ctx).await;
+            handle(stream, peer, &ctx, &slot).await;
         });
     }
     debug!(%addr, "relay port stopped");
@@ -255,14 +254,14 @@ async fn read_vetted_header(
         .map_err(|_| HeaderRefusal::Timeout(timeout))?
 }
 
-async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
+async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &PortCtx, slot: &Slot) {
     let port = ctx.counters.port;
     let mut early = Vec::new();
     if let Role::Forward { proxy: true, .. } = &ctx.role {
         match read_vetted_header(&mut client, ctx.connect_timeout).await {
             Ok(bytes) => early = bytes,
             Err(why) => {
-                ctx.counters.count_refused();
+                ctx.counters.count_refused(Refusal::Untrusted);
                 if let Some(held) = ctx.counters.log.admit(Warning::Untrusted, clock_ms()) {
                     warn!(port, source = %peer.ip(), more_since_last_line = held, error = %why,
                         "refused relayed connection: bad PROXY header");
@@ -351,15 +350,20 @@ async fn handle(mut client: TcpStream, peer: SocketAddr, ctx: &PortCtx) {
         }
     }
     let c = &ctx.counters;
+    let (conn_in, conn_out) = (AtomicU64::new(0), AtomicU64::new(0));
     let result = splice::bidirectional(
         &client,
         &server,
-        &c.bytes_in,
-        &c.bytes_out,
+        [&c.bytes_in, &conn_in],
+        [&c.bytes_out, &conn_out],
         ctx.idle_timeout,
         &ctx.shutdown,
     )
     .await;
+    slot.finished(
+        conn_in.load(Ordering::Relaxed),
+        conn_out.load(Ordering::Relaxed),
+    );
     match result {
         Ok(End::Closed) => debug!(port, source = %peer.ip(), "connection closed"),
         Ok(End::Idle) => {

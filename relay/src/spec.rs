@@ -96,6 +96,18 @@ impl RelaySpec {
     }
 }
 
+impl RelaySpec {
+    /// An SMTP port (25, 465, 587 on either side, or relayed with an SMTP
+    /// banner): gets the SMTP idle timeout (RFC 5321 §4.5.3.2.7, 5 minutes)
+    /// instead of the one sized for IMAP IDLE.
+    pub fn is_smtp(&self) -> bool {
+        self.smtp_banner
+            || [self.public_port, self.home_port]
+                .iter()
+                .any(|p| matches!(p, 25 | 465 | 587))
+    }
+}
+
 /// Ports whose clients wait for a plaintext SMTP banner: SMTP (25) and submission with
 /// STARTTLS (587). 465 is implicit TLS, so a plaintext `421` would be garbage there.
 pub fn smtp_banner_by_default(public_port: u16) -> bool {

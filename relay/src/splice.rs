@@ -163,11 +163,12 @@ impl Activity {
 }
 
 /// Copies `src` → `dst` until EOF on `src`, then half-closes `dst`.
-/// `moved` is increased as bytes arrive at `dst`.
+/// Each counter in `moved` (the port's total, the connection's own) is
+/// increased as bytes arrive at `dst`.
 pub(crate) async fn pump(
     src: &TcpStream,
     dst: &TcpStream,
-    moved: &AtomicU64,
+    moved: [&AtomicU64; 2],
     activity: &Activity,
 ) -> io::Result<()> {
     let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
@@ -195,7 +196,9 @@ pub(crate) async fn pump(
                 match dst.try_io(Interest::WRITABLE, || splice(read_fd, dst_fd, left)) {
                     Ok(m) => {
                         left -= m;
-                        moved.fetch_add(m as u64, Ordering::Relaxed);
+                        for counter in moved {
+                            counter.fetch_add(m as u64, Ordering::Relaxed);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.writable().await?,
                     Err(e) => return Err(e),
@@ -219,12 +222,13 @@ pub(crate) enum End {
 }
 
 /// Splices `a` ↔ `b` until both directions end, one fails, the idle timeout passes or
-/// `shutdown` fires. `a_to_b` / `b_to_a` count the bytes moved each way.
+/// `shutdown` fires. `a_to_b` / `b_to_a` count the bytes moved each way (each
+/// into a shared total and into the connection's own counter).
 pub(crate) async fn bidirectional(
     a: &TcpStream,
     b: &TcpStream,
-    a_to_b: &AtomicU64,
-    b_to_a: &AtomicU64,
+    a_to_b: [&AtomicU64; 2],
+    b_to_a: [&AtomicU64; 2],
     idle: Duration,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> io::Result<End> {

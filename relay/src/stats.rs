@@ -1,11 +1,14 @@
 //! Per-port counters and connection limits, shared by [`crate::Listener`] and
 //! [`crate::Forwarder`]; snapshots feed `cerectl status`.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::admission::{Admission, DELIVERING_MIN_BYTES, Held, Limits, Refusal};
+use crate::throttle::Throttle;
 
 use serde::Serialize;
 
@@ -35,17 +38,12 @@ pub struct PortSnapshot {
     pub bytes_out: u64,
     /// Connections refused by a limit or because the source was not trusted.
     pub refused: u64,
+    /// The same refusals by reason (reasons with none left out).
+    pub refused_by: BTreeMap<Refusal, u64>,
     /// Connections closed (or answered `421`) because the target was unreachable.
     pub unavailable: u64,
     /// The most recent error, if any.
     pub last_error: Option<LastError>,
-}
-
-/// Why a connection was refused before being relayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    PortLimit(u32),
-    SourceLimit(u32),
 }
 
 /// How often one port logs the same kind of trouble. A flood against a limit
@@ -68,35 +66,15 @@ pub(crate) enum Warning {
 /// back so the next line can say how many there were.
 #[derive(Debug, Default)]
 pub(crate) struct LogThrottle {
-    /// Milliseconds (on [`clock_ms`]) of the last line logged, per kind; 0: never.
-    last_ms: [AtomicU64; 3],
-    held: [AtomicU64; 3],
+    kinds: [Throttle; 3],
 }
 
 impl LogThrottle {
     /// `Some(n)` when a line may be logged now (`n` lines of this kind were held
     /// back since the last one), `None` when it is held back.
     pub(crate) fn admit(&self, kind: Warning, now_ms: u64) -> Option<u64> {
-        let (last, held) = (&self.last_ms[kind as usize], &self.held[kind as usize]);
-        let prev = last.load(Ordering::Relaxed);
-        let now = now_ms.max(1);
-        if (prev != 0 && now.saturating_sub(prev) < LOG_EVERY_MS)
-            || last
-                .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            held.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(held.swap(0, Ordering::Relaxed))
+        self.kinds[kind as usize].admit(now_ms, LOG_EVERY_MS)
     }
-}
-
-/// Milliseconds since the first call: a monotonic clock for [`LogThrottle`].
-pub(crate) fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Live counters of one port. Cheap to update from many connection tasks.
@@ -104,82 +82,71 @@ pub(crate) fn clock_ms() -> u64 {
 pub(crate) struct PortCounters {
     pub(crate) port: u16,
     pub(crate) target_port: u16,
-    max_per_port: u32,
-    max_per_source: u32,
     active: AtomicU64,
     total: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
-    refused: AtomicU64,
+    /// Refused connections, indexed like [`Refusal::ALL`].
+    refused: [AtomicU64; Refusal::ALL.len()],
     unavailable: AtomicU64,
     last_error: Mutex<Option<LastError>>,
     /// Keeps per-connection warnings of this port to one line per kind and interval.
     pub(crate) log: LogThrottle,
-    /// Open connections per source key; entries are removed at zero so the map only
-    /// holds current clients.
-    sources: Mutex<HashMap<IpAddr, u32>>,
-}
-
-/// Groups IPv6 clients by /64: one host usually owns a whole /64, so per-address
-/// limits would be trivial to dodge. IPv4-mapped addresses count as IPv4.
-pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        },
-    }
+    /// Who holds slots, rate buckets and known senders; one short lock per
+    /// accept and per close, never held across an await.
+    admission: Mutex<Admission>,
 }
 
 impl PortCounters {
-    pub(crate) fn new(port: u16, target_port: u16, max_per_port: u32, max_per_source: u32) -> Self {
+    pub(crate) fn new(port: u16, target_port: u16, limits: Limits) -> Self {
         Self {
             port,
             target_port,
-            max_per_port,
-            max_per_source,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            refused: Default::default(),
             unavailable: AtomicU64::new(0),
             last_error: Mutex::new(None),
             log: LogThrottle::default(),
-            sources: Mutex::new(HashMap::new()),
+            admission: Mutex::new(Admission::new(limits)),
         }
     }
 
-    /// Admits a connection from `source` if both limits allow it. The returned guard
-    /// releases the slot when dropped.
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The limits of this port.
+    pub(crate) fn limits(&self) -> Limits {
+        *self.admission().limits()
+    }
+
+    /// Admits a connection from `source` if the limits allow it (and counts the
+    /// refusal if not). The returned guard releases the slot when dropped.
     pub(crate) fn admit(self: &Arc<Self>, source: IpAddr) -> Result<Slot, Refusal> {
-        let key = source_key(source);
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        // Checked under the sources lock so concurrent accepts cannot both take the
-        // last slot.
-        if self.active.load(Ordering::Relaxed) >= u64::from(self.max_per_port) {
-            drop(sources);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::PortLimit(self.max_per_port));
+        let held = self.admission().admit(source, Instant::now());
+        match held {
+            Ok(held) => {
+                self.active.fetch_add(1, Ordering::Relaxed);
+                self.total.fetch_add(1, Ordering::Relaxed);
+                Ok(Slot {
+                    counters: Arc::clone(self),
+                    held,
+                })
+            }
+            Err(refusal) => {
+                self.count_refused(refusal);
+                Err(refusal)
+            }
         }
-        let count = sources.entry(key).or_insert(0);
-        if *count >= self.max_per_source {
-            drop(sources);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::SourceLimit(self.max_per_source));
-        }
-        *count += 1;
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot {
-            counters: Arc::clone(self),
-            key,
-        })
     }
 
-    pub(crate) fn count_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn count_refused(&self, why: Refusal) {
+        if let Some(i) = Refusal::ALL.iter().position(|r| *r == why) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn count_unavailable(&self) {
@@ -199,6 +166,12 @@ impl PortCounters {
     }
 
     pub(crate) fn snapshot(&self) -> PortSnapshot {
+        let refused_by: BTreeMap<Refusal, u64> = Refusal::ALL
+            .iter()
+            .zip(&self.refused)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         PortSnapshot {
             port: self.port,
             target_port: self.target_port,
@@ -206,7 +179,8 @@ impl PortCounters {
             total: self.total.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
+            refused: refused_by.values().sum(),
+            refused_by,
             unavailable: self.unavailable.load(Ordering::Relaxed),
             last_error: self
                 .last_error
@@ -217,26 +191,29 @@ impl PortCounters {
     }
 }
 
-/// One admitted connection; frees its per-port and per-source slot on drop.
+/// One admitted connection; frees its slots on drop.
 #[derive(Debug)]
 pub(crate) struct Slot {
     counters: Arc<PortCounters>,
-    key: IpAddr,
+    held: Held,
+}
+
+impl Slot {
+    /// The connection carried `client_bytes` and `server_bytes`: if both reach
+    /// [`DELIVERING_MIN_BYTES`], its source is remembered as delivering and
+    /// keeps access to the port's reserved slots.
+    pub(crate) fn finished(&self, client_bytes: u64, server_bytes: u64) {
+        if client_bytes >= DELIVERING_MIN_BYTES && server_bytes >= DELIVERING_MIN_BYTES {
+            self.counters
+                .admission()
+                .delivered(self.held.source, Instant::now());
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut sources = self
-            .counters
-            .sources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = sources.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                sources.remove(&self.key);
-            }
-        }
+        self.counters.admission().release(&self.held);
         self.counters.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -269,34 +246,29 @@ mod tests {
         // After the interval: logged, saying two were held back.
         assert_eq!(t.admit(Warning::Limit, 5 + LOG_EVERY_MS), Some(2));
         assert_eq!(t.admit(Warning::Limit, 6 + LOG_EVERY_MS), None);
-        // At time 0 (the clock's first millisecond) it still logs once.
-        let t = LogThrottle::default();
-        assert_eq!(t.admit(Warning::Untrusted, 0), Some(0));
-        assert_eq!(t.admit(Warning::Untrusted, 0), None);
     }
 
     #[test]
-    fn limits_and_release() {
-        let c = Arc::new(PortCounters::new(25, 25, 3, 2));
+    fn limits_and_release_with_refusals_by_reason() {
+        let mut limits = Limits::port_only(3);
+        limits.per_source = 2;
+        let c = Arc::new(PortCounters::new(25, 25, limits));
         let a: IpAddr = "198.51.100.1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b_same_64: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
         let s1 = c.admit(a).unwrap();
         let _s2 = c.admit(a).unwrap();
-        assert_eq!(c.admit(a).unwrap_err(), Refusal::SourceLimit(2));
+        assert_eq!(c.admit(a).unwrap_err(), Refusal::Source);
         let _s3 = c.admit(b).unwrap();
-        assert_eq!(c.admit(b_same_64).unwrap_err(), Refusal::PortLimit(3));
+        assert_eq!(c.admit(b_same_64).unwrap_err(), Refusal::PortFull);
         drop(s1);
         let _s4 = c.admit(b_same_64).unwrap();
-        assert_eq!(c.admit(b).unwrap_err(), Refusal::PortLimit(3));
+        assert_eq!(c.admit(b).unwrap_err(), Refusal::PortFull);
         let snap = c.snapshot();
         assert_eq!((snap.active, snap.total, snap.refused), (3, 4, 3));
-    }
-
-    #[test]
-    fn mapped_v4_counts_as_v4() {
-        let v4: IpAddr = "192.0.2.9".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
-        assert_eq!(source_key(mapped), v4);
+        assert_eq!(
+            snap.refused_by,
+            BTreeMap::from([(Refusal::PortFull, 2), (Refusal::Source, 1)])
+        );
     }
 }

@@ -5,33 +5,18 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ceres_relay::egress::{HomeEgress, HostSystem, System, VpsEgress};
-use common::have_root;
+use common::{Netns, have_root, sh};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace, deleted on drop (also when the test panics).
-struct Netns {
-    name: String,
+/// What these tests do in a namespace besides entering it.
+trait NetnsExt {
+    fn sys(&self) -> HostSystem;
+    fn run(&self, program: &str, args: &[&str]) -> String;
 }
 
-impl Netns {
-    fn new() -> Self {
-        let name = format!(
-            "crelay{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
-    }
-
+impl NetnsExt for Netns {
     fn sys(&self) -> HostSystem {
         HostSystem {
             netns: Some(self.name.clone()),
@@ -43,43 +28,6 @@ impl Netns {
             .run(program, args, None)
             .expect("command in namespace")
     }
-
-    /// Runs `f` on a thread that has entered this namespace; sockets created there stay
-    /// in it.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = std::fs::File::open(&path).expect("open netns");
-                // SAFETY: a valid netns fd; setns only affects this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("namespace thread")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn sh(argv: &[&str]) {
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .expect("spawn");
-    assert!(
-        out.status.success(),
-        "{argv:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// An interface with an address, up. A veth pair inside the namespace stands in for

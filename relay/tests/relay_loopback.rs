@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use ceres_relay::proxy::{self, ProxyHeader};
 use ceres_relay::{
-    ForwardRoute, Forwarder, ForwarderConfig, HomeReach, Listener, ListenerConfig, ProxyMode,
-    RelaySpec, StatsHandle, parse_relays,
+    ForwardRoute, Forwarder, ForwarderConfig, HomeReach, Limits, Listener, ListenerConfig,
+    ProxyMode, Refusal, RelaySpec, StatsHandle, parse_relays,
 };
 use common::{connect_from, have_root, unique_ip, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -366,8 +366,11 @@ async fn limits_refuse_and_count() {
         vec![spec(2525, 2500, ProxyMode::None, true)],
         "mail.example.test",
     );
-    config.max_per_source = 2;
-    config.max_per_port = 3;
+    // Only the port and source caps (the loopback sources share a /24).
+    config.limits = Limits {
+        per_source: 2,
+        ..Limits::port_only(3)
+    };
     let relay = start_listener(config, true);
     let to = SocketAddr::new(public, 2525);
     let mut held = Vec::new();
@@ -376,17 +379,18 @@ async fn limits_refuse_and_count() {
         assert_eq!(read_exact_guarded(&mut s, 8).await, b"220 hi\r\n");
         held.push(s);
     }
-    // Third from `a`: per-source limit. From `c`: per-port limit.
-    for from in [a, c] {
+    // The port is full (checked first): a third from `a`, and `c`, are refused.
+    for (from, why) in [(a, "too many connections"), (c, "too many connections")] {
         let mut s = connect_from(from, to).await.unwrap();
         let got = String::from_utf8(read_to_end_guarded(&mut s).await.unwrap()).unwrap();
         assert_eq!(
             got,
-            "421 4.7.0 mail.example.test too many connections, try again later\r\n"
+            format!("421 4.7.0 mail.example.test {why}, try again later\r\n")
         );
     }
     let snap = &relay.stats.snapshot()[0];
     assert_eq!((snap.active, snap.total, snap.refused), (3, 3, 2));
+    assert_eq!(snap.refused_by, [(Refusal::PortFull, 2)].into());
     // Freeing a slot lets `c` in.
     drop(held.remove(0));
     wait_until("slot release", GUARD, || {
@@ -785,7 +789,10 @@ async fn a_flood_against_a_limit_is_logged_once_and_counted_exactly() {
         vec![spec(2525, 2500, ProxyMode::None, true)],
         "mail.example.test",
     );
-    config.max_per_source = 1;
+    config.limits = Limits {
+        per_source: 1,
+        ..Limits::port_only(1000)
+    };
     let relay = start_listener(config, true);
     let to = SocketAddr::new(public, 2525);
     let mut first = connect_from(flooder, to).await.unwrap();
@@ -803,7 +810,7 @@ async fn a_flood_against_a_limit_is_logged_once_and_counted_exactly() {
         .count();
     assert_eq!(lines, 1, "{log}");
     assert!(
-        log.contains("scope=\"source\"") || log.contains("scope=source"),
+        log.contains("reason=\"source\"") || log.contains("reason=source"),
         "{log}"
     );
 }

@@ -69,8 +69,8 @@ impl VpsRelays {
                 settings.mail_host.clone(),
             );
             config.idle_timeout = rs.idle_timeout;
-            config.max_per_port = rs.max_per_port;
-            config.max_per_source = rs.max_per_source;
+            config.smtp_idle_timeout = rs.smtp_idle_timeout;
+            config.limits = rs.limits;
             let listener = Listener::bind(config).context(
                 "binding the relay ports (CERES_RELAYS on CERES_RELAY_LISTEN; ports below 1024 need root or CAP_NET_BIND_SERVICE)",
             )?;

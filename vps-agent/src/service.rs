@@ -487,7 +487,15 @@ pub async fn run(
     let revoked_dir = ctx.state.dir.clone();
     let revoked: ceres_control::server::RevocationCheck =
         Arc::new(move |serial: &str| crate::certs::is_revoked(&revoked_dir, serial));
-    let incoming = TlsIncoming::spawn(listener, shared.clone(), revoked, cancel.clone(), &tracker);
+    let limits = ctx.settings.control_limits;
+    let incoming = TlsIncoming::spawn(
+        listener,
+        shared.clone(),
+        revoked,
+        limits,
+        cancel.clone(),
+        &tracker,
+    );
     tracker.spawn(renew_server_cert(ctx.clone(), shared));
     tracker.spawn(watch_promotions(ctx.clone()));
     let mctx = ctx.clone();
@@ -499,8 +507,9 @@ pub async fn run(
     tracker.spawn(rotation_schedule(ctx.clone()));
     let svc = Svc(ctx.clone());
     let serve = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(Some(limits.max_streams))
         .add_service(EnrollmentServer::new(svc.clone()))
         .add_service(AgentServer::new(svc.clone()))
         .add_service(AdminServer::new(svc))
@@ -564,7 +573,7 @@ fn render_metrics(ctx: &Ctx) -> String {
     );
     let relays = ctx.relays.report();
     type Pick = fn(&ceres_proto::RelayPort) -> u64;
-    let per_port: [(&str, &str, &str, Pick); 6] = [
+    let per_port: [(&str, &str, &str, Pick); 5] = [
         (
             "ceres_relay_connections_active",
             "gauge",
@@ -590,12 +599,6 @@ fn render_metrics(ctx: &Ctx) -> String {
             |p| p.bytes_out,
         ),
         (
-            "ceres_relay_refused_total",
-            "counter",
-            "connections refused by limits",
-            |p| p.refused,
-        ),
-        (
             "ceres_relay_unavailable_total",
             "counter",
             "connections turned away while home was away (421 or close)",
@@ -610,6 +613,24 @@ fn render_metrics(ctx: &Ctx) -> String {
                 name,
                 &[("port", &p.port.to_string())],
                 pick(p) as f64,
+            );
+        }
+    }
+    header(
+        &mut o,
+        "ceres_relay_refused_total",
+        "counter",
+        "connections refused by limits, by reason",
+    );
+    for p in &relays {
+        for c in &p.refused_by {
+            let reason = ceres_control::report::relay_refusal(c.reason())
+                .map_or("unknown", ceres_relay::Refusal::as_str);
+            line(
+                &mut o,
+                "ceres_relay_refused_total",
+                &[("port", &p.port.to_string()), ("reason", reason)],
+                c.count as f64,
             );
         }
     }

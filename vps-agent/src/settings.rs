@@ -37,6 +37,30 @@ pub struct VpsFlags {
     /// name or through NAT. [CERES_CONTROL_ADDRESS]
     #[arg(long, value_name = "HOST:PORT")]
     pub control_address: Option<String>,
+    /// Control-plane connections at once (handshaking or established);
+    /// more wait in the kernel's queue. Default 256. [CERES_CONTROL_MAX_CONNECTIONS]
+    #[arg(long, value_name = "N")]
+    pub control_max_connections: Option<String>,
+    /// Control-plane connections at once per client address (IPv6: per /64);
+    /// more are closed at once. Default 16. [CERES_CONTROL_MAX_PER_SOURCE]
+    #[arg(long, value_name = "N")]
+    pub control_max_per_source: Option<String>,
+    /// HTTP/2 streams at once per control-plane connection; default 32.
+    /// [CERES_CONTROL_MAX_STREAMS]
+    #[arg(long, value_name = "N")]
+    pub control_max_streams: Option<String>,
+    /// HTTP/2 keepalive PING interval on control-plane connections; default
+    /// 20s. [CERES_CONTROL_KEEPALIVE]
+    #[arg(long, value_name = "DURATION")]
+    pub control_keepalive: Option<String>,
+    /// How long a keepalive PING may go unanswered before the connection is
+    /// closed; default 20s. [CERES_CONTROL_KEEPALIVE_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    pub control_keepalive_timeout: Option<String>,
+    /// A control-plane connection without a client certificate (it can only
+    /// enrol) is closed after this; default 60s. [CERES_CONTROL_NO_CERT_MAX_AGE]
+    #[arg(long, value_name = "DURATION")]
+    pub control_no_cert_max_age: Option<String>,
     /// Lifetime of client certificates (home agent, cerectl); they renew at
     /// two thirds of it. Default 30d. [CERES_CLIENT_CERT_TTL]
     #[arg(long, value_name = "DURATION")]
@@ -91,13 +115,42 @@ pub struct VpsFlags {
     /// default 30m (IMAP IDLE refreshes every 29 min). [CERES_RELAY_IDLE_TIMEOUT]
     #[arg(long, value_name = "DURATION")]
     pub relay_idle_timeout: Option<String>,
+    /// Idle timeout on SMTP ports (25, 465, 587 and ports relayed /smtp);
+    /// default 5m (RFC 5321's server timeout). [CERES_RELAY_SMTP_IDLE_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    pub relay_smtp_idle_timeout: Option<String>,
     /// Concurrent connections per relayed port; default 1000. [CERES_RELAY_MAX_PER_PORT]
     #[arg(long, value_name = "N")]
     pub relay_max_per_port: Option<String>,
-    /// Concurrent connections per client address (IPv6: per /64); default 50.
-    /// [CERES_RELAY_MAX_PER_SOURCE]
+    /// Concurrent connections per client address (IPv6: per /64) and port;
+    /// default 50. [CERES_RELAY_MAX_PER_SOURCE]
     #[arg(long, value_name = "N")]
     pub relay_max_per_source: Option<String>,
+    /// Concurrent connections per IPv4 /24 and port; default a tenth of
+    /// CERES_RELAY_MAX_PER_PORT (not below the per-source cap). [CERES_RELAY_MAX_PER_V4_24]
+    #[arg(long, value_name = "N")]
+    pub relay_max_per_v4_24: Option<String>,
+    /// Concurrent connections per IPv6 /56 and port; default a tenth of
+    /// CERES_RELAY_MAX_PER_PORT (not below the per-source cap). [CERES_RELAY_MAX_PER_V6_56]
+    #[arg(long, value_name = "N")]
+    pub relay_max_per_v6_56: Option<String>,
+    /// Concurrent connections per IPv6 /48 and port; default a fifth of
+    /// CERES_RELAY_MAX_PER_PORT (not below the per-source cap). [CERES_RELAY_MAX_PER_V6_48]
+    #[arg(long, value_name = "N")]
+    pub relay_max_per_v6_48: Option<String>,
+    /// New connections per client address (IPv6: per /64) and port per
+    /// minute; 0 for no limit; default 60. [CERES_RELAY_RATE_PER_SOURCE]
+    #[arg(long, value_name = "N")]
+    pub relay_rate_per_source: Option<String>,
+    /// New connections a client address may open at once before its rate
+    /// applies; default 30. [CERES_RELAY_BURST_PER_SOURCE]
+    #[arg(long, value_name = "N")]
+    pub relay_burst_per_source: Option<String>,
+    /// The last N slots of each port only go to clients seen delivering (a
+    /// connection that carried 256 bytes each way); default a tenth of
+    /// CERES_RELAY_MAX_PER_PORT. [CERES_RELAY_RESERVED_FOR_KNOWN]
+    #[arg(long, value_name = "N")]
+    pub relay_reserved_for_known: Option<String>,
     /// on: send home's outbound mail out from this VPS (nftables NAT, only
     /// CERES_EGRESS_PORTS); off: no egress. Default on. [CERES_EGRESS]
     #[arg(long, value_name = "on|off")]
@@ -129,12 +182,12 @@ pub struct RelaySettings {
     pub relays: Vec<ceres_relay::RelaySpec>,
     /// Listen addresses.
     pub listen: Vec<IpAddr>,
-    /// Idle timeout.
+    /// Idle timeout (ports that are not SMTP).
     pub idle_timeout: Duration,
-    /// Per-port limit.
-    pub max_per_port: u32,
-    /// Per-source limit.
-    pub max_per_source: u32,
+    /// Idle timeout on SMTP ports.
+    pub smtp_idle_timeout: Duration,
+    /// Connection limits of each port.
+    pub limits: ceres_relay::Limits,
     /// Egress on.
     pub egress: bool,
     /// Egress ports.
@@ -193,6 +246,8 @@ pub struct VpsSettings {
     pub control_listen: SocketAddr,
     /// Control address advertised in tokens.
     pub control_address: String,
+    /// Control-plane connection limits.
+    pub control_limits: ceres_control::ConnLimits,
     /// Client certificate lifetime.
     pub client_cert_ttl: Duration,
     /// Home report interval.
@@ -251,6 +306,105 @@ impl std::str::FromStr for DnsName {
 }
 
 impl VpsFlags {
+    /// The relays' connection limits: the caps not given scale with the
+    /// per-port cap ([`ceres_relay::Limits::scaled`], the one place of the defaults).
+    fn relay_limits(&self, layers: &Layers) -> Result<ceres_relay::Limits, ConfigError> {
+        let per_port = layers.get_or(
+            "CERES_RELAY_MAX_PER_PORT",
+            self.relay_max_per_port.as_deref(),
+            &ceres_relay::DEFAULT_MAX_PER_PORT.to_string(),
+        )?;
+        let per_source = layers.get_or(
+            "CERES_RELAY_MAX_PER_SOURCE",
+            self.relay_max_per_source.as_deref(),
+            &ceres_relay::DEFAULT_MAX_PER_SOURCE.to_string(),
+        )?;
+        let d = ceres_relay::Limits::scaled(per_port, per_source);
+        let or = |key: &str, flag: &Option<String>, default: u32| {
+            layers
+                .get::<u32>(key, flag.as_deref())
+                .map(|v| v.unwrap_or(default))
+        };
+        Ok(ceres_relay::Limits {
+            per_port,
+            per_source,
+            per_v4_24: or(
+                "CERES_RELAY_MAX_PER_V4_24",
+                &self.relay_max_per_v4_24,
+                d.per_v4_24,
+            )?,
+            per_v6_56: or(
+                "CERES_RELAY_MAX_PER_V6_56",
+                &self.relay_max_per_v6_56,
+                d.per_v6_56,
+            )?,
+            per_v6_48: or(
+                "CERES_RELAY_MAX_PER_V6_48",
+                &self.relay_max_per_v6_48,
+                d.per_v6_48,
+            )?,
+            rate_per_minute: or(
+                "CERES_RELAY_RATE_PER_SOURCE",
+                &self.relay_rate_per_source,
+                d.rate_per_minute,
+            )?,
+            burst: or(
+                "CERES_RELAY_BURST_PER_SOURCE",
+                &self.relay_burst_per_source,
+                d.burst,
+            )?,
+            reserved_for_known: or(
+                "CERES_RELAY_RESERVED_FOR_KNOWN",
+                &self.relay_reserved_for_known,
+                d.reserved_for_known,
+            )?,
+        })
+    }
+
+    /// The control plane's connection limits; defaults from
+    /// [`ceres_control::ConnLimits::default`].
+    fn control_limits(&self, layers: &Layers) -> Result<ceres_control::ConnLimits, ConfigError> {
+        let d = ceres_control::ConnLimits::default();
+        let secs = |d: Duration| format!("{}s", d.as_secs());
+        let dur = |key: &str, flag: &Option<String>, default: Duration| {
+            layers
+                .get_or::<HumanDuration>(key, flag.as_deref(), &secs(default))
+                .map(|h| h.0)
+        };
+        Ok(ceres_control::ConnLimits {
+            max_connections: layers.get_or(
+                "CERES_CONTROL_MAX_CONNECTIONS",
+                self.control_max_connections.as_deref(),
+                &d.max_connections.to_string(),
+            )?,
+            max_per_source: layers.get_or(
+                "CERES_CONTROL_MAX_PER_SOURCE",
+                self.control_max_per_source.as_deref(),
+                &d.max_per_source.to_string(),
+            )?,
+            max_streams: layers.get_or(
+                "CERES_CONTROL_MAX_STREAMS",
+                self.control_max_streams.as_deref(),
+                &d.max_streams.to_string(),
+            )?,
+            keepalive_interval: dur(
+                "CERES_CONTROL_KEEPALIVE",
+                &self.control_keepalive,
+                d.keepalive_interval,
+            )?,
+            keepalive_timeout: dur(
+                "CERES_CONTROL_KEEPALIVE_TIMEOUT",
+                &self.control_keepalive_timeout,
+                d.keepalive_timeout,
+            )?,
+            no_cert_max_age: dur(
+                "CERES_CONTROL_NO_CERT_MAX_AGE",
+                &self.control_no_cert_max_age,
+                d.no_cert_max_age,
+            )?,
+        })
+    }
+
     /// Resolves the settings against the config layers.
     pub fn resolve(&self, layers: &Layers) -> Result<VpsSettings, ConfigError> {
         let IpList(public_ips) = layers.require("CERES_PUBLIC_IP", self.public_ip.as_deref())?;
@@ -332,19 +486,17 @@ impl VpsFlags {
                 .get_or::<HumanDuration>(
                     "CERES_RELAY_IDLE_TIMEOUT",
                     self.relay_idle_timeout.as_deref(),
-                    "30m",
+                    &format!("{}s", ceres_relay::DEFAULT_IDLE_TIMEOUT.as_secs()),
                 )?
                 .0,
-            max_per_port: layers.get_or(
-                "CERES_RELAY_MAX_PER_PORT",
-                self.relay_max_per_port.as_deref(),
-                "1000",
-            )?,
-            max_per_source: layers.get_or(
-                "CERES_RELAY_MAX_PER_SOURCE",
-                self.relay_max_per_source.as_deref(),
-                "50",
-            )?,
+            smtp_idle_timeout: layers
+                .get_or::<HumanDuration>(
+                    "CERES_RELAY_SMTP_IDLE_TIMEOUT",
+                    self.relay_smtp_idle_timeout.as_deref(),
+                    &format!("{}s", ceres_relay::DEFAULT_SMTP_IDLE_TIMEOUT.as_secs()),
+                )?
+                .0,
+            limits: self.relay_limits(layers)?,
             egress: layers
                 .get_or::<Switch>("CERES_EGRESS", self.egress.as_deref(), "on")?
                 .0,
@@ -366,6 +518,7 @@ impl VpsFlags {
             )?
             .0;
         Ok(VpsSettings {
+            control_limits: self.control_limits(layers)?,
             metrics_listen,
             rotate_every,
             relay,

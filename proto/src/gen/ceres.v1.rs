@@ -260,7 +260,7 @@ pub struct Report {
     pub firewall: ::prost::alloc::string::String,
 }
 /// Counters of one relayed port (VPS) or forwarded port (home).
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct RelayPort {
     #[prost(uint32, tag = "1")]
     pub port: u32,
@@ -287,6 +287,16 @@ pub struct RelayPort {
     pub last_error: ::prost::alloc::string::String,
     #[prost(int64, tag = "11")]
     pub last_error_unix: i64,
+    /// The refusals counted in `refused`, by reason (reasons with none left out).
+    #[prost(message, repeated, tag = "12")]
+    pub refused_by: ::prost::alloc::vec::Vec<RefusalCount>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RefusalCount {
+    #[prost(enumeration = "RefusalReason", tag = "1")]
+    pub reason: i32,
+    #[prost(uint64, tag = "2")]
+    pub count: u64,
 }
 /// Outbound mail routing at one end.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -481,6 +491,62 @@ impl Role {
             "ROLE_UNSPECIFIED" => Some(Self::Unspecified),
             "ROLE_HOME" => Some(Self::Home),
             "ROLE_ADMIN" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+/// Why a relay refused a connection before relaying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RefusalReason {
+    Unspecified = 0,
+    /// The port holds its maximum of connections.
+    PortFull = 1,
+    /// The port's last slots are kept for sources seen delivering.
+    ReservedForKnown = 2,
+    /// The source (IPv4 address, IPv6 /64) holds its maximum.
+    Source = 3,
+    /// The source's IPv4 /24 holds its maximum.
+    V4Net24 = 4,
+    /// The source's IPv6 /56 holds its maximum.
+    V6Net56 = 5,
+    /// The source's IPv6 /48 holds its maximum.
+    V6Net48 = 6,
+    /// The source opened new connections faster than its rate limit.
+    Rate = 7,
+    /// Home's forwarders: not from the VPS tunnel address.
+    Untrusted = 8,
+}
+impl RefusalReason {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "REFUSAL_REASON_UNSPECIFIED",
+            Self::PortFull => "REFUSAL_REASON_PORT_FULL",
+            Self::ReservedForKnown => "REFUSAL_REASON_RESERVED_FOR_KNOWN",
+            Self::Source => "REFUSAL_REASON_SOURCE",
+            Self::V4Net24 => "REFUSAL_REASON_V4_NET24",
+            Self::V6Net56 => "REFUSAL_REASON_V6_NET56",
+            Self::V6Net48 => "REFUSAL_REASON_V6_NET48",
+            Self::Rate => "REFUSAL_REASON_RATE",
+            Self::Untrusted => "REFUSAL_REASON_UNTRUSTED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "REFUSAL_REASON_UNSPECIFIED" => Some(Self::Unspecified),
+            "REFUSAL_REASON_PORT_FULL" => Some(Self::PortFull),
+            "REFUSAL_REASON_RESERVED_FOR_KNOWN" => Some(Self::ReservedForKnown),
+            "REFUSAL_REASON_SOURCE" => Some(Self::Source),
+            "REFUSAL_REASON_V4_NET24" => Some(Self::V4Net24),
+            "REFUSAL_REASON_V6_NET56" => Some(Self::V6Net56),
+            "REFUSAL_REASON_V6_NET48" => Some(Self::V6Net48),
+            "REFUSAL_REASON_RATE" => Some(Self::Rate),
+            "REFUSAL_REASON_UNTRUSTED" => Some(Self::Untrusted),
             _ => None,
         }
     }

@@ -192,6 +192,13 @@ fn gateway(o: Options) -> anyhow::Result<()> {
         format!("CERES_RELAYS={relays}"),
         format!("CERES_RELAY_MAX_PER_PORT={limit}"),
         format!("CERES_RELAY_MAX_PER_SOURCE={limit}"),
+        // One load generator stands in for many senders: no network caps,
+        // rate limit or reserve in the way of the measurement.
+        format!("CERES_RELAY_MAX_PER_V4_24={limit}"),
+        format!("CERES_RELAY_MAX_PER_V6_56={limit}"),
+        format!("CERES_RELAY_MAX_PER_V6_48={limit}"),
+        "CERES_RELAY_RATE_PER_SOURCE=0".to_owned(),
+        "CERES_RELAY_RESERVED_FOR_KNOWN=0".to_owned(),
     ];
     let vps_lines: Vec<&str> = vps_lines.iter().map(String::as_str).collect();
 
@@ -1094,6 +1101,13 @@ fn load(sessions: usize) -> anyhow::Result<()> {
         format!("CERES_RELAYS={LOAD_PORT}/proxy-v2"),
         format!("CERES_RELAY_MAX_PER_PORT={limit}"),
         format!("CERES_RELAY_MAX_PER_SOURCE={limit}"),
+        // One load generator stands in for many senders: no network caps,
+        // rate limit or reserve in the way of the measurement.
+        format!("CERES_RELAY_MAX_PER_V4_24={limit}"),
+        format!("CERES_RELAY_MAX_PER_V6_56={limit}"),
+        format!("CERES_RELAY_MAX_PER_V6_48={limit}"),
+        "CERES_RELAY_RATE_PER_SOURCE=0".to_owned(),
+        "CERES_RELAY_RESERVED_FOR_KNOWN=0".to_owned(),
     ];
     let vps_lines: Vec<&str> = vps_lines.iter().map(String::as_str).collect();
     let home_line = format!("CERES_FORWARD_MAX_PER_PORT={limit}");
