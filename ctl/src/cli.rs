@@ -61,8 +61,9 @@ pub enum Command {
     /// Everything `dns --check` does, plus blocklists, inbound and outbound
     /// port 25, PROXY per port and an open-relay probe; exit 1 on any failure.
     Doctor(crate::doctor::DoctorArgs),
-    /// Print the mail software's config lines for the relayed ports
-    /// (postfix, dovecot, nginx) or a Keycloak realm's SMTP settings.
+    /// The mail software's configuration for the relayed ports (postfix,
+    /// dovecot, nginx): print it, --apply it at home, or --check the live one;
+    /// or a Keycloak realm's SMTP settings.
     MailserverConfig(crate::mailconfig::MailConfigArgs),
     /// Send a real test message through the VPS and show every SMTP step;
     /// exit 0 only when the server accepted it (250).

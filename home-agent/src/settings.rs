@@ -38,7 +38,9 @@ pub struct HomeFlags {
     #[arg(long, value_name = "DIR")]
     pub wg_uapi_dir: Option<String>,
     /// Where the mail server listens; relayed connections are forwarded
-    /// here, same port. Default 127.0.0.1. [CERES_MAIL_SERVER]
+    /// here, to the relay's home port (a PROXY relay's loopback PROXY port,
+    /// 10000 + port, by default). Default 127.0.0.1: keep it on loopback so
+    /// nothing but this agent can reach the PROXY ports. [CERES_MAIL_SERVER]
     #[arg(long, value_name = "IP")]
     pub mail_server: Option<String>,
     /// on: route outbound mail through the tunnel so it leaves from the VPS;

@@ -601,7 +601,9 @@ async fn forwarder_closes_when_mail_server_is_down() {
     tokio::spawn(fwd.run(shutdown.clone()));
     // The home side never answers for the mail server, not even on SMTP ports
     // (the VPS sends its header first, as always).
-    let mut c = connect_from(vps, to).await.expect("connect to the forwarder");
+    let mut c = connect_from(vps, to)
+        .await
+        .expect("connect to the forwarder");
     c.write_all(&proxy::encode_v2(
         "203.0.113.9:40000".parse().unwrap(),
         "198.51.100.1:25".parse().unwrap(),

@@ -3,7 +3,7 @@
 //! configuration (`--apply`) or checked against it (`--check`); and the SMTP
 //! settings for a Keycloak realm that sends its mail through the VPS.
 //!
-//! The safety rules every target follows (docs/security.md, "At the mail server"):
+//! The safety rules every target follows (docs/operations.md, "At the mail server"):
 //! - a PROXY header is read only by listeners on loopback that nothing but the
 //!   home agent reaches — the **PROXY ports** `10000 + port` the relays dial
 //!   (`ceres_relay::proxy_home_port`); the ordinary ports stay as they were, so LAN
@@ -164,7 +164,8 @@ pub enum MailConfigError {
         "port {port} is relayed without PROXY to home port {home_port}, the service LAN clients and local programs use: \
          every internet client would reach Postfix as the home agent (127.0.0.1), which Postfix trusts (mynetworks) — an open relay. \
          Relay it with PROXY (`{port}/proxy-v2` in CERES_RELAYS on the VPS, the default), \
-         or give it a port of its own (`{port}:2{port}`) and run this again for a service there that trusts no one"
+         or give it a port of its own (`{port}:{alt}`) and run this again for a service there that trusts no one",
+        alt = u32::from(*port) + 20000
     )]
     PlainSmtpOnSharedPort {
         /// The public port.
@@ -172,11 +173,6 @@ pub enum MailConfigError {
         /// The home port it lands on.
         home_port: u16,
     },
-    /// Two relays land on the same home port with different PROXY modes.
-    #[error(
-        "home port {0} is the target of two relays, one with PROXY and one without: give each its own home port"
-    )]
-    MixedHomePort(u16),
 }
 
 /// The addresses the forwarder connects from when the flag is not given.
