@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod dovecot;
+pub mod nginx;
 pub mod postfix;
+mod procs;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -22,12 +22,19 @@
 //!   Maildir, owned by `nobody`. (Per-user maps with `$1` substitution are
 //!   refused by `virtual(8)` for security, and one box is what tests want.)
 //!
+//! `Postfix::start_stock` is the other kind of instance: Debian's own
+//! "Internet Site" configuration with only private-instance changes (see
+//! `stock.rs`), for tests of tools that edit a real, stock configuration.
+//!
 //! Stopped on drop (also on panic): `postfix stop`, a wait for the master
 //! and its children to exit, then SIGKILL for any process of this instance
 //! (working directory in its queue) still there. Drop it before the
 //! namespace it runs in (it still stops, by signal, if the namespace is gone).
 
 pub mod smtp;
+mod stock;
+
+pub use stock::StockSite;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -263,7 +270,7 @@ pub struct Postfix {
 }
 
 /// uid and primary gid of a system user.
-fn user_ids(name: &str) -> anyhow::Result<(u32, u32)> {
+pub(crate) fn user_ids(name: &str) -> anyhow::Result<(u32, u32)> {
     let cname = CString::new(name)?;
     // SAFETY: an all-zero passwd is a valid "empty" value for getpwnam_r to fill.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -287,7 +294,7 @@ fn user_ids(name: &str) -> anyhow::Result<(u32, u32)> {
     Ok((pwd.pw_uid, pwd.pw_gid))
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
+pub(crate) fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .with_context(|| format!("chown {}", path.display()))
 }
@@ -302,7 +309,7 @@ fn bracketed(ip: &IpAddr) -> String {
 
 /// Whether a process is gone (no /proc entry, or a zombie nobody reaped —
 /// the daemonized master is not our child).
-fn process_gone(pid: i32) -> bool {
+pub(crate) fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // The state follows the parenthesized command name.
