@@ -145,6 +145,19 @@ async fn probe_port(
         }
     };
     match (opening, outcome) {
+        // A TLS server answers a client hello in TLS. An SMTP reply in plain
+        // text instead (Postfix's `421 ... Server local error`) means the
+        // hello was read as a bad PROXY header.
+        (Opening::ImplicitTls, Read::Data)
+            if got.len() >= 4 && got[..3].iter().all(u8::is_ascii_digit) =>
+        {
+            p.banner = describe(opening, &got);
+            p.expects_proxy = true;
+            p.error = format!(
+                "answered a TLS client hello in plain text ({:?}): the server seems to expect a PROXY header",
+                String::from_utf8_lossy(&got[..got.len().min(40)]).trim_end()
+            );
+        }
         (_, Read::Data) => {
             p.banner = describe(opening, &got);
             if opening == Opening::ServerFirst && got.starts_with(b"220") {
@@ -371,6 +384,21 @@ mod tests {
         let p = one(strict, 993, ProxyMode::V2).await;
         assert!(
             p.reachable && p.expects_proxy && p.error.contains("PROXY"),
+            "{p:?}"
+        );
+        // Postfix's smtps with PROXY answers the hello, read as a bad
+        // header, with a plain-text refusal.
+        let postfix = server(|mut s| async move {
+            let mut b = [0u8; 128];
+            let _ = s.read(&mut b).await;
+            let _ = s
+                .write_all(b"421 4.3.0 mail.example.com Server local error\r\n")
+                .await;
+        })
+        .await;
+        let p = one(postfix, 465, ProxyMode::V2).await;
+        assert!(
+            p.reachable && p.expects_proxy && p.error.contains("plain text"),
             "{p:?}"
         );
         // HTTP: a plain server answers the request.

@@ -205,7 +205,19 @@ fn listeners(root: &Section) -> Vec<Listener> {
                 name: l.name.clone(),
                 // Dovecot's default: every address.
                 address: l.get("address").unwrap_or("*, ::").to_owned(),
-                port: l.get("port").unwrap_or_default().to_owned(),
+                // `doveconf -n` leaves out defaults, a stock listener's port too.
+                port: l
+                    .get("port")
+                    .or(match l.name.as_str() {
+                        "imap" => Some("143"),
+                        "imaps" => Some("993"),
+                        "pop3" => Some("110"),
+                        "pop3s" => Some("995"),
+                        "sieve" => Some("4190"),
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+                    .to_owned(),
                 haproxy: l.get("haproxy") == Some("yes"),
             });
         }
