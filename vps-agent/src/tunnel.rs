@@ -359,3 +359,56 @@ impl VpsTunnel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(tmp: &std::path::Path) -> TunnelSettings {
+        TunnelSettings {
+            enabled: false,
+            ifname: "ceres-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            endpoint: "127.0.0.1:51820".into(),
+            vps_address: "10.77.77.1/24".parse().unwrap(),
+            home_address: "10.77.77.2/24".parse().unwrap(),
+            mtu: 1420,
+            uapi_dir: tmp.join("uapi"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_home_peer_refuses_to_start_and_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        for bad in [
+            &b"{\"public_key\": \"abc"[..],
+            br#"{"public_key": "not a key", "preshared_key": "nor this"}"#,
+        ] {
+            dir.write(HOME_PEER, bad).unwrap();
+            let err = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+                .await
+                .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(HOME_PEER) && text.contains("damaged"),
+                "{text}"
+            );
+            assert!(
+                err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_of_the_home_peer_prints_no_psk() {
+        let psk = PresharedKey::generate().to_base64();
+        let peer = HomePeer {
+            public_key: "k".into(),
+            preshared_key: Masked(psk.clone()),
+            owner: None,
+        };
+        assert!(!format!("{peer:?}").contains(&psk));
+    }
+}
