@@ -78,6 +78,18 @@ pub enum ConfigError {
         /// ", did you mean X?" or a pointer to the list of keys.
         hint: String,
     },
+    /// A state file that does not parse. Starting anyway would silently
+    /// forget what it held (used keys, a pending rotation, home's peer), so
+    /// the agent stops and says which file and what to do.
+    #[error("state file {path} is damaged ({detail}); {advice}")]
+    DamagedState {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+        /// What the operator can do.
+        advice: String,
+    },
     /// A value that does not parse.
     #[error("{key}={value:?} at {origin}: {message}")]
     Invalid {

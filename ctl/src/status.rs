@@ -7,13 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use ceres_proto::{EgressStatus, RelayPort, Report, StatusResponse, TunnelReport};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Version of the JSON layout.
 pub const SCHEMA: u32 = 1;
 
 /// The whole status, as printed with `--json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     /// JSON layout version.
     pub schema: u32,
@@ -44,7 +44,7 @@ pub struct Status {
 }
 
 /// One probe of the home mail server by the home agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbePart {
     /// The mail server port (the relay's home port).
     pub port: u32,
@@ -104,7 +104,7 @@ fn mail_server_part(
 }
 
 /// Key rotation state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotationPart {
     /// When the current keys were made, RFC 3339.
     pub keys_since: Option<String>,
@@ -125,7 +125,7 @@ pub struct RotationPart {
 }
 
 /// Counters of one relayed (VPS) or forwarded (home) port.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PortPart {
     /// Listening port: the VPS's public port, or for home's forwarders their
     /// port on the tunnel address (picked by the kernel).
@@ -184,7 +184,7 @@ impl PortPart {
 }
 
 /// Outbound mail routing.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EgressPart {
     /// NAT on the VPS.
     pub vps: EgressEnd,
@@ -193,7 +193,7 @@ pub struct EgressPart {
 }
 
 /// One end's egress.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EgressEnd {
     /// Installed.
     pub enabled: bool,
@@ -221,7 +221,7 @@ impl EgressEnd {
 pub const HANDSHAKE_STALE_SECS: u64 = 180;
 
 /// The tunnel.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TunnelPart {
     /// A handshake completed within the last 180 s on the VPS end.
     pub up: bool,
@@ -232,7 +232,7 @@ pub struct TunnelPart {
 }
 
 /// One end of the tunnel. Public keys only.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TunnelEnd {
     /// The engine is running.
     pub running: bool,
@@ -303,7 +303,7 @@ impl TunnelEnd {
 }
 
 /// The VPS agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VpsPart {
     /// Agent version.
     pub version: String,
@@ -326,7 +326,7 @@ pub struct VpsPart {
 }
 
 /// The home agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HomePart {
     /// Whether its session to the VPS is up.
     pub connected: bool,
@@ -348,6 +348,24 @@ pub struct HomePart {
     pub uptime_secs: Option<u64>,
     /// Expiry of home's client certificate, RFC 3339.
     pub certificate_not_after: Option<String>,
+    /// Whether the home owning the tunnel may use it: `allowed`, `revoked`,
+    /// or null (a VPS too old to say).
+    pub access: Option<String>,
+    /// While `access` is `revoked`: which certificate, and when.
+    pub revocation: Option<RevocationPart>,
+}
+
+/// The revocation that cut home off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevocationPart {
+    /// Name given at enrolment.
+    pub name: String,
+    /// The revoked serial.
+    pub serial: String,
+    /// First serial of its lineage (renewals share it).
+    pub lineage: String,
+    /// When the VPS acted on it, RFC 3339.
+    pub at: Option<String>,
 }
 
 fn rfc3339(unix: i64) -> Option<String> {
@@ -376,7 +394,23 @@ impl Status {
         };
         let seen = home.since_unix > 0;
         let mut problems = Vec::new();
-        if !home.connected {
+        let access = ceres_proto::HomeAccess::try_from(home.access).ok();
+        let revocation = home
+            .revocation
+            .as_ref()
+            .filter(|_| access == Some(ceres_proto::HomeAccess::Revoked))
+            .map(|r| RevocationPart {
+                name: r.name.clone(),
+                serial: r.serial.clone(),
+                lineage: r.lineage.clone(),
+                at: rfc3339(r.revoked_unix),
+            });
+        if let Some(r) = &revocation {
+            problems.push(format!(
+                "home revoked: the certificate {:?} (serial {}) was revoked, so its tunnel, egress and sessions are gone; to connect a home again, create a token with `ceres-vps token create --role home` and run `ceres-home join TOKEN` on it",
+                r.name, r.serial
+            ));
+        } else if !home.connected {
             problems.push(if seen {
                 "the home agent is not connected: check that `ceres-home run` is running at home and can reach the VPS control port".to_owned()
             } else {
@@ -506,6 +540,12 @@ impl Status {
             remote_address: non_empty(&home.remote_address),
             uptime_secs: report.as_ref().map(|r| r.uptime_secs),
             certificate_not_after: rfc3339(home.certificate_not_after_unix),
+            access: match access {
+                Some(ceres_proto::HomeAccess::Allowed) => Some("allowed".into()),
+                Some(ceres_proto::HomeAccess::Revoked) => Some("revoked".into()),
+                _ => None,
+            },
+            revocation,
         };
         let warnings = resp
             .relays
@@ -549,7 +589,35 @@ impl Status {
     }
 
     /// Human rendering; `fancy` adds colour and symbols (for a terminal).
+    ///
+    /// Every string is shown with control characters escaped: most come
+    /// from home (its name, errors, the mail server's banner), and an
+    /// escape sequence in one must not drive the admin's terminal.
     pub fn render(&self, fancy: bool) -> String {
+        match self.for_terminal() {
+            Some(clean) => clean.render_raw(fancy),
+            // Cannot happen (the round trip is of our own types); if it
+            // did, plain text escaped as a whole is still safe.
+            None => escape_controls(&self.render_raw(false)),
+        }
+    }
+
+    /// A copy with [`escape_controls`] applied to every string in it.
+    fn for_terminal(&self) -> Option<Status> {
+        fn walk(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) => *s = escape_controls(s),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+                serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(self).ok()?;
+        walk(&mut v);
+        serde_json::from_value(v).ok()
+    }
+
+    fn render_raw(&self, fancy: bool) -> String {
         let paint = |ok: bool, text: &str| -> String {
             match (fancy, ok) {
                 (false, _) => text.to_owned(),
@@ -580,7 +648,16 @@ impl Status {
             v.public_ips.join(", "),
             v.control_address
         ));
-        let home_line = if h.connected {
+        let home_line = if let Some(r) = &h.revocation {
+            format!(
+                "{} home agent  {} · certificate {:?} (serial {}) revoked {}",
+                mark(false),
+                paint(false, "REVOKED"),
+                r.name,
+                r.serial,
+                r.at.as_deref().unwrap_or("?")
+            )
+        } else if h.connected {
             format!(
                 "{} home agent  {} · connected since {} · from {} · last report {} ago",
                 mark(true),
@@ -797,6 +874,26 @@ impl Status {
     }
 }
 
+/// `s` with control characters (C0, DEL, C1) and the bidirectional
+/// overrides shown as `\u{..}` escapes, so text from another host cannot
+/// move the cursor, recolour, retitle or reorder the terminal. Newlines too:
+/// a report cannot forge lines of the status.
+pub fn escape_controls(s: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(|c| c.is_control() || bidi(c)) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() || bidi(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn short_key(k: Option<&str>) -> String {
     k.map(|k| format!("{}…", &k[..k.len().min(10)]))
         .unwrap_or_else(|| "?".into())
@@ -861,6 +958,65 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn strings_from_home_are_escaped_in_text_but_kept_in_json() {
+        let mut r = resp(true, 1_799_999_000);
+        let evil = "mail\x1b]0;pwned\x07\x1b[2J\u{202e}\u{9b}31m";
+        if let Some(h) = r.home.as_mut() {
+            h.hostname = evil.into();
+            h.last_report = Some(Report {
+                forward_error: "boom\x1b[1A".into(),
+                ..Default::default()
+            });
+        }
+        let s = Status::from_response(r);
+        for fancy in [false, true] {
+            let text = s.render(fancy);
+            let ours = if fancy {
+                text.replace("\x1b[32m", "")
+                    .replace("\x1b[31;1m", "")
+                    .replace("\x1b[0m", "")
+            } else {
+                text.clone()
+            };
+            assert!(
+                !ours
+                    .chars()
+                    .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "control characters from home reached the terminal: {text:?}"
+            );
+            assert!(text.contains("mail\\u{1b}]0;pwned\\u{7}"), "{text}");
+        }
+        // JSON keeps the value (serde escapes it for JSON).
+        assert_eq!(s.home.hostname.as_deref(), Some(evil));
+    }
+
+    #[test]
+    fn a_revoked_home_is_shown_and_is_a_problem() {
+        let mut r = resp(false, 1_799_999_000);
+        if let Some(h) = r.home.as_mut() {
+            h.access = ceres_proto::HomeAccess::Revoked as i32;
+            h.revocation = Some(ceres_proto::HomeRevocation {
+                name: "mailbox".into(),
+                serial: "0a1b".into(),
+                lineage: "0a1b".into(),
+                revoked_unix: 1_799_999_500,
+            });
+        }
+        let s = Status::from_response(r);
+        assert!(!s.ok);
+        assert_eq!(s.home.access.as_deref(), Some("revoked"));
+        assert!(
+            s.problems[0].starts_with("home revoked"),
+            "{:?}",
+            s.problems
+        );
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert!(s.render(false).contains("REVOKED"));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["home"]["revocation"]["serial"], "0a1b");
     }
 
     #[test]

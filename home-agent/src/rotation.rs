@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ceres_pki::Masked;
 use ceres_proto::{HomeMessage, RotateAbort, RotateDone, RotateKey, home_message};
 use ceres_state::StateDir;
 use ceres_tunnel::{PresharedKey, PrivateKey, PublicKey};
@@ -25,7 +26,7 @@ struct Pending {
     #[serde(default)]
     vps_public: Option<String>,
     #[serde(default)]
-    psk: Option<String>,
+    psk: Option<Masked<String>>,
 }
 
 /// Home's side of rotations.
@@ -46,19 +47,30 @@ fn crash_point(step: &str) {
 }
 
 impl HomeRotation {
-    /// Loads a rotation persisted before a restart.
-    pub fn load(dir: &StateDir) -> Self {
-        let pending = dir
-            .read_optional(PENDING)
-            .ok()
-            .flatten()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        Self {
+    /// Loads a rotation persisted before a restart. A file that exists but
+    /// does not parse stops the agent (exit 78) with its name: forgetting a
+    /// rotation half done could leave home on keys the VPS never finishes
+    /// with, and nothing proves dropping it safe.
+    pub fn load(dir: &StateDir) -> anyhow::Result<Self> {
+        let pending = match dir.read_optional(PENDING)? {
+            None => None,
+            Some(b) => Some(serde_json::from_slice::<Pending>(&b).map_err(|e| {
+                ceres_config::ConfigError::DamagedState {
+                    path: dir.join(PENDING),
+                    detail: e.to_string(),
+                    advice: "restore it from a backup; or, with the home agent stopped, remove it \
+                             together with wg.next.key and restart: the VPS then aborts the \
+                             rotation and the current keys stay"
+                        .into(),
+                }
+            })?),
+        };
+        Ok(Self {
             dir: dir.clone(),
             pending: Mutex::new(pending),
             to_vps: Mutex::new(None),
             staged: Default::default(),
-        }
+        })
     }
 
     /// The rotation in progress (0: none), told to the VPS in Hello.
@@ -178,7 +190,7 @@ impl HomeRotation {
         let p = Pending {
             id,
             vps_public: Some(PublicKey(vps_key).to_string()),
-            psk: Some(PresharedKey(psk_bytes).to_base64()),
+            psk: Some(Masked(PresharedKey(psk_bytes).to_base64())),
         };
         let same = self
             .pending
@@ -225,7 +237,11 @@ impl HomeRotation {
             Ok((
                 self.next_key()?,
                 p.vps_public.as_deref().unwrap_or_default().parse()?,
-                p.psk.as_deref().unwrap_or_default().parse()?,
+                p.psk
+                    .as_ref()
+                    .map(|k| k.0.as_str())
+                    .unwrap_or_default()
+                    .parse()?,
             ))
         })();
         let (key, vps, psk) = match parsed {
@@ -310,5 +326,41 @@ impl HomeRotation {
             reason: reason.to_owned(),
         }))
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_pending_rotation_refuses_to_load_and_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        dir.write(PENDING, b"{\"id\": 7, \"vps_pub").unwrap();
+        let err = HomeRotation::load(&dir).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(PENDING) && text.contains("damaged"), "{text}");
+        assert!(
+            err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
+            "{text}"
+        );
+        // Absent is fine: no rotation in progress.
+        dir.remove(PENDING).unwrap();
+        assert_eq!(HomeRotation::load(&dir).unwrap().pending_id(), 0);
+    }
+
+    #[test]
+    fn debug_of_a_pending_rotation_prints_no_psk() {
+        let psk = PresharedKey::generate().to_base64();
+        let p = Pending {
+            id: 1,
+            vps_public: None,
+            psk: Some(Masked(psk.clone())),
+        };
+        let shown = format!("{p:?}");
+        assert!(!shown.contains(&psk), "{shown}");
+        // Stored as before: the plain base64 string.
+        assert!(serde_json::to_string(&p).unwrap().contains(&psk));
     }
 }

@@ -165,7 +165,7 @@ pub async fn run(
     let started = SystemTime::now();
     let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
     let mail = Arc::new(HomeMail::new(&settings, &dir, &cancel));
-    let rotation = Arc::new(HomeRotation::load(&dir));
+    let rotation = Arc::new(HomeRotation::load(&dir)?);
     // The data plane does not wait for the control plane.
     tunnel.start_saved().await;
     if let (Some((home_ip, vps_ip)), Some(relays)) = (tunnel.addresses().await, mail.saved_relays())

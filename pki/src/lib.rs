@@ -12,7 +12,7 @@ mod token;
 
 pub use ca::{Ca, IssuedCertificate, ServerNames};
 pub use identity::{CertificateInfo, KeyAndCsr, Role, SERVER_NAME};
-pub use secret::{Fingerprint, Secret};
+pub use secret::{Fingerprint, Masked, Secret};
 pub use token::{JoinToken, TokenError};
 
 use std::time::{Duration, SystemTime};

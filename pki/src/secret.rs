@@ -42,6 +42,19 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A secret kept in its stored form (a base64 pre-shared key in a state
+/// file, say): serialised as the inner value, but `Debug` prints `MASKED`,
+/// so a struct that holds one can derive `Debug` without leaking it.
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Masked<T>(pub T);
+
+impl<T> fmt::Debug for Masked<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
 /// A SHA-256 digest, shown as lower-case hex.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);

@@ -51,6 +51,52 @@ pub fn negotiate(peer_min: u32, peer_max: u32) -> Result<u32, String> {
     }
 }
 
+/// Messages with a secret field (pre-shared keys, join token secrets): the
+/// generator skips their `Debug` (see `tests/generated.rs`) and the impls
+/// below print the secret as `MASKED`.
+pub const SECRET_MESSAGES: &[&str] = &["TunnelParams", "RotateCommit", "EnrollRequest"];
+
+/// What a masked secret field prints: whether it is set, never its bytes.
+fn masked(secret: &[u8]) -> &'static str {
+    if secret.is_empty() { "" } else { "MASKED" }
+}
+
+impl std::fmt::Debug for TunnelParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelParams")
+            .field("vps_public_key", &self.vps_public_key)
+            .field("preshared_key", &masked(&self.preshared_key))
+            .field("vps_address", &self.vps_address)
+            .field("home_address", &self.home_address)
+            .field("endpoint", &self.endpoint)
+            .field("mtu", &self.mtu)
+            .field("keepalive_secs", &self.keepalive_secs)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RotateCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateCommit")
+            .field("rotation", &self.rotation)
+            .field("vps_public_key", &self.vps_public_key)
+            .field("preshared_key", &masked(&self.preshared_key))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("protocol_version", &self.protocol_version)
+            .field("token_secret", &masked(&self.token_secret))
+            .field("csr_pem", &self.csr_pem)
+            .field("name", &self.name)
+            .field("agent_version", &self.agent_version)
+            .finish()
+    }
+}
+
 impl Role {
     /// The lower-case name used in tokens, certificates and messages.
     pub fn name(self) -> &'static str {
@@ -65,6 +111,44 @@ impl Role {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_secret_carrying_messages_prints_no_secret() {
+        let secret = vec![0xabu8; 32];
+        let shown = [
+            format!(
+                "{:?}",
+                TunnelParams {
+                    preshared_key: secret.clone(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                VpsMessage {
+                    kind: Some(vps_message::Kind::Command(Command {
+                        kind: Some(command::Kind::RotateCommit(RotateCommit {
+                            rotation: 1,
+                            vps_public_key: vec![1; 32],
+                            preshared_key: secret.clone(),
+                        })),
+                    })),
+                }
+            ),
+            format!(
+                "{:?}",
+                EnrollRequest {
+                    token_secret: secret.clone(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for s in shown {
+            // Debug of Vec<u8> prints decimal bytes: 0xab is 171.
+            assert!(!s.contains("171"), "secret bytes in {s}");
+            assert!(s.contains("MASKED"), "{s}");
+        }
+    }
 
     #[test]
     fn same_version_negotiates_itself() {

@@ -140,11 +140,6 @@ impl Shared {
         self.lock().public
     }
 
-    /// Our current static private key in hex, for the UAPI `get=1` reply.
-    pub(crate) fn private_key_hex(&self) -> String {
-        self.lock().key.to_hex()
-    }
-
     /// Tells rotation watchers about a change. Called with the lock held, so
     /// watchers see changes in order.
     fn publish_rotation(&self, s: &Sessions) {
@@ -159,7 +154,22 @@ impl Shared {
 
     /// Everything the UAPI `get` and [`Tunnel::stats`] report.
     pub(crate) fn stats(&self) -> TunnelStats {
+        self.stats_of(&self.lock())
+    }
+
+    /// What the UAPI `get=1` reply shows — our private key, the stats, the
+    /// peer — read under one lock: read one by one, a rotation promoted in
+    /// between could pair our new private key with the peer from before.
+    pub(crate) fn uapi_snapshot(&self) -> UapiSnapshot {
         let g = self.lock();
+        UapiSnapshot {
+            private_key_hex: g.key.to_hex(),
+            stats: self.stats_of(&g),
+            peer: Self::peer_of(&g),
+        }
+    }
+
+    fn stats_of(&self, g: &Sessions) -> TunnelStats {
         let (peer_public_key, endpoint, last, keepalive) = match g.peer.as_ref() {
             Some(s) => (
                 Some(s.current.config.public_key),
@@ -171,7 +181,6 @@ impl Shared {
         };
         let public_key = g.public;
         let rotation = g.rotation_stats();
-        drop(g);
         let c = &self.counters;
         use std::sync::atomic::Ordering::Relaxed;
         TunnelStats {
@@ -192,12 +201,19 @@ impl Shared {
         }
     }
 
-    pub(crate) fn peer_view(&self) -> Option<(PeerConfig, Option<SocketAddr>)> {
-        self.lock()
-            .peer
+    fn peer_of(g: &Sessions) -> Option<(PeerConfig, Option<SocketAddr>)> {
+        g.peer
             .as_ref()
             .map(|s| (s.current.config.clone(), s.endpoint))
     }
+}
+
+/// One consistent view for the UAPI `get=1` reply.
+pub(crate) struct UapiSnapshot {
+    /// Our static private key, hex.
+    pub private_key_hex: String,
+    pub stats: TunnelStats,
+    pub peer: Option<(PeerConfig, Option<SocketAddr>)>,
 }
 
 /// A running tunnel. Dropping it stops the workers (without waiting); call
@@ -444,6 +460,29 @@ impl Tunnel {
             route("replace", *net, &sh.ifname)?;
         }
         Ok(())
+    }
+
+    /// Removes the peer: its sessions (a staged rotation too) and routes go,
+    /// and datagrams from it are dropped as from an unknown key. For a peer
+    /// whose owner lost the right to the tunnel (its certificate was
+    /// revoked). Returns the removed peer's public key.
+    pub fn remove_peer(&self) -> Option<PublicKey> {
+        let sh = &self.shared;
+        let mut g = sh.lock();
+        let old = g.peer.take()?;
+        if let Some(staged) = &old.staged {
+            g.last_abandoned = Some(staged.id);
+        }
+        sh.publish_rotation(&g);
+        drop(g);
+        if sh.route_allowed_ips {
+            for net in routed_nets(sh.address, &old.current.config.allowed_ips) {
+                let _ = route("del", net, &sh.ifname);
+            }
+        }
+        let key = old.current.config.public_key;
+        tracing::info!(ifname = %sh.ifname, peer = %key, "peer removed");
+        Some(key)
     }
 
     /// Starts a fresh handshake with the current peer right away, dropping
@@ -888,9 +927,9 @@ fn decrypt_loop(shared: Arc<Shared>) {
             tally.flush(&shared.counters);
             continue;
         };
+        let endpoint_before = slot.endpoint;
         for (mi, got) in rx.got.iter().enumerate() {
             let msg = &rx.bufs[mi * rx.buf_len..mi * rx.buf_len + got.len];
-            let src_ip = got.src.map(|s| s.ip());
             for chunk in msg.chunks(got.seg.max(1)) {
                 if k == TUN_WRITE_BATCH {
                     flush(&mut tbufs[..k], &mut gro);
@@ -899,7 +938,10 @@ fn decrypt_loop(shared: Arc<Shared>) {
                 let tb = &mut tbufs[k];
                 tb.resize(TUN_OFFSET + chunk.len().max(256), 0);
                 let kind = msg_type(chunk);
-                let (which, r) = slot.decapsulate(src_ip, chunk, &mut tb[TUN_OFFSET..]);
+                let (which, r, proven) = slot.receive(got.src, chunk, &mut tb[TUN_OFFSET..]);
+                if proven {
+                    authenticated_src = got.src;
+                }
                 touched_staged |= which == Which::Staged;
                 match r {
                     TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
@@ -916,7 +958,6 @@ fn decrypt_loop(shared: Arc<Shared>) {
                         } else {
                             tally.add(DropReason::NotAllowed);
                         }
-                        authenticated_src = got.src;
                     }
                     TunnResult::WriteToNetwork(p) => {
                         let Some(src) = got.src else { continue };
@@ -926,18 +967,14 @@ fn decrypt_loop(shared: Arc<Shared>) {
                         }
                         if under_load {
                             tally.add(DropReason::UnderLoad);
-                            continue;
                         }
-                        authenticated_src = Some(src);
                     }
                     TunnResult::Done => {
-                        // A keepalive (data, empty) or an accepted cookie reply:
-                        // both are authenticated.
+                        // A keepalive (data, empty) or an accepted cookie reply.
                         if kind == 4 {
                             rx_packets += 1;
                             rx_bytes += chunk.len() as u64;
                         }
-                        authenticated_src = got.src;
                     }
                     TunnResult::Err(e) => {
                         let r = DropReason::of(&e);
@@ -950,9 +987,8 @@ fn decrypt_loop(shared: Arc<Shared>) {
             }
         }
         if let Some(src) = authenticated_src {
-            if slot.endpoint != Some(src) {
-                tracing::info!(ifname = %shared.ifname, old = ?slot.endpoint, new = %src, "peer endpoint changed");
-                slot.endpoint = Some(src);
+            if endpoint_before != Some(src) {
+                tracing::info!(ifname = %shared.ifname, old = ?endpoint_before, new = %src, "peer endpoint changed");
             }
             // A completed handshake (either role) releases the packets
             // boringtun queued while it had no session. Checking once per

@@ -179,6 +179,30 @@ pub(crate) struct PeerSlot {
     pub previous: Option<Previous>,
 }
 
+/// Whether a datagram of type `kind` that `decapsulate` turned into `r`
+/// proves that its sender holds the peer's keys, so that its source address
+/// may become the peer's endpoint (roaming).
+///
+/// Decrypted data, keepalives and handshake messages answered with a
+/// handshake do. A handshake answered with a cookie reply (we are under
+/// load) does not: the sender proved nothing yet. Nor does a cookie reply:
+/// it is encrypted to a MAC we sent, not with a session key, and anyone who
+/// saw it can replay it from another address; roaming on it would let them
+/// point our traffic anywhere.
+pub(crate) fn proves_source(kind: u8, r: &TunnResult<'_>) -> bool {
+    if kind == MSG_COOKIE {
+        return false;
+    }
+    match r {
+        TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => true,
+        TunnResult::WriteToNetwork(reply) => {
+            !((kind == MSG_INIT || kind == MSG_RESPONSE) && reply.first() == Some(&MSG_COOKIE))
+        }
+        TunnResult::Done => true,
+        TunnResult::Err(_) => false,
+    }
+}
+
 /// The receiver index of a response, cookie reply or data message.
 fn receiver_index(d: &[u8]) -> Option<u32> {
     let at = match (d.first().copied()?, d.len()) {
@@ -247,6 +271,25 @@ impl PeerSlot {
             return Route::StagedThenCurrent;
         }
         Route::To(Which::Current)
+    }
+
+    /// Decapsulates `d` from `src` like [`PeerSlot::decapsulate`], and
+    /// moves the endpoint to `src` when the datagram proves its sender
+    /// ([`proves_source`]). Returns the context, the result and whether the
+    /// endpoint is now `src` because of it.
+    pub fn receive<'a>(
+        &mut self,
+        src: Option<SocketAddr>,
+        d: &[u8],
+        dst: &'a mut [u8],
+    ) -> (Which, TunnResult<'a>, bool) {
+        let kind = d.first().copied().unwrap_or(0);
+        let (which, r) = self.decapsulate(src.map(|s| s.ip()), d, dst);
+        let proven = src.is_some() && proves_source(kind, &r);
+        if proven {
+            self.endpoint = src;
+        }
+        (which, r, proven)
     }
 
     /// Decapsulates `d` in the context it belongs to; says which one.
@@ -690,6 +733,71 @@ mod tests {
             .unwrap();
         let (init, _) = st.initiation.expect("home initiates at once");
         (hk, vk, init)
+    }
+
+    #[test]
+    fn a_replayed_cookie_reply_does_not_move_the_endpoint() {
+        // A VPS under load (limit 0) answers every initiation with a cookie
+        // reply.
+        let (home_key, vps_key) = (PrivateKey::generate(), PrivateKey::generate());
+        let psk = PresharedKey::generate();
+        let mut home = sessions(
+            &home_key,
+            peer_cfg(vps_key.public_key(), &psk, true, VPS_IP),
+        );
+        let limiter = Arc::new(RateLimiter::new(
+            &x25519::PublicKey::from(vps_key.public_key().0),
+            0,
+        ));
+        let mut vps = Sessions::new(vps_key.clone());
+        vps.peer = Some(PeerSlot::new(Context::new(
+            vps_key.clone(),
+            peer_cfg(home_key.public_key(), &psk, false, HOME_IP),
+            Some(limiter),
+            &[],
+        )));
+        let home_at: SocketAddr = "198.51.100.10:40000".parse().unwrap();
+        let vps_at: SocketAddr = "203.0.113.10:51820".parse().unwrap();
+        let init = home.peer.as_mut().unwrap().current.initiation().unwrap();
+        let mut out = vec![0u8; 2048];
+        let (_, r, proven) = vps
+            .peer
+            .as_mut()
+            .unwrap()
+            .receive(Some(home_at), &init, &mut out);
+        let cookie = match r {
+            TunnResult::WriteToNetwork(c) => c.to_vec(),
+            other => panic!("expected a cookie reply, got {other:?}"),
+        };
+        assert_eq!(cookie[0], MSG_COOKIE);
+        assert!(
+            !proven,
+            "an initiation answered with a cookie proves nothing"
+        );
+        assert_eq!(vps.peer.as_ref().unwrap().endpoint, None);
+
+        let slot = home.peer.as_mut().unwrap();
+        slot.endpoint = Some(vps_at);
+        // The genuine one from the VPS, then the same bytes replayed from
+        // an attacker's address: both are accepted, neither moves us.
+        let attacker: SocketAddr = "192.0.2.66:9999".parse().unwrap();
+        for from in [vps_at, attacker] {
+            let (_, r, proven) = slot.receive(Some(from), &cookie, &mut out);
+            assert!(matches!(r, TunnResult::Done), "cookie refused: {r:?}");
+            assert_eq!(
+                slot.endpoint,
+                Some(vps_at),
+                "a cookie reply moved the endpoint"
+            );
+            assert!(!proven);
+        }
+        // A proven datagram still roams (the ordinary path).
+        let mut p = pair();
+        let d = send(&mut p, true, b"roam");
+        let slot = p.slot(false);
+        let (_, _, proven) = slot.receive(Some(attacker), &d, &mut out);
+        assert!(proven);
+        assert_eq!(slot.endpoint, Some(attacker));
     }
 
     #[test]

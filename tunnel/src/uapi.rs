@@ -86,9 +86,8 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>, token: CancellationToke
         }
         let reply = match op.as_str() {
             "get=1" => {
-                let stats = shared.stats();
-                let peer = shared.peer_view();
-                format_get(&shared.private_key_hex(), &stats, peer.as_ref())
+                let snap = shared.uapi_snapshot();
+                format_get(&snap.private_key_hex, &snap.stats, snap.peer.as_ref())
             }
             "stats=1" => match serde_json::to_string(&shared.stats()) {
                 Ok(j) => format!("ceres_stats={j}\nerrno=0\n\n"),

@@ -708,3 +708,73 @@ fn refusals_abort_and_commit() {
     assert_eq!(vps.abort_rotation(), Some(b));
     echo_round(&mut s, 64 << 10);
 }
+
+/// `wg show` (UAPI `get=1`) while rotations are promoted back to back: every
+/// reply pairs our private key with the peer key of the same generation. Read
+/// one by one under separate locks, a promotion in between showed the new
+/// private key with the peer from before.
+#[test]
+fn uapi_get_never_mixes_generations_during_rotations() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = lab();
+    let vps = lab.vps.t();
+    let sock = vps.uapi_path().unwrap().to_path_buf();
+    let field = |reply: &str, key: &str| {
+        reply
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // (private key hex, peer public key hex) of each generation, recorded
+    // before the engine can show it.
+    let first = uapi(&sock, "get=1\n\n");
+    let pairs = Arc::new(Mutex::new(std::collections::HashSet::from([(
+        field(&first, "private_key"),
+        field(&first, "public_key"),
+    )])));
+    let done = Arc::new(AtomicBool::new(false));
+    let mismatches = std::thread::scope(|scope| {
+        let rotor = {
+            let (pairs, done) = (pairs.clone(), done.clone());
+            scope.spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(4);
+                while Instant::now() < deadline {
+                    let (vk, hk, psk) = (
+                        PrivateKey::generate(),
+                        PrivateKey::generate(),
+                        PresharedKey::generate(),
+                    );
+                    pairs
+                        .lock()
+                        .unwrap()
+                        .insert((hex_of(&vk), hk.public_key().to_hex()));
+                    vps.stage_rotation(Some(vk), vps_peer(&hk, &psk))
+                        .expect("VPS stages");
+                    vps.commit_rotation().expect("VPS commits");
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut mismatches = Vec::new();
+        let mut gets = 0u32;
+        while !done.load(Ordering::SeqCst) {
+            let r = uapi(&sock, "get=1\n\n");
+            gets += 1;
+            let pair = (field(&r, "private_key"), field(&r, "public_key"));
+            if !pairs.lock().unwrap().contains(&pair) {
+                mismatches.push(pair);
+            }
+        }
+        rotor.join().unwrap();
+        eprintln!("{gets} UAPI gets during the rotations");
+        mismatches
+    });
+    assert!(
+        mismatches.is_empty(),
+        "{} UAPI replies paired a private key with another generation's peer",
+        mismatches.len()
+    );
+}

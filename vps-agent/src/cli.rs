@@ -84,10 +84,13 @@ pub struct RunArgs {
 pub enum CertCommand {
     /// List issued client certificates (name, role, serial, expiry, revoked).
     List,
-    /// Revoke a client certificate by serial or enrolment name: the next
-    /// connection with it is refused (the running agent needs no restart).
+    /// Revoke a host: `cert revoke NAME` with the name given at enrolment
+    /// (a serial from `cert list` works too). The certificate and every one
+    /// renewed from it are refused from now on; the running agent ends their
+    /// sessions at once and, for the home agent, removes its WireGuard peer
+    /// and egress until a new home joins. No restart needed.
     Revoke {
-        /// Serial (hex, from `cert list`) or the name given at enrolment.
+        /// The name given at enrolment (see `cert list`), or a serial (hex).
         what: String,
     },
 }
@@ -291,15 +294,16 @@ fn cert(cli: &Cli, cmd: &CertCommand) -> Outcome {
     match cmd {
         CertCommand::List => {
             println!(
-                "{:<32}  {:<6}  {:<24}  {:<20}  status",
-                "serial", "role", "name", "valid until"
+                "{:<32}  {:<6}  {:<24}  {:<32}  {:<20}  status",
+                "serial", "role", "name", "lineage", "valid until"
             );
             for (i, revoked) in crate::certs::list(&state.dir)? {
                 println!(
-                    "{:<32}  {:<6}  {:<24}  {:<20}  {}",
+                    "{:<32}  {:<6}  {:<24}  {:<32}  {:<20}  {}",
                     i.serial,
                     i.role,
                     i.name,
+                    i.lineage(),
                     ceres_pki::rfc3339(i.not_after_unix),
                     if revoked { "REVOKED" } else { "valid" }
                 );
@@ -308,8 +312,16 @@ fn cert(cli: &Cli, cmd: &CertCommand) -> Outcome {
         CertCommand::Revoke { what } => {
             for i in crate::certs::revoke(&state.dir, what)? {
                 println!(
-                    "revoked {} ({} {}): its next connection is refused",
-                    i.serial, i.role, i.name
+                    "revoked {} ({} {}, lineage {}): refused from now on; a running agent ends its sessions{}",
+                    i.serial,
+                    i.role,
+                    i.name,
+                    i.lineage(),
+                    if i.role == "home" {
+                        " and removes its tunnel and egress"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -51,6 +51,8 @@ struct Session {
     last_report_unix: i64,
     last_report: Option<Report>,
     certificate_not_after_unix: i64,
+    /// Serial of the session's certificate: a revocation cancels it.
+    serial: String,
     cancel: CancellationToken,
 }
 
@@ -71,6 +73,7 @@ impl Hub {
         remote: SocketAddr,
         protocol_version: u32,
         certificate_not_after_unix: i64,
+        serial: &str,
         parent: &CancellationToken,
     ) -> SessionTicket {
         let now = unix_secs(SystemTime::now());
@@ -94,6 +97,7 @@ impl Hub {
             last_report_unix: now,
             last_report: None,
             certificate_not_after_unix,
+            serial: serial.to_owned(),
             cancel: cancel.clone(),
         });
         SessionTicket { id, cancel }
@@ -125,6 +129,27 @@ impl Hub {
             inner.ended_unix = unix_secs(SystemTime::now());
             self.reach.send_replace(HomeReach::default());
         }
+    }
+
+    /// Ends the current session at once if its certificate is `revoked`
+    /// (the session's own task then sees the cancellation and closes the
+    /// stream); the relays learn at once that home is gone. Returns the
+    /// serial of the session ended.
+    pub fn end_revoked(&self, revoked: impl Fn(&str) -> bool) -> Option<String> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let serial = inner
+            .current
+            .as_ref()
+            .filter(|s| revoked(&s.serial))?
+            .serial
+            .clone();
+        if let Some(s) = inner.current.take() {
+            s.cancel.cancel();
+            inner.previous = Some(s);
+            inner.ended_unix = unix_secs(SystemTime::now());
+            self.reach.send_replace(HomeReach::default());
+        }
+        Some(serial)
     }
 
     /// Follows whether a home session is up and where its forwarders listen.

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cli;
 pub mod hub;
 pub mod relays;
+pub mod revocation;
 pub mod rotation;
 pub mod service;
 pub mod settings;

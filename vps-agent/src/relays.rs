@@ -171,6 +171,28 @@ impl VpsRelays {
         }
     }
 
+    /// Installs the egress rules again when they are enabled and not
+    /// installed (a revoked home's were removed and a new home joined).
+    /// Runs `nft`: call it off the async workers.
+    pub fn ensure_egress(&self, settings: &VpsSettings) {
+        if !settings.tunnel.enabled || !self.settings.egress || self.egress_error.is_some() {
+            return;
+        }
+        let mut guard = self.egress.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_some() {
+            return;
+        }
+        match Self::install_egress(settings, settings.tunnel.home_address.addr()) {
+            Ok(installed) => {
+                tracing::info!(ports = ?self.settings.egress_ports, "egress NAT installed again for the new home");
+                *guard = Some(installed);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "egress not installed for the new home")
+            }
+        }
+    }
+
     /// Removes the egress rules (other tables untouched) and restores sysctls.
     pub fn remove_egress(&self) {
         let taken = self.egress.lock().ok().and_then(|mut g| g.take());

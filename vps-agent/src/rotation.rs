@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use ceres_pki::unix_secs;
+use ceres_pki::{Masked, unix_secs};
 use ceres_proto::{
     Command, RotateAbort, RotateCommit, RotatePrepare, RotationStatus, VpsMessage, command,
     vps_message,
@@ -42,7 +42,7 @@ struct Pending {
     #[serde(default)]
     home_public: Option<String>,
     #[serde(default)]
-    psk: Option<String>,
+    psk: Option<Masked<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -74,6 +74,42 @@ pub struct Rotator {
     /// record is already claimed but the new keys are not in place yet, so
     /// a Welcome must not carry (old) tunnel parameters in that window.
     finishing: std::sync::atomic::AtomicBool,
+    /// Test hook: runs in `on_home_key` just before it looks at the pending
+    /// rotation, so a test can put a concurrent `fail` exactly there.
+    #[cfg(test)]
+    before_claim: Mutex<Hook>,
+}
+
+/// A test hook (see `Rotator::before_claim`).
+#[cfg(test)]
+#[derive(Default)]
+struct Hook(Option<Box<dyn FnOnce() + Send>>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// A JSON state file, `None` when absent; damaged: a config/state error
+/// (exit 78) that names the file and says what to do.
+fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &StateDir,
+    name: &str,
+    advice: &str,
+) -> anyhow::Result<Option<T>> {
+    let Some(bytes) = dir.read_optional(name)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ceres_config::ConfigError::DamagedState {
+            path: dir.join(name),
+            detail: e.to_string(),
+            advice: advice.to_owned(),
+        }
+        .into()
+    })
 }
 
 fn msg(kind: command::Kind) -> VpsMessage {
@@ -92,17 +128,30 @@ fn crash_point(step: &str) {
 }
 
 impl Rotator {
-    /// Loads persisted state.
-    pub fn load(dir: &StateDir, every: Duration) -> Self {
-        let read = |name: &str| dir.read_optional(name).ok().flatten();
-        let pending: Option<Pending> = read(PENDING).and_then(|b| serde_json::from_slice(&b).ok());
-        let mut history: History = read(HISTORY)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+    /// Loads persisted state. A file that exists but does not parse stops
+    /// the agent with a message naming it: the history holds the home keys
+    /// used before (what refuses a replayed rotation) and the rotation ids,
+    /// and the pending file says which keys the engine must accept — reset
+    /// silently, either would weaken what it guards.
+    pub fn load(dir: &StateDir, every: Duration) -> anyhow::Result<Self> {
+        let pending: Option<Pending> = read_json(
+            dir,
+            PENDING,
+            "restore it from a backup; or, with the VPS agent stopped, remove it together \
+             with wg.next.key and restart both agents: the rotation in progress is \
+             abandoned and the current keys stay",
+        )?;
+        let mut history: History = read_json(
+            dir,
+            HISTORY,
+            "restore it from a backup; removing it makes the VPS forget which home keys \
+             were used before, so a replayed rotation would no longer be refused",
+        )?
+        .unwrap_or_default();
         if history.keys_since_unix == 0 {
             history.keys_since_unix = unix_secs(SystemTime::now());
         }
-        Self {
+        Ok(Self {
             dir: dir.clone(),
             every,
             pending: Mutex::new(pending),
@@ -110,7 +159,9 @@ impl Rotator {
             home: Mutex::new(None),
             done: watch::Sender::new((0, String::new())),
             finishing: std::sync::atomic::AtomicBool::new(false),
-        }
+            #[cfg(test)]
+            before_claim: Mutex::new(Hook::default()),
+        })
     }
 
     fn save_pending(&self, p: &Option<Pending>) -> Result<(), Status> {
@@ -182,8 +233,9 @@ impl Rotator {
             .map_err(|_| bad("home key"))?;
         let psk: PresharedKey = p
             .psk
-            .as_deref()
+            .as_ref()
             .ok_or_else(|| bad("psk"))?
+            .0
             .parse()
             .map_err(|_| bad("psk"))?;
         Ok((key, home, psk))
@@ -286,6 +338,11 @@ impl Rotator {
     }
 
     /// Home sent its new key: make ours and the PSK, stage, commit.
+    ///
+    /// The pending rotation is checked and claimed (persisted as staged, and
+    /// staged in the engine) under one lock: a `fail` (timeout, home's
+    /// abort) racing this either comes first — and this refuses — or after,
+    /// and undoes a staged rotation. It can never be undone by this.
     pub async fn on_home_key(
         &self,
         tunnel: &VpsTunnel,
@@ -297,83 +354,107 @@ impl Rotator {
             .map_err(|_| Status::invalid_argument("the new home key must be 32 bytes"))?;
         let home_public = PublicKey(key32);
         let home_text = home_public.to_string();
-        let current = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(mut p) = current.filter(|p| p.id == id) else {
-            return self
-                .refuse(id, "no such rotation in progress (stale or replayed)")
-                .await;
-        };
-        if p.step == Step::Staged {
-            if p.home_public.as_deref() == Some(home_text.as_str()) {
-                // A repeat (home reconnected): commit again.
-                let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                if let (Some(tx), Ok((key, _, psk))) = (tx, self.staged_keys(&p)) {
-                    let commit = RotateCommit {
-                        rotation: id,
-                        vps_public_key: key.public_key().as_bytes().to_vec(),
-                        preshared_key: psk.0.to_vec(),
+        #[cfg(test)]
+        {
+            let hook = self
+                .before_claim
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+                .take();
+            if let Some(hook) = hook {
+                hook();
+            }
+        }
+        /// What to do once the lock is released.
+        enum Next {
+            Refuse(&'static str),
+            Fail(String),
+            /// Send this commit; `fresh`: this call staged the rotation.
+            Commit(RotateCommit, bool),
+            Nothing,
+        }
+        let next = {
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match guard.as_mut().filter(|p| p.id == id) {
+                None => Next::Refuse("no such rotation in progress (stale or replayed)"),
+                Some(p) if p.step == Step::Staged => {
+                    if p.home_public.as_deref() == Some(home_text.as_str()) {
+                        // A repeat (home reconnected): commit again.
+                        match self.staged_keys(p) {
+                            Ok((key, _, psk)) => Next::Commit(
+                                RotateCommit {
+                                    rotation: id,
+                                    vps_public_key: key.public_key().as_bytes().to_vec(),
+                                    preshared_key: psk.0.to_vec(),
+                                },
+                                false,
+                            ),
+                            Err(_) => Next::Nothing,
+                        }
+                    } else {
+                        Next::Refuse("a different key for a rotation already staged")
+                    }
+                }
+                Some(_) if key32 == [0u8; 32] => Next::Fail("the new home key is all zeros".into()),
+                Some(_) if tunnel.home_key().as_deref() == Some(home_text.as_str()) => {
+                    Next::Fail("the new home key is the current one".into())
+                }
+                Some(_)
+                    if self
+                        .history
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .used_home_keys
+                        .contains(&home_text) =>
+                {
+                    Next::Fail("the new home key was used before (replayed rotation)".into())
+                }
+                Some(p) => {
+                    let key = PrivateKey::generate();
+                    let psk = PresharedKey::generate();
+                    // Persist before acting: key first, then the step that names it.
+                    self.dir
+                        .write(NEXT_KEY, format!("{}\n", key.to_base64()).as_bytes())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    let staged = Pending {
+                        step: Step::Staged,
+                        home_public: Some(home_text),
+                        psk: Some(Masked(psk.to_base64())),
+                        ..p.clone()
                     };
+                    self.save_pending(&Some(staged.clone()))?;
+                    *p = staged;
+                    crash_point("vps-staged");
+                    match tunnel.stage_rotation(key.clone(), home_public, psk.clone()) {
+                        Ok(()) => Next::Commit(
+                            RotateCommit {
+                                rotation: id,
+                                vps_public_key: key.public_key().as_bytes().to_vec(),
+                                preshared_key: psk.0.to_vec(),
+                            },
+                            true,
+                        ),
+                        Err(e) => Next::Fail(format!("{e:#}")),
+                    }
+                }
+            }
+        };
+        match next {
+            Next::Refuse(reason) => self.refuse(id, reason).await,
+            Next::Fail(reason) => self.fail(tunnel, id, &reason).await,
+            Next::Nothing => Ok(()),
+            Next::Commit(commit, fresh) => {
+                let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Some(tx) = tx {
                     let _ = tx.send(Ok(msg(command::Kind::RotateCommit(commit)))).await;
                 }
-                return Ok(());
+                if fresh {
+                    crash_point("vps-committed");
+                }
+                Ok(())
             }
-            return self
-                .refuse(id, "a different key for a rotation already staged")
-                .await;
         }
-        if key32 == [0u8; 32] {
-            return self.fail(tunnel, id, "the new home key is all zeros").await;
-        }
-        if tunnel.home_key().as_deref() == Some(home_text.as_str()) {
-            return self
-                .fail(tunnel, id, "the new home key is the current one")
-                .await;
-        }
-        if self
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .used_home_keys
-            .contains(&home_text)
-        {
-            return self
-                .fail(
-                    tunnel,
-                    id,
-                    "the new home key was used before (replayed rotation)",
-                )
-                .await;
-        }
-        let key = PrivateKey::generate();
-        let psk = PresharedKey::generate();
-        // Persist before acting: key first, then the step that names it.
-        self.dir
-            .write(NEXT_KEY, format!("{}\n", key.to_base64()).as_bytes())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        p.step = Step::Staged;
-        p.home_public = Some(home_text);
-        p.psk = Some(psk.to_base64());
-        self.save_pending(&Some(p.clone()))?;
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(p);
-        crash_point("vps-staged");
-        if let Err(e) = tunnel.stage_rotation(key.clone(), home_public, psk.clone()) {
-            return self.fail(tunnel, id, &format!("{e:#}")).await;
-        }
-        let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(tx) = tx {
-            let commit = RotateCommit {
-                rotation: id,
-                vps_public_key: key.public_key().as_bytes().to_vec(),
-                preshared_key: psk.0.to_vec(),
-            };
-            let _ = tx.send(Ok(msg(command::Kind::RotateCommit(commit)))).await;
-        }
-        crash_point("vps-committed");
-        Ok(())
     }
 
     /// The engine moved to the staged keys (home handshook with them), or
@@ -460,12 +541,22 @@ impl Rotator {
 
     /// Gives up on rotation `id`: engine, files, history, and home are told.
     pub async fn fail(&self, tunnel: &VpsTunnel, id: u64, reason: &str) -> Result<(), Status> {
-        let ours = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|p| p.id == id);
+        // Check and claim in one critical section (see `on_home_key`): the
+        // engine is told and the files removed under the same lock, so a
+        // rotation cannot be staged between the two.
+        let ours = {
+            let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let ours = guard.as_ref().is_some_and(|p| p.id == id);
+            if ours {
+                *guard = None;
+                if let Some(engine) = tunnel.engine() {
+                    engine.abort_rotation();
+                }
+                let _ = self.dir.remove(NEXT_KEY);
+                let _ = self.save_pending(&None);
+            }
+            ours
+        };
         if !ours {
             // A stale abort (a finished or replaced rotation): nothing to undo.
             tracing::debug!(
@@ -477,12 +568,6 @@ impl Rotator {
                 "rotation {id} is not in progress"
             )));
         }
-        if let Some(engine) = tunnel.engine() {
-            engine.abort_rotation();
-        }
-        let _ = self.dir.remove(NEXT_KEY);
-        let _ = self.save_pending(&None);
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = None;
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
             h.last_unix = unix_secs(SystemTime::now());
@@ -506,6 +591,17 @@ impl Rotator {
         Err(Status::failed_precondition(format!(
             "rotation {id}: {reason}"
         )))
+    }
+
+    /// Drops a pending rotation before the tunnel starts (its home was
+    /// revoked while the agent was stopped): nothing to tell anyone.
+    pub fn forget_pending(&self) -> anyhow::Result<()> {
+        let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.take().is_some() {
+            self.dir.remove(NEXT_KEY)?;
+            self.dir.remove(PENDING)?;
+        }
+        Ok(())
     }
 
     /// Waits for rotation `id` to end; returns its outcome.
@@ -601,7 +697,7 @@ mod tests {
         let tunnel = VpsTunnel::start(&settings, &dir, &tokio_util::sync::CancellationToken::new())
             .await
             .unwrap();
-        let rotator = Rotator::load(&dir, Duration::from_secs(3600));
+        let rotator = Rotator::load(&dir, Duration::from_secs(3600)).unwrap();
         let (tx, rx) = mpsc::channel(16);
         rotator.attach(&tunnel, tx, 0).await;
         (tmp, tunnel, rotator, rx)
@@ -622,7 +718,7 @@ mod tests {
     async fn bad_rotation_keys_are_refused_and_the_current_keys_stay() {
         let (_tmp, tunnel, rotator, mut rx) = setup().await;
         let current = PrivateKey::generate().public_key();
-        tunnel.params_for(current.as_bytes()).unwrap();
+        tunnel.params_for(current.as_bytes(), &owner()).unwrap();
 
         // All zeros.
         let id = rotator.begin().await.unwrap();
@@ -692,11 +788,88 @@ mod tests {
         assert_eq!(rotator.status().completed, 0);
     }
 
+    fn owner() -> crate::tunnel::Owner {
+        crate::tunnel::Owner {
+            lineage: "01".into(),
+            name: "home".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotation_failed_while_home_key_arrives_stays_failed() {
+        let (tmp, tunnel, rotator, mut rx) = setup().await;
+        let (tunnel, rotator) = (std::sync::Arc::new(tunnel), std::sync::Arc::new(rotator));
+        tunnel
+            .params_for(PrivateKey::generate().public_key().as_bytes(), &owner())
+            .unwrap();
+        let id = rotator.begin().await.unwrap();
+        rx.recv().await; // RotatePrepare
+        // The timeout fires exactly while home's key is being handled.
+        {
+            let (r, t) = (rotator.clone(), tunnel.clone());
+            rotator.before_claim.lock().unwrap().0 = Some(Box::new(move || {
+                let _ = futures::executor::block_on(r.fail(&t, id, "not completed in time"));
+            }));
+        }
+        let new_home = PrivateKey::generate().public_key();
+        let err = rotator
+            .on_home_key(&tunnel, id, new_home.as_bytes())
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("no such rotation"),
+            "{}",
+            err.message()
+        );
+        // Home was told to abort once, and nothing took that back.
+        let mut aborts = 0;
+        while let Ok(m) = rx.try_recv() {
+            if is_abort(Some(m.clone())) {
+                aborts += 1;
+            }
+            assert!(
+                !matches!(
+                    m,
+                    Ok(VpsMessage {
+                        kind: Some(vps_message::Kind::Command(Command {
+                            kind: Some(command::Kind::RotateCommit(_))
+                        }))
+                    })
+                ),
+                "a failed rotation was committed"
+            );
+        }
+        assert_eq!(aborts, 1);
+        assert_eq!(rotator.pending(), None, "the failed rotation came back");
+        assert!(!rotator.staged());
+        assert_eq!(
+            rotator.status().last_outcome,
+            "failed: not completed in time"
+        );
+        assert!(!tmp.path().join("state").join(NEXT_KEY).exists());
+    }
+
+    #[test]
+    fn damaged_rotation_files_refuse_to_load_and_name_the_file() {
+        for name in [HISTORY, PENDING] {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = StateDir::open(tmp.path().join("s")).unwrap();
+            dir.write(name, b"{\"next_id\": 3, \"used_home_ke").unwrap();
+            let err = Rotator::load(&dir, Duration::from_secs(60)).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains(name) && text.contains("damaged"), "{text}");
+            assert!(
+                err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
+                "not a config/state error (exit 78): {text}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn rotation_needs_a_connected_home() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(tmp.path().join("s")).unwrap();
-        let rotator = Rotator::load(&dir, Duration::from_secs(60));
+        let rotator = Rotator::load(&dir, Duration::from_secs(60)).unwrap();
         assert_eq!(
             rotator.begin().await.unwrap_err().code(),
             tonic::Code::Unavailable

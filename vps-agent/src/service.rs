@@ -25,11 +25,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::hub::Hub;
 use crate::relays::VpsRelays;
+use crate::revocation::{HomeRevocations, RevocationWatch};
 use crate::rotation::Rotator;
 use crate::settings::VpsSettings;
 use crate::state::{ServerCert, VpsState};
 use crate::tokens::{RedeemError, TokenStore};
-use crate::tunnel::VpsTunnel;
+use crate::tunnel::{Owner, VpsTunnel};
 
 /// The version string of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -118,6 +119,7 @@ struct Ctx {
     tunnel: VpsTunnel,
     relays: VpsRelays,
     rotator: Rotator,
+    revocations: HomeRevocations,
     enroll_limit: FailureLimit,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -200,13 +202,17 @@ impl Enrollment for Svc {
                 "renewal needs the current certificate: present it, or enrol again with a new token",
             ));
         };
+        self.refuse_revoked(&cert)?;
         let role = cert
             .role
             .ok_or_else(|| Status::permission_denied("the certificate carries no CERES role"))?;
         let body = req.into_inner();
         check_version(body.protocol_version)?;
-        let certificate_pem = self.sign(&body.csr_pem, role, &cert.name)?;
-        tracing::info!(remote = %who.remote, role = %role, name = %cert.name, "renewed a client certificate");
+        // The renewal inherits the lineage: revoking any serial of it later
+        // (the one a thief renewed from, say) revokes this one too.
+        let lineage = crate::certs::lineage_of(&self.0.state.dir, &cert.serial);
+        let certificate_pem = self.sign(&body.csr_pem, role, &cert.name, Some(&lineage))?;
+        tracing::info!(remote = %who.remote, role = %role, name = %cert.name, lineage, "renewed a client certificate");
         Ok(Response::new(RenewResponse {
             certificate_pem,
             ca_certificate_pem: self.0.state.ca.cert_pem().to_owned(),
@@ -225,20 +231,55 @@ impl Svc {
         // Validate before redeeming: a broken request must not burn the token.
         ceres_pki::validate_csr(&body.csr_pem).map_err(pki_status)?;
         let role = self.0.tokens.redeem(&Secret(secret))?;
-        Ok((role, self.sign(&body.csr_pem, role, &body.name)?))
+        Ok((role, self.sign(&body.csr_pem, role, &body.name, None)?))
     }
 
-    fn sign(&self, csr_pem: &str, role: Role, name: &str) -> Result<String, Status> {
+    /// The caller's certificate if it has `role` and is not revoked. The
+    /// TLS acceptor refuses revoked certificates at the handshake; this
+    /// refuses them on connections that were up before the revocation.
+    fn authorize<T>(
+        &self,
+        req: &Request<T>,
+        role: Role,
+    ) -> Result<ceres_pki::CertificateInfo, Status> {
+        let cert = require_role(req, role)?;
+        self.refuse_revoked(&cert)?;
+        Ok(cert)
+    }
+
+    fn refuse_revoked(&self, cert: &ceres_pki::CertificateInfo) -> Result<(), Status> {
+        if crate::certs::is_revoked(&self.0.state.dir, &cert.serial) {
+            return Err(Status::permission_denied(format!(
+                "the certificate of {:?} (serial {}) is revoked: enrol again with a new token",
+                cert.name, cert.serial
+            )));
+        }
+        Ok(())
+    }
+
+    /// Signs a CSR; `lineage`: of the certificate being renewed (`None`
+    /// for an enrolment, which starts its own).
+    fn sign(
+        &self,
+        csr_pem: &str,
+        role: Role,
+        name: &str,
+        lineage: Option<&str>,
+    ) -> Result<String, Status> {
         let pem = self
             .0
             .state
             .ca
             .sign_client(csr_pem, role, name, self.0.settings.client_cert_ttl)
             .map_err(pki_status)?;
-        // Recorded so `ceres-vps cert list` can show it and `cert revoke` find it.
-        if let Err(e) = crate::certs::record(&self.0.state.dir, &pem) {
-            tracing::warn!(error = %e, "could not record the issued certificate");
-        }
+        // Recorded so `ceres-vps cert list` can show it and `cert revoke`
+        // find it with its lineage; a certificate that could not be
+        // recorded could not be revoked with its lineage, so it is not
+        // handed out.
+        crate::certs::record(&self.0.state.dir, &pem, lineage).map_err(|e| {
+            tracing::error!(error = %format!("{e:#}"), "could not record the issued certificate; not issuing it");
+            Status::internal("the VPS could not record the certificate: see its log")
+        })?;
         Ok(pem)
     }
 }
@@ -253,7 +294,7 @@ impl Agent for Svc {
         &self,
         req: Request<Streaming<HomeMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
-        let cert = require_role(&req, Role::Home)?;
+        let cert = self.authorize(&req, Role::Home)?;
         let remote = caller(&req)?.remote;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -271,6 +312,20 @@ impl Agent for Svc {
                 Status::failed_precondition(format!("ceres-vps {VERSION}: {m}"))
             })?;
         let ctx = self.0.clone();
+        let owner = Owner {
+            lineage: crate::certs::lineage_of(&ctx.state.dir, &cert.serial),
+            name: cert.name.clone(),
+        };
+        // A home whose certificate is not revoked connects: if home was
+        // revoked, this is the new home joining. Its egress comes back.
+        if ctx.revocations.is_revoked() {
+            tracing::info!(name = %owner.name, lineage = %owner.lineage, "a new home joined after a revocation");
+            if let Err(e) = ctx.revocations.clear() {
+                tracing::error!(error = %format!("{e:#}"), "cannot clear the revoked-home note");
+            }
+            let c = ctx.clone();
+            let _ = tokio::task::spawn_blocking(move || c.relays.ensure_egress(&c.settings)).await;
+        }
         // While a rotation is under way (either side says so) the keys are
         // settled by the rotation messages; a Welcome with the old keys
         // would undo home's half of it.
@@ -280,7 +335,7 @@ impl Agent for Svc {
         {
             None
         } else {
-            Some(ctx.tunnel.params_for(&hello.wg_public_key)?)
+            Some(ctx.tunnel.params_for(&hello.wg_public_key, &owner)?)
         };
         let interval = ctx.settings.report_interval;
         let ticket = ctx.hub.connect(
@@ -288,6 +343,7 @@ impl Agent for Svc {
             remote,
             version,
             unix_secs(cert.not_after),
+            &cert.serial,
             &ctx.cancel,
         );
         tracing::info!(%remote, hostname = %hello.hostname, agent_version = %hello.agent_version, protocol = version, "home agent connected");
@@ -307,7 +363,13 @@ impl Agent for Svc {
             .attach(&ctx.tunnel, tx.clone(), hello.pending_rotation)
             .await;
         ctx.tracker.clone().spawn(async move {
-            let stale_after = interval * MISSED_REPORTS + Duration::from_secs(2);
+            // A deadline counted from the last message home sent, not a
+            // sleep started afresh on every pass: pings go out more often
+            // than reports come in, so a fresh sleep never expired and a
+            // hung home that keeps TCP open stayed "connected" forever.
+            let stale_after = interval * MISSED_REPORTS;
+            let deadline = tokio::time::sleep(stale_after);
+            tokio::pin!(deadline);
             let mut ping = tokio::time::interval(interval);
             let ping_msg = VpsMessage {
                 kind: Some(vps_message::Kind::Command(ceres_proto::Command {
@@ -316,14 +378,18 @@ impl Agent for Svc {
             };
             let reason = loop {
                 tokio::select! {
-                    _ = ticket.cancel.cancelled() => break "replaced or shutting down",
-                    _ = tokio::time::sleep(stale_after) => break "no report in time",
+                    _ = ticket.cancel.cancelled() => break "replaced, revoked or shutting down",
+                    _ = &mut deadline => break "no report in time",
                     _ = ping.tick() => {
-                        if tx.send(Ok(ping_msg.clone())).await.is_err() {
+                        // Never wait here: a home that reads nothing fills
+                        // the channel, and waiting would hold off the deadline.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Ok(ping_msg.clone())) {
                             break "home closed the session";
                         }
                     }
-                    msg = inbound.message() => match msg {
+                    msg = inbound.message() => {
+                        deadline.as_mut().reset(tokio::time::Instant::now() + stale_after);
+                        match msg {
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::Report(r)) })) => ctx.hub.report(ticket.id, r),
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateKey(k)) })) => {
                             let _ = ctx.rotator.on_home_key(&ctx.tunnel, k.rotation, &k.home_public_key).await;
@@ -337,7 +403,8 @@ impl Agent for Svc {
                         Ok(Some(_)) => {}
                         Ok(None) => break "home closed the session",
                         Err(_) => break "connection lost",
-                    },
+                        }
+                    }
                 }
             };
             ctx.hub.disconnect(ticket.id);
@@ -354,7 +421,7 @@ impl Admin for Svc {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        require_role(&req, Role::Admin)?;
+        self.authorize(&req, Role::Admin)?;
         let ctx = &self.0;
         // Looking at the other firewall tables runs `nft`: off the async workers.
         let egress = {
@@ -400,7 +467,13 @@ impl Admin for Svc {
                     .map(|p| *p as u32)
                     .collect(),
             }),
-            home: Some(ctx.hub.status()),
+            home: Some({
+                let mut home = ctx.hub.status();
+                let (access, revocation) = ctx.revocations.status();
+                home.access = access as i32;
+                home.revocation = revocation;
+                home
+            }),
             vps_tunnel: Some(ctx.tunnel.report()),
             relays: ctx.relays.report(),
             egress: Some(egress),
@@ -412,7 +485,7 @@ impl Admin for Svc {
         &self,
         req: Request<RotateRequest>,
     ) -> Result<Response<RotateResponse>, Status> {
-        let who = require_role(&req, Role::Admin)?;
+        let who = self.authorize(&req, Role::Admin)?;
         let ctx = &self.0;
         if ctx.tunnel.engine().is_none() {
             return Err(Status::failed_precondition(
@@ -465,15 +538,24 @@ pub async fn run(
     let server_cert = state.server_cert(&settings)?;
     let shared: SharedServerConfig = Arc::new(RwLock::new(tls_config(&state, &server_cert)?));
     let tracker = TaskTracker::new();
+    let rotator = Rotator::load(&state.dir, settings.rotate_every)?;
+    let revocations = HomeRevocations::load(&state.dir)?;
+    // Revoked while the agent was stopped: the peer is not brought back.
+    forget_revoked_home(&state, &rotator, &revocations)?;
+    let watch = RevocationWatch::new(&state.dir)?;
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let hub = Hub::default();
     let relays = VpsRelays::start(&settings, hub.home_reach(), &cancel, &tracker)?;
-    let rotator = Rotator::load(&state.dir, settings.rotate_every);
+    if revocations.is_revoked() {
+        tracing::warn!("home is revoked: no egress for it until a new home joins");
+        relays.remove_egress();
+    }
     rotator.resume(&tunnel);
     let ctx = Arc::new(Ctx {
         tunnel,
         relays,
         rotator,
+        revocations,
         enroll_limit: FailureLimit::default(),
         settings,
         state,
@@ -487,6 +569,7 @@ pub async fn run(
     let revoked_dir = ctx.state.dir.clone();
     let revoked: ceres_control::server::RevocationCheck =
         Arc::new(move |serial: &str| crate::certs::is_revoked(&revoked_dir, serial));
+    tracker.spawn(watch_revocations(ctx.clone(), watch));
     let limits = ctx.settings.control_limits;
     let incoming = TlsIncoming::spawn(
         listener,
@@ -775,6 +858,85 @@ fn rand_fraction() -> f64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(unix_secs(SystemTime::now()) as u64);
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// At start, before the tunnel loads home's peer: if the lineage that owns
+/// it was revoked while the agent was stopped, the peer and a pending
+/// rotation are dropped and home is noted as revoked.
+fn forget_revoked_home(
+    state: &VpsState,
+    rotator: &Rotator,
+    revocations: &HomeRevocations,
+) -> anyhow::Result<()> {
+    let dir = &state.dir;
+    let Some(owner) = crate::tunnel::stored_owner(dir)? else {
+        return Ok(());
+    };
+    if !crate::certs::lineage_revoked(dir, &owner.lineage) {
+        return Ok(());
+    }
+    rotator.forget_pending()?;
+    crate::tunnel::forget_stored(dir)?;
+    revocations.set(crate::revocation::revoked_now(
+        dir,
+        &owner.name,
+        &owner.lineage,
+    ))?;
+    tracing::warn!(name = %owner.name, lineage = %owner.lineage, "home's certificate was revoked while the agent was stopped: its WireGuard peer is not loaded");
+    Ok(())
+}
+
+/// Acts on `ceres-vps cert revoke` at once: ends live sessions of revoked
+/// certificates and, when the lineage owning home's WireGuard key is
+/// revoked, removes the peer and the egress rules and notes home as revoked.
+async fn watch_revocations(ctx: Arc<Ctx>, watch: RevocationWatch) {
+    // Once at start too: marks written while the watch was being set up.
+    enforce_revocations(&ctx).await;
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => return,
+            r = watch.changed() => if let Err(e) = r {
+                tracing::error!(error = %e, "cannot watch the revocation directory; revocations now take effect at the next connection only");
+                return;
+            },
+        }
+        enforce_revocations(&ctx).await;
+    }
+}
+
+async fn enforce_revocations(ctx: &Arc<Ctx>) {
+    let dir = &ctx.state.dir;
+    if let Some(serial) = ctx
+        .hub
+        .end_revoked(|serial| crate::certs::is_revoked(dir, serial))
+    {
+        tracing::warn!(serial, "home session ended: its certificate was revoked");
+    }
+    let Some(owner) = ctx
+        .tunnel
+        .owner()
+        .filter(|o| crate::certs::lineage_revoked(dir, &o.lineage))
+    else {
+        return;
+    };
+    if let Some((id, _)) = ctx.rotator.pending() {
+        let _ = ctx.rotator.fail(&ctx.tunnel, id, "home revoked").await;
+    }
+    match ctx.tunnel.remove_home() {
+        Ok(key) => {
+            tracing::warn!(name = %owner.name, lineage = %owner.lineage, home_key = ?key, "home's certificate was revoked: its WireGuard peer is removed")
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "removing the revoked home's peer from the state failed")
+        }
+    }
+    // `nft` runs: off the async workers.
+    let c = Arc::clone(ctx);
+    let _ = tokio::task::spawn_blocking(move || c.relays.remove_egress()).await;
+    let note = crate::revocation::revoked_now(dir, &owner.name, &owner.lineage);
+    if let Err(e) = ctx.revocations.set(note) {
+        tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked");
+    }
 }
 
 /// Re-checks the server certificate twice a day and swaps in a renewed one

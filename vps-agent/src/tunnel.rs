@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 use ceres_control::report::{tunnel_down, tunnel_report};
+use ceres_pki::Masked;
 use ceres_proto::{TunnelParams, TunnelReport};
 use ceres_state::StateDir;
 use ceres_tunnel::{PeerConfig, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
@@ -26,7 +27,62 @@ const ROUTE_ALLOWED_IPS: bool = true;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct HomePeer {
     public_key: String,
-    preshared_key: String,
+    preshared_key: Masked<String>,
+    /// The certificate lineage whose session set this key: revoking it
+    /// removes the peer. Absent in files of older versions until home's
+    /// next session claims the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<Owner>,
+}
+
+/// Who owns home's WireGuard key: the certificate lineage (see
+/// `certs.rs`) of the session that set it, and its enrolment name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// First serial of the lineage.
+    pub lineage: String,
+    /// Name given at enrolment.
+    pub name: String,
+}
+
+/// Reads `home-peer.json`. A damaged file stops the agent: starting without
+/// it would accept any key home offers next with a fresh PSK, and forget
+/// which certificate owned the tunnel (so a revocation could miss it).
+fn load_home_peer(dir: &StateDir) -> anyhow::Result<Option<HomePeer>> {
+    let Some(bytes) = dir.read_optional(HOME_PEER)? else {
+        return Ok(None);
+    };
+    let peer: HomePeer = serde_json::from_slice(&bytes).map_err(|e| damaged(dir, e.to_string()))?;
+    let key_ok = peer.public_key.parse::<PublicKey>().is_ok();
+    let psk_ok = peer.preshared_key.0.parse::<PresharedKey>().is_ok();
+    if !key_ok || !psk_ok {
+        return Err(damaged(
+            dir,
+            "the public key or pre-shared key does not parse".into(),
+        )
+        .into());
+    }
+    Ok(Some(peer))
+}
+
+/// Who owns the stored home peer, read before the tunnel starts.
+pub fn stored_owner(dir: &StateDir) -> anyhow::Result<Option<Owner>> {
+    Ok(load_home_peer(dir)?.and_then(|p| p.owner))
+}
+
+/// Removes the stored home peer (before the tunnel starts).
+pub fn forget_stored(dir: &StateDir) -> anyhow::Result<()> {
+    Ok(dir.remove(HOME_PEER)?)
+}
+
+fn damaged(dir: &StateDir, detail: String) -> ceres_config::ConfigError {
+    ceres_config::ConfigError::DamagedState {
+        path: dir.join(HOME_PEER),
+        detail,
+        advice: "restore it from a backup, or remove it and restart: home's agent then \
+                 offers its key again and gets a new pre-shared key on its next session"
+            .into(),
+    }
 }
 
 const HOME_PEER: &str = "home-peer.json";
@@ -59,10 +115,7 @@ impl VpsTunnel {
     ) -> anyhow::Result<Self> {
         let key: PrivateKey = ceres_control::wgkey::load_or_create(dir)?;
         let public_key = key.public_key();
-        let stored: Option<HomePeer> = match dir.read_optional(HOME_PEER)? {
-            Some(bytes) => serde_json::from_slice(&bytes).ok(),
-            None => None,
-        };
+        let stored = load_home_peer(dir)?;
         let mut this = Self {
             settings: settings.clone(),
             dir: dir.clone(),
@@ -97,17 +150,18 @@ impl VpsTunnel {
     fn peer_config(&self, peer: &HomePeer) -> anyhow::Result<PeerConfig> {
         Ok(PeerConfig {
             public_key: peer.public_key.parse()?,
-            preshared_key: Some(peer.preshared_key.parse()?),
+            preshared_key: Some(peer.preshared_key.0.parse()?),
             endpoint: None,
             allowed_ips: vec![host_net(self.settings.home_address)],
             persistent_keepalive: None,
         })
     }
 
-    /// Accepts home's public key and returns the parameters home needs. A
-    /// new key gets a new pre-shared key; the same key keeps the old one, so
-    /// a reconnecting home agent does not disturb a working tunnel.
-    pub fn params_for(&self, home_key: &[u8]) -> Result<TunnelParams, Status> {
+    /// Accepts home's public key from a session of `owner` and returns the
+    /// parameters home needs. A new key gets a new pre-shared key; the same
+    /// key keeps the old one, so a reconnecting home agent does not disturb
+    /// a working tunnel. The key's owner becomes `owner`.
+    pub fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, Status> {
         let key: [u8; 32] = home_key
             .try_into()
             .map_err(|_| Status::invalid_argument("the WireGuard public key must be 32 bytes"))?;
@@ -119,16 +173,26 @@ impl VpsTunnel {
         let home_public = PublicKey(key).to_string();
         let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let peer = match guard.as_ref() {
-            Some(p) if p.public_key == home_public => p.clone(),
+            Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p.clone(),
+            Some(p) if p.public_key == home_public => {
+                // The key's holder presents it: it owns it from now on
+                // (files of older versions name no owner).
+                let claimed = HomePeer {
+                    owner: Some(owner.clone()),
+                    ..p.clone()
+                };
+                self.save(&claimed)?;
+                tracing::info!(owner = %owner.name, lineage = %owner.lineage, "home WireGuard key claimed by its certificate");
+                *guard = Some(claimed.clone());
+                claimed
+            }
             _ => {
                 let fresh = HomePeer {
                     public_key: home_public,
-                    preshared_key: PresharedKey::generate().to_base64(),
+                    preshared_key: Masked(PresharedKey::generate().to_base64()),
+                    owner: Some(owner.clone()),
                 };
-                let json = serde_json::to_vec_pretty(&fresh).unwrap_or_default();
-                self.dir
-                    .write(HOME_PEER, &json)
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                self.save(&fresh)?;
                 if let Some(engine) = &self.engine {
                     let cfg = self
                         .peer_config(&fresh)
@@ -144,6 +208,7 @@ impl VpsTunnel {
         };
         let psk: PresharedKey = peer
             .preshared_key
+            .0
             .parse()
             .map_err(|_| Status::internal("stored PSK damaged"))?;
         Ok(TunnelParams {
@@ -155,6 +220,35 @@ impl VpsTunnel {
             mtu: self.settings.mtu as u32,
             keepalive_secs: HOME_KEEPALIVE_SECS as u32,
         })
+    }
+
+    fn save(&self, peer: &HomePeer) -> Result<(), Status> {
+        let json = serde_json::to_vec_pretty(peer).map_err(|e| Status::internal(e.to_string()))?;
+        self.dir
+            .write(HOME_PEER, &json)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Who owns home's current key, if known.
+    pub fn owner(&self) -> Option<Owner> {
+        self.peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|p| p.owner.clone())
+    }
+
+    /// Cuts home off: the peer leaves the engine (sessions, a staged
+    /// rotation and routes with it) and `home-peer.json` is removed, so a
+    /// restart does not bring it back. Returns the removed key.
+    pub fn remove_home(&self) -> anyhow::Result<Option<String>> {
+        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(engine) = &self.engine {
+            engine.abort_rotation();
+            engine.remove_peer();
+        }
+        self.dir.remove(HOME_PEER)?;
+        Ok(guard.take().map(|p| p.public_key))
     }
 
     /// Our current static public key.
@@ -173,7 +267,7 @@ impl VpsTunnel {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|p| p.preshared_key.parse().ok())
+            .and_then(|p| p.preshared_key.0.parse().ok())
     }
 
     /// Home's current public key, if known.
@@ -218,9 +312,17 @@ impl VpsTunnel {
                 let _ = engine.commit_rotation();
             }
         }
+        let owner = self
+            .peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|p| p.owner.clone());
         let fresh = HomePeer {
             public_key: home_public.to_string(),
-            preshared_key: psk.to_base64(),
+            preshared_key: Masked(psk.to_base64()),
+            // A rotation keeps the owner: the same home, new keys.
+            owner,
         };
         // The peer first: with the old key and the new peer on disk a restart
         // still converges (the next rotation replaces both); the reverse
@@ -255,5 +357,58 @@ impl VpsTunnel {
         if let Some(engine) = self.engine {
             engine.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(tmp: &std::path::Path) -> TunnelSettings {
+        TunnelSettings {
+            enabled: false,
+            ifname: "ceres-test".into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            endpoint: "127.0.0.1:51820".into(),
+            vps_address: "10.77.77.1/24".parse().unwrap(),
+            home_address: "10.77.77.2/24".parse().unwrap(),
+            mtu: 1420,
+            uapi_dir: tmp.join("uapi"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_home_peer_refuses_to_start_and_names_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        for bad in [
+            &b"{\"public_key\": \"abc"[..],
+            br#"{"public_key": "not a key", "preshared_key": "nor this"}"#,
+        ] {
+            dir.write(HOME_PEER, bad).unwrap();
+            let err = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+                .await
+                .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(HOME_PEER) && text.contains("damaged"),
+                "{text}"
+            );
+            assert!(
+                err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_of_the_home_peer_prints_no_psk() {
+        let psk = PresharedKey::generate().to_base64();
+        let peer = HomePeer {
+            public_key: "k".into(),
+            preshared_key: Masked(psk.clone()),
+            owner: None,
+        };
+        assert!(!format!("{peer:?}").contains(&psk));
     }
 }
