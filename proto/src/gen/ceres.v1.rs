@@ -191,6 +191,13 @@ pub struct TunnelParams {
     /// Persistent keepalive home uses, seconds (keeps NAT mappings open).
     #[prost(uint32, tag = "7")]
     pub keepalive_secs: u32,
+    /// IPv6 tunnel addresses with prefix, e.g. "fd77:77:77::1/64" and
+    /// "fd77:77:77::2/64"; empty when the tunnel carries IPv4 only (an older VPS
+    /// agent sends neither, which means the same).
+    #[prost(string, tag = "8")]
+    pub vps_address6: ::prost::alloc::string::String,
+    #[prost(string, tag = "9")]
+    pub home_address6: ::prost::alloc::string::String,
 }
 /// One end's view of the tunnel. Public keys only.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -258,6 +265,15 @@ pub struct Report {
     /// forwarders — with the rule that fixes it; empty when nothing does.
     #[prost(string, tag = "9")]
     pub firewall: ::prost::alloc::string::String,
+    /// Whether mail could leave this host over IPv6 without the tunnel.
+    #[prost(enumeration = "DirectIpv6", tag = "10")]
+    pub direct_ipv6: i32,
+    /// Home's own input filter on the tunnel interface.
+    #[prost(enumeration = "InputFilter", tag = "11")]
+    pub input_filter: i32,
+    /// Why the input filter could not be replaced, when INPUT_FILTER_FAILED.
+    #[prost(string, tag = "12")]
+    pub input_filter_error: ::prost::alloc::string::String,
 }
 /// Counters of one relayed port (VPS) or forwarded port (home).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -301,6 +317,9 @@ pub struct EgressStatus {
     /// Why it is not installed, if it is not.
     #[prost(string, tag = "4")]
     pub error: ::prost::alloc::string::String,
+    /// VPS: whether home's IPv6 outbound mail leaves through the VPS.
+    #[prost(enumeration = "Ipv6Egress", tag = "5")]
+    pub ipv6: i32,
 }
 /// One check of the home mail server by the home agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -430,6 +449,12 @@ pub struct VpsStatus {
     pub tunnel_home_address: ::prost::alloc::string::String,
     #[prost(uint32, repeated, tag = "14")]
     pub egress_ports: ::prost::alloc::vec::Vec<u32>,
+    /// IPv6 tunnel addresses with prefix; empty when the tunnel is IPv4 only.
+    /// Home's is what its mail server binds to for IPv6 (smtp_bind_address6).
+    #[prost(string, tag = "15")]
+    pub tunnel_vps_address6: ::prost::alloc::string::String,
+    #[prost(string, tag = "16")]
+    pub tunnel_home_address6: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HomeStatus {
@@ -481,6 +506,122 @@ impl Role {
             "ROLE_UNSPECIFIED" => Some(Self::Unspecified),
             "ROLE_HOME" => Some(Self::Home),
             "ROLE_ADMIN" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+/// Whether a host has a global IPv6 default route: its mail server could then
+/// deliver to IPv6 MX hosts straight from the host's own address, outside the
+/// VPS's SPF and PTR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DirectIpv6 {
+    /// Not reported (an older agent).
+    Unspecified = 0,
+    /// No IPv6 default route with a global source: nothing leaves over IPv6.
+    None = 1,
+    /// An IPv6 default route and a global address.
+    DefaultRoute = 2,
+}
+impl DirectIpv6 {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "DIRECT_IPV6_UNSPECIFIED",
+            Self::None => "DIRECT_IPV6_NONE",
+            Self::DefaultRoute => "DIRECT_IPV6_DEFAULT_ROUTE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DIRECT_IPV6_UNSPECIFIED" => Some(Self::Unspecified),
+            "DIRECT_IPV6_NONE" => Some(Self::None),
+            "DIRECT_IPV6_DEFAULT_ROUTE" => Some(Self::DefaultRoute),
+            _ => None,
+        }
+    }
+}
+/// Home's nftables filter on the tunnel interface: from the tunnel only the
+/// VPS to the forwarders (and replies) get in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum InputFilter {
+    /// Not reported (an older agent).
+    Unspecified = 0,
+    /// Installed and current (matches the running forwarders).
+    Installed = 1,
+    /// Not installed because the tunnel is off (CERES_TUNNEL=off).
+    Off = 2,
+    /// Replacing it after the forwarders changed failed: the previous rules
+    /// stay (see input_filter_error).
+    Failed = 3,
+}
+impl InputFilter {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "INPUT_FILTER_UNSPECIFIED",
+            Self::Installed => "INPUT_FILTER_INSTALLED",
+            Self::Off => "INPUT_FILTER_OFF",
+            Self::Failed => "INPUT_FILTER_FAILED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "INPUT_FILTER_UNSPECIFIED" => Some(Self::Unspecified),
+            "INPUT_FILTER_INSTALLED" => Some(Self::Installed),
+            "INPUT_FILTER_OFF" => Some(Self::Off),
+            "INPUT_FILTER_FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+/// Whether the VPS sends home's IPv6 outbound mail out of its public IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Ipv6Egress {
+    /// Not reported (an older VPS agent).
+    Unspecified = 0,
+    /// Masqueraded to the VPS's public IPv6 for the egress ports.
+    Available = 1,
+    /// The VPS has no global IPv6 address and default route on its public
+    /// interface: home's IPv6 mail cannot leave through it.
+    NoPublicIpv6 = 2,
+    /// The tunnel carries no IPv6 (CERES_TUNNEL\_\*\_ADDRESS6=off).
+    TunnelIpv4Only = 3,
+    /// Egress is off (CERES_EGRESS=off) or the tunnel is off.
+    Off = 4,
+}
+impl Ipv6Egress {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "IPV6_EGRESS_UNSPECIFIED",
+            Self::Available => "IPV6_EGRESS_AVAILABLE",
+            Self::NoPublicIpv6 => "IPV6_EGRESS_NO_PUBLIC_IPV6",
+            Self::TunnelIpv4Only => "IPV6_EGRESS_TUNNEL_IPV4_ONLY",
+            Self::Off => "IPV6_EGRESS_OFF",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "IPV6_EGRESS_UNSPECIFIED" => Some(Self::Unspecified),
+            "IPV6_EGRESS_AVAILABLE" => Some(Self::Available),
+            "IPV6_EGRESS_NO_PUBLIC_IPV6" => Some(Self::NoPublicIpv6),
+            "IPV6_EGRESS_TUNNEL_IPV4_ONLY" => Some(Self::TunnelIpv4Only),
+            "IPV6_EGRESS_OFF" => Some(Self::Off),
             _ => None,
         }
     }
