@@ -15,6 +15,7 @@ use ceres_tests::postfix::smtp::connect;
 use ceres_tests::{Ceres, Daemon, Lab, echo_roundtrip, echo_server, require_root, wait_until};
 
 const HOME_TUN: &str = "10.77.77.2";
+const VPS_TUN: &str = "10.77.77.1";
 
 /// The relayed port with an echo server behind it at home.
 const ECHO_PORT: u16 = 7001;
@@ -47,8 +48,15 @@ fn forwarder(ceres: &Ceres<'_>) -> anyhow::Result<u16> {
         .ok_or_else(|| anyhow::anyhow!("no forwarder for {ECHO_PORT}"))
 }
 
-/// A round trip from the VPS through the tunnel to home's echo server.
+/// A round trip from the VPS through the tunnel to home's echo server,
+/// after a datagram from home into the tunnel: a restarted VPS learns
+/// home's endpoint only from home's packets, which test traffic from home
+/// used to provide (the VPS's input filter drops the datagram itself).
 fn through_tunnel(lab: &Lab, ceres: &Ceres<'_>, payload: &str) -> anyhow::Result<bool> {
+    ceres_tests::postfix::smtp::in_netns(&lab.home, || {
+        let s = std::net::UdpSocket::bind((HOME_TUN, 0))?;
+        s.send_to(b"nudge", (VPS_TUN, 9))
+    })??;
     echo_roundtrip(&lab.vps, HOME_TUN, forwarder(ceres)?, payload)
 }
 
