@@ -6,7 +6,10 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use ceres_proto::{EgressStatus, RelayPort, Report, StatusResponse, TunnelReport};
+use ceres_proto::{
+    DirectIpv6, EgressStatus, InputFilter, Ipv6Egress, RelayPort, Report, StatusResponse,
+    TunnelReport,
+};
 use serde::{Deserialize, Serialize};
 
 /// Version of the JSON layout.
@@ -204,6 +207,10 @@ pub struct EgressEnd {
     /// Why it is not installed, or (when installed) what stops outbound mail
     /// anyway, such as another table's default-drop forward chain.
     pub error: Option<String>,
+    /// VPS: whether home's IPv6 mail leaves from the VPS's public IPv6:
+    /// "available", "no_public_ipv6", "tunnel_ipv4_only", "off"; null when
+    /// not reported (an older VPS agent, or home's end).
+    pub ipv6: Option<&'static str>,
 }
 
 impl EgressEnd {
@@ -213,6 +220,13 @@ impl EgressEnd {
             tcp_ports: e.tcp_ports.clone(),
             sources: e.sources.clone(),
             error: non_empty(&e.error),
+            ipv6: match e.ipv6() {
+                Ipv6Egress::Unspecified => None,
+                Ipv6Egress::Available => Some("available"),
+                Ipv6Egress::NoPublicIpv6 => Some("no_public_ipv6"),
+                Ipv6Egress::TunnelIpv4Only => Some("tunnel_ipv4_only"),
+                Ipv6Egress::Off => Some("off"),
+            },
         }
     }
 }
@@ -323,6 +337,15 @@ pub struct VpsPart {
     pub control_address: String,
     /// Expiry of the VPS's TLS certificate, RFC 3339.
     pub server_certificate_not_after: Option<String>,
+    /// The VPS's IPv4 tunnel address with prefix.
+    pub tunnel_vps_address: Option<String>,
+    /// Home's IPv4 tunnel address with prefix (Postfix `smtp_bind_address`).
+    pub tunnel_home_address: Option<String>,
+    /// The VPS's IPv6 tunnel address with prefix; null when the tunnel is IPv4 only.
+    pub tunnel_vps_address6: Option<String>,
+    /// Home's IPv6 tunnel address with prefix (Postfix `smtp_bind_address6`);
+    /// null when the tunnel is IPv4 only.
+    pub tunnel_home_address6: Option<String>,
 }
 
 /// The home agent.
@@ -348,6 +371,14 @@ pub struct HomePart {
     pub uptime_secs: Option<u64>,
     /// Expiry of home's client certificate, RFC 3339.
     pub certificate_not_after: Option<String>,
+    /// Home has an IPv6 default route and a global address: its mail server
+    /// could deliver over IPv6 straight from home. Null: not reported.
+    pub direct_ipv6: Option<bool>,
+    /// Home's input filter on the tunnel: "installed", "off" (tunnel off),
+    /// "failed"; null: not reported (an older home agent).
+    pub input_filter: Option<&'static str>,
+    /// Why replacing the input filter failed.
+    pub input_filter_error: Option<String>,
     /// Whether the home owning the tunnel may use it: `allowed`, `revoked`,
     /// or null (a VPS too old to say).
     pub access: Option<String>,
@@ -524,6 +555,41 @@ impl Status {
         }
         let (mail_server, probe_problems) = mail_server_part(&resp.relays, report.as_ref());
         problems.extend(probe_problems);
+        let direct_ipv6 = report.as_ref().and_then(|r| match r.direct_ipv6() {
+            DirectIpv6::Unspecified => None,
+            DirectIpv6::None => Some(false),
+            DirectIpv6::DefaultRoute => Some(true),
+        });
+        let input_filter = report.as_ref().and_then(|r| match r.input_filter() {
+            InputFilter::Unspecified => None,
+            InputFilter::Installed => Some("installed"),
+            InputFilter::Off => Some("off"),
+            InputFilter::Failed => Some("failed"),
+        });
+        let input_filter_error = report
+            .as_ref()
+            .and_then(|r| non_empty(&r.input_filter_error));
+        if input_filter == Some("failed") {
+            problems.push(format!(
+                "home's input filter on the tunnel could not be updated for the forwarders (relayed connections may fail): {}",
+                input_filter_error.as_deref().unwrap_or("see the home agent's log")
+            ));
+        }
+        // Home's mail goes out through the VPS, but the VPS cannot send IPv6:
+        // a dual-stack mail server at home then delivers to IPv6 MX hosts
+        // from the home line (no PTR, outside SPF).
+        let home_routes_mail = egress.home.as_ref().is_some_and(|h| h.enabled);
+        if direct_ipv6 == Some(true)
+            && home_routes_mail
+            && matches!(egress.vps.ipv6, Some("no_public_ipv6" | "tunnel_ipv4_only"))
+        {
+            problems.push(
+                "home's mail server could send over IPv6 straight from home, outside the VPS's SPF and PTR, \
+                 and the VPS offers no IPv6 egress: set Postfix `inet_protocols = ipv4` \
+                 (`cerectl mailserver-config postfix` prints it) or give the VPS a public IPv6 address"
+                    .to_owned(),
+            );
+        }
         let home_part = HomePart {
             connected: home.connected,
             since: rfc3339(home.since_unix),
@@ -546,6 +612,9 @@ impl Status {
                 _ => None,
             },
             revocation,
+            direct_ipv6,
+            input_filter,
+            input_filter_error,
         };
         let warnings = resp
             .relays
@@ -573,6 +642,10 @@ impl Status {
                 mail_host: vps.mail_host,
                 control_address: vps.control_address,
                 server_certificate_not_after: rfc3339(vps.server_certificate_not_after_unix),
+                tunnel_vps_address: non_empty(&vps.tunnel_vps_address),
+                tunnel_home_address: non_empty(&vps.tunnel_home_address),
+                tunnel_vps_address6: non_empty(&vps.tunnel_vps_address6),
+                tunnel_home_address6: non_empty(&vps.tunnel_home_address6),
             },
             home: home_part,
             tunnel: TunnelPart {
@@ -816,6 +889,31 @@ impl Status {
 ",
                 );
             }
+            let v6 = match e.vps.ipv6 {
+                Some("available") => Some("IPv6 leaves from the VPS's public IPv6"),
+                Some("no_public_ipv6") => Some("no IPv6: the VPS has no public IPv6"),
+                Some("tunnel_ipv4_only") => Some("no IPv6: the tunnel is IPv4 only"),
+                _ => None,
+            };
+            if let Some(v6) = v6 {
+                out.push_str(&format!("              {v6}\n"));
+            }
+        }
+        if let Some(state) = h.input_filter {
+            let (ok, text) = match state {
+                "installed" => (true, "from the tunnel only the VPS to the forwarders"),
+                "off" => (true, "off (the tunnel is off)"),
+                _ => (false, "NOT CURRENT: see the problems below"),
+            };
+            out.push_str(&format!(
+                "{} home filter {}\n",
+                mark(ok),
+                if ok {
+                    text.to_owned()
+                } else {
+                    paint(false, text)
+                }
+            ));
         }
         if self.tunnel.vps.running {
             let r = &self.rotation;
@@ -1217,5 +1315,101 @@ mod tests {
         }
         assert_eq!(v["schema"], 1);
         assert_eq!(v["home"]["connected"], true);
+    }
+
+    /// Home with a global IPv6 route, routing its mail through the VPS, and
+    /// the VPS's IPv6 egress as given.
+    fn dual_stack_home(vps_ipv6: Ipv6Egress, direct: DirectIpv6) -> StatusResponse {
+        let mut r = resp(true, 1_799_999_000);
+        let egress = |ipv6: Ipv6Egress| EgressStatus {
+            enabled: true,
+            tcp_ports: vec![25],
+            ipv6: ipv6.into(),
+            ..Default::default()
+        };
+        r.egress = Some(egress(vps_ipv6));
+        if let Some(h) = r.home.as_mut() {
+            h.last_report = Some(Report {
+                egress: Some(egress(Ipv6Egress::Unspecified)),
+                direct_ipv6: direct.into(),
+                input_filter: InputFilter::Installed.into(),
+                ..Default::default()
+            });
+        }
+        if let Some(v) = r.vps.as_mut() {
+            v.tunnel_home_address6 = "fd77:77:77::2/64".into();
+        }
+        r
+    }
+
+    fn ipv6_leak(s: &Status) -> bool {
+        s.problems
+            .iter()
+            .any(|p| p.contains("IPv6 straight from home") && p.contains("inet_protocols = ipv4"))
+    }
+
+    #[test]
+    fn home_with_ipv6_and_a_vps_without_ipv6_egress_is_a_problem() {
+        let s = Status::from_response(dual_stack_home(
+            Ipv6Egress::NoPublicIpv6,
+            DirectIpv6::DefaultRoute,
+        ));
+        assert!(ipv6_leak(&s), "{:?}", s.problems);
+        assert!(!s.ok);
+        assert!(
+            s.render(false)
+                .contains("no IPv6: the VPS has no public IPv6")
+        );
+        let s = Status::from_response(dual_stack_home(
+            Ipv6Egress::TunnelIpv4Only,
+            DirectIpv6::DefaultRoute,
+        ));
+        assert!(ipv6_leak(&s), "{:?}", s.problems);
+        // IPv6 egress at the VPS, or no IPv6 at home, or facts not reported
+        // (older agents): no problem.
+        for (vps, home) in [
+            (Ipv6Egress::Available, DirectIpv6::DefaultRoute),
+            (Ipv6Egress::NoPublicIpv6, DirectIpv6::None),
+            (Ipv6Egress::NoPublicIpv6, DirectIpv6::Unspecified),
+            (Ipv6Egress::Unspecified, DirectIpv6::DefaultRoute),
+        ] {
+            let s = Status::from_response(dual_stack_home(vps, home));
+            assert!(!ipv6_leak(&s), "{vps:?} {home:?}: {:?}", s.problems);
+        }
+    }
+
+    #[test]
+    fn tunnel_ipv6_addresses_and_the_home_filter_are_in_the_json() {
+        let s = Status::from_response(dual_stack_home(
+            Ipv6Egress::Available,
+            DirectIpv6::DefaultRoute,
+        ));
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["vps"]["tunnel_home_address6"], "fd77:77:77::2/64");
+        assert_eq!(v["vps"]["tunnel_vps_address6"], serde_json::Value::Null);
+        assert_eq!(v["egress"]["vps"]["ipv6"], "available");
+        assert_eq!(v["home"]["direct_ipv6"], true);
+        assert_eq!(v["home"]["input_filter"], "installed");
+        assert!(
+            s.render(false)
+                .contains("home filter from the tunnel only the VPS")
+        );
+    }
+
+    #[test]
+    fn a_home_filter_that_could_not_be_updated_is_a_problem() {
+        let mut r = dual_stack_home(Ipv6Egress::Available, DirectIpv6::None);
+        if let Some(rep) = r.home.as_mut().and_then(|h| h.last_report.as_mut()) {
+            rep.input_filter = InputFilter::Failed.into();
+            rep.input_filter_error = "nft: no such table".into();
+        }
+        let s = Status::from_response(r);
+        assert!(
+            s.problems
+                .iter()
+                .any(|p| p.contains("input filter") && p.contains("nft: no such table")),
+            "{:?}",
+            s.problems
+        );
     }
 }

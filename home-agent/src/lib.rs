@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod filter;
 pub mod mail;
 pub mod probe;
 pub mod rotation;

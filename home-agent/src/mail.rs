@@ -1,7 +1,8 @@
 //! Home's mail plumbing: the forwarders from the tunnel address to the mail
 //! server, and the policy routing that sends outbound mail into the tunnel.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use ceres_proto::{EgressStatus, RelayPort};
 use ceres_relay::egress::{HomeEgress, Hook, HostSystem, blocking_chains};
@@ -11,7 +12,9 @@ use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::filter::HomeFilter;
 use crate::settings::HomeSettings;
+use crate::tunnel::TunnelAddrs;
 
 /// The relay list last received from the VPS, so forwarders start at once
 /// after a restart.
@@ -23,12 +26,13 @@ pub struct HomeMail {
     settings: HomeSettings,
     dir: StateDir,
     cancel: CancellationToken,
+    filter: Arc<HomeFilter>,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    key: Option<(String, IpAddr, IpAddr)>,
+    key: Option<(String, TunnelAddrs)>,
     forwarder: Option<Running>,
     forward_error: Option<String>,
     egress: Option<HomeEgress>,
@@ -38,6 +42,8 @@ struct State {
 #[derive(Debug)]
 struct Running {
     specs: Vec<RelaySpec>,
+    /// Where the forwarders listen: what the input filter lets the VPS reach.
+    listen: Vec<SocketAddr>,
     stats: StatsHandle,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -50,8 +56,32 @@ impl HomeMail {
             settings: settings.clone(),
             dir: dir.clone(),
             cancel: cancel.clone(),
+            filter: Arc::new(HomeFilter::new(&settings.tunnel_ifname, settings.tunnel)),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Installs the tunnel's input filter with nothing let in yet, before the
+    /// tunnel comes up. An error here is fatal for the agent.
+    pub async fn install_filter(&self) -> anyhow::Result<()> {
+        self.replace_filter(Vec::new(), Vec::new()).await
+    }
+
+    async fn replace_filter(
+        &self,
+        vps: Vec<IpAddr>,
+        services: Vec<SocketAddr>,
+    ) -> anyhow::Result<()> {
+        let filter = self.filter.clone();
+        // `nft` is blocking work: off the async workers.
+        tokio::task::spawn_blocking(move || filter.install(&HostSystem::default(), vps, services))
+            .await
+            .map_err(|e| anyhow::anyhow!("input filter task: {e}"))?
+    }
+
+    /// The input filter's state for the report.
+    pub fn filter_status(&self) -> (ceres_proto::InputFilter, String) {
+        self.filter.status()
     }
 
     /// The relay list saved by the last session, if any.
@@ -63,11 +93,13 @@ impl HomeMail {
             .and_then(|b| String::from_utf8(b).ok())
     }
 
-    /// (Re)starts the forwarders for `relays` on `home_ip` (accepting only
-    /// `vps_ip`), and installs the egress routing once.
-    pub async fn apply(&self, relays: &str, home_ip: IpAddr, vps_ip: IpAddr) {
+    /// (Re)starts the forwarders for `relays` on home's tunnel address
+    /// (accepting only the VPS), lets the VPS reach exactly them through the
+    /// input filter, and installs the egress routing once.
+    pub async fn apply(&self, relays: &str, addrs: TunnelAddrs) {
+        let (home_ip, vps_ip) = (addrs.home, addrs.vps);
         let mut st = self.state.lock().await;
-        let key = (relays.to_owned(), home_ip, vps_ip);
+        let key = (relays.to_owned(), addrs);
         if st.key.as_ref() != Some(&key) {
             if let Some(old) = st.forwarder.take() {
                 old.stop.cancel();
@@ -84,10 +116,25 @@ impl HomeMail {
                     st.forward_error = Some(format!("{e:#}"));
                 }
             }
+            let services = st
+                .forwarder
+                .as_ref()
+                .map(|r| r.listen.clone())
+                .unwrap_or_default();
+            if let Err(e) = self.replace_filter(addrs.vps_all(), services).await {
+                // The previous rules stay: the relays may fail until the
+                // next try, but nothing else gets in. Status shows it.
+                tracing::error!(error = %format!("{e:#}"), "cannot update the tunnel's input filter for the forwarders");
+            }
             st.key = Some(key);
         }
         if self.settings.egress && self.settings.tunnel && st.egress.is_none() {
-            let mut egress = HomeEgress::new(self.settings.tunnel_ifname.clone(), home_ip);
+            let mut egress = match addrs.home6 {
+                Some(home6) => {
+                    HomeEgress::dual_stack(self.settings.tunnel_ifname.clone(), home_ip, home6)
+                }
+                None => HomeEgress::new(self.settings.tunnel_ifname.clone(), home_ip),
+            };
             if !self.settings.egress_from.is_empty() {
                 egress.sources = self.settings.egress_from.clone();
             }
@@ -126,6 +173,7 @@ impl HomeMail {
         config.max_per_port = self.settings.forward_max_per_port;
         let forwarder = Forwarder::bind(config)?;
         let stats = forwarder.stats();
+        let listen = forwarder.local_addrs();
         let stop = self.cancel.child_token();
         let token = stop.clone();
         tracing::info!(relays, mail_server = %self.settings.mail_server, "forwarding to the mail server");
@@ -136,6 +184,7 @@ impl HomeMail {
         });
         Ok(Some(Running {
             specs,
+            listen,
             stats,
             stop,
             task,
@@ -162,7 +211,8 @@ impl HomeMail {
         }
         let ifname = self.settings.tunnel_ifname.clone();
         tokio::task::spawn_blocking(move || {
-            match blocking_chains(&HostSystem::default(), Hook::Input, &ifname, None) {
+            let own = ceres_relay::egress::DEFAULT_FILTER_TABLE;
+            match blocking_chains(&HostSystem::default(), Hook::Input, &ifname, Some(own)) {
                 Ok(chains) => chains
                     .iter()
                     .map(|c| c.advice(&ifname))
@@ -205,6 +255,8 @@ impl HomeMail {
                 (None, false) => "disabled (CERES_EGRESS=off)".into(),
                 _ => String::new(),
             },
+            // The VPS's fact: home does not decide it.
+            ipv6: ceres_proto::Ipv6Egress::Unspecified.into(),
         };
         (
             forwards,
@@ -213,13 +265,15 @@ impl HomeMail {
         )
     }
 
-    /// Stops the forwarders and removes the routing.
+    /// Stops the forwarders and removes the routing and the input filter.
     pub async fn shutdown(&self) {
         let mut st = self.state.lock().await;
         if let Some(old) = st.forwarder.take() {
             old.stop.cancel();
             let _ = old.task.await;
         }
+        let filter = self.filter.clone();
+        let _ = tokio::task::spawn_blocking(move || filter.remove()).await;
         if let Some(egress) = st.egress.take() {
             match egress.remove(&HostSystem::default()) {
                 Ok(()) => tracing::info!("egress routing removed"),

@@ -147,6 +147,26 @@ async fn probe_loop(
     }
 }
 
+/// Whether the mail server here could deliver over IPv6 without the tunnel
+/// (`UNSPECIFIED` when `ip` cannot tell). Runs `ip`: off the async workers.
+async fn direct_ipv6(tunnel_if: &str) -> ceres_proto::DirectIpv6 {
+    use ceres_proto::DirectIpv6;
+    let ifname = tunnel_if.to_owned();
+    tokio::task::spawn_blocking(move || {
+        match ceres_relay::egress::direct_ipv6(&ceres_relay::egress::HostSystem::default(), &ifname)
+        {
+            Ok(true) => DirectIpv6::DefaultRoute,
+            Ok(false) => DirectIpv6::None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot tell whether this host has IPv6");
+                DirectIpv6::Unspecified
+            }
+        }
+    })
+    .await
+    .unwrap_or(DirectIpv6::Unspecified)
+}
+
 /// Shared credentials; replaced when the certificate renews.
 type SharedCreds = Arc<Mutex<Credentials>>;
 
@@ -166,11 +186,12 @@ pub async fn run(
     let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
     let mail = Arc::new(HomeMail::new(&settings, &dir, &cancel));
     let rotation = Arc::new(HomeRotation::load(&dir)?);
+    // The filter before the tunnel: nothing enters through it unfiltered.
+    mail.install_filter().await?;
     // The data plane does not wait for the control plane.
     tunnel.start_saved().await;
-    if let (Some((home_ip, vps_ip)), Some(relays)) = (tunnel.addresses().await, mail.saved_relays())
-    {
-        mail.apply(&relays, home_ip, vps_ip).await;
+    if let (Some(addrs), Some(relays)) = (tunnel.addresses().await, mail.saved_relays()) {
+        mail.apply(&relays, addrs).await;
     }
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
@@ -325,8 +346,8 @@ async fn session(
             tracing::error!(error = %format!("{e:#}"), "cannot bring the tunnel up");
         }
     }
-    if let Some((home_ip, vps_ip)) = tunnel.addresses().await {
-        mail.apply(&welcome.relays, home_ip, vps_ip).await;
+    if let Some(addrs) = tunnel.addresses().await {
+        mail.apply(&welcome.relays, addrs).await;
     }
     let address = settings
         .control_address
@@ -354,7 +375,11 @@ async fn session(
                     tracing::warn!("{firewall}");
                 }
                 last_firewall.clone_from(&firewall);
+                let (input_filter, input_filter_error) = mail.filter_status();
                 let report = Report {
+                    direct_ipv6: direct_ipv6(&settings.tunnel_ifname).await.into(),
+                    input_filter: input_filter.into(),
+                    input_filter_error,
                     sent_at_unix: unix_secs(SystemTime::now()),
                     uptime_secs: started.elapsed().unwrap_or_default().as_secs(),
                     certificate_not_after_unix: not_after,

@@ -2,7 +2,7 @@
 //! in its Welcome. The parameters are kept on disk so that after a restart
 //! the tunnel comes up at once, even while the VPS control plane is away.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
 use ceres_control::report::{tunnel_down, tunnel_report};
@@ -44,6 +44,38 @@ struct Running {
     retired_vps_keys: Vec<Vec<u8>>,
     params: Option<TunnelParams>,
     error: Option<String>,
+}
+
+/// The tunnel's addresses as the VPS decided them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelAddrs {
+    /// Home's IPv4 tunnel address.
+    pub home: IpAddr,
+    /// The VPS's IPv4 tunnel address.
+    pub vps: IpAddr,
+    /// Home's IPv6 tunnel address (`None`: IPv4-only tunnel).
+    pub home6: Option<IpAddr>,
+    /// The VPS's IPv6 tunnel address.
+    pub vps6: Option<IpAddr>,
+}
+
+impl TunnelAddrs {
+    /// The VPS's addresses, IPv4 first.
+    pub fn vps_all(&self) -> Vec<IpAddr> {
+        std::iter::once(self.vps).chain(self.vps6).collect()
+    }
+}
+
+/// An optional address from the VPS: empty means none (an IPv4-only tunnel,
+/// or a VPS agent from before dual stack).
+fn optional_net(text: &str, what: &str) -> anyhow::Result<Option<IpNet>> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<IpNet>() {
+        Ok(net @ IpNet::V6(_)) => Ok(Some(net)),
+        _ => anyhow::bail!("{what} from the VPS is not an IPv6 network: {text:?}"),
+    }
 }
 
 fn host_net(net: IpNet) -> IpNet {
@@ -228,6 +260,7 @@ impl HomeTunnel {
             .vps_address
             .parse()
             .context("VPS tunnel address from the VPS")?;
+        let vps_address6 = optional_net(&params.vps_address6, "the VPS's IPv6 tunnel address")?;
         let vps_key: [u8; 32] = params
             .vps_public_key
             .as_slice()
@@ -242,15 +275,20 @@ impl HomeTunnel {
             public_key: PublicKey(vps_key),
             preshared_key: Some(PresharedKey(psk)),
             endpoint: Some(endpoint(&params.endpoint).await?),
-            allowed_ips: if self.settings.egress {
-                // Replies to outbound mail come from anywhere; routing into
-                // the tunnel is by policy only (ROUTE_ALLOWED_IPS is off).
-                vec![
-                    host_net(vps_address),
-                    "0.0.0.0/0".parse().unwrap_or(vps_address),
-                ]
-            } else {
-                vec![host_net(vps_address)]
+            allowed_ips: {
+                let mut nets: Vec<IpNet> = std::iter::once(vps_address)
+                    .chain(vps_address6)
+                    .map(host_net)
+                    .collect();
+                if self.settings.egress {
+                    // Replies to outbound mail come from anywhere; routing into
+                    // the tunnel is by policy only (ROUTE_ALLOWED_IPS is off).
+                    nets.push(IpNet::V4(Default::default()));
+                    if vps_address6.is_some() {
+                        nets.push(IpNet::V6(Default::default()));
+                    }
+                }
+                nets
             },
             persistent_keepalive: u16::try_from(params.keepalive_secs).ok().filter(|k| *k > 0),
         })
@@ -261,12 +299,15 @@ impl HomeTunnel {
             .home_address
             .parse()
             .context("home tunnel address from the VPS")?;
+        let home_address6 = optional_net(&params.home_address6, "home's IPv6 tunnel address")?;
         let mtu = u16::try_from(params.mtu).context("MTU")?;
         let peer = self.peer_config(params).await?;
         let same_device = st.params.as_ref().is_some_and(|old| {
             old.home_address == params.home_address
                 && old.mtu == params.mtu
                 && old.vps_address == params.vps_address
+                && old.home_address6 == params.home_address6
+                && old.vps_address6 == params.vps_address6
         });
         if let (true, Some(engine)) = (same_device, st.engine.as_ref()) {
             engine.set_peer(peer)?;
@@ -280,6 +321,7 @@ impl HomeTunnel {
             ifname: self.settings.tunnel_ifname.clone(),
             mtu,
             address: home_address,
+            extra_addresses: home_address6.into_iter().collect(),
             listen: self.settings.wg_listen,
             private_key: self.private_key(),
             route_allowed_ips: ROUTE_ALLOWED_IPS,
@@ -298,14 +340,20 @@ impl HomeTunnel {
         Ok(())
     }
 
-    /// (home, VPS) tunnel addresses of the running tunnel.
-    pub async fn addresses(&self) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
+    /// The addresses of the running tunnel.
+    pub async fn addresses(&self) -> Option<TunnelAddrs> {
         let st = self.state.lock().await;
         st.engine.as_ref()?;
         let p = st.params.as_ref()?;
         let home: IpNet = p.home_address.parse().ok()?;
         let vps: IpNet = p.vps_address.parse().ok()?;
-        Some((home.addr(), vps.addr()))
+        let v6 = |t: &str| optional_net(t, "").ok().flatten().map(|n| n.addr());
+        Some(TunnelAddrs {
+            home: home.addr(),
+            vps: vps.addr(),
+            home6: v6(&p.home_address6),
+            vps6: v6(&p.vps_address6),
+        })
     }
 
     /// Home's end, for the report.

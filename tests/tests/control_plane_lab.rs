@@ -70,7 +70,9 @@ fn agents_join_report_and_survive_a_killed_home() {
     ceres_tests::wait_until(
         "home's metrics after a report",
         Duration::from_secs(10),
-        || Ok(scrape(&lab.home, 9478).contains("ceres_vps_connected 1")),
+        // The sample line, not the HELP line (which also reads
+        // "ceres_vps_connected 1 while ...").
+        || Ok(scrape(&lab.home, 9478).contains("\nceres_vps_connected 1\n")),
     )
     .unwrap();
     let home_metrics = scrape(&lab.home, 9478);

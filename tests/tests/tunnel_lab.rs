@@ -9,19 +9,29 @@ use std::time::{Duration, Instant};
 
 use ceres_tests::{Ceres, Lab, addr, echo_roundtrip, echo_server, require_root, sh, wait_until};
 
-const VPS_TUN: &str = "10.77.77.1";
 const HOME_TUN: &str = "10.77.77.2";
 
-fn tunnel_works(lab: &Lab, payload: &str) -> anyhow::Result<bool> {
-    // Both directions: home -> VPS echo, VPS -> home echo.
-    Ok(echo_roundtrip(&lab.home, VPS_TUN, 7000, payload)?
-        && echo_roundtrip(&lab.vps, HOME_TUN, 7001, payload)?)
+/// The one relayed port: an echo server at home behind it.
+const ECHO_PORT: u16 = 7001;
+
+/// Each end's input filter admits, from the tunnel, only the VPS to home's
+/// forwarders (and replies): a TCP round trip from the VPS to the forwarder
+/// of the echo port is what crosses the tunnel both ways.
+fn tunnel_works(lab: &Lab, forwarder: u16, payload: &str) -> anyhow::Result<bool> {
+    echo_roundtrip(&lab.vps, HOME_TUN, forwarder, payload)
 }
 
-fn wait_tunnel(lab: &Lab, what: &str, timeout: Duration) -> Duration {
+/// Home's echo server and the forwarder port that reaches it.
+fn echo_at_home(lab: &Lab, ceres: &Ceres<'_>) -> (ceres_tests::Daemon, u16) {
+    let echo = echo_server(&lab.home, "127.0.0.1", ECHO_PORT, lab.dir.path()).unwrap();
+    let ports = ceres.forwarder_ports(1, Duration::from_secs(20)).unwrap();
+    (echo, ports[&ECHO_PORT])
+}
+
+fn wait_tunnel(lab: &Lab, forwarder: u16, what: &str, timeout: Duration) -> Duration {
     let t0 = Instant::now();
     wait_until(what, timeout, || {
-        tunnel_works(lab, "ping through the tunnel\n")
+        tunnel_works(lab, forwarder, "ping through the tunnel\n")
     })
     .unwrap();
     t0.elapsed()
@@ -33,18 +43,20 @@ fn tunnel_comes_up_by_itself_roams_and_survives_vps_restart() {
         return;
     }
     let lab = Lab::new().unwrap();
-    // Egress off: its firewall (rightly) drops new connections from the
-    // tunnel to the VPS itself, which the echo checks here make.
-    let ceres = Ceres::init(&lab, &["CERES_EGRESS=off"], &["CERES_EGRESS=off"]).unwrap();
+    let ceres = Ceres::init(
+        &lab,
+        &["CERES_EGRESS=off", &format!("CERES_RELAYS={ECHO_PORT}")],
+        &["CERES_EGRESS=off"],
+    )
+    .unwrap();
     let mut vps = ceres.start_vps().unwrap();
     ceres.join_home().unwrap();
     let home = ceres.start_home().unwrap();
     ceres.enroll_ctl().unwrap();
-    let _e1 = echo_server(&lab.vps, VPS_TUN, 7000, lab.dir.path()).unwrap();
-    let _e2 = echo_server(&lab.home, HOME_TUN, 7001, lab.dir.path()).unwrap();
+    let (_echo, fwd) = echo_at_home(&lab, &ceres);
 
     // Up by itself: TCP both ways through the tunnel.
-    wait_tunnel(&lab, "tunnel up after join", Duration::from_secs(20));
+    wait_tunnel(&lab, fwd, "tunnel up after join", Duration::from_secs(20));
 
     // Status shows it, with public keys only.
     let (_, json) = ceres.status_json().unwrap();
@@ -106,6 +118,7 @@ fn tunnel_comes_up_by_itself_roams_and_survives_vps_restart() {
         .unwrap();
     let took = wait_tunnel(
         &lab,
+        fwd,
         "tunnel after home's address changed",
         Duration::from_secs(40),
     );
@@ -125,7 +138,12 @@ fn tunnel_comes_up_by_itself_roams_and_survives_vps_restart() {
     // The VPS agent restarts with its state: same key, home re-handshakes.
     vps.terminate(Duration::from_secs(10)).unwrap();
     let vps = ceres.start_vps().unwrap();
-    let took = wait_tunnel(&lab, "tunnel after VPS restart", Duration::from_secs(40));
+    let took = wait_tunnel(
+        &lab,
+        fwd,
+        "tunnel after VPS restart",
+        Duration::from_secs(40),
+    );
     eprintln!("tunnel resumed {took:?} after the VPS agent restarted");
     let json = ceres
         .wait_home_connected(true, Duration::from_secs(20))
@@ -143,16 +161,18 @@ fn tunnel_comes_back_after_home_link_is_down_30s() {
         return;
     }
     let lab = Lab::new().unwrap();
-    // Egress off: its firewall (rightly) drops new connections from the
-    // tunnel to the VPS itself, which the echo checks here make.
-    let ceres = Ceres::init(&lab, &["CERES_EGRESS=off"], &["CERES_EGRESS=off"]).unwrap();
+    let ceres = Ceres::init(
+        &lab,
+        &["CERES_EGRESS=off", &format!("CERES_RELAYS={ECHO_PORT}")],
+        &["CERES_EGRESS=off"],
+    )
+    .unwrap();
     let _vps = ceres.start_vps().unwrap();
     ceres.join_home().unwrap();
     let _home = ceres.start_home().unwrap();
     ceres.enroll_ctl().unwrap();
-    let _e1 = echo_server(&lab.vps, VPS_TUN, 7000, lab.dir.path()).unwrap();
-    let _e2 = echo_server(&lab.home, HOME_TUN, 7001, lab.dir.path()).unwrap();
-    wait_tunnel(&lab, "tunnel up", Duration::from_secs(20));
+    let (_echo, fwd) = echo_at_home(&lab, &ceres);
+    wait_tunnel(&lab, fwd, "tunnel up", Duration::from_secs(20));
 
     // The ISP side of home's link goes away for 30 s.
     let isp_side = format!("{}i", lab.home_if);
@@ -162,7 +182,7 @@ fn tunnel_comes_back_after_home_link_is_down_30s() {
     let down_for = Duration::from_secs(30);
     let t0 = Instant::now();
     assert!(
-        !tunnel_works(&lab, "x\n").unwrap(),
+        !tunnel_works(&lab, fwd, "x\n").unwrap(),
         "tunnel must not work while the link is down"
     );
     std::thread::sleep(down_for.saturating_sub(t0.elapsed())); // the outage itself, not a readiness wait
@@ -172,6 +192,7 @@ fn tunnel_comes_back_after_home_link_is_down_30s() {
         .unwrap();
     let took = wait_tunnel(
         &lab,
+        fwd,
         "tunnel after the link came back",
         Duration::from_secs(30),
     );

@@ -30,6 +30,9 @@ pub struct TunnelConfig {
     pub mtu: u16,
     /// Our tunnel address with its prefix (the prefix gives the on-link route).
     pub address: IpNet,
+    /// More tunnel addresses on the same device, e.g. the IPv6 one of a
+    /// dual-stack tunnel beside the IPv4 [`address`](Self::address).
+    pub extra_addresses: Vec<IpNet>,
     /// UDP address to bind. `[::]:port` accepts IPv4 and IPv6 peers; port 0
     /// picks a free port (see [`crate::TunnelStats::listen_port`]).
     pub listen: SocketAddr,
@@ -50,6 +53,7 @@ impl TunnelConfig {
             ifname: ifname.into(),
             mtu: DEFAULT_MTU,
             address,
+            extra_addresses: Vec::new(),
             listen: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
             private_key,
             uapi_dir: None,
@@ -71,7 +75,8 @@ impl TunnelConfig {
                 reason: "1-15 characters of [A-Za-z0-9._-]".into(),
             });
         }
-        let min_mtu = if self.address.addr().is_ipv6() {
+        // IPv6 needs 1280 on every link it uses.
+        let min_mtu = if self.addresses().any(|a| a.addr().is_ipv6()) {
             1280
         } else {
             576
@@ -82,7 +87,20 @@ impl TunnelConfig {
                 reason: format!("must be between {min_mtu} and 9000"),
             });
         }
+        if self.extra_addresses.len() > 1
+            || self.addresses().filter(|a| a.addr().is_ipv4()).count() > 1
+        {
+            return Err(ConfigError::Invalid {
+                key: "address",
+                reason: "at most one IPv4 and one IPv6 tunnel address".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// Every tunnel address: [`address`](Self::address) first.
+    pub fn addresses(&self) -> impl Iterator<Item = &IpNet> {
+        std::iter::once(&self.address).chain(&self.extra_addresses)
     }
 }
 
@@ -395,6 +413,15 @@ PersistentKeepalive = 25
         c.ifname = "ok0".into();
         c.address = "2001:db8::1/64".parse().unwrap();
         c.mtu = 1200;
+        assert!(c.validate().is_err());
+        // Dual stack: the IPv6 address raises the minimum MTU too.
+        c.address = "10.0.0.1/24".parse().unwrap();
+        assert!(c.validate().is_ok());
+        c.extra_addresses = vec!["fd77::1/64".parse().unwrap()];
+        assert!(c.validate().is_err());
+        c.mtu = 1420;
+        assert!(c.validate().is_ok());
+        c.extra_addresses.push("10.0.0.2/24".parse().unwrap());
         assert!(c.validate().is_err());
     }
 

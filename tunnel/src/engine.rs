@@ -98,7 +98,8 @@ pub(crate) struct Shared {
     pub ifname: String,
     pub listen_port: u16,
     mtu: u16,
-    address: IpNet,
+    /// Our tunnel addresses (their on-link prefixes need no routes).
+    addresses: Vec<IpNet>,
     /// Whether the peer's allowed networks get routes in the main table.
     route_allowed_ips: bool,
     sock: UdpSocket,
@@ -261,14 +262,18 @@ fn route(op: &str, net: IpNet, ifname: &str) -> Result<(), TunnelError> {
     }
 }
 
-/// The allowed networks that need a route: the on-link prefix of our own
-/// address already has one.
-fn routed_nets(address: IpNet, allowed_ips: &[IpNet]) -> Vec<IpNet> {
-    let onlink = address.trunc();
+/// The allowed networks that need a route: the on-link prefixes of our own
+/// addresses already have one.
+fn routed_nets(addresses: &[IpNet], allowed_ips: &[IpNet]) -> Vec<IpNet> {
     allowed_ips
         .iter()
         .copied()
-        .filter(|n| *n != onlink && !(onlink.contains(n) && n.prefix_len() >= onlink.prefix_len()))
+        .filter(|n| {
+            !addresses.iter().any(|a| {
+                let onlink = a.trunc();
+                *n == onlink || (onlink.contains(n) && n.prefix_len() >= onlink.prefix_len())
+            })
+        })
         .collect()
 }
 
@@ -294,10 +299,12 @@ impl Tunnel {
             .mtu(config.mtu)
             .offload(true)
             .enable(true);
-        builder = match config.address {
-            IpNet::V4(n) => builder.ipv4(n.addr(), n.prefix_len(), None),
-            IpNet::V6(n) => builder.ipv6(n.addr(), n.prefix_len()),
-        };
+        for address in config.addresses() {
+            builder = match *address {
+                IpNet::V4(n) => builder.ipv4(n.addr(), n.prefix_len(), None),
+                IpNet::V6(n) => builder.ipv6(n.addr(), n.prefix_len()),
+            };
+        }
         let tun = builder.build_sync().map_err(tun_err)?;
         tun.set_nonblocking(true).map_err(tun_err)?;
 
@@ -317,7 +324,7 @@ impl Tunnel {
             ifname: config.ifname.clone(),
             listen_port,
             mtu: config.mtu,
-            address: config.address,
+            addresses: config.addresses().copied().collect(),
             route_allowed_ips: config.route_allowed_ips,
             sock,
             gro,
@@ -402,10 +409,10 @@ impl Tunnel {
             .peer
             .as_ref()
             .filter(|_| sh.route_allowed_ips)
-            .map(|s| routed_nets(sh.address, &s.current.config.allowed_ips))
+            .map(|s| routed_nets(&sh.addresses, &s.current.config.allowed_ips))
             .unwrap_or_default();
         let new_nets = if sh.route_allowed_ips {
-            routed_nets(sh.address, &peer.allowed_ips)
+            routed_nets(&sh.addresses, &peer.allowed_ips)
         } else {
             Vec::new()
         };
@@ -1048,21 +1055,26 @@ mod tests {
 
     #[test]
     fn on_link_prefix_needs_no_route() {
-        let addr: IpNet = "10.77.77.1/24".parse().unwrap();
+        let addrs: Vec<IpNet> = vec![
+            "10.77.77.1/24".parse().unwrap(),
+            "fd77:77:77::1/64".parse().unwrap(),
+        ];
         let nets: Vec<IpNet> = [
             "10.77.77.2/32",
             "10.77.77.0/24",
+            "fd77:77:77::2/128",
             "192.168.5.0/24",
             "10.0.0.0/8",
+            "::/0",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let r: Vec<String> = routed_nets(addr, &nets)
+        let r: Vec<String> = routed_nets(&addrs, &nets)
             .iter()
             .map(|n| n.to_string())
             .collect();
-        assert_eq!(r, ["192.168.5.0/24", "10.0.0.0/8"]);
+        assert_eq!(r, ["192.168.5.0/24", "10.0.0.0/8", "::/0"]);
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use anyhow::Context;
-use ceres_proto::{EgressStatus, RelayPort};
-use ceres_relay::egress::{ForwardingState, HostSystem, VpsEgress};
+use ceres_proto::{EgressStatus, Ipv6Egress, RelayPort};
+use ceres_relay::egress::{ForwardingState, HostSystem, TunnelFilter, VpsEgress};
 use ceres_relay::{HomeReach, Listener, ListenerConfig, StatsHandle};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -13,14 +13,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::settings::VpsSettings;
 
-/// Running relays and egress rules.
+/// Running relays, the tunnel's input filter and the egress rules.
 #[derive(Debug)]
 pub struct VpsRelays {
     settings: crate::settings::RelaySettings,
     stats: Option<StatsHandle>,
+    filter: Mutex<Option<TunnelFilter>>,
     egress: Mutex<Option<(VpsEgress, ForwardingState)>>,
-    egress_error: Option<String>,
+    ipv6: Ipv6Egress,
 }
+
+/// What to tell the admin when `nft` refused a filter: which tool and the fix.
+const NFT_HINT: &str = "the VPS agent needs nftables (`nft`, Debian package nftables) and root or CAP_NET_ADMIN; \
+     CERES_TUNNEL=off runs the control plane alone";
 
 /// The interface of the default route: where outbound mail leaves.
 fn default_route_ifname() -> anyhow::Result<String> {
@@ -53,13 +58,31 @@ impl VpsRelays {
         let mut this = Self {
             settings: rs.clone(),
             stats: None,
+            filter: Mutex::new(None),
             egress: Mutex::new(None),
-            egress_error: None,
+            ipv6: Ipv6Egress::Off,
         };
         if !settings.tunnel.enabled {
             return Ok(this);
         }
         let home: IpAddr = settings.tunnel.home_address.addr();
+        let home6: Option<IpAddr> = settings.tunnel.home_address6.map(|n| n.addr());
+        // The filter first: whatever fails after it, home reaches nothing on
+        // the VPS through the tunnel.
+        let mut filter = TunnelFilter::new(
+            settings.tunnel.ifname.clone(),
+            std::iter::once(home).chain(home6).collect(),
+        );
+        // Until egress is in place, nothing is forwarded from the tunnel.
+        filter.guard_forward = true;
+        filter.apply(&HostSystem::default()).with_context(|| {
+            format!(
+                "installing the tunnel's input filter (nftables table inet {}): {NFT_HINT}",
+                filter.table
+            )
+        })?;
+        tracing::info!(table = %filter.table, "tunnel input filter installed: home reaches nothing on the VPS but replies");
+        *this.filter.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(filter.clone());
         if !rs.relays.is_empty() {
             ceres_relay::raise_fd_limit().ok();
             let mut config = ListenerConfig::new(
@@ -83,38 +106,67 @@ impl VpsRelays {
                 }
             });
         }
-        if rs.egress {
-            match Self::install_egress(settings, home) {
-                Ok(installed) => {
-                    tracing::info!(ports = ?rs.egress_ports, public_if = %installed.0.public_if, "egress NAT installed (table inet ceres)");
-                    if let Some(advice) = Self::forward_drop_advice(&installed.0) {
-                        tracing::warn!("{advice}");
-                    }
-                    *this.egress.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(installed);
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "egress not installed: home's outbound mail will not leave through the VPS");
-                    this.egress_error = Some(format!("{e:#}"));
-                }
-            }
+        if !rs.egress {
+            return Ok(this);
         }
+        let (installed, ipv6) = Self::install_egress(settings, home, home6)?;
+        tracing::info!(ports = ?rs.egress_ports, public_if = %installed.0.public_if, ipv6 = ?ipv6, "egress NAT installed (table inet ceres)");
+        if let Some(advice) = Self::forward_drop_advice(&installed.0) {
+            tracing::warn!("{advice}");
+        }
+        this.ipv6 = ipv6;
+        *this.egress.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(installed);
+        // The egress table's forward chain now decides what home may send on.
+        filter.guard_forward = false;
+        filter.apply(&HostSystem::default()).with_context(|| {
+            format!(
+                "replacing the tunnel's input filter (nftables table inet {}): {NFT_HINT}",
+                filter.table
+            )
+        })?;
+        *this.filter.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(filter);
         Ok(this)
     }
 
+    /// Installs egress; a failure is fatal (the caller exits with it): a VPS
+    /// that was asked to send home's mail and silently does not is worse
+    /// than one that does not start and says why.
     fn install_egress(
         settings: &VpsSettings,
         home: IpAddr,
-    ) -> anyhow::Result<(VpsEgress, ForwardingState)> {
+        home6: Option<IpAddr>,
+    ) -> anyhow::Result<((VpsEgress, ForwardingState), Ipv6Egress)> {
         let public_if = match &settings.relay.public_ifname {
             Some(i) => i.clone(),
             None => default_route_ifname()?,
         };
-        let mut egress = VpsEgress::new(settings.tunnel.ifname.clone(), public_if, home);
+        let sys = HostSystem::default();
+        let mut egress = VpsEgress::new(settings.tunnel.ifname.clone(), public_if.clone(), home);
         egress.allowed_tcp_ports = settings.relay.egress_ports.clone();
-        let state = egress
-            .apply(&HostSystem::default())
-            .context("installing the nftables egress rules")?;
-        Ok((egress, state))
+        let ipv6 = match home6 {
+            None => Ipv6Egress::TunnelIpv4Only,
+            Some(home6) => match ceres_relay::egress::public_ipv6(&sys, &public_if)
+                .context("looking for the VPS's public IPv6 address")?
+            {
+                Some(public6) => {
+                    tracing::info!(%public6, "home's IPv6 mail leaves from the VPS's public IPv6");
+                    egress.home_addrs.push(home6);
+                    Ipv6Egress::Available
+                }
+                None => {
+                    tracing::warn!(public_if = %public_if, "the VPS has no global IPv6 address and default route: home's mail leaves over IPv4 only");
+                    Ipv6Egress::NoPublicIpv6
+                }
+            },
+        };
+        let state = egress.apply(&sys).with_context(|| {
+            format!(
+                "installing the nftables egress rules (table inet {}): {NFT_HINT}; \
+                 CERES_EGRESS=off runs without sending home's mail",
+                egress.table
+            )
+        })?;
+        Ok(((egress, state), ipv6))
     }
 
     /// Per-port counters.
@@ -162,30 +214,35 @@ impl VpsRelays {
                 .map(|p| *p as u32)
                 .collect(),
             sources: Vec::new(),
-            error: match (&self.egress_error, self.settings.egress) {
-                (Some(e), _) => e.clone(),
-                (None, false) => "disabled (CERES_EGRESS=off)".into(),
-                (None, true) if !installed => "not installed (tunnel off)".into(),
-                _ => blocked.unwrap_or_default(),
+            error: match (self.settings.egress, installed) {
+                (false, _) => "disabled (CERES_EGRESS=off)".into(),
+                (true, false) => "not installed (tunnel off)".into(),
+                (true, true) => blocked.unwrap_or_default(),
             },
+            ipv6: self.ipv6.into(),
         }
     }
 
     /// Installs the egress rules again when they are enabled and not
-    /// installed (a revoked home's were removed and a new home joined).
+    /// installed (a revoked home's were removed and a new home joined), and
+    /// lets the egress table decide forwarding again.
     /// Runs `nft`: call it off the async workers.
     pub fn ensure_egress(&self, settings: &VpsSettings) {
-        if !settings.tunnel.enabled || !self.settings.egress || self.egress_error.is_some() {
+        if !settings.tunnel.enabled || !self.settings.egress {
             return;
         }
         let mut guard = self.egress.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_some() {
             return;
         }
-        match Self::install_egress(settings, settings.tunnel.home_address.addr()) {
-            Ok(installed) => {
+        let home = settings.tunnel.home_address.addr();
+        let home6 = settings.tunnel.home_address6.map(|n| n.addr());
+        match Self::install_egress(settings, home, home6) {
+            Ok((installed, _)) => {
                 tracing::info!(ports = ?self.settings.egress_ports, "egress NAT installed again for the new home");
                 *guard = Some(installed);
+                drop(guard);
+                self.guard_forward(false);
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "egress not installed for the new home")
@@ -193,13 +250,46 @@ impl VpsRelays {
         }
     }
 
-    /// Removes the egress rules (other tables untouched) and restores sysctls.
+    /// Removes the egress rules (a revoked home's): the tunnel input filter
+    /// stays, and forwards nothing from the tunnel until egress is back.
     pub fn remove_egress(&self) {
         let taken = self.egress.lock().ok().and_then(|mut g| g.take());
         if let Some((egress, state)) = taken {
             match egress.remove(&HostSystem::default(), &state) {
                 Ok(()) => tracing::info!("egress rules removed"),
                 Err(e) => tracing::warn!(error = %e, "removing the egress rules failed"),
+            }
+        }
+        self.guard_forward(true);
+    }
+
+    /// Replaces the input filter with its forward guard on or off.
+    fn guard_forward(&self, on: bool) {
+        let mut guard = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(filter) = guard.as_mut() {
+            filter.guard_forward = on;
+            if let Err(e) = filter.apply(&HostSystem::default()) {
+                tracing::error!(error = %e, table = %filter.table, "replacing the tunnel's input filter failed");
+            }
+        }
+    }
+
+    /// Removes the egress rules and the tunnel's input filter (other tables
+    /// untouched) and restores sysctls. The tunnel device is gone by then, or
+    /// about to be: the filter has nothing left to guard.
+    pub fn remove_rules(&self) {
+        let taken = self.egress.lock().ok().and_then(|mut g| g.take());
+        if let Some((egress, state)) = taken {
+            match egress.remove(&HostSystem::default(), &state) {
+                Ok(()) => tracing::info!("egress rules removed"),
+                Err(e) => tracing::warn!(error = %e, "removing the egress rules failed"),
+            }
+        }
+        let taken = self.filter.lock().ok().and_then(|mut g| g.take());
+        if let Some(filter) = taken {
+            match filter.remove(&HostSystem::default()) {
+                Ok(()) => tracing::info!("tunnel input filter removed"),
+                Err(e) => tracing::warn!(error = %e, "removing the tunnel input filter failed"),
             }
         }
     }

@@ -459,6 +459,8 @@ impl Admin for Svc {
                 relays: relays_text(&ctx.settings),
                 tunnel_vps_address: ctx.settings.tunnel.vps_address.to_string(),
                 tunnel_home_address: ctx.settings.tunnel.home_address.to_string(),
+                tunnel_vps_address6: crate::tunnel::net_text(ctx.settings.tunnel.vps_address6),
+                tunnel_home_address6: crate::tunnel::net_text(ctx.settings.tunnel.home_address6),
                 egress_ports: ctx
                     .settings
                     .relay
@@ -613,7 +615,7 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    ctx.relays.remove_egress();
+    ctx.relays.remove_rules();
     match Arc::try_unwrap(ctx) {
         Ok(ctx) => ctx.tunnel.shutdown().await,
         Err(_) => tracing::warn!(

@@ -92,6 +92,17 @@ pub struct VpsFlags {
     /// server sees relayed connections arrive here. [CERES_TUNNEL_HOME_ADDRESS]
     #[arg(long, value_name = "IP/PREFIX")]
     pub tunnel_home_address: Option<String>,
+    /// The VPS's IPv6 tunnel address with prefix (a ULA); default
+    /// fd77:77:77::1/64; off: the tunnel carries IPv4 only. Both IPv6
+    /// settings must be on or off together. [CERES_TUNNEL_VPS_ADDRESS6]
+    #[arg(long, value_name = "IP/PREFIX|off")]
+    pub tunnel_vps_address6: Option<String>,
+    /// Home's IPv6 tunnel address with prefix; default fd77:77:77::2/64; off:
+    /// IPv4 only. Home's mail server binds to it for IPv6 (Postfix
+    /// smtp_bind_address6), and the VPS masquerades it to its public IPv6.
+    /// [CERES_TUNNEL_HOME_ADDRESS6]
+    #[arg(long, value_name = "IP/PREFIX|off")]
+    pub tunnel_home_address6: Option<String>,
     /// MTU of the tunnel interface (both ends); default 1420. [CERES_MTU]
     #[arg(long, value_name = "BYTES")]
     pub mtu: Option<String>,
@@ -227,6 +238,10 @@ pub struct TunnelSettings {
     pub vps_address: IpNet,
     /// Home tunnel address.
     pub home_address: IpNet,
+    /// VPS IPv6 tunnel address (`None`: IPv4 only).
+    pub vps_address6: Option<IpNet>,
+    /// Home IPv6 tunnel address (`None`: IPv4 only).
+    pub home_address6: Option<IpNet>,
     /// MTU.
     pub mtu: u16,
     /// UAPI socket directory.
@@ -276,6 +291,27 @@ impl std::str::FromStr for IpList {
             return Err("no address given".into());
         }
         Ok(IpList(ips))
+    }
+}
+
+/// An IPv6 address with prefix, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct Ipv6NetOrOff(pub Option<IpNet>);
+
+impl std::str::FromStr for Ipv6NetOrOff {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Ipv6NetOrOff(None));
+        }
+        match s.parse::<IpNet>() {
+            Ok(net @ IpNet::V6(_)) => Ok(Ipv6NetOrOff(Some(net))),
+            Ok(IpNet::V4(_)) => Err("expected an IPv6 address with prefix or off".into()),
+            Err(_) => {
+                Err("expected an IPv6 address with prefix (e.g. fd77:77:77::1/64) or off".into())
+            }
+        }
     }
 }
 
@@ -461,6 +497,20 @@ impl VpsFlags {
                 self.tunnel_home_address.as_deref(),
                 "10.77.77.2/24",
             )?,
+            vps_address6: layers
+                .get_or::<Ipv6NetOrOff>(
+                    "CERES_TUNNEL_VPS_ADDRESS6",
+                    self.tunnel_vps_address6.as_deref(),
+                    "fd77:77:77::1/64",
+                )?
+                .0,
+            home_address6: layers
+                .get_or::<Ipv6NetOrOff>(
+                    "CERES_TUNNEL_HOME_ADDRESS6",
+                    self.tunnel_home_address6.as_deref(),
+                    "fd77:77:77::2/64",
+                )?
+                .0,
             mtu: layers.get_or("CERES_MTU", self.mtu.as_deref(), "1420")?,
             uapi_dir: layers.get_or(
                 "CERES_WG_UAPI_DIR",
@@ -468,6 +518,29 @@ impl VpsFlags {
                 "/var/run/wireguard",
             )?,
         };
+        if tunnel.vps_address6.is_some() != tunnel.home_address6.is_some() {
+            // Name the key that turned IPv6 off: that is the one to change.
+            let (key, flag) = if tunnel.vps_address6.is_none() {
+                (
+                    "CERES_TUNNEL_VPS_ADDRESS6",
+                    self.tunnel_vps_address6.as_deref(),
+                )
+            } else {
+                (
+                    "CERES_TUNNEL_HOME_ADDRESS6",
+                    self.tunnel_home_address6.as_deref(),
+                )
+            };
+            let (value, origin) = layers
+                .raw(key, flag)
+                .unwrap_or_else(|| ("off".into(), ceres_config::Origin::Env));
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                value,
+                origin,
+                message: "CERES_TUNNEL_VPS_ADDRESS6 and CERES_TUNNEL_HOME_ADDRESS6 are off together or set together".into(),
+            });
+        }
         let relay = RelaySettings {
             relays: layers
                 .get_or::<Relays>(
@@ -531,5 +604,53 @@ impl VpsFlags {
             client_cert_ttl,
             report_interval,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn resolve(extra: &[(&str, &str)]) -> Result<VpsSettings, ConfigError> {
+        let mut env: BTreeMap<String, String> = [
+            ("CERES_PUBLIC_IP", "203.0.113.10"),
+            ("CERES_DOMAIN", "example.com"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        env.retain(|_, v| !v.is_empty());
+        VpsFlags::default().resolve(&Layers::from_parts(None, env))
+    }
+
+    #[test]
+    fn the_tunnel_is_dual_stack_by_default_and_ipv6_can_be_turned_off() {
+        let t = resolve(&[]).unwrap().tunnel;
+        assert_eq!(t.vps_address6.unwrap().to_string(), "fd77:77:77::1/64");
+        assert_eq!(t.home_address6.unwrap().to_string(), "fd77:77:77::2/64");
+        let t = resolve(&[
+            ("CERES_TUNNEL_VPS_ADDRESS6", "off"),
+            ("CERES_TUNNEL_HOME_ADDRESS6", "off"),
+        ])
+        .unwrap()
+        .tunnel;
+        assert!(t.vps_address6.is_none() && t.home_address6.is_none());
+    }
+
+    #[test]
+    fn half_an_ipv6_tunnel_or_an_ipv4_value_is_refused_naming_the_key() {
+        let e = resolve(&[("CERES_TUNNEL_HOME_ADDRESS6", "off")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("CERES_TUNNEL_HOME_ADDRESS6=\"off\""), "{e}");
+        let e = resolve(&[("CERES_TUNNEL_VPS_ADDRESS6", "10.0.0.1/24")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CERES_TUNNEL_VPS_ADDRESS6") && e.contains("IPv6"),
+            "{e}"
+        );
     }
 }

@@ -105,6 +105,11 @@ fn host_net(net: IpNet) -> IpNet {
     IpNet::new(net.addr(), if net.addr().is_ipv4() { 32 } else { 128 }).unwrap_or(net)
 }
 
+/// An optional address as the protocol carries it: empty for none.
+pub fn net_text(net: Option<IpNet>) -> String {
+    net.map(|n| n.to_string()).unwrap_or_default()
+}
+
 impl VpsTunnel {
     /// Loads (or makes) the VPS key and starts the tunnel with the stored
     /// home peer, if any. With the tunnel disabled only the key is loaded.
@@ -130,6 +135,7 @@ impl VpsTunnel {
             ifname: settings.ifname.clone(),
             mtu: settings.mtu,
             address: settings.vps_address,
+            extra_addresses: settings.vps_address6.into_iter().collect(),
             listen: settings.listen,
             private_key: key,
             route_allowed_ips: ROUTE_ALLOWED_IPS,
@@ -147,12 +153,20 @@ impl VpsTunnel {
         Ok(this)
     }
 
+    /// Home's tunnel addresses, one host network per family.
+    fn home_nets(&self) -> Vec<IpNet> {
+        std::iter::once(self.settings.home_address)
+            .chain(self.settings.home_address6)
+            .map(host_net)
+            .collect()
+    }
+
     fn peer_config(&self, peer: &HomePeer) -> anyhow::Result<PeerConfig> {
         Ok(PeerConfig {
             public_key: peer.public_key.parse()?,
             preshared_key: Some(peer.preshared_key.0.parse()?),
             endpoint: None,
-            allowed_ips: vec![host_net(self.settings.home_address)],
+            allowed_ips: self.home_nets(),
             persistent_keepalive: None,
         })
     }
@@ -219,6 +233,8 @@ impl VpsTunnel {
             endpoint: self.settings.endpoint.clone(),
             mtu: self.settings.mtu as u32,
             keepalive_secs: HOME_KEEPALIVE_SECS as u32,
+            vps_address6: net_text(self.settings.vps_address6),
+            home_address6: net_text(self.settings.home_address6),
         })
     }
 
@@ -291,7 +307,7 @@ impl VpsTunnel {
             public_key: home_public,
             preshared_key: Some(psk),
             endpoint: None,
-            allowed_ips: vec![host_net(self.settings.home_address)],
+            allowed_ips: self.home_nets(),
             persistent_keepalive: None,
         };
         engine.replace_rotation(Some(new_key), peer)?;

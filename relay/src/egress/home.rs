@@ -25,6 +25,9 @@ pub struct HomeEgress {
     pub tunnel_if: String,
     /// The home tunnel address (the VPS masquerades only this source).
     pub tunnel_addr: IpAddr,
+    /// The home IPv6 tunnel address of a dual-stack tunnel (Postfix
+    /// `smtp_bind_address6`); the VPS masquerades it to its public IPv6.
+    pub tunnel_addr6: Option<IpAddr>,
     /// Sources whose outbound mail goes through the tunnel (`CERES_EGRESS_FROM`):
     /// default the tunnel address (Postfix `smtp_bind_address`); a Docker mail network
     /// such as `172.18.0.0/16` is the other common case.
@@ -48,12 +51,25 @@ impl HomeEgress {
         Self {
             tunnel_if: tunnel_if.into(),
             tunnel_addr,
+            tunnel_addr6: None,
             sources: vec![IpNet::from(tunnel_addr)],
             tcp_ports: super::DEFAULT_EGRESS_PORTS.to_vec(),
             route_table: DEFAULT_ROUTE_TABLE,
             rule_priority: DEFAULT_RULE_PRIORITY,
             nft_table: super::DEFAULT_NFT_TABLE.to_owned(),
         }
+    }
+
+    /// Routing for both tunnel addresses of a dual-stack tunnel.
+    pub fn dual_stack(
+        tunnel_if: impl Into<String>,
+        tunnel_addr: IpAddr,
+        tunnel_addr6: IpAddr,
+    ) -> Self {
+        let mut e = Self::new(tunnel_if, tunnel_addr);
+        e.tunnel_addr6 = Some(tunnel_addr6);
+        e.sources.push(IpNet::from(tunnel_addr6));
+        e
     }
 
     fn validate(&self) -> Result<(), EgressError> {
@@ -137,8 +153,11 @@ impl HomeEgress {
     /// when every source is the tunnel address itself.
     pub fn masquerade_ruleset(&self) -> Result<Option<String>, EgressError> {
         self.validate()?;
-        let own = IpNet::from(self.tunnel_addr);
-        let others: Vec<&IpNet> = self.sources.iter().filter(|s| **s != own).collect();
+        let own: Vec<IpNet> = std::iter::once(self.tunnel_addr)
+            .chain(self.tunnel_addr6)
+            .map(IpNet::from)
+            .collect();
+        let others: Vec<&IpNet> = self.sources.iter().filter(|s| !own.contains(s)).collect();
         if others.is_empty() {
             return Ok(None);
         }
@@ -208,6 +227,22 @@ impl HomeEgress {
     }
 }
 
+/// Whether this host could send mail over IPv6 without the tunnel: an IPv6
+/// default route in the main table and a global (non-ULA) address on an
+/// interface other than the tunnel. A mail server here with IPv6 on (Postfix's
+/// default `inet_protocols = all`) would then deliver to IPv6 MX hosts from the
+/// home line, unless it binds to the tunnel's IPv6 address.
+pub fn direct_ipv6(sys: &dyn System, tunnel_if: &str) -> Result<bool, EgressError> {
+    let routes = sys.run("ip", &["-6", "route", "show", "default"], None)?;
+    if routes.trim().is_empty() {
+        return Ok(false);
+    }
+    let addrs = sys.run("ip", &["-6", "-o", "addr", "show", "scope", "global"], None)?;
+    Ok(super::global_ipv6(&addrs)
+        .iter()
+        .any(|(ifname, _)| ifname != tunnel_if))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fake::FakeSystem;
@@ -232,6 +267,51 @@ mod tests {
             ]
         );
         assert_eq!(h.masquerade_ruleset().unwrap(), None);
+    }
+
+    #[test]
+    fn dual_stack_routes_the_ipv6_tunnel_source_too() {
+        let h = HomeEgress::dual_stack(
+            "ceres0",
+            "10.77.77.2".parse().unwrap(),
+            "fd77:77:77::2".parse().unwrap(),
+        );
+        let cmds: Vec<String> = h
+            .install_commands()
+            .unwrap()
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert!(
+            cmds.contains(&"-6 route replace default dev ceres0 table 7277".to_owned()),
+            "{cmds:?}"
+        );
+        assert!(
+            cmds.contains(
+                &"-6 rule add pref 7277 from fd77:77:77::2/128 ipproto tcp dport 25 lookup 7277"
+                    .to_owned()
+            ),
+            "{cmds:?}"
+        );
+        // Both are the tunnel's own addresses: nothing to masquerade.
+        assert_eq!(h.masquerade_ruleset().unwrap(), None);
+    }
+
+    #[test]
+    fn direct_ipv6_needs_a_default_route_and_a_global_address_off_the_tunnel() {
+        let sys = FakeSystem::default();
+        sys.respond(
+            "ip -6 -o addr show scope global",
+            "3: ceres0    inet6 fd77:77:77::2/64 scope global \\       valid_lft forever\n\
+             4: ceres9    inet6 2001:db8:9::2/64 scope global \\       valid_lft forever\n",
+        );
+        assert!(!direct_ipv6(&sys, "ceres0").unwrap(), "no default route");
+        sys.respond("ip -6 route show default", "default via fe80::1 dev eth0\n");
+        assert!(direct_ipv6(&sys, "ceres0").unwrap());
+        assert!(
+            !direct_ipv6(&sys, "ceres9").unwrap(),
+            "the only global address is on the tunnel"
+        );
     }
 
     #[test]

@@ -6,15 +6,18 @@
 //! runs `nft`, `ip` and `sysctl` (tested as root inside network namespaces).
 
 use std::io::Write;
+use std::net::Ipv6Addr;
 use std::process::{Command, Stdio};
 
 mod firewall;
 mod home;
+mod tunnel_filter;
 mod vps;
 
 pub use firewall::{DropChain, Hook, blocking_chains};
-pub use home::{DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, HomeEgress};
-pub use vps::{DEFAULT_EGRESS_PORTS, ForwardingState, VpsEgress};
+pub use home::{DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, HomeEgress, direct_ipv6};
+pub use tunnel_filter::{DEFAULT_FILTER_TABLE, TunnelFilter};
+pub use vps::{DEFAULT_EGRESS_PORTS, ForwardingState, SysctlNeed, VpsEgress, public_ipv6};
 
 /// Default name of our own nftables table on both sides.
 pub const DEFAULT_NFT_TABLE: &str = "ceres";
@@ -148,6 +151,25 @@ pub(crate) fn check_table(name: &str) -> Result<(), EgressError> {
 /// always succeed, and both run in one transaction.
 pub(crate) fn delete_table_text(table: &str) -> String {
     format!("table inet {table}\ndelete table inet {table}\n")
+}
+
+/// The usable global IPv6 addresses in `ip -6 -o addr show` output, with their
+/// interface: not unique local (fc00::/7, scope "global" to the kernel but not
+/// routed on the internet), not failed duplicate address detection.
+pub(crate) fn global_ipv6(listing: &str) -> Vec<(String, Ipv6Addr)> {
+    listing
+        .lines()
+        .filter(|l| !l.contains("dadfailed"))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "inet6")?;
+            let ifname = words.get(1)?.trim_end_matches(':').to_owned();
+            let addr: Ipv6Addr = words.get(at + 1)?.split('/').next()?.parse().ok()?;
+            let ula = addr.segments()[0] & 0xfe00 == 0xfc00;
+            let usable = !ula && !addr.is_loopback() && addr.segments()[0] & 0xffc0 != 0xfe80;
+            usable.then_some((ifname, addr))
+        })
+        .collect()
 }
 
 /// `{ 25, 465, 587 }`

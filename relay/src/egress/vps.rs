@@ -1,7 +1,8 @@
-//! VPS egress: masquerade the home tunnel address out of the public interface for the
-//! allowed mail ports only, drop everything else coming from the tunnel.
+//! VPS egress: masquerade the home tunnel addresses out of the public interface for the
+//! allowed mail ports only, drop everything else the tunnel would have forwarded. What
+//! the tunnel may reach on the VPS itself is the [`super::TunnelFilter`]'s job.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use super::firewall::{DropChain, Hook, blocking_chains};
 use super::{EgressError, System, check_ifname, check_table, delete_table_text, port_set};
@@ -24,18 +25,25 @@ pub struct VpsEgress {
     pub home_addrs: Vec<IpAddr>,
     /// Destination TCP ports home may reach on the internet (`CERES_EGRESS_PORTS`).
     pub allowed_tcp_ports: Vec<u16>,
-    /// TCP ports of the VPS itself that home may reach through the tunnel; default
-    /// none: the agents talk over the public address and relay replies are covered
-    /// by connection tracking.
-    pub local_tcp_ports: Vec<u16>,
 }
 
-/// Per-interface forwarding sysctls as they were before [`VpsEgress::apply`], so
+/// The sysctls [`VpsEgress::apply`] changed, with their values before, so
 /// [`VpsEgress::remove`] can put them back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardingState {
-    /// `(sysctl key, previous value)` pairs.
+    /// `(sysctl key, previous value)` pairs, only of keys that were changed.
     pub saved: Vec<(String, String)>,
+}
+
+/// One sysctl egress needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlNeed {
+    /// Slash form (`net/ipv4/conf/eth0/forwarding`), so interface names with dots work.
+    pub key: String,
+    /// The value wanted.
+    pub value: &'static str,
+    /// Change only from this value (`None`: from any other value).
+    pub only_from: Option<&'static str>,
 }
 
 impl VpsEgress {
@@ -51,7 +59,6 @@ impl VpsEgress {
             public_if: public_if.into(),
             home_addrs: vec![home_addr],
             allowed_tcp_ports: DEFAULT_EGRESS_PORTS.to_vec(),
-            local_tcp_ports: Vec::new(),
         }
     }
 
@@ -59,7 +66,7 @@ impl VpsEgress {
         check_table(&self.table)?;
         check_ifname("tunnel interface", &self.tunnel_if)?;
         check_ifname("public interface", &self.public_if)?;
-        if self.allowed_tcp_ports.contains(&0) || self.local_tcp_ports.contains(&0) {
+        if self.allowed_tcp_ports.contains(&0) {
             return Err(EgressError::Invalid {
                 what: "egress port",
                 value: "0".into(),
@@ -100,24 +107,6 @@ impl VpsEgress {
         ));
         s.push_str(&format!("\t\toifname \"{tun}\" counter drop\n"));
         s.push_str("\t}\n");
-        s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
-        s.push_str(&format!(
-            "\t\tiifname \"{tun}\" ct state established,related accept\n"
-        ));
-        s.push_str(&format!(
-            "\t\tiifname \"{tun}\" icmp type echo-request accept\n"
-        ));
-        s.push_str(&format!(
-            "\t\tiifname \"{tun}\" icmpv6 type echo-request accept\n"
-        ));
-        if !self.local_tcp_ports.is_empty() {
-            s.push_str(&format!(
-                "\t\tiifname \"{tun}\" tcp dport {} accept\n",
-                port_set(&self.local_tcp_ports)
-            ));
-        }
-        s.push_str(&format!("\t\tiifname \"{tun}\" counter drop\n"));
-        s.push_str("\t}\n");
         s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
         for rule in &allow_out {
             s.push_str(&format!("\t\t{rule} masquerade\n"));
@@ -126,21 +115,35 @@ impl VpsEgress {
         Ok(s)
     }
 
-    /// Forwarding sysctls this configuration needs: on the tunnel and public interfaces
-    /// only, per family in use (IPv6 forwarding on an interface turns off its router
-    /// advertisement handling, so it is only touched when a home IPv6 address is set).
-    pub fn forwarding_keys(&self) -> Vec<String> {
+    /// Sysctls this configuration needs. IPv4: forwarding on the tunnel and public
+    /// interfaces only. IPv6 has no per-interface forwarding switch (the kernel
+    /// forwards IPv6 only with `all/forwarding`), and forwarding makes every interface
+    /// ignore router advertisements unless its `accept_ra` is 2: a VPS that learns its
+    /// IPv6 default route by SLAAC would lose it, so `accept_ra` 1 on the public
+    /// interface becomes 2 for as long as egress is installed.
+    pub fn forwarding_keys(&self) -> Vec<SysctlNeed> {
         let mut keys = Vec::new();
-        for (fam, used) in [
-            ("ipv4", self.home_addrs.iter().any(IpAddr::is_ipv4)),
-            ("ipv6", self.home_addrs.iter().any(IpAddr::is_ipv6)),
-        ] {
-            if used {
-                for ifname in [&self.tunnel_if, &self.public_if] {
-                    // Slash form, so interface names with dots (VLANs) work.
-                    keys.push(format!("net/{fam}/conf/{ifname}/forwarding"));
-                }
+        if self.home_addrs.iter().any(IpAddr::is_ipv4) {
+            for ifname in [&self.tunnel_if, &self.public_if] {
+                keys.push(SysctlNeed {
+                    key: format!("net/ipv4/conf/{ifname}/forwarding"),
+                    value: "1",
+                    only_from: None,
+                });
             }
+        }
+        if self.home_addrs.iter().any(IpAddr::is_ipv6) {
+            // Before forwarding goes on, so no advertisement is missed in between.
+            keys.push(SysctlNeed {
+                key: format!("net/ipv6/conf/{}/accept_ra", self.public_if),
+                value: "2",
+                only_from: Some("1"),
+            });
+            keys.push(SysctlNeed {
+                key: "net/ipv6/conf/all/forwarding".into(),
+                value: "1",
+                only_from: None,
+            });
         }
         keys
     }
@@ -151,12 +154,23 @@ impl VpsEgress {
         let ruleset = self.ruleset()?;
         sys.run("nft", &["-f", "-"], Some(&ruleset))?;
         let mut state = ForwardingState::default();
-        for key in self.forwarding_keys() {
-            let old = sys.run("sysctl", &["-n", &key], None)?.trim().to_owned();
-            if old != "1" {
-                sys.run("sysctl", &["-w", &format!("{key}=1")], None)?;
+        for need in self.forwarding_keys() {
+            let old = sys
+                .run("sysctl", &["-n", &need.key], None)?
+                .trim()
+                .to_owned();
+            let change = match need.only_from {
+                Some(from) => old == from,
+                None => old != need.value,
+            };
+            if change {
+                sys.run(
+                    "sysctl",
+                    &["-w", &format!("{}={}", need.key, need.value)],
+                    None,
+                )?;
+                state.saved.push((need.key, old));
             }
-            state.saved.push((key, old));
         }
         Ok(state)
     }
@@ -174,13 +188,38 @@ impl VpsEgress {
     pub fn remove(&self, sys: &dyn System, state: &ForwardingState) -> Result<(), EgressError> {
         check_table(&self.table)?;
         sys.run("nft", &["-f", "-"], Some(&delete_table_text(&self.table)))?;
-        for (key, old) in &state.saved {
-            if old != "1" {
-                sys.run("sysctl", &["-w", &format!("{key}={old}")], None)?;
-            }
+        // In reverse: IPv6 forwarding goes off before accept_ra goes back.
+        for (key, old) in state.saved.iter().rev() {
+            sys.run("sysctl", &["-w", &format!("{key}={old}")], None)?;
         }
         Ok(())
     }
+}
+
+/// The VPS's public IPv6 for egress: a global address (not a ULA, not failed
+/// duplicate address detection) on `public_if`, and an IPv6 default route out of
+/// it. `None`: the VPS cannot send home's IPv6 mail anywhere.
+pub fn public_ipv6(sys: &dyn System, public_if: &str) -> Result<Option<Ipv6Addr>, EgressError> {
+    check_ifname("public interface", public_if)?;
+    let routes = sys.run(
+        "ip",
+        &["-6", "route", "show", "default", "dev", public_if],
+        None,
+    )?;
+    if routes.trim().is_empty() {
+        return Ok(None);
+    }
+    let addrs = sys.run(
+        "ip",
+        &[
+            "-6", "-o", "addr", "show", "dev", public_if, "scope", "global",
+        ],
+        None,
+    )?;
+    Ok(super::global_ipv6(&addrs)
+        .into_iter()
+        .map(|(_, a)| a)
+        .next())
 }
 
 #[cfg(test)]
@@ -205,13 +244,6 @@ table inet ceres {
 \t\toifname \"ceres0\" ct state established,related accept
 \t\toifname \"ceres0\" counter drop
 \t}
-\tchain input {
-\t\ttype filter hook input priority filter; policy accept;
-\t\tiifname \"ceres0\" ct state established,related accept
-\t\tiifname \"ceres0\" icmp type echo-request accept
-\t\tiifname \"ceres0\" icmpv6 type echo-request accept
-\t\tiifname \"ceres0\" counter drop
-\t}
 \tchain postrouting {
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\tiifname \"ceres0\" oifname \"eth0\" ip saddr 10.77.77.2 tcp dport { 25, 465, 587 } masquerade
@@ -222,29 +254,79 @@ table inet ceres {
     }
 
     #[test]
-    fn dual_stack_custom_ports_and_local_services() {
+    fn dual_stack_and_custom_ports() {
         let mut e = example();
         e.home_addrs.push("fd77::2".parse().unwrap());
         e.allowed_tcp_ports = vec![25];
-        e.local_tcp_ports = vec![53];
         let text = e.ruleset().unwrap();
+        assert!(
+            text.contains(
+                "iifname \"ceres0\" oifname \"eth0\" ip6 saddr fd77::2 tcp dport { 25 } accept"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("ip6 saddr fd77::2 tcp dport { 25 } masquerade"),
             "{text}"
         );
-        assert!(
-            text.contains("iifname \"ceres0\" tcp dport { 53 } accept"),
-            "{text}"
-        );
+        // The tunnel's input filter is a table of its own.
+        assert!(!text.contains("chain input"), "{text}");
+        let keys: Vec<String> = e.forwarding_keys().into_iter().map(|n| n.key).collect();
         assert_eq!(
-            e.forwarding_keys(),
+            keys,
             [
                 "net/ipv4/conf/ceres0/forwarding",
                 "net/ipv4/conf/eth0/forwarding",
-                "net/ipv6/conf/ceres0/forwarding",
-                "net/ipv6/conf/eth0/forwarding"
+                "net/ipv6/conf/eth0/accept_ra",
+                "net/ipv6/conf/all/forwarding",
             ]
         );
+    }
+
+    #[test]
+    fn ipv6_forwarding_keeps_router_advertisements_and_is_restored() {
+        let sys = FakeSystem::default();
+        sys.sysctls
+            .borrow_mut()
+            .insert("net/ipv6/conf/eth0/accept_ra".into(), "1".into());
+        let mut e = example();
+        e.home_addrs = vec!["fd77::2".parse().unwrap()];
+        let state = e.apply(&sys).unwrap();
+        let get = |k: &str| sys.sysctls.borrow().get(k).cloned();
+        assert_eq!(get("net/ipv6/conf/all/forwarding").as_deref(), Some("1"));
+        assert_eq!(get("net/ipv6/conf/eth0/accept_ra").as_deref(), Some("2"));
+        e.remove(&sys, &state).unwrap();
+        assert_eq!(get("net/ipv6/conf/all/forwarding").as_deref(), Some("0"));
+        assert_eq!(get("net/ipv6/conf/eth0/accept_ra").as_deref(), Some("1"));
+        // accept_ra 0 (static configuration) is left alone.
+        let sys = FakeSystem::default();
+        let state = e.apply(&sys).unwrap();
+        assert_eq!(state.saved.len(), 1, "{state:?}");
+    }
+
+    #[test]
+    fn public_ipv6_needs_a_global_address_and_a_default_route() {
+        let sys = FakeSystem::default();
+        let addrs = "2: eth0    inet6 fd00::5/64 scope global \\       valid_lft forever preferred_lft forever
+2: eth0    inet6 2001:db8:1::10/64 scope global \\       valid_lft forever preferred_lft forever
+";
+        sys.respond("ip -6 -o addr show dev eth0 scope global", addrs);
+        // No default route: no IPv6 egress, whatever the addresses.
+        assert_eq!(public_ipv6(&sys, "eth0").unwrap(), None);
+        sys.respond(
+            "ip -6 route show default dev eth0",
+            "default via 2001:db8:1::1 metric 1024 pref medium\n",
+        );
+        assert_eq!(
+            public_ipv6(&sys, "eth0").unwrap(),
+            Some("2001:db8:1::10".parse().unwrap())
+        );
+        // Only a ULA: none.
+        sys.respond(
+            "ip -6 -o addr show dev eth0 scope global",
+            "2: eth0    inet6 fd00::5/64 scope global \\       valid_lft forever preferred_lft forever\n",
+        );
+        assert_eq!(public_ipv6(&sys, "eth0").unwrap(), None);
     }
 
     #[test]
@@ -284,6 +366,10 @@ table inet ceres {
         );
         e.remove(&sys, &state).unwrap();
         let log = sys.log.borrow();
+        assert_eq!(
+            state.saved,
+            [("net/ipv4/conf/ceres0/forwarding".to_owned(), "0".to_owned())]
+        );
         assert!(log[0].starts_with("nft -f - <<table inet ceres\ndelete table inet ceres\n"));
         assert!(log.contains(&"sysctl -w net/ipv4/conf/ceres0/forwarding=1".to_string()));
         assert!(log.contains(&"sysctl -w net/ipv4/conf/ceres0/forwarding=0".to_string()));

@@ -258,6 +258,23 @@ fn gateway(o: Options) -> anyhow::Result<()> {
     let _iperf_tunnel = Daemon::spawn("iperf3-tunnel", iperf_cmd, lab.dir.path())?;
     wait_listening(&lab.home, IPERF_RELAYED)?;
     wait_listening(&lab.home, IPERF_TUNNEL)?;
+    // Home's input filter admits only the VPS to the forwarders from the
+    // tunnel; the tunnel-alone baseline dials iperf3 on the tunnel address,
+    // so open that one port for the benchmark (the agent installed the
+    // table at start and keeps it while the forwarders stay up).
+    ceres_tests::sh(lab.home.command("nft").args([
+        "insert",
+        "rule",
+        "inet",
+        "ceres_tunnel",
+        "input",
+        "iifname",
+        &lab.home_tun,
+        "tcp",
+        "dport",
+        &IPERF_TUNNEL.to_string(),
+        "accept",
+    ]))?;
 
     println!(
         "ceres-bench gateway: kernel {}, {} CPUs, load average at start {load_start}; lab {} ready in {:.1} s",
