@@ -210,7 +210,7 @@ pub struct EgressEnd {
     /// VPS: whether home's IPv6 mail leaves from the VPS's public IPv6:
     /// "available", "no_public_ipv6", "tunnel_ipv4_only", "off"; null when
     /// not reported (an older VPS agent, or home's end).
-    pub ipv6: Option<&'static str>,
+    pub ipv6: Option<String>,
 }
 
 impl EgressEnd {
@@ -222,10 +222,10 @@ impl EgressEnd {
             error: non_empty(&e.error),
             ipv6: match e.ipv6() {
                 Ipv6Egress::Unspecified => None,
-                Ipv6Egress::Available => Some("available"),
-                Ipv6Egress::NoPublicIpv6 => Some("no_public_ipv6"),
-                Ipv6Egress::TunnelIpv4Only => Some("tunnel_ipv4_only"),
-                Ipv6Egress::Off => Some("off"),
+                Ipv6Egress::Available => Some("available".to_owned()),
+                Ipv6Egress::NoPublicIpv6 => Some("no_public_ipv6".to_owned()),
+                Ipv6Egress::TunnelIpv4Only => Some("tunnel_ipv4_only".to_owned()),
+                Ipv6Egress::Off => Some("off".to_owned()),
             },
         }
     }
@@ -376,7 +376,7 @@ pub struct HomePart {
     pub direct_ipv6: Option<bool>,
     /// Home's input filter on the tunnel: "installed", "off" (tunnel off),
     /// "failed"; null: not reported (an older home agent).
-    pub input_filter: Option<&'static str>,
+    pub input_filter: Option<String>,
     /// Why replacing the input filter failed.
     pub input_filter_error: Option<String>,
     /// Whether the home owning the tunnel may use it: `allowed`, `revoked`,
@@ -562,14 +562,14 @@ impl Status {
         });
         let input_filter = report.as_ref().and_then(|r| match r.input_filter() {
             InputFilter::Unspecified => None,
-            InputFilter::Installed => Some("installed"),
-            InputFilter::Off => Some("off"),
-            InputFilter::Failed => Some("failed"),
+            InputFilter::Installed => Some("installed".to_owned()),
+            InputFilter::Off => Some("off".to_owned()),
+            InputFilter::Failed => Some("failed".to_owned()),
         });
         let input_filter_error = report
             .as_ref()
             .and_then(|r| non_empty(&r.input_filter_error));
-        if input_filter == Some("failed") {
+        if input_filter.as_deref() == Some("failed") {
             problems.push(format!(
                 "home's input filter on the tunnel could not be updated for the forwarders (relayed connections may fail): {}",
                 input_filter_error.as_deref().unwrap_or("see the home agent's log")
@@ -581,12 +581,15 @@ impl Status {
         let home_routes_mail = egress.home.as_ref().is_some_and(|h| h.enabled);
         if direct_ipv6 == Some(true)
             && home_routes_mail
-            && matches!(egress.vps.ipv6, Some("no_public_ipv6" | "tunnel_ipv4_only"))
+            && matches!(
+                egress.vps.ipv6.as_deref(),
+                Some("no_public_ipv6" | "tunnel_ipv4_only")
+            )
         {
             problems.push(
                 "home's mail server could send over IPv6 straight from home, outside the VPS's SPF and PTR, \
-                 and the VPS offers no IPv6 egress: set Postfix `inet_protocols = ipv4` \
-                 (`cerectl mailserver-config postfix` prints it) or give the VPS a public IPv6 address"
+                 and the VPS offers no IPv6 egress: run `cerectl mailserver-config postfix --apply` at home \
+                 (keeps Postfix's outbound SMTP on IPv4) or give the VPS a public IPv6 address"
                     .to_owned(),
             );
         }
@@ -889,7 +892,7 @@ impl Status {
 ",
                 );
             }
-            let v6 = match e.vps.ipv6 {
+            let v6 = match e.vps.ipv6.as_deref() {
                 Some("available") => Some("IPv6 leaves from the VPS's public IPv6"),
                 Some("no_public_ipv6") => Some("no IPv6: the VPS has no public IPv6"),
                 Some("tunnel_ipv4_only") => Some("no IPv6: the tunnel is IPv4 only"),
@@ -899,8 +902,8 @@ impl Status {
                 out.push_str(&format!("              {v6}\n"));
             }
         }
-        if let Some(state) = h.input_filter {
-            let (ok, text) = match state {
+        if let Some(state) = &h.input_filter {
+            let (ok, text) = match state.as_str() {
                 "installed" => (true, "from the tunnel only the VPS to the forwarders"),
                 "off" => (true, "off (the tunnel is off)"),
                 _ => (false, "NOT CURRENT: see the problems below"),

@@ -60,8 +60,18 @@ pub(crate) fn split_prefix(s: &str) -> anyhow::Result<(std::net::IpAddr, Option<
 }
 
 /// Home's IPv6 tunnel address as outbound mail uses it, or `off` when the VPS
-/// carries no IPv6 egress (older VPS agents report neither).
-pub(crate) fn egress6_home_address(_vps: &VpsStatus) -> String {
-    // Filled from the VPS's dual-stack status fields once they exist.
-    "off".into()
+/// carries no IPv6 egress: only then may Postfix bind it (`smtp_bind_address6`);
+/// otherwise its outbound SMTP is kept to IPv4. Older VPS agents report
+/// neither field: `off`.
+pub(crate) fn egress6_home_address(resp: &StatusResponse) -> String {
+    let available = resp
+        .egress
+        .as_ref()
+        .is_some_and(|e| e.ipv6() == ceres_proto::Ipv6Egress::Available);
+    match resp.vps.as_ref() {
+        Some(v) if available && !v.tunnel_home_address6.is_empty() => {
+            v.tunnel_home_address6.clone()
+        }
+        _ => "off".into(),
+    }
 }

@@ -8,6 +8,9 @@
 //! - IMAP on 993 and 143 (STARTTLS) and POP3 on 995 log the client's address
 //!   (`rip=`), and a cleartext LOGIN on 143 or USER/PASS on 110 is refused;
 //! - nginx logs the client's address on 80;
+//! - home's Postfix delivers to an IPv6-only server outside from the VPS's
+//!   public IPv6 (never home's own), and the VPS reaches nothing at home
+//!   through the tunnel but the forwarders;
 //! - a host on the home LAN that sends `PROXY TCP4 127.0.0.1 ...` to home's
 //!   LAN address on 25 gets no trust (cannot relay), gets the banner without
 //!   a header, and cannot reach the PROXY ports at all;
@@ -26,7 +29,7 @@ use ceres_tests::dovecot::Dovecot;
 use ceres_tests::dovecot::login::{LoginOutcome, LoginPath, LoginTarget, imap_login, pop3_login};
 use ceres_tests::nginx::{Nginx, http_get};
 use ceres_tests::postfix::smtp::{SmtpClient, compose};
-use ceres_tests::postfix::{Postfix, StockSite};
+use ceres_tests::postfix::{Postfix, PostfixOptions, StockSite};
 use ceres_tests::{Ceres, Lab, Netns, addr, bin, require_root, run, unique_id, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -364,6 +367,76 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
             .is_err(),
             "PROXY port {port} reachable from the LAN"
         );
+    }
+
+    // Outbound over IPv6: --apply bound Postfix to the tunnel's IPv6 (the
+    // lab VPS has a public IPv6), so an IPv6-only MX sees the VPS, never home.
+    assert!(
+        postfix
+            .postconf(&["-h", "smtp_bind_address6"])
+            .unwrap()
+            .trim()
+            == "fd77:77:77::2",
+        "smtp_bind_address6 not applied"
+    );
+    let sink6 = Postfix::start(
+        &lab.internet,
+        PostfixOptions::sink(
+            vec![ip(addr::CLIENT6)],
+            "mx.remote6.example",
+            &["remote6.example"],
+        ),
+    )
+    .unwrap();
+    // The lab has no DNS: what an MX record would say, as a transport map.
+    postfix
+        .postconf(&[
+            "-e",
+            &format!(
+                "transport_maps = inline:{{ remote6.example=smtp:[{}]:25 }}",
+                addr::CLIENT6
+            ),
+        ])
+        .unwrap();
+    postfix.reload().unwrap();
+    let id = format!("{}.out6@example.com", unique_id());
+    postfix
+        .sendmail(
+            "alice@example.com",
+            "bob@remote6.example",
+            &compose(
+                "alice@example.com",
+                "bob@remote6.example",
+                "out6",
+                &id,
+                "Over IPv6.",
+            ),
+        )
+        .unwrap();
+    sink6.wait_for_message_id(&id, WAIT).unwrap();
+    let seen = sink6.remote_clients_seen();
+    assert_eq!(
+        seen,
+        [ip(addr::VPS6)].into(),
+        "the IPv6-only MX must see only the VPS's public IPv6:\n{}",
+        sink6.log()
+    );
+
+    // From the VPS straight to home's tunnel addresses: Postfix listens on
+    // every address, yet nothing but the forwarders is reachable.
+    for target in ["10.77.77.2", "fd77:77:77::2"] {
+        for port in [25u16, 143, 80] {
+            assert!(
+                SmtpClient::connect(
+                    &lab.vps,
+                    SocketAddr::new(ip(target), port),
+                    None,
+                    Duration::from_secs(2)
+                )
+                .is_err(),
+                "the VPS reached home's {target}:{port} through the tunnel"
+            );
+        }
     }
 
     // Unsafe variants are named by --check (Postfix's are in ctl_mailconfig).

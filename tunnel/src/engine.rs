@@ -483,7 +483,7 @@ impl Tunnel {
         sh.publish_rotation(&g);
         drop(g);
         if sh.route_allowed_ips {
-            for net in routed_nets(sh.address, &old.current.config.allowed_ips) {
+            for net in routed_nets(&sh.addresses, &old.current.config.allowed_ips) {
                 let _ = route("del", net, &sh.ifname);
             }
         }

@@ -388,6 +388,8 @@ mod tests {
             endpoint: "127.0.0.1:51820".into(),
             vps_address: "10.77.77.1/24".parse().unwrap(),
             home_address: "10.77.77.2/24".parse().unwrap(),
+            vps_address6: None,
+            home_address6: None,
             mtu: 1420,
             uapi_dir: tmp.join("uapi"),
         }

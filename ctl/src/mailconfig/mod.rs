@@ -291,7 +291,7 @@ async fn setup(cli: &Cli, args: &MailConfigArgs) -> anyhow::Result<MailSetup> {
                         .unwrap_or_else(|| vps.tunnel_home_address.clone()),
                     args.home_tunnel_address6
                         .clone()
-                        .unwrap_or_else(|| crate::vps::egress6_home_address(vps)),
+                        .unwrap_or_else(|| crate::vps::egress6_home_address(&resp)),
                 )
             }
         };

@@ -1,8 +1,10 @@
 //! `ceres-lab`: the one-machine demo. Builds three network namespaces
 //! (internet, vps, home), runs both agents with real keys and certificates,
-//! joins them, starts a real Postfix at home and one on the internet side,
-//! delivers a message in through the VPS and one out, shows `cerectl
-//! status` and `cerectl dns`, then tears it all down. Needs root.
+//! joins them, starts Debian's Postfix at home with its stock configuration
+//! and lets `cerectl mailserver-config postfix --apply` configure it (as a
+//! user would), starts a Postfix on the internet side, delivers a message in
+//! through the VPS and one out, shows `cerectl status` and `cerectl dns`,
+//! then tears it all down. Needs root.
 //!
 //! Usage: `ceres-lab demo [--keep]` — with `--keep` it stays up until Enter.
 
@@ -12,10 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ceres_tests::postfix::smtp::{SmtpClient, compose, wait_banner};
-use ceres_tests::postfix::{Postfix, PostfixOptions};
+use ceres_tests::postfix::{Postfix, PostfixOptions, StockSite};
 use ceres_tests::{Ceres, Lab, addr, unique_id};
-
-const HOME_TUN: &str = "10.77.77.2";
 
 fn ip(s: &str) -> anyhow::Result<IpAddr> {
     Ok(s.parse()?)
@@ -49,12 +49,12 @@ fn main() -> anyhow::Result<()> {
         addr::VPS6,
         addr::HOME
     ));
-    // The relays the lab's Postfix serves (25 with postscreen, 587 with
-    // submission, both expecting PROXY), and home's probes of it every 2 s so
-    // the status below shows what they found.
+    // The relay the lab's Postfix serves (25, with PROXY to its loopback
+    // PROXY port), and home's probes of it every 2 s so the status below
+    // shows what they found.
     let ceres = Ceres::init(
         &lab,
-        &["CERES_RELAYS=25/proxy-v2,587/proxy-v2"],
+        &["CERES_RELAYS=25/proxy-v2"],
         &["CERES_PROBE_INTERVAL=2s"],
     )?;
     step("ceres-vps init: CA, server certificate, config");
@@ -72,10 +72,38 @@ fn main() -> anyhow::Result<()> {
     step("cerectl enroll (from the internet namespace): admin certificate");
     ceres.wait_home_connected(true, Duration::from_secs(20))?;
 
-    let mut opts = PostfixOptions::home(vec![ip("127.0.0.1")?, ip("::1")?]);
-    opts.smtp_bind_address = Some(HOME_TUN.parse()?);
-    opts.transport = vec![("remote.example".into(), format!("[{}]:25", addr::CLIENT))];
-    let home_mx = Postfix::start(&lab.home, opts).context("starting Postfix at home")?;
+    let site = StockSite {
+        users: vec!["postmaster".into()],
+        ..StockSite::default()
+    };
+    let home_mx = Postfix::start_stock(&lab.home, site).context("starting Postfix at home")?;
+    step("Postfix at home: Debian's package, stock main.cf and master.cf");
+    let config_dir = home_mx.config_dir();
+    let out = ceres_tests::run(
+        lab.home
+            .command(ceres_tests::bin("cerectl"))
+            .arg("--dir")
+            .arg(&ceres.ctl_dir)
+            .args(["mailserver-config", "postfix", "--apply", "--config-dir"])
+            .arg(&config_dir),
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mailserver-config --apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    step("cerectl mailserver-config postfix --apply (at home):");
+    print!("{}", indent(&String::from_utf8_lossy(&out.stdout)));
+    // The lab has no DNS: mail for remote.example goes straight to the
+    // internet-side MX (what an MX record would say).
+    home_mx.postconf(&[
+        "-e",
+        &format!(
+            "transport_maps = inline:{{ remote.example=smtp:[{}]:25 }}",
+            addr::CLIENT
+        ),
+    ])?;
+    home_mx.reload()?;
     let remote_mx = Postfix::start(
         &lab.internet,
         PostfixOptions::sink(
@@ -85,9 +113,7 @@ fn main() -> anyhow::Result<()> {
         ),
     )
     .context("starting the internet-side Postfix")?;
-    step(
-        "Postfix at home (postscreen expecting PROXY on 25, smtp_bind_address 10.77.77.2) and a remote MX on the internet side",
-    );
+    step("a remote MX on the internet side");
     wait_banner(
         &lab.internet,
         SocketAddr::new(ip(addr::VPS)?, 25),
@@ -131,7 +157,7 @@ fn main() -> anyhow::Result<()> {
     for line in home_mx
         .log()
         .lines()
-        .filter(|l| l.contains("CONNECT from [192.0.2.10]"))
+        .filter(|l| l.contains("connect from unknown[192.0.2.10]"))
         .take(1)
     {
         println!("    home Postfix log: {line}");
@@ -210,6 +236,10 @@ fn clean() -> anyhow::Result<()> {
     }
     println!("{removed} lab namespace(s) removed");
     Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
 }
 
 fn step(msg: &str) {
