@@ -36,7 +36,9 @@ fn revoking_home_removes_its_peer_egress_and_session_and_survives_a_restart() {
         return;
     }
     let lab = Lab::new().unwrap();
-    let ceres = Ceres::init(&lab, &[], &[]).unwrap();
+    // One plain relay to an echo server at home: the tunnel's input filter
+    // lets the VPS reach home's forwarders only.
+    let ceres = Ceres::init(&lab, &["CERES_RELAYS=7001"], &[]).unwrap();
     // Joined under a name of its own (the default is the hostname, which
     // cerectl's certificate shares in the lab).
     let mut vps = ceres.start_vps().unwrap();
@@ -55,11 +57,12 @@ fn revoking_home_removes_its_peer_egress_and_session_and_survives_a_restart() {
     ceres
         .wait_home_connected(true, Duration::from_secs(20))
         .unwrap();
-    let _echo = echo_server(&lab.home, HOME_TUN, 7001, lab.dir.path()).unwrap();
+    let _echo = echo_server(&lab.home, "127.0.0.1", 7001, lab.dir.path()).unwrap();
+    let forwarder = ceres.forwarder_ports(1, Duration::from_secs(20)).unwrap()[&7001];
     wait_until(
         "the tunnel to carry traffic",
         Duration::from_secs(20),
-        || echo_roundtrip(&lab.vps, HOME_TUN, 7001, "before\n"),
+        || echo_roundtrip(&lab.vps, HOME_TUN, forwarder, "before\n"),
     )
     .unwrap();
     assert!(!vps_peers(&lab).is_empty());
@@ -105,7 +108,7 @@ fn revoking_home_removes_its_peer_egress_and_session_and_survives_a_restart() {
         text.contains("REVOKED") && text.contains("home revoked"),
         "{text}"
     );
-    assert!(!echo_roundtrip(&lab.vps, HOME_TUN, 7001, "after\n").unwrap());
+    assert!(!echo_roundtrip(&lab.vps, HOME_TUN, forwarder, "after\n").unwrap());
     assert!(!ceres.vps_state.join("home-peer.json").exists());
 
     // Not re-established: home keeps trying and is refused at the handshake.

@@ -35,6 +35,17 @@ pub struct RevokedHome {
     pub revoked_unix: i64,
 }
 
+/// What [`HomeRevocations::clear_for`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleared {
+    /// The note is gone: a new home.
+    Yes,
+    /// There was no note.
+    NothingToClear,
+    /// The connecting home is of the revoked lineage: the note stays.
+    RevokedLineage,
+}
+
 /// Whether home is revoked, persisted.
 #[derive(Debug)]
 pub struct HomeRevocations {
@@ -74,13 +85,24 @@ impl HomeRevocations {
 
     /// A new home joined: the note goes. Returns whether there was one.
     pub fn clear(&self) -> anyhow::Result<bool> {
+        Ok(self.clear_for(None)? == Cleared::Yes)
+    }
+
+    /// A home of `lineage` connected: the note goes unless it is that
+    /// lineage's own (a session of the revoked home that raced its
+    /// revocation is not a new home). Decided under the note's lock.
+    pub fn clear_for(&self, lineage: Option<&str>) -> anyhow::Result<Cleared> {
         let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            return Ok(false);
+        match guard.as_ref() {
+            None => return Ok(Cleared::NothingToClear),
+            Some(r) if lineage.is_some_and(|l| l.eq_ignore_ascii_case(&r.lineage)) => {
+                return Ok(Cleared::RevokedLineage);
+            }
+            Some(_) => {}
         }
         self.dir.remove(HOME_REVOKED)?;
         *guard = None;
-        Ok(true)
+        Ok(Cleared::Yes)
     }
 
     /// Whether home is revoked now.
@@ -178,5 +200,38 @@ impl RevocationWatch {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A session of the revoked home that raced its revocation must not clear
+    /// the note (found in the merged suite: home reconnected between the
+    /// handshake's check and the watcher's note, and was taken for a new home).
+    #[test]
+    fn only_another_lineage_clears_the_revoked_note() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let r = HomeRevocations::load(&dir).unwrap();
+        assert_eq!(r.clear_for(Some("aa")).unwrap(), Cleared::NothingToClear);
+        r.set(RevokedHome {
+            name: "home".into(),
+            serial: "aa01".into(),
+            lineage: "AA".into(),
+            revoked_unix: 1,
+        })
+        .unwrap();
+        assert_eq!(r.clear_for(Some("aa")).unwrap(), Cleared::RevokedLineage);
+        assert!(r.is_revoked());
+        assert!(
+            HomeRevocations::load(&dir).unwrap().is_revoked(),
+            "still on disk"
+        );
+        assert_eq!(r.clear_for(Some("bb")).unwrap(), Cleared::Yes);
+        assert!(!r.is_revoked());
+        assert!(!HomeRevocations::load(&dir).unwrap().is_revoked());
     }
 }

@@ -318,13 +318,32 @@ impl Agent for Svc {
         };
         // A home whose certificate is not revoked connects: if home was
         // revoked, this is the new home joining. Its egress comes back.
+        // Checked again here, not only at the handshake: a session of the
+        // revoked home that raced its own revocation must not clear it.
+        if crate::certs::is_revoked(&ctx.state.dir, &cert.serial) {
+            return Err(Status::permission_denied(
+                "this certificate is revoked (ceres-vps cert revoke): join again with a new token",
+            ));
+        }
         if ctx.revocations.is_revoked() {
             tracing::info!(name = %owner.name, lineage = %owner.lineage, "a new home joined after a revocation");
-            if let Err(e) = ctx.revocations.clear() {
-                tracing::error!(error = %format!("{e:#}"), "cannot clear the revoked-home note");
+            match ctx.revocations.clear_for(Some(&owner.lineage)) {
+                Ok(crate::revocation::Cleared::Yes) => {
+                    let c = ctx.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || c.relays.ensure_egress(&c.settings))
+                            .await;
+                }
+                Ok(crate::revocation::Cleared::NothingToClear) => {}
+                Ok(crate::revocation::Cleared::RevokedLineage) => {
+                    return Err(Status::permission_denied(
+                        "this certificate's lineage is revoked: join again with a new token",
+                    ));
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot clear the revoked-home note")
+                }
             }
-            let c = ctx.clone();
-            let _ = tokio::task::spawn_blocking(move || c.relays.ensure_egress(&c.settings)).await;
         }
         // While a rotation is under way (either side says so) the keys are
         // settled by the rotation messages; a Welcome with the old keys
