@@ -257,24 +257,12 @@ impl Dovecot {
 
     /// The log so far.
     pub fn log(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        crate::read_log(&self.log_path())
     }
 
     /// Waits until a log line contains `needle`; returns that line.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
-        let mut line = None;
-        wait_until(&format!("{needle:?} in the Dovecot log"), timeout, || {
-            line = self
-                .log()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_owned);
-            Ok(line.is_some())
-        })
-        .map_err(|e| e.context(format!("log:\n{}", self.log())))?;
-        line.context("log line vanished")
+        crate::wait_log_line("Dovecot", &self.log_path(), needle, timeout)
     }
 
     /// Every successful login in the log, in order (readiness probes log

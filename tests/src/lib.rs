@@ -98,6 +98,33 @@ where
     }
 }
 
+/// A daemon's log file, read whole (lossy UTF-8; empty while it does not exist).
+pub fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Waits until a line of the log at `path` contains `needle`; returns that
+/// line. A timeout carries the whole log. `who` names the daemon.
+pub fn wait_log_line(
+    who: &str,
+    path: &Path,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let mut line = None;
+    wait_until(&format!("{needle:?} in the {who} log"), timeout, || {
+        line = read_log(path)
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned);
+        Ok(line.is_some())
+    })
+    .map_err(|e| e.context(format!("log:\n{}", read_log(path))))?;
+    line.context("log line vanished")
+}
+
 /// Runs a command, returning its output; fails if it cannot start.
 pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     cmd.stdin(Stdio::null())

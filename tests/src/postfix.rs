@@ -577,24 +577,12 @@ impl Postfix {
 
     /// The instance log so far (empty if none yet).
     pub fn log(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        crate::read_log(&self.log_path())
     }
 
     /// Waits until a log line contains `needle`; returns that line.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
-        let mut line = None;
-        wait_until(&format!("{needle:?} in the Postfix log"), timeout, || {
-            line = self
-                .log()
-                .lines()
-                .find(|l| l.contains(needle))
-                .map(str::to_owned);
-            Ok(line.is_some())
-        })
-        .map_err(|e| e.context(format!("log:\n{}", self.log())))?;
-        line.context("log line vanished")
+        crate::wait_log_line("Postfix", &self.log_path(), needle, timeout)
     }
 
     /// The client addresses this instance's SMTP servers saw, in log order:

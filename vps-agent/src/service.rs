@@ -940,6 +940,12 @@ async fn enforce_revocations(ctx: &Arc<Ctx>) {
     else {
         return;
     };
+    // The note first: from the moment anything of home's goes, status says
+    // why (and a restart half-way finishes the job from it).
+    let note = crate::revocation::revoked_now(dir, &owner.name, &owner.lineage);
+    if let Err(e) = ctx.revocations.set(note) {
+        tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked");
+    }
     if let Some((id, _)) = ctx.rotator.pending() {
         let _ = ctx.rotator.fail(&ctx.tunnel, id, "home revoked").await;
     }
@@ -954,10 +960,6 @@ async fn enforce_revocations(ctx: &Arc<Ctx>) {
     // `nft` runs: off the async workers.
     let c = Arc::clone(ctx);
     let _ = tokio::task::spawn_blocking(move || c.relays.remove_egress()).await;
-    let note = crate::revocation::revoked_now(dir, &owner.name, &owner.lineage);
-    if let Err(e) = ctx.revocations.set(note) {
-        tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked");
-    }
 }
 
 /// Re-checks the server certificate twice a day and swaps in a renewed one
