@@ -29,3 +29,104 @@ fn unjoined_home_agent_exits_78_naming_join() {
         "{stderr}"
     );
 }
+
+/// The `ceres` user's uid in these tests: `nobody` stands in for it.
+const AGENT_UID: u32 = 65534;
+
+/// `ceres-vps token create` run as root next to an agent that runs as
+/// another user (the package's `ceres`) writes a token file that user owns,
+/// so the running agent redeems it; before, the file was root's 0600 and the
+/// agent answered "unknown token".
+#[test]
+fn token_created_by_root_is_redeemed_by_an_agent_running_as_the_state_owner() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    if !ceres_tests::require_root(
+        "token_created_by_root_is_redeemed_by_an_agent_running_as_the_state_owner",
+    ) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The agent's user must reach its config and state inside the temp dir.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let ip = ceres_tests::loopback_ip();
+    let addr = format!("{ip}:7443");
+    let config = tmp.path().join("vps.env");
+    let state = tmp.path().join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "CERES_CONTROL_LISTEN={addr}\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\nCERES_RELAYS=\n"
+        ),
+    )
+    .unwrap();
+    let vps = |args: &[&str]| {
+        let mut cmd = Command::new(bin("ceres-vps"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args);
+        cmd
+    };
+    ceres_tests::sh(&mut vps(&[
+        "init",
+        "--public-ip",
+        &ip,
+        "--domain",
+        "example.com",
+    ]))
+    .unwrap();
+    // What the package's service does: the state belongs to the agent's user.
+    ceres_tests::sh(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{AGENT_UID}:{AGENT_UID}"))
+            .arg(&state),
+    )
+    .unwrap();
+    let mut run_cmd = vps(&["run"]);
+    run_cmd.uid(AGENT_UID).gid(AGENT_UID);
+    let _agent = ceres_tests::Daemon::spawn("vps", run_cmd, tmp.path()).unwrap();
+    // Its notify socket is root's: wait for the control plane to listen instead.
+    ceres_tests::wait_until(
+        "the agent's control plane",
+        std::time::Duration::from_secs(20),
+        || Ok(std::net::TcpStream::connect(&addr).is_ok()),
+    )
+    .unwrap();
+
+    // As root, the admin creates a token.
+    let token = ceres_tests::sh(&mut vps(&["token", "create", "--role", "admin"])).unwrap();
+    for entry in std::fs::read_dir(state.join("tokens")).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        assert_eq!(
+            meta.uid(),
+            AGENT_UID,
+            "{} belongs to uid {}",
+            entry.path().display(),
+            meta.uid()
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(state.join("tokens")).unwrap().uid(),
+        AGENT_UID
+    );
+    // The agent, running as its own user, redeems it.
+    let ctl_dir = tmp.path().join("ctl");
+    let out = run(Command::new(bin("cerectl"))
+        .arg("--dir")
+        .arg(&ctl_dir)
+        .args(["enroll", token.trim()]))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "enrolling with a token root created: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
