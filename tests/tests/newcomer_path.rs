@@ -130,3 +130,53 @@ fn token_created_by_root_is_redeemed_by_an_agent_running_as_the_state_owner() {
     );
 }
 
+/// `init --state-dir X --config C` records X in C: later commands given only
+/// `--config C` find the state (before, `token create` looked in
+/// /var/lib/ceres and said "holds no CA").
+#[test]
+fn init_records_the_state_dir_in_the_config_it_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("etc/ceres.env");
+    let state = tmp.path().join("state");
+    let ip = ceres_tests::loopback_ip();
+    let out = ceres_tests::sh(
+        Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["init", "--public-ip", &ip, "--domain", "example.com"]),
+    )
+    .unwrap();
+    assert!(
+        out.contains(&format!("ceres-vps --config {} run", config.display())),
+        "init's next steps must name the config: {out}"
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let canonical = std::fs::canonicalize(&state).unwrap();
+    assert!(
+        text.contains(&format!("CERES_STATE_DIR={}\n", canonical.display())),
+        "{text}"
+    );
+    let out = run(Command::new(bin("ceres-vps"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("CERES_STATE_DIR")
+        .args(["token", "create", "--role", "home"]))
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "token create with only --config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    assert_eq!(
+        std::fs::read_dir(state.join("tokens"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_file())
+            .count(),
+        1
+    );
+}
+

@@ -174,7 +174,18 @@ fn init(cli: &Cli, flags: &VpsFlags) -> Outcome {
     let (layers, settings) = load(cli, flags, true)?;
     let dir = StateDir::open(state_dir(cli, &layers)?)?;
     let (state, server) = VpsState::init(dir, &settings)?;
-    write_config_if_missing(&cli.config, flags)?;
+    // A state directory given on the command line (or in the environment) is
+    // recorded, so later commands that read this config find the state.
+    let told_state_dir = match layers.raw("CERES_STATE_DIR", cli.state_dir.as_deref()) {
+        Some((_, ceres_config::Origin::Flag(_) | ceres_config::Origin::Env)) => Some(
+            std::fs::canonicalize(state.dir.path())
+                .with_context(|| format!("resolving {}", state.dir.path().display()))?
+                .display()
+                .to_string(),
+        ),
+        _ => None,
+    };
+    write_config_if_missing(&cli.config, flags, told_state_dir)?;
     let fp = state.ca.fingerprint();
     println!("CERES VPS initialised in {}", state.dir.path().display());
     println!("  domain          {}", settings.domain);
@@ -197,18 +208,27 @@ fn init(cli: &Cli, flags: &VpsFlags) -> Outcome {
         "  server cert     valid until {}",
         ceres_pki::rfc3339(ceres_pki::unix_secs(server.info.not_after))
     );
+    // Later commands find the state through the config file: name a
+    // non-default one in the commands printed here, so copying them works.
+    let vps = if cli.config == Path::new(ceres_config::DEFAULT_CONFIG) {
+        "ceres-vps".to_owned()
+    } else {
+        format!("ceres-vps --config {}", cli.config.display())
+    };
     println!(
-        "Next: `ceres-vps run`, then `ceres-vps token create --role home` for the home server"
+        "Next: `{vps} run` (or the service), then in another terminal \
+         `{vps} token create --role home` for the home server"
     );
-    println!("      and `ceres-vps token create --role admin` for cerectl.");
+    println!("      and `{vps} token create --role admin` for cerectl.");
     Ok(())
 }
 
 /// Writes the keys given on the `init` command line into the config file, so
 /// `run` needs no flags: a new file is created; an existing one gets the
 /// missing keys appended, and a key it already sets must agree.
-fn write_config_if_missing(path: &Path, flags: &VpsFlags) -> Outcome {
+fn write_config_if_missing(path: &Path, flags: &VpsFlags, state_dir: Option<String>) -> Outcome {
     let given = [
+        ("CERES_STATE_DIR", &state_dir),
         ("CERES_PUBLIC_IP", &flags.public_ip),
         ("CERES_DOMAIN", &flags.domain),
         ("CERES_MAIL_HOST", &flags.mail_host),
