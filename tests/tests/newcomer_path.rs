@@ -180,3 +180,90 @@ fn init_records_the_state_dir_in_the_config_it_writes() {
     );
 }
 
+/// `token list` shows unused tokens (id, role, times — never the secret),
+/// `token revoke ID` makes one useless: the running agent refuses it.
+#[test]
+fn token_list_and_revoke() {
+    let vps = ceres_tests::LoopVps::start(&[]).unwrap();
+    let home = vps.token("home", "1h").unwrap();
+    let admin = vps.token("admin", "2h").unwrap();
+
+    let out = vps.vps(&["token", "list", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let tokens = json["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{json}");
+    let roles: Vec<&str> = tokens.iter().map(|t| t["role"].as_str().unwrap()).collect();
+    assert!(
+        roles.contains(&"home") && roles.contains(&"admin"),
+        "{json}"
+    );
+    for t in tokens {
+        assert!(t["created"].is_string() && t["expires"].is_string(), "{t}");
+        assert!(t["expires"].as_str() > t["created"].as_str(), "{t}");
+    }
+    // Neither the printed tokens nor their secrets appear in the listing.
+    for tok in [&home, &admin] {
+        let decoded = ceres_pki::JoinToken::decode(tok).unwrap();
+        let secret = hex_of(decoded.secret.expose());
+        assert!(!stdout.contains(&secret) && !stdout.contains(tok.as_str()));
+    }
+
+    // The table names the same ids.
+    let home_id = tokens.iter().find(|t| t["role"] == "home").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = vps.vps(&["token", "list"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&home_id) && table.contains("admin"),
+        "{table}"
+    );
+
+    let out = vps.vps(&["token", "revoke", &home_id]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vps.vps(&["token", "list", "--json"]).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["tokens"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["tokens"][0]["role"], "admin");
+    // An unknown id is an error, not a silent success.
+    let out = vps.vps(&["token", "revoke", &home_id]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // The running agent refuses the revoked token and accepts the other.
+    let state = vps.dir.path().join("home-state");
+    let out = run(Command::new(bin("ceres-home"))
+        .arg("--config")
+        .arg(vps.dir.path().join("none.env"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["join", &home]))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("not known"),
+        "{stderr}"
+    );
+    let ctl_dir = vps.dir.path().join("ctl");
+    ceres_tests::sh(
+        Command::new(bin("cerectl"))
+            .arg("--dir")
+            .arg(&ctl_dir)
+            .args(["enroll", &admin]),
+    )
+    .unwrap();
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
