@@ -90,6 +90,18 @@ pub enum ConfigError {
         /// What the operator can do.
         advice: String,
     },
+    /// The state directory lacks what the command needs (no enrolment, no
+    /// CA): only an operator's step fixes it, so a service manager must not
+    /// restart the agent in a loop (exit 78, like any other config error).
+    #[error("{dir} {lacks}: {advice}")]
+    StateNotSetUp {
+        /// The state directory.
+        dir: PathBuf,
+        /// What is missing ("holds no credentials").
+        lacks: String,
+        /// The command that sets it up.
+        advice: String,
+    },
     /// A value that does not parse.
     #[error("{key}={value:?} at {origin}: {message}")]
     Invalid {

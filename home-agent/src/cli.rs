@@ -167,8 +167,19 @@ async fn run(cli: &Cli, flags: &HomeFlags) -> anyhow::Result<()> {
     let layers = layers(cli, false)?;
     let settings: HomeSettings = flags.resolve(&layers)?;
     let dir = state_dir(cli, &layers)?;
-    // Fail fast (before READY) when not joined: a clear message beats a retry loop.
-    Credentials::load(&dir, Role::Home, crate::session::JOIN_HINT)?;
+    // Fail fast (before READY) when not joined: a clear message beats a retry
+    // loop, and as a configuration error (78) systemd does not restart it.
+    match Credentials::load(&dir, Role::Home, crate::session::JOIN_HINT) {
+        Err(CredError::NotEnrolled { hint, .. }) => {
+            return Err(ConfigError::StateNotSetUp {
+                dir: dir.path().to_owned(),
+                lacks: "holds no credentials: this host has not joined a VPS".into(),
+                advice: hint.into(),
+            }
+            .into());
+        }
+        other => other?,
+    };
     let cancel = ceres_daemon::shutdown_on_signals()?;
     tracing::info!(name = %settings.name, version = VERSION, "ceres-home running");
     ceres_daemon::notify("READY=1\nSTATUS=connecting to the VPS");

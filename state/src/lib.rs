@@ -4,6 +4,11 @@
 //! 0600 *with* that mode (no create-then-chmod window), every write goes to a
 //! temporary file that is synced and renamed over the old one, so a crash
 //! never leaves half a key, and loading refuses files that others can read.
+//!
+//! Everything written into a directory belongs to the directory's owner:
+//! an admin running `ceres-vps token create` as root next to an agent that
+//! runs as the `ceres` user writes files that agent can read (the new file is
+//! given away by `fchown` on the open descriptor, before any data is in it).
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -20,6 +25,22 @@ pub enum StateError {
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// A file could not be given to the state directory's owner: this process
+    /// may not change owners (not root), and the owner could not read it.
+    #[error(
+        "cannot give {path} to uid {uid}, the owner of {dir}: {error}; \
+         run this command as that user (e.g. `sudo -u ceres ...`)"
+    )]
+    Owner {
+        /// The new file or directory.
+        path: PathBuf,
+        /// The state directory whose owner it should belong to.
+        dir: PathBuf,
+        /// That owner.
+        uid: u32,
         /// The OS error.
         error: io::Error,
     },
@@ -47,6 +68,25 @@ pub const FILE_MODE: u32 = 0o600;
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Who the directory belongs to: what this process creates in it is
+    /// given to them, so the agent that owns the directory can read it.
+    owner: Owner,
+}
+
+/// A file owner (uid and gid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+impl Owner {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
 }
 
 impl StateDir {
@@ -58,7 +98,8 @@ impl StateDir {
         let root = root.into();
         create_dir_secure(&root)?;
         check_mode(&root, DIR_MODE)?;
-        Ok(Self { root })
+        let owner = Owner::of(&stat(&root)?);
+        Ok(Self { root, owner })
     }
 
     /// The directory itself.
@@ -76,14 +117,37 @@ impl StateDir {
         self.join(name).exists()
     }
 
-    /// A subdirectory, created 0700 if missing.
+    /// A subdirectory, created 0700 if missing, owned like this one (one
+    /// that root created for another owner before is given back to them).
     pub fn subdir(&self, name: &str) -> Result<StateDir, StateError> {
-        StateDir::open(self.join(name))
+        let path = self.join(name);
+        create_dir_secure(&path)?;
+        check_mode(&path, DIR_MODE)?;
+        if Owner::of(&stat(&path)?).uid != self.owner.uid {
+            std::os::unix::fs::chown(&path, Some(self.owner.uid), Some(self.owner.gid))
+                .map_err(|error| self.owner_error(&path, error))?;
+        }
+        Ok(StateDir {
+            root: path,
+            owner: self.owner,
+        })
     }
 
     /// Atomically replaces `name` with `data` (mode 0600).
     pub fn write(&self, name: &str, data: &[u8]) -> Result<(), StateError> {
-        write_atomic(&self.join(name), data, FILE_MODE)
+        let path = self.join(name);
+        let tmp = temp_path(&path);
+        write_file(&tmp, data, FILE_MODE, Some(self))?;
+        rename_into_place(&tmp, &path)
+    }
+
+    fn owner_error(&self, path: &Path, error: io::Error) -> StateError {
+        StateError::Owner {
+            path: path.to_owned(),
+            dir: self.root.clone(),
+            uid: self.owner.uid,
+            error,
+        }
     }
 
     /// Creates `name` with `data` only if it does not exist yet.
@@ -93,7 +157,7 @@ impl StateDir {
     pub fn create_new(&self, name: &str, data: &[u8]) -> Result<bool, StateError> {
         let path = self.join(name);
         let tmp = temp_path(&path);
-        write_file(&tmp, data, FILE_MODE)?;
+        write_file(&tmp, data, FILE_MODE, Some(self))?;
         // link(2) fails with EEXIST instead of replacing: an exclusive publish.
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
@@ -199,9 +263,13 @@ pub fn create_dir_secure(path: &Path) -> Result<(), StateError> {
 /// Atomically replaces `path` with `data`, the new file created with `mode`.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
     let tmp = temp_path(path);
-    write_file(&tmp, data, mode)?;
-    fs::rename(&tmp, path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
+    write_file(&tmp, data, mode, None)?;
+    rename_into_place(&tmp, path)
+}
+
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), StateError> {
+    fs::rename(tmp, path).map_err(|source| {
+        let _ = fs::remove_file(tmp);
         StateError::Io {
             op: "rename",
             path: path.to_owned(),
@@ -241,7 +309,22 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+fn stat(path: &Path) -> Result<fs::Metadata, StateError> {
+    fs::metadata(path).map_err(|source| StateError::Io {
+        op: "stat",
+        path: path.to_owned(),
+        error: source,
+    })
+}
+
+/// Creates `path` with `mode` and writes `data`; inside a state directory
+/// the file is first given to the directory's owner.
+fn write_file(
+    path: &Path,
+    data: &[u8],
+    mode: u32,
+    dir: Option<&StateDir>,
+) -> Result<(), StateError> {
     let io_err = |op, source| StateError::Io {
         op,
         path: path.to_owned(),
@@ -257,6 +340,18 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
     // The umask may have cleared bits we asked for (never added any): make it exact.
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| io_err("chmod", e))?;
+    if let Some(dir) = dir {
+        let mine = Owner::of(&file.metadata().map_err(|e| io_err("stat", e))?);
+        if mine.uid != dir.owner.uid {
+            // Still empty and private: nobody but the two owners can open it.
+            let given = std::os::unix::fs::fchown(&file, Some(dir.owner.uid), Some(dir.owner.gid));
+            if let Err(error) = given {
+                drop(file);
+                let _ = fs::remove_file(path);
+                return Err(dir.owner_error(path, error));
+            }
+        }
+    }
     file.write_all(data).map_err(|e| io_err("write", e))?;
     file.sync_all().map_err(|e| io_err("sync", e))
 }
@@ -331,6 +426,44 @@ mod tests {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
         let err = StateDir::open(&p).unwrap_err().to_string();
         assert!(err.contains("chmod 0700"), "{err}");
+    }
+
+    /// Root writing into a directory that belongs to someone else (the
+    /// agent's user) gives every new file and subdirectory to that owner.
+    #[test]
+    fn files_root_writes_belong_to_the_directory_owner() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("s");
+        let dir = StateDir::open(&p).unwrap();
+        dir.write("pre", b"x").unwrap();
+        let nobody = 65534;
+        if std::os::unix::fs::chown(&p, Some(nobody), Some(nobody)).is_err() {
+            eprintln!("SKIP files_root_writes_belong_to_the_directory_owner: needs root");
+            return;
+        }
+        let dir = StateDir::open(&p).unwrap();
+        dir.write("k", b"x").unwrap();
+        assert!(dir.create_new("t", b"1").unwrap());
+        let sub = dir.subdir("tokens").unwrap();
+        sub.write("f", b"y").unwrap();
+        for path in [
+            dir.join("k"),
+            dir.join("t"),
+            sub.path().to_owned(),
+            sub.join("f"),
+        ] {
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (nobody, nobody),
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(fs::metadata(dir.join("k")).unwrap().mode() & 0o777, 0o600);
+        // A file that existed before is replaced by one of the right owner.
+        dir.write("pre", b"z").unwrap();
+        assert_eq!(fs::metadata(dir.join("pre")).unwrap().uid(), nobody);
     }
 
     #[test]

@@ -301,7 +301,22 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
         vps_deps.contains("iproute2") && vps_deps.contains("nftables"),
         "ceres-vps Depends: {vps_deps}"
     );
-    ensure!(field(home, "Depends")?.contains("iproute2"));
+    // Home installs nft rules too (the tunnel's input filter, egress from
+    // Docker mail networks): without nftables it fails at its first start.
+    let home_deps = field(home, "Depends")?;
+    ensure!(
+        home_deps.contains("iproute2") && home_deps.contains("nftables"),
+        "ceres-home Depends: {home_deps}"
+    );
+    // `wg show ceres0`, as the docs use it, needs wireguard-tools.
+    for deb in [vps, home] {
+        let recommends = field(deb, "Recommends")?;
+        ensure!(
+            recommends.contains("wireguard-tools"),
+            "{}: Recommends: {recommends}",
+            deb.display()
+        );
+    }
     let info = output(Command::new("dpkg-deb").arg("-I").arg(vps).arg("conffiles"))?;
     ensure!(
         info.trim() == "/etc/ceres/ceres-vps.env.example",

@@ -107,6 +107,19 @@ pub enum TokenCommand {
         #[arg(long, default_value = "1h", value_name = "DURATION")]
         ttl: HumanDuration,
     },
+    /// List the tokens not used yet and not expired: id, role, creation
+    /// time, expiry (never the secret: the VPS does not have it).
+    List {
+        /// Print JSON (an object with a `tokens` array) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an unused token by its id from `token list`: joining with it
+    /// is refused from now on.
+    Revoke {
+        /// The id from `token list` (a unique prefix of it is enough).
+        id: String,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -157,6 +170,8 @@ fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
         Command::Init(args) => init(cli, &args.flags),
         Command::Token(TokenCommand::Create { role, ttl }) => token_create(cli, *role, ttl.0),
+        Command::Token(TokenCommand::List { json }) => token_list(cli, *json),
+        Command::Token(TokenCommand::Revoke { id }) => token_revoke(cli, id),
         Command::Cert(cmd) => cert(cli, cmd),
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -174,7 +189,18 @@ fn init(cli: &Cli, flags: &VpsFlags) -> Outcome {
     let (layers, settings) = load(cli, flags, true)?;
     let dir = StateDir::open(state_dir(cli, &layers)?)?;
     let (state, server) = VpsState::init(dir, &settings)?;
-    write_config_if_missing(&cli.config, flags)?;
+    // A state directory given on the command line (or in the environment) is
+    // recorded, so later commands that read this config find the state.
+    let told_state_dir = match layers.raw("CERES_STATE_DIR", cli.state_dir.as_deref()) {
+        Some((_, ceres_config::Origin::Flag(_) | ceres_config::Origin::Env)) => Some(
+            std::fs::canonicalize(state.dir.path())
+                .with_context(|| format!("resolving {}", state.dir.path().display()))?
+                .display()
+                .to_string(),
+        ),
+        _ => None,
+    };
+    write_config_if_missing(&cli.config, flags, told_state_dir)?;
     let fp = state.ca.fingerprint();
     println!("CERES VPS initialised in {}", state.dir.path().display());
     println!("  domain          {}", settings.domain);
@@ -197,18 +223,27 @@ fn init(cli: &Cli, flags: &VpsFlags) -> Outcome {
         "  server cert     valid until {}",
         ceres_pki::rfc3339(ceres_pki::unix_secs(server.info.not_after))
     );
+    // Later commands find the state through the config file: name a
+    // non-default one in the commands printed here, so copying them works.
+    let vps = if cli.config == Path::new(ceres_config::DEFAULT_CONFIG) {
+        "ceres-vps".to_owned()
+    } else {
+        format!("ceres-vps --config {}", cli.config.display())
+    };
     println!(
-        "Next: `ceres-vps run`, then `ceres-vps token create --role home` for the home server"
+        "Next: `{vps} run` (or the service), then in another terminal \
+         `{vps} token create --role home` for the home server"
     );
-    println!("      and `ceres-vps token create --role admin` for cerectl.");
+    println!("      and `{vps} token create --role admin` for cerectl.");
     Ok(())
 }
 
 /// Writes the keys given on the `init` command line into the config file, so
 /// `run` needs no flags: a new file is created; an existing one gets the
 /// missing keys appended, and a key it already sets must agree.
-fn write_config_if_missing(path: &Path, flags: &VpsFlags) -> Outcome {
+fn write_config_if_missing(path: &Path, flags: &VpsFlags, state_dir: Option<String>) -> Outcome {
     let given = [
+        ("CERES_STATE_DIR", &state_dir),
         ("CERES_PUBLIC_IP", &flags.public_ip),
         ("CERES_DOMAIN", &flags.domain),
         ("CERES_MAIL_HOST", &flags.mail_host),
@@ -284,6 +319,65 @@ fn token_create(cli: &Cli, role: Role, ttl: std::time::Duration) -> Outcome {
         humantime_short(ttl)
     );
     println!("{}", token.encode());
+    Ok(())
+}
+
+/// The token store of the state the config points at.
+fn token_store(cli: &Cli) -> anyhow::Result<TokenStore> {
+    let missing_ok = cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = Layers::load_path(&cli.config, missing_ok)?;
+    layers.check_keys(&known_keys())?;
+    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    Ok(TokenStore::open(state.tokens_dir()?)?)
+}
+
+fn token_list(cli: &Cli, json: bool) -> Outcome {
+    let tokens = token_store(cli)?.list()?;
+    if json {
+        #[derive(serde::Serialize)]
+        struct Listed<'a> {
+            id: &'a str,
+            role: Role,
+            created: String,
+            expires: String,
+        }
+        let tokens: Vec<Listed<'_>> = tokens
+            .iter()
+            .map(|t| Listed {
+                id: &t.id,
+                role: t.role,
+                created: ceres_pki::rfc3339(t.created_unix),
+                expires: ceres_pki::rfc3339(t.expires_unix),
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "tokens": tokens }));
+        return Ok(());
+    }
+    if tokens.is_empty() {
+        eprintln!("no unused tokens (create one with `ceres-vps token create --role home|admin`)");
+        return Ok(());
+    }
+    println!("{:<12}  {:<5}  {:<20}  expires", "id", "role", "created");
+    for t in tokens {
+        println!(
+            "{:<12}  {:<5}  {:<20}  {}",
+            t.id,
+            t.role.to_string(),
+            ceres_pki::rfc3339(t.created_unix),
+            ceres_pki::rfc3339(t.expires_unix)
+        );
+    }
+    Ok(())
+}
+
+fn token_revoke(cli: &Cli, id: &str) -> Outcome {
+    let t = token_store(cli)?.revoke(id)?;
+    println!(
+        "revoked {} token {} (created {}): joining with it is refused from now on",
+        t.role,
+        t.id,
+        ceres_pki::rfc3339(t.created_unix)
+    );
     Ok(())
 }
 

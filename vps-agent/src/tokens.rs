@@ -42,6 +42,40 @@ pub enum RedeemError {
     Store(#[from] ceres_state::StateError),
 }
 
+/// An unused token as `ceres-vps token list` shows it: never the secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    /// A prefix of the stored hash of the secret: names the token for
+    /// `token revoke` and reveals nothing that would let anyone join.
+    pub id: String,
+    /// Who may join with it.
+    pub role: Role,
+    /// When it was created (Unix seconds).
+    pub created_unix: i64,
+    /// When it stops working (Unix seconds).
+    pub expires_unix: i64,
+}
+
+/// Hex digits of the hash shown as a token's id: 48 bits tell a handful of
+/// live tokens apart, and the id stays short enough to type.
+const ID_LEN: usize = 12;
+
+/// Why `token revoke` did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    /// No unused token has this id.
+    #[error(
+        "no unused token has the id {0:?} (see `ceres-vps token list`; used and expired tokens no longer work anyway)"
+    )]
+    NotFound(String),
+    /// The id is a prefix of several.
+    #[error("{0:?} matches {1} tokens: give more of the id")]
+    Ambiguous(String, usize),
+    /// Storage failure.
+    #[error("token store: {0}")]
+    Store(#[from] ceres_state::StateError),
+}
+
 /// The token store in `<state>/tokens`.
 #[derive(Debug, Clone)]
 pub struct TokenStore {
@@ -82,6 +116,64 @@ impl TokenStore {
         self.dir
             .create_new(&file_name(&token.secret.hash()), &json)?;
         Ok(token)
+    }
+
+    /// The unused tokens that have not expired, oldest first.
+    pub fn list(&self) -> Result<Vec<TokenInfo>, ceres_state::StateError> {
+        let now = unix_secs(SystemTime::now());
+        let mut tokens = Vec::new();
+        for name in self.dir.list()? {
+            let Some(hash) = name.strip_suffix(".json") else {
+                continue;
+            };
+            let Some(Ok(record)) = self
+                .dir
+                .read_optional(&name)?
+                .map(|b| serde_json::from_slice::<Record>(&b))
+            else {
+                continue;
+            };
+            if record.expires_unix <= now {
+                continue;
+            }
+            tokens.push(TokenInfo {
+                id: hash.chars().take(ID_LEN).collect(),
+                role: record.role,
+                created_unix: record.created_unix,
+                expires_unix: record.expires_unix,
+            });
+        }
+        tokens.sort_by_key(|t| (t.created_unix, t.id.clone()));
+        Ok(tokens)
+    }
+
+    /// Deletes the unused token whose id (or a unique prefix of it) is `id`:
+    /// joining with it is then refused as unknown.
+    pub fn revoke(&self, id: &str) -> Result<TokenInfo, RevokeError> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.is_empty() {
+            return Err(RevokeError::NotFound(id));
+        }
+        let matching: Vec<TokenInfo> = self
+            .list()?
+            .into_iter()
+            .filter(|t| t.id.starts_with(&id))
+            .collect();
+        let [token] = matching.as_slice() else {
+            return Err(if matching.is_empty() {
+                RevokeError::NotFound(id)
+            } else {
+                RevokeError::Ambiguous(id, matching.len())
+            });
+        };
+        let name = self
+            .dir
+            .list()?
+            .into_iter()
+            .find(|n| n.starts_with(&token.id) && n.ends_with(".json"))
+            .ok_or_else(|| RevokeError::NotFound(id.clone()))?;
+        self.dir.remove(&name)?;
+        Ok(token.clone())
     }
 
     /// Redeems `secret`: returns the token's role, and the token is gone.
@@ -220,6 +312,34 @@ mod tests {
                 assert!(!body.contains(&secret_hex));
             }
         }
+    }
+
+    #[test]
+    fn list_shows_unused_tokens_and_revoke_makes_one_unknown() {
+        let (_t, s) = store();
+        let ca = Fingerprint::of(b"x");
+        let home = s
+            .create(Role::Home, Duration::from_secs(60), ca, "a:1".into())
+            .unwrap();
+        let admin = s
+            .create(Role::Admin, Duration::from_secs(60), ca, "a:1".into())
+            .unwrap();
+        let used = s
+            .create(Role::Home, Duration::from_secs(60), ca, "a:1".into())
+            .unwrap();
+        s.redeem(&used.secret).unwrap();
+        s.create(Role::Home, Duration::ZERO, ca, "a:1".into())
+            .unwrap();
+        let list = s.list().unwrap();
+        assert_eq!(list.len(), 2, "{list:?}");
+        let home_id = &home.secret.hash().hex()[..ID_LEN];
+        let listed = list.iter().find(|t| t.id == home_id).unwrap();
+        assert_eq!(listed.role, Role::Home);
+        assert!(listed.expires_unix > listed.created_unix);
+        assert!(matches!(s.revoke("zz"), Err(RevokeError::NotFound(_))));
+        assert_eq!(s.revoke(home_id).unwrap().role, Role::Home);
+        assert!(matches!(s.redeem(&home.secret), Err(RedeemError::Unknown)));
+        assert_eq!(s.redeem(&admin.secret).unwrap(), Role::Admin);
     }
 
     fn hex_of(b: &[u8]) -> String {
