@@ -479,6 +479,8 @@ impl Status {
                     problems.push(format!("outbound mail through the {end}: {err}"));
                 } else if !err.starts_with("disabled")
                     && !err.starts_with("not installed (tunnel off)")
+                    // The revocation is the problem, reported as such.
+                    && !err.starts_with("removed: home was revoked")
                 {
                     problems.push(format!(
                         "outbound mail routing is not installed on the {end}: {err}"

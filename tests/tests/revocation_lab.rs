@@ -253,6 +253,20 @@ fn revoking_home_removes_its_peer_egress_and_session_until_a_new_home_joins() {
     assert_eq!(code, 1);
     assert_eq!(json["home"]["access"], "revoked", "{json}");
     assert_eq!(json["home"]["connected"], false, "{json}");
+    // Egress says why it is gone (not "tunnel off"), and is not a second problem.
+    assert!(
+        json["egress"]["vps"]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("removed: home was revoked")),
+        "{json}"
+    );
+    assert!(
+        !json["problems"].as_array().unwrap().iter().any(|p| p
+            .as_str()
+            .unwrap_or_default()
+            .contains("outbound mail routing")),
+        "{json}"
+    );
     assert!(vps_peers(&lab).is_empty(), "the revoked peer came back");
     assert!(
         !vps_masquerades(&lab),

@@ -21,6 +21,9 @@ pub struct VpsRelays {
     filter: Mutex<Option<TunnelFilter>>,
     egress: Mutex<Option<(VpsEgress, ForwardingState)>>,
     ipv6: Ipv6Egress,
+    /// Egress was removed because home was revoked (not because the tunnel
+    /// is off): said so in the status.
+    removed_for_revocation: std::sync::atomic::AtomicBool,
 }
 
 /// What to tell the admin when `nft` refused a filter: which tool and the fix.
@@ -61,6 +64,7 @@ impl VpsRelays {
             filter: Mutex::new(None),
             egress: Mutex::new(None),
             ipv6: Ipv6Egress::Off,
+            removed_for_revocation: std::sync::atomic::AtomicBool::new(false),
         };
         if !settings.tunnel.enabled {
             return Ok(this);
@@ -216,6 +220,13 @@ impl VpsRelays {
             sources: Vec::new(),
             error: match (self.settings.egress, installed) {
                 (false, _) => "disabled (CERES_EGRESS=off)".into(),
+                (true, false)
+                    if self
+                        .removed_for_revocation
+                        .load(std::sync::atomic::Ordering::Relaxed) =>
+                {
+                    "removed: home was revoked (back when a new home joins)".into()
+                }
                 (true, false) => "not installed (tunnel off)".into(),
                 (true, true) => blocked.unwrap_or_default(),
             },
@@ -242,6 +253,8 @@ impl VpsRelays {
                 tracing::info!(ports = ?self.settings.egress_ports, "egress NAT installed again for the new home");
                 *guard = Some(installed);
                 drop(guard);
+                self.removed_for_revocation
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 self.guard_forward(false);
             }
             Err(e) => {
@@ -260,6 +273,8 @@ impl VpsRelays {
                 Err(e) => tracing::warn!(error = %e, "removing the egress rules failed"),
             }
         }
+        self.removed_for_revocation
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.guard_forward(true);
     }
 
