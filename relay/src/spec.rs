@@ -17,7 +17,10 @@
 //!   must only be accepted where nothing but the home agent can connect, so the
 //!   header-reading listeners are separate services on loopback, and the ordinary
 //!   ports keep serving LAN clients without one. The numbers are the ones mailcow's
-//!   own PROXY listeners already use, so one convention serves every stack.
+//!   own PROXY listeners already use (mailcow-dockerized `data/conf/postfix/master.cf`:
+//!   10025 postscreen, 10465, 10587; `data/conf/dovecot/dovecot.conf`: 10143, 10993,
+//!   10110, 10995, 14190 — read at commit 0642467 of 2026-08-05), so one convention
+//!   serves every stack.
 
 use std::collections::BTreeSet;
 use std::fmt;
