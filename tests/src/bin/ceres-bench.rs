@@ -291,7 +291,19 @@ fn gateway(o: Options) -> anyhow::Result<()> {
     let haproxy = start_haproxy(&lab, &forwarders, &idle, o.conns)?;
     let haproxy_pid = pid_of(&haproxy, "haproxy")?;
     let banners = bench_banners(&lab, o)?;
-    let bulk = bench_bulk(&lab, o, vps_pid, home_pid)?;
+    let bulk = bench_bulk(&lab, o, vps_pid, home_pid).map_err(|e| {
+        // The agents' logs go with the lab: say what they saw.
+        let tail = |d: &Daemon| {
+            let text = d.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        e.context(format!(
+            "VPS agent log (end):\n{}\nhome agent log (end):\n{}",
+            tail(&vps),
+            tail(&home)
+        ))
+    })?;
     let shaped = if o.shape_mbit > 0 {
         Some(bench_bulk_shaped(&lab, o, vps_pid, home_pid)?)
     } else {
@@ -847,7 +859,8 @@ fn start_haproxy(
          backend home\n  balance roundrobin\n",
         max = conns + 1000,
         vps = addr::VPS,
-        f587 = fwd(587)?,
+        // The relay's 587/proxy-v2 lands on home's PROXY submission port.
+        f587 = fwd(10587)?,
     );
     for p in idle {
         let f = fwd(*p)?;
@@ -1116,7 +1129,8 @@ fn load(sessions: usize) -> anyhow::Result<()> {
     // per-port limits the whole run.
     let limit = (sessions + LOAD_WARMUP + 100).to_string();
     let vps_lines = [
-        format!("CERES_RELAYS={LOAD_PORT}/proxy-v2"),
+        // Home port written out: the load server listens on the port itself.
+        format!("CERES_RELAYS={LOAD_PORT}:{LOAD_PORT}/proxy-v2"),
         format!("CERES_RELAY_MAX_PER_PORT={limit}"),
         format!("CERES_RELAY_MAX_PER_SOURCE={limit}"),
         // One load generator stands in for many senders: no network caps,
