@@ -473,14 +473,16 @@ impl Status {
                 .and_then(|r| r.egress.as_ref())
                 .map(EgressEnd::from_proto),
         };
+        // A revoked home's egress is removed on purpose: the revocation is the
+        // problem, reported as such (decided on the typed access, not the text).
+        let revoked = access == Some(ceres_proto::HomeAccess::Revoked);
         for (end, e) in [("VPS", Some(&egress.vps)), ("home", egress.home.as_ref())] {
             if let Some(err) = e.and_then(|e| e.error.as_deref()) {
                 if e.is_some_and(|e| e.enabled) {
                     problems.push(format!("outbound mail through the {end}: {err}"));
-                } else if !err.starts_with("disabled")
+                } else if !revoked
+                    && !err.starts_with("disabled")
                     && !err.starts_with("not installed (tunnel off)")
-                    // The revocation is the problem, reported as such.
-                    && !err.starts_with("removed: home was revoked")
                 {
                     problems.push(format!(
                         "outbound mail routing is not installed on the {end}: {err}"
