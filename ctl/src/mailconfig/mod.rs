@@ -21,6 +21,7 @@ mod keycloak;
 mod nginx;
 mod plain;
 mod postfix;
+pub mod stacks;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
@@ -65,11 +66,31 @@ Run --check and --apply on the home host (as root). Examples:
   cerectl mailserver-config postfix --apply
   cerectl mailserver-config dovecot --apply
   cerectl mailserver-config nginx --check
-  cerectl mailserver-config postfix --domain example.com --home-tunnel-address 10.77.77.2")]
+  cerectl mailserver-config postfix --domain example.com --home-tunnel-address 10.77.77.2
+
+Packaged stacks (offline; files whole, at the stack's own override paths):
+  cerectl mailserver-config --stack mailcow
+  cerectl mailserver-config --stack docker-mailserver --write /srv/dms
+  cerectl mailserver-config --stack postfix-dovecot")]
 pub struct MailConfigArgs {
-    /// What to print lines for.
-    #[arg(value_enum)]
-    pub target: Target,
+    /// What to print lines for (or --stack).
+    #[arg(value_enum, required_unless_present = "stack")]
+    pub target: Option<Target>,
+    /// A whole packaged stack: the VPS's CERES_RELAYS, home's
+    /// CERES_MAIL_SERVER / CERES_EGRESS_FROM, and every file to create at the
+    /// stack's own override paths, with the restart command and the sources.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["target", "apply", "check"])]
+    pub stack: Option<stacks::Stack>,
+    /// With --stack: write the files under DIR (the stack's directory) at the
+    /// stack's relative paths.
+    #[arg(long, value_name = "DIR", requires = "stack")]
+    pub write: Option<PathBuf>,
+    /// With --write: replace files that exist.
+    #[arg(long, requires = "write")]
+    pub force: bool,
+    /// With --stack: the recipe as the Markdown of docs/mail-servers.md.
+    #[arg(long, requires = "stack", conflicts_with = "json")]
+    pub markdown: bool,
     /// Change the live configuration (Postfix, Dovecot, nginx) to what is printed.
     #[arg(long, conflicts_with = "check")]
     pub apply: bool,
@@ -84,7 +105,7 @@ pub struct MailConfigArgs {
     /// Postfix's submission services authenticate with; default /var/spool/postfix.
     #[arg(long, value_name = "DIR")]
     pub postfix_queue_dir: Option<PathBuf>,
-    /// With --check: the findings as JSON.
+    /// With --check: the findings as JSON; with --stack: the recipe as JSON.
     #[arg(long)]
     pub json: bool,
     /// The mail domain; with --home-tunnel-address no VPS is asked (offline).
@@ -183,8 +204,15 @@ pub const DEFAULT_AGENT_ADDRESSES: [IpAddr; 2] = [
 
 /// Runs `cerectl mailserver-config`.
 pub async fn run(cli: &Cli, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
+    let target = match (args.target, args.stack) {
+        (_, Some(stack)) => return run_stack(stack, args),
+        (Some(t), None) => t,
+        (None, None) => {
+            anyhow::bail!("name a target (postfix, dovecot, nginx, keycloak) or --stack NAME")
+        }
+    };
     let setup = setup(cli, args).await?;
-    if args.target == Target::Keycloak {
+    if target == Target::Keycloak {
         anyhow::ensure!(
             !args.apply && !args.check,
             "--apply and --check are for postfix, dovecot and nginx; Keycloak's settings are entered in its admin console"
@@ -202,7 +230,6 @@ pub async fn run(cli: &Cli, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let target = args.target;
     let dir = args.config_dir.clone().unwrap_or_else(|| match target {
         Target::Postfix => "/etc/postfix".into(),
         Target::Dovecot => "/etc/dovecot".into(),
@@ -252,6 +279,34 @@ pub async fn run(cli: &Cli, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?
+}
+
+/// `--stack NAME`: print (text, JSON or Markdown) or write the recipe.
+fn run_stack(stack: stacks::Stack, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
+    let recipe = stack.recipe();
+    if let Some(dir) = &args.write {
+        for p in stacks::write(&recipe, dir, args.force)? {
+            println!("wrote {}", p.display());
+        }
+        if recipe.files.is_empty() {
+            println!(
+                "{} has no files to write: {}",
+                recipe.stack,
+                recipe.notes.join(" ")
+            );
+        } else {
+            println!("then: {}", recipe.restart);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&recipe)?);
+    } else if args.markdown {
+        print!("{}", stacks::markdown(&recipe));
+    } else {
+        print!("{}", stacks::text(&recipe));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn target_name(t: Target) -> &'static str {

@@ -1,0 +1,239 @@
+//! docker-mailserver (DMS), read at commit c9b015d (v15.1.0+81, 2026-08-19).
+//!
+//! DMS's own page on PROXY protocol
+//! (`docs/content/examples/tutorials/mailserver-behind-proxy.md`) gives two
+//! ways: PROXY on the existing service ports, which its warning says breaks
+//! "direct connections to DMS from other containers" — and which would make
+//! the stock ports demand headers from LAN clients too — or **separate PROXY
+//! ports**, "the original service ports and add 10000", except port 25:
+//! "Port 10025 is already assigned in DMS to Amavis" (`target/amavis/postfix-amavis.cf`:
+//! `127.0.0.1:10025 inet … smtpd`), so 25's PROXY service is 12525. CERES takes
+//! the separate ports; the VPS relays 25 to 12525 by name.
+//!
+//! New master.cf services need DMS's `user-patches.sh` (the page's example:
+//! `postconf -Mf submission/inet | sed … >> /etc/postfix/master.cf`, then
+//! `postconf -P 10587/inet/smtpd_upstream_proxy_protocol=haproxy`; for 25
+//! `postscreen_upstream_proxy_protocol` and a shared `postscreen_cache_map =
+//! proxy:btree:$data_directory/postscreen_cache`); `postfix-master.cf` only
+//! changes existing services (`docs/content/config/advanced/override-defaults/postfix.md`:
+//! "Each line in this file will be passed to `postconf -P`"). The script here
+//! is the page's, plus: `mynetworks=` on each PROXY service (a relayed client
+//! is trusted by nothing), and removing earlier copies first so a container
+//! restart (which reruns the script on the same master.cf) adds no duplicates.
+//! `target/scripts/startup/setup-stack.sh` runs
+//! `/tmp/docker-mailserver/user-patches.sh`, i.e. `docker-data/dms/config/`.
+//!
+//! Dovecot: `docker-data/dms/config/dovecot.cf` is copied to
+//! `/etc/dovecot/local.conf` (`target/scripts/startup/setup.d/dovecot.sh`);
+//! the page's listeners `imap-proxyprotocol` 10143, `imaps-proxyprotocol`
+//! 10993 (`ssl = yes`), `pop3-proxyprotocol` 10110, `pop3s-proxyprotocol`
+//! 10995, `sieve-proxyprotocol` 14190, with `haproxy_trusted_networks` = the
+//! proxy's address.
+//!
+//! Network: the example `compose.yaml` defines none (the Compose default
+//! network, subnet from Docker's pool — unknown in advance), so the override
+//! fixes the `default` network to the page's `172.16.42.0/24` and the IPv6
+//! ULA example of `docs/content/config/advanced/ipv6.md`
+//! (`fd00:cafe:face:feed::/64`, `enable_ipv6: true`; that page's tip
+//! "Override the implicit `default` network"). The gateway, 172.16.42.1, is
+//! where Docker's port publishing connects from (ipv6.md: connections are
+//! "proxied through the IPv4 or IPv6 gateway address of it's connected
+//! network"). `PERMIT_DOCKER` stays `none` (the default,
+//! `target/scripts/startup/variables-stack.sh`): mynetworks trusts no Docker
+//! network, so not the gateway either.
+
+use super::{Citation, Recipe, StackFile, TrustedProxy};
+
+const REPO: &str = "docker-mailserver/docker-mailserver";
+const COMMIT: &str = "c9b015ddc869b277c16dd20ef4a70e595c72d022";
+
+/// Postfix's PROXY services: (port, stock service it copies, what it runs).
+pub const POSTFIX_PROXY: [(u16, &str); 3] = [
+    (12525, "smtp"),
+    (10465, "submissions"),
+    (10587, "submission"),
+];
+/// Dovecot's PROXY listeners: (service, listener, port, implicit TLS).
+pub const DOVECOT_PROXY: [(&str, &str, u16, bool); 5] = [
+    ("imap-login", "imap-proxyprotocol", 10143, false),
+    ("imap-login", "imaps-proxyprotocol", 10993, true),
+    ("pop3-login", "pop3-proxyprotocol", 10110, false),
+    ("pop3-login", "pop3s-proxyprotocol", 10995, true),
+    ("managesieve-login", "sieve-proxyprotocol", 14190, false),
+];
+/// The subnet the override gives DMS's network.
+pub const SUBNET4: &str = "172.16.42.0/24";
+/// Its IPv6 subnet.
+pub const SUBNET6: &str = "fd00:cafe:face:feed::/64";
+/// Its gateway.
+pub const GATEWAY: &str = "172.16.42.1";
+
+fn compose_override() -> String {
+    let ports: String = POSTFIX_PROXY
+        .iter()
+        .map(|(p, _)| *p)
+        .chain(DOVECOT_PROXY.iter().map(|d| d.2))
+        .map(|p| format!("      - \"127.0.0.1:{p}:{p}\"\n"))
+        .collect();
+    format!(
+        "# CERES: publish DMS's PROXY ports on the host's loopback only, where the home\n\
+         # agent connects (CERES_MAIL_SERVER=127.0.0.1); the stock ports stay as compose.yaml\n\
+         # publishes them. The network gets fixed subnets so that home's CERES_EGRESS_FROM\n\
+         # and Dovecot's haproxy_trusted_networks (the gateway, {GATEWAY}) are known.\n\
+         services:\n  mailserver:\n    ports:\n{ports}\
+         \nnetworks:\n  default:\n    enable_ipv6: true\n    ipam:\n      config:\n\
+         \x20       - subnet: \"{SUBNET4}\"\n        - subnet: \"{SUBNET6}\"\n"
+    )
+}
+
+fn user_patches() -> String {
+    let mut s = String::from(
+        "#!/bin/bash\n\
+         # CERES: PROXY services next to the stock ones, from DMS's \"Mail Server behind a\n\
+         # Proxy\" page (separate ports; 25's is 12525, DMS's 10025 is Amavis). Each trusts\n\
+         # no network (mynetworks=): a relayed client is only what its header says.\n\
+         # DMS reruns this on every start, on the same master.cf after a restart: drop\n\
+         # the copies of an earlier run first.\n\
+         set -euo pipefail\n\
+         for s in 12525/inet 10465/inet 10587/inet; do\n\
+         \x20 if [[ -n \"$(postconf -M \"$s\")\" ]]; then postconf -MX \"$s\"; fi\n\
+         done\n",
+    );
+    for (port, stock) in POSTFIX_PROXY {
+        s.push_str(&format!(
+            "postconf -Mf {stock}/inet | sed -e 's/^{stock} /{port} /' >> /etc/postfix/master.cf\n"
+        ));
+    }
+    s.push_str(
+        "postconf -P \\\n\
+         \x20 12525/inet/postscreen_upstream_proxy_protocol=haproxy \\\n\
+         \x20 12525/inet/syslog_name=postfix/smtpd-proxyprotocol \\\n\
+         \x20 12525/inet/mynetworks= \\\n\
+         \x20 10465/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
+         \x20 10465/inet/syslog_name=postfix/submissions-proxyprotocol \\\n\
+         \x20 10465/inet/mynetworks= \\\n\
+         \x20 10587/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
+         \x20 10587/inet/syslog_name=postfix/submission-proxyprotocol \\\n\
+         \x20 10587/inet/mynetworks=\n\
+         # Two postscreen services (25 and 12525) share one cache through proxymap.\n\
+         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n",
+    );
+    s
+}
+
+fn dovecot_cf() -> String {
+    let mut s = format!(
+        "# CERES: PROXY listeners next to the stock ones (DMS's \"Mail Server behind a Proxy\"\n\
+         # page, separate ports). Headers are taken only from the Docker gateway {GATEWAY},\n\
+         # where Docker's port publishing connects from.\n\
+         haproxy_trusted_networks = {GATEWAY}/32\n"
+    );
+    let mut service = "";
+    for (svc, name, port, tls) in DOVECOT_PROXY {
+        if svc != service {
+            if !service.is_empty() {
+                s.push_str("}\n");
+            }
+            s.push_str(&format!("service {svc} {{\n"));
+            service = svc;
+        }
+        s.push_str(&format!(
+            "  inet_listener {name} {{\n    port = {port}\n    haproxy = yes\n{}  }}\n",
+            if tls { "    ssl = yes\n" } else { "" }
+        ));
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The recipe.
+pub fn recipe() -> Recipe {
+    let cite = |path, fact| Citation {
+        repo: REPO,
+        path,
+        commit: COMMIT,
+        fact,
+    };
+    Recipe {
+        stack: "docker-mailserver",
+        title: "docker-mailserver",
+        version: "docker-mailserver v15.1.0+81 (commit c9b015d, 2026-08-19; image based on debian:13-slim)",
+        relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2",
+        mail_server: "127.0.0.1",
+        egress_from: vec![SUBNET4, SUBNET6],
+        trusted_proxy: Some(TrustedProxy {
+            address: GATEWAY,
+            find_with: "docker network inspect $(docker inspect mailserver --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}') --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}'",
+        }),
+        files: vec![
+            StackFile {
+                path: "compose.override.yaml",
+                purpose: "publishes the PROXY ports on 127.0.0.1 only and fixes the network's subnets; Docker Compose merges it with compose.yaml (the service is `mailserver` there); if you have this file already, merge by hand",
+                contents: compose_override(),
+                executable: false,
+            },
+            StackFile {
+                path: "docker-data/dms/config/user-patches.sh",
+                purpose: "adds the Postfix PROXY services 12525 (postscreen), 10465 and 10587, copies of the stock smtp, submissions and submission services; if you have this file already, append the lines after `set -euo pipefail`",
+                contents: user_patches(),
+                executable: true,
+            },
+            StackFile {
+                path: "docker-data/dms/config/dovecot.cf",
+                purpose: "adds the Dovecot PROXY listeners 10143, 10993, 10110, 10995, 14190 and trusts the gateway only; if you have this file already, add these lines",
+                contents: dovecot_cf(),
+                executable: false,
+            },
+        ],
+        restart: "docker compose down && docker compose up -d   # down: the network's subnets change",
+        notes: vec![
+            "No web server in DMS: 80 and 443 are not relayed (add them, plain, for a web server of your own).",
+            "POP3 and ManageSieve listeners only serve when DMS has them on (ENABLE_POP3=1, ENABLE_MANAGESIEVE=1); drop 110, 995 and 4190 from CERES_RELAYS otherwise.",
+            "Keep PERMIT_DOCKER=none (DMS's default): with `network` or `connected-networks`, the Docker gateway — where every relayed and published connection comes from — would be in mynetworks for the stock services.",
+            "Inside the container the PROXY services listen on all its addresses (Docker's publishing cannot reach its loopback): other containers on the network reach them too; keep that network to the mail containers.",
+        ],
+        verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings and each PROXY service once; dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. DMS's image is Debian 13 (Dovecot 2.4), not run here.",
+        citations: vec![
+            cite(
+                "docs/content/examples/tutorials/mailserver-behind-proxy.md",
+                "separate PROXY ports: original + 10000, 25 → 12525 (10025 is Amavis); user-patches.sh with postconf -Mf/-P; postscreen_cache_map shared; dovecot.cf listeners *-proxyprotocol and haproxy_trusted_networks; 'Postfix has no concept of trusted proxies'",
+            ),
+            cite(
+                "target/amavis/postfix-amavis.cf",
+                "127.0.0.1:10025 inet ... smtpd (Amavis re-injection)",
+            ),
+            cite(
+                "target/postfix/master.cf",
+                "stock services smtp (postscreen), submission, submissions",
+            ),
+            cite(
+                "docs/content/config/advanced/override-defaults/postfix.md",
+                "postfix-master.cf lines go to postconf -P (existing services only)",
+            ),
+            cite(
+                "target/scripts/startup/setup-stack.sh",
+                "runs /tmp/docker-mailserver/user-patches.sh",
+            ),
+            cite(
+                "target/scripts/startup/setup.d/dovecot.sh",
+                "copies /tmp/docker-mailserver/dovecot.cf to /etc/dovecot/local.conf",
+            ),
+            cite(
+                "compose.yaml",
+                "service `mailserver`, ports 25, 143, 465, 587, 993, ./docker-data/dms/config/ mounted at /tmp/docker-mailserver/; no networks",
+            ),
+            cite(
+                "docs/content/config/advanced/ipv6.md",
+                "enable_ipv6 with subnet fd00:cafe:face:feed::/64; overriding the implicit default network; connections proxied through the network's gateway",
+            ),
+            cite(
+                "target/scripts/startup/setup.d/networking.sh",
+                "PERMIT_DOCKER decides mynetworks",
+            ),
+            cite(
+                "target/scripts/startup/variables-stack.sh",
+                "PERMIT_DOCKER defaults to none",
+            ),
+        ],
+    }
+}
