@@ -161,7 +161,7 @@ fn status(cli: &Cli, args: &StatusArgs) -> ExitCode {
             return ExitCode::from(crate::local_status::EXIT_UNKNOWN);
         }
     };
-    let tunnel = settings.tunnel.then(|| {
+    let tunnel = settings.tunnel.then_some({
         (
             settings.wg_uapi_dir.as_path(),
             settings.tunnel_ifname.as_str(),
