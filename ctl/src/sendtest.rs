@@ -148,6 +148,19 @@ pub struct SendError {
     pub reason: String,
 }
 
+/// Why the connect failed, and when port 25 timed out, where else to try
+/// from: submission on 587 is rarely blocked, but needs a user.
+fn connect_failure(e: &SmtpError) -> String {
+    if e.port25_timed_out() {
+        format!(
+            "{e}\n  {}; or submit as a user instead: `--port 587 --user USER --password-file FILE`",
+            crate::smtp::PORT25_BLOCKED_HINT
+        )
+    } else {
+        e.to_string()
+    }
+}
+
 fn fail(step: &'static str, reason: impl std::fmt::Display) -> SendError {
     SendError {
         step,
@@ -291,7 +304,7 @@ pub async fn run(cli: &Cli, args: &SendTestArgs) -> anyhow::Result<ExitCode> {
 pub async fn send(plan: &Plan, out: &mut dyn FnMut(&str, &str)) -> Result<Accepted, SendError> {
     let mut c = SmtpConn::connect(plan.server, plan.timeout)
         .await
-        .map_err(|e| fail("connect", e))?;
+        .map_err(|e| fail("connect", connect_failure(&e)))?;
     out("connect", &format!("{} (from {})", c.peer(), c.local()));
     let name = ServerName::try_from(plan.tls_name.clone()).map_err(|_| {
         fail(
@@ -595,6 +608,28 @@ mod tests {
             r.get_mut().write_all(reply.as_bytes()).await.unwrap();
         }
         (heard, r.into_inner())
+    }
+
+    #[test]
+    fn a_timed_out_port_25_suggests_another_network_or_587() {
+        let timeout = Duration::from_secs(20);
+        let on = |port| SmtpError::ConnectTimeout {
+            addr: SocketAddr::from(([192, 0, 2, 1], port)),
+            timeout,
+        };
+        let text = connect_failure(&on(25));
+        assert!(
+            text.contains("your ISP may block outbound port 25"),
+            "{text}"
+        );
+        assert!(text.contains("--port 587 --user USER"), "{text}");
+        // Only 25 is commonly blocked; refused is not a block.
+        assert!(!connect_failure(&on(587)).contains("ISP"));
+        let refused = SmtpError::Connect {
+            addr: SocketAddr::from(([192, 0, 2, 1], 25)),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert!(!connect_failure(&refused).contains("ISP"));
     }
 
     fn plan(server: SocketAddr, tls: TlsMode, connector: Option<TlsConnector>) -> Plan {

@@ -24,6 +24,11 @@ const MAX_LINE: usize = 4096;
 /// Most lines in one multi-line reply (EHLO lists a dozen or so).
 const MAX_LINES: usize = 100;
 
+/// What a timed-out connect to port 25 most often means when `cerectl` runs
+/// at home or in an office: the ISP drops outbound 25 (a refused connect is
+/// something else: the path works and nothing listens).
+pub const PORT25_BLOCKED_HINT: &str = "port 25 connect timed out — if you run this from a home or office network, your ISP may block outbound port 25: run it from the VPS or another server";
+
 /// What can go wrong talking SMTP.
 #[derive(Debug, thiserror::Error)]
 pub enum SmtpError {
@@ -66,6 +71,14 @@ pub enum SmtpError {
     /// a man in the middle injecting commands (CVE-2011-0411 style).
     #[error("the server sent data between STARTTLS and the TLS handshake: refusing to go on")]
     Injection,
+}
+
+impl SmtpError {
+    /// The connect to port 25 timed out (not refused): perhaps the network
+    /// we run from blocks outbound 25 ([`PORT25_BLOCKED_HINT`]).
+    pub fn port25_timed_out(&self) -> bool {
+        matches!(self, SmtpError::ConnectTimeout { addr, .. } if addr.port() == 25)
+    }
 }
 
 /// One SMTP reply: its code and text lines (without the code).

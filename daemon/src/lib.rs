@@ -2,6 +2,7 @@
 //! and SIGTERM, readiness via sd_notify, and logging set-up.
 
 pub mod metrics;
+pub mod status_file;
 
 use std::os::unix::net::UnixDatagram;
 

@@ -52,6 +52,9 @@ pub enum Command {
     Join(JoinArgs),
     /// Run the agent (until SIGINT or SIGTERM).
     Run(Box<RunArgs>),
+    /// What this host knows without the VPS: agent, session, tunnel,
+    /// forwarders, egress, firewall. Exit 0 ok, 1 something broken, 3 cannot tell.
+    Status(StatusArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(manual::CompletionsArgs),
     /// Print the man page, or with --out-dir write one page per subcommand.
@@ -69,6 +72,14 @@ pub struct JoinArgs {
     /// Name of this host in the certificate and in status; default the hostname.
     #[arg(long)]
     name: Option<String>,
+}
+
+/// `status` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output (schema in docs/status-json.md).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `run` arguments.
@@ -104,6 +115,9 @@ fn state_dir(cli: &Cli, layers: &Layers) -> Result<StateDir, anyhow::Error> {
 /// Parses the command line, runs it, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Status(args) = &cli.command {
+        return status(&cli, args);
+    }
     ceres_daemon::init_logging("info");
     ceres_pki::tls::install_crypto_provider();
     let result = tokio::runtime::Runtime::new()
@@ -116,12 +130,44 @@ async fn dispatch(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Join(args) => join(cli, args).await,
         Command::Run(args) => run(cli, &args.flags).await,
+        // Answered in `main`: it has its own exit codes and logs nothing.
+        Command::Status(_) => Ok(()),
         Command::Completions(args) => {
             manual::completions::<Cli>(args);
             Ok(())
         }
         Command::Man(args) => Ok(manual::man::<Cli>(args)?),
     }
+}
+
+/// `status`: the settings say where the state and the tunnel's socket are;
+/// a configuration that cannot be read means this host cannot tell (3).
+fn status(cli: &Cli, args: &StatusArgs) -> ExitCode {
+    let resolved = layers(cli, false)
+        .map_err(anyhow::Error::from)
+        .and_then(|l| {
+            let settings = HomeFlags::default().resolve(&l)?;
+            let dir: PathBuf = l.get_or(
+                "CERES_STATE_DIR",
+                cli.state_dir.as_deref(),
+                DEFAULT_STATE_DIR,
+            )?;
+            Ok((settings, dir))
+        });
+    let (settings, dir) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ceres-home: cannot tell: {e:#}");
+            return ExitCode::from(crate::local_status::EXIT_UNKNOWN);
+        }
+    };
+    let tunnel = settings.tunnel.then_some({
+        (
+            settings.wg_uapi_dir.as_path(),
+            settings.tunnel_ifname.as_str(),
+        )
+    });
+    crate::local_status::command(&dir, tunnel, args.json)
 }
 
 async fn join(cli: &Cli, args: &JoinArgs) -> anyhow::Result<()> {
@@ -192,7 +238,7 @@ mod tests {
 
     #[test]
     fn cli_completions_and_man_page_are_complete() {
-        manual::check_generated::<Cli>(&["join", "run", "completions", "man"])
+        manual::check_generated::<Cli>(&["join", "run", "status", "completions", "man"])
             .unwrap_or_else(|missing| panic!("{missing}"));
     }
 

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod cli;
 pub mod filter;
+pub mod local_status;
 pub mod mail;
 pub mod probe;
 pub mod rotation;

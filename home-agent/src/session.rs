@@ -183,6 +183,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let creds: SharedCreds = Arc::new(Mutex::new(Credentials::load(&dir, Role::Home, JOIN_HINT)?));
     let started = SystemTime::now();
+    let status_dir = dir.path().to_owned();
+    // The status file outlives the other tasks' cancellation only until the
+    // end of `run`: it is removed once everything else has stopped.
+    let status_cancel = CancellationToken::new();
     let tunnel = Arc::new(HomeTunnel::new(&settings, &dir, &cancel)?);
     let mail = Arc::new(HomeMail::new(&settings, &dir, &cancel));
     let rotation = Arc::new(HomeRotation::load(&dir)?);
@@ -196,6 +200,39 @@ pub async fn run(
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
     let probes: Probes = Arc::new(Mutex::new(Vec::new()));
+    let local = crate::local_status::SharedSession::default();
+    crate::local_status::session_connecting(
+        &local,
+        settings
+            .control_address
+            .as_deref()
+            .unwrap_or(&current(&creds).control_address),
+    );
+    let snapshot = crate::local_status::Snapshot::new(
+        crate::local_status::AgentPart {
+            version: VERSION.to_owned(),
+            name: settings.name.clone(),
+            started_at_unix: unix_secs(started),
+            ..Default::default()
+        },
+        local.clone(),
+        mail.clone(),
+        probes.clone(),
+    );
+    let status_writer = TaskTracker::new();
+    let writer_cancel = status_cancel.clone();
+    status_writer.spawn(async move {
+        let snapshot = Arc::new(snapshot);
+        ceres_daemon::status_file::keep_written(
+            status_dir,
+            || {
+                let s = snapshot.clone();
+                async move { s.take().await }
+            },
+            writer_cancel,
+        )
+        .await;
+    });
     let metrics: MetricsCache = Arc::new(Mutex::new((false, String::new())));
     let mcache = metrics.clone();
     tracker.spawn(ceres_daemon::metrics::start(
@@ -241,6 +278,7 @@ pub async fn run(
             rotation: &rotation,
             probes: &probes,
             metrics: &metrics,
+            local: &local,
         };
         let result = session(&creds, &settings, &planes, started, &cancel).await;
         if cancel.is_cancelled() {
@@ -257,6 +295,7 @@ pub async fn run(
         match result {
             Ok(()) => {}
             Err(e) => {
+                crate::local_status::session_down(&local, &address, e.to_string());
                 tracing::warn!(vps = %address, error = %e, retry_in_ms = delay.as_millis() as u64, "no session with the VPS");
                 ceres_daemon::notify(&format!(
                     "STATUS=not connected to the VPS at {address}: {e}"
@@ -272,6 +311,9 @@ pub async fn run(
     tracker.wait().await;
     mail.shutdown().await;
     tunnel.shutdown().await;
+    status_cancel.cancel();
+    status_writer.close();
+    status_writer.wait().await;
     Ok(())
 }
 
@@ -282,6 +324,7 @@ struct Planes<'a> {
     rotation: &'a Arc<HomeRotation>,
     probes: &'a Probes,
     metrics: &'a MetricsCache,
+    local: &'a crate::local_status::SharedSession,
 }
 
 async fn session(
@@ -297,6 +340,7 @@ async fn session(
         rotation,
         probes,
         metrics,
+        local,
     } = *planes;
     // Whatever ends this session, the gauge says so.
     struct Disconnected<'a>(&'a MetricsCache);
@@ -355,6 +399,7 @@ async fn session(
         .unwrap_or(c.control_address.clone());
     tracing::info!(vps = %address, vps_version = %welcome.vps_agent_version, protocol = welcome.protocol_version, "connected to the VPS");
     ceres_daemon::notify(&format!("STATUS=connected to the VPS at {address}"));
+    crate::local_status::session_up(local, &address);
     let mut tick = tokio::time::interval(interval);
     // The VPS pings every interval; three silent intervals mean the
     // connection is dead even if TCP has not noticed (home's address changed).

@@ -26,6 +26,7 @@ mod peer;
 mod rotation;
 mod stats;
 mod uapi;
+pub mod uapi_client;
 mod udp;
 
 pub use config::{

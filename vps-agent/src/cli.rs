@@ -56,6 +56,13 @@ pub enum Command {
     Token(TokenCommand),
     /// Run the agent (until SIGINT or SIGTERM).
     Run(RunArgs),
+    /// What this host knows without the control plane: agent, home's
+    /// session, tunnel, relays, egress. Exit 0 ok, 1 something broken, 3 cannot tell.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Client certificates issued by this VPS's CA.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -161,6 +168,9 @@ fn load(
 /// Parses the command line, runs it, and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Status { json } = &cli.command {
+        return status(&cli, *json);
+    }
     ceres_daemon::init_logging("info");
     ceres_pki::tls::install_crypto_provider();
     ceres_daemon::exit_code("ceres-vps", dispatch(&cli))
@@ -173,6 +183,8 @@ fn dispatch(cli: &Cli) -> Outcome {
         Command::Token(TokenCommand::List { json }) => token_list(cli, *json),
         Command::Token(TokenCommand::Revoke { id }) => token_revoke(cli, id),
         Command::Cert(cmd) => cert(cli, cmd),
+        // Answered in `main`: it has its own exit codes and logs nothing.
+        Command::Status { .. } => Ok(()),
         Command::Run(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(run(cli, &args.flags))
@@ -427,6 +439,25 @@ fn humantime_short(d: std::time::Duration) -> String {
     ceres_config::HumanDuration(d).to_string()
 }
 
+/// `status`: the settings say where the state and the tunnel's socket are;
+/// a configuration that cannot be read means this host cannot tell (3).
+fn status(cli: &Cli, json: bool) -> ExitCode {
+    let resolved = load(cli, &VpsFlags::default(), false)
+        .and_then(|(layers, settings)| Ok((state_dir(cli, &layers)?, settings)));
+    let (dir, settings) = match resolved {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ceres-vps: cannot tell: {e}");
+            return ExitCode::from(crate::local_status::EXIT_UNKNOWN);
+        }
+    };
+    let t = &settings.tunnel;
+    let tunnel = t
+        .enabled
+        .then_some((t.uapi_dir.as_path(), t.ifname.as_str()));
+    crate::local_status::command(&dir, tunnel, json)
+}
+
 async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
     let (layers, settings) = load(cli, flags, false)?;
     let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
@@ -452,8 +483,16 @@ mod tests {
 
     #[test]
     fn cli_completions_and_man_page_are_complete() {
-        manual::check_generated::<Cli>(&["init", "token", "run", "cert", "completions", "man"])
-            .unwrap_or_else(|missing| panic!("{missing}"));
+        manual::check_generated::<Cli>(&[
+            "init",
+            "token",
+            "run",
+            "status",
+            "cert",
+            "completions",
+            "man",
+        ])
+        .unwrap_or_else(|missing| panic!("{missing}"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod cli;
 pub mod hub;
+pub mod local_status;
 pub mod relays;
 pub mod revocation;
 pub mod rotation;

@@ -609,6 +609,13 @@ pub async fn run(
         cancel.clone(),
     ));
     tracker.spawn(rotation_schedule(ctx.clone()));
+    let sctx = ctx.clone();
+    let egress_cache: EgressCache = Arc::default();
+    tracker.spawn(ceres_daemon::status_file::keep_written(
+        ctx.state.dir.path().to_owned(),
+        move || local_status(sctx.clone(), egress_cache.clone()),
+        cancel.clone(),
+    ));
     let svc = Svc(ctx.clone());
     let serve = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -642,6 +649,49 @@ pub async fn run(
         ),
     }
     result.map_err(Into::into)
+}
+
+/// The last egress status and when it was taken: it runs `nft`, so the
+/// local status file (rewritten every 2 s) takes it again only every 10 s.
+type EgressCache =
+    Arc<std::sync::Mutex<Option<(crate::local_status::EgressPart, std::time::Instant)>>>;
+
+/// What `ceres-vps status` shows of the running agent.
+async fn local_status(ctx: Arc<Ctx>, cache: EgressCache) -> crate::local_status::AgentPart {
+    use crate::local_status::{AgentPart, EgressPart, HomePart, RelayPart};
+    let cached = cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(_, at)| at.elapsed() < Duration::from_secs(10))
+        .map(|(e, _)| e.clone());
+    let egress = match cached {
+        Some(e) => e,
+        None => {
+            let c = ctx.clone();
+            let e = tokio::task::spawn_blocking(move || {
+                EgressPart::from_proto(&c.relays.egress_status())
+            })
+            .await
+            .unwrap_or_default();
+            *cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((e.clone(), std::time::Instant::now()));
+            e
+        }
+    };
+    AgentPart {
+        version: VERSION.to_owned(),
+        started_at_unix: unix_secs(ctx.started),
+        control_address: ctx.settings.control_address.clone(),
+        home: HomePart::from_proto(&ctx.hub.status()),
+        relays: ctx
+            .relays
+            .report()
+            .iter()
+            .map(RelayPart::from_proto)
+            .collect(),
+        egress,
+    }
 }
 
 /// The Prometheus page of the VPS agent.

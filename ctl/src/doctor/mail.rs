@@ -78,6 +78,15 @@ pub(super) async fn inbound_and_relay(
     vec![banner_finding, relay]
 }
 
+/// The fix for a timed-out inbound probe: either end of the path may drop 25.
+fn inbound_timeout_fix(addr: SocketAddr) -> String {
+    format!(
+        "{}; if it also times out from there, port 25 is blocked on the way to {}: open tcp/25 in the VPS provider's firewall (many block it until asked)",
+        crate::smtp::PORT25_BLOCKED_HINT,
+        addr.ip()
+    )
+}
+
 /// Connects to port 25 and judges the banner; `Ok` with the open connection
 /// only after a 220.
 async fn inbound_banner(
@@ -105,10 +114,7 @@ async fn inbound_banner(
             return Err(inbound(
                 Status::Fail,
                 format!("no answer: {e}"),
-                Some(format!(
-                    "port 25 is blocked on the way to {}: open tcp/25 in the VPS provider's firewall (many block it until asked), or the network cerectl runs in blocks outbound 25: run doctor from elsewhere",
-                    addr.ip()
-                )),
+                Some(inbound_timeout_fix(addr)),
             ));
         }
         Err(e) => {
@@ -527,6 +533,18 @@ mod tests {
     use ceres_proto::{HomeStatus, Report, VpsStatus};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn inbound_timeout_names_the_isp_block_first_then_the_provider() {
+        let fix = inbound_timeout_fix(SocketAddr::from(([203, 0, 113, 10], 25)));
+        let isp = fix.find("your ISP may block outbound port 25").unwrap();
+        let provider = fix.find("VPS provider's firewall").unwrap();
+        assert!(isp < provider, "{fix}");
+        assert!(
+            fix.contains("run it from the VPS or another server"),
+            "{fix}"
+        );
+    }
 
     /// An SMTP server that greets with `banner` and answers RCPT with
     /// `rcpt`; returns what it heard.
