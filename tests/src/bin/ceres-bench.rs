@@ -318,8 +318,15 @@ fn gateway(o: Options) -> anyhow::Result<()> {
         report_bulk(shaped, o, Some(o.shape_mbit));
     }
     report_idle(&idle_results, o);
+    // A session that ended mid-run means the relays turned clients away for
+    // a moment (home looked away): worth knowing next to the numbers.
+    let ended = vps
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("home agent session ended"))
+        .count();
     println!(
-        "\nload average at end {}; whole run {:.0} s",
+        "\nload average at end {}; whole run {:.0} s; home sessions ended during the run: {ended}",
         loadavg(),
         started.elapsed().as_secs_f64()
     );
