@@ -10,7 +10,9 @@
 //! the published port connects from.
 
 mod dms;
+mod mail_in_a_box;
 mod mailcow;
+mod mailu;
 mod postfix_dovecot;
 mod render;
 
@@ -28,14 +30,20 @@ pub enum Stack {
     Mailcow,
     /// docker-mailserver (DMS).
     DockerMailserver,
+    /// Mailu.
+    Mailu,
+    /// Mail-in-a-Box: a statement of why it is not relayed, no recipe.
+    MailInABox,
 }
 
 impl Stack {
     /// Every stack, in the order the docs list them.
-    pub const ALL: [Stack; 3] = [
+    pub const ALL: [Stack; 5] = [
         Stack::PostfixDovecot,
         Stack::Mailcow,
         Stack::DockerMailserver,
+        Stack::Mailu,
+        Stack::MailInABox,
     ];
 
     /// The name `--stack` takes.
@@ -44,6 +52,8 @@ impl Stack {
             Stack::PostfixDovecot => "postfix-dovecot",
             Stack::Mailcow => "mailcow",
             Stack::DockerMailserver => "docker-mailserver",
+            Stack::Mailu => "mailu",
+            Stack::MailInABox => "mail-in-a-box",
         }
     }
 
@@ -53,6 +63,8 @@ impl Stack {
             Stack::PostfixDovecot => postfix_dovecot::recipe(),
             Stack::Mailcow => mailcow::recipe(),
             Stack::DockerMailserver => dms::recipe(),
+            Stack::Mailu => mailu::recipe(),
+            Stack::MailInABox => mail_in_a_box::recipe(),
         }
     }
 }
@@ -92,7 +104,8 @@ pub struct Recipe {
     pub title: &'static str,
     /// The stack version the facts were read at.
     pub version: &'static str,
-    /// `CERES_RELAYS` for the VPS's ceres.env.
+    /// `CERES_RELAYS` for the VPS's ceres.env; empty for a stack CERES
+    /// cannot front (the notes say why and what to do instead).
     pub relays: &'static str,
     /// `CERES_MAIL_SERVER` for home's ceres.env.
     pub mail_server: &'static str,

@@ -19,6 +19,12 @@ pub enum WriteError {
 }
 
 fn env_lines(r: &Recipe) -> String {
+    if r.relays.is_empty() {
+        return format!(
+            "# Not supported behind CERES: no CERES_RELAYS, no CERES_MAIL_SERVER for {}.\n# Why, and what to do instead: see the notes.\n",
+            r.stack
+        );
+    }
     let mut s = format!("# VPS, /etc/ceres/ceres.env\nCERES_RELAYS={}\n", r.relays);
     let _ = write!(
         s,

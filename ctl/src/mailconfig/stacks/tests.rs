@@ -72,6 +72,16 @@ fn published(compose: &serde_json::Value) -> Vec<(String, String, u16, u16)> {
     v
 }
 
+/// The stack's default network has IPv6 too, and both leave through the tunnel.
+fn egress_both_families(r: &Recipe) {
+    assert!(
+        r.egress_from.iter().any(|n| n.contains('.'))
+            && r.egress_from.iter().any(|n| n.contains(':')),
+        "{}: IPv4 and IPv6 egress sources",
+        r.stack
+    );
+}
+
 /// Rules every stack's recipe keeps, whatever the stack.
 fn common_rules(r: &Recipe, proxy_ports: &[u16]) {
     let relays = parse_relays(r.relays).unwrap();
@@ -95,9 +105,8 @@ fn common_rules(r: &Recipe, proxy_ports: &[u16]) {
     }
     assert_eq!(r.mail_server, "127.0.0.1");
     assert!(
-        r.egress_from.iter().any(|n| n.contains('.'))
-            && r.egress_from.iter().any(|n| n.contains(':')),
-        "{}: IPv4 and IPv6 egress sources",
+        r.egress_from.iter().any(|n| n.contains('.')),
+        "{}: an IPv4 egress source",
         r.stack
     );
     let t = r.trusted_proxy.as_ref().unwrap();
@@ -180,6 +189,7 @@ fn mailcow_recipe_matches_its_facts_and_the_rules() {
         .copied()
         .collect();
     common_rules(&r, &proxy);
+    egress_both_families(&r);
     // The default relays land on mailcow's own ports: no mapping.
     for relay in parse_relays(r.relays).unwrap() {
         if relay.proxy != ProxyMode::None {
@@ -272,6 +282,7 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
         .chain(dms::DOVECOT_PROXY.iter().map(|d| d.2))
         .collect();
     common_rules(&r, &proxy);
+    egress_both_families(&r);
     // 10025 is DMS's Amavis: nothing of ours may use it.
     assert!(!proxy.contains(&10025));
     assert!(!r.relays.contains("10025"));
@@ -366,6 +377,91 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
 }
 
 #[test]
+fn mailu_recipe_matches_its_facts_and_the_rules() {
+    let r = Stack::Mailu.recipe();
+    assert_eq!(mailu::RELAYS, mailu::derived_relays());
+    let proxy: Vec<u16> = std::iter::once(mailu::SMTP_PORT)
+        .chain(mailu::DOVECOT_PROXY.iter().map(|d| d.2))
+        .collect();
+    common_rules(&r, &proxy);
+    // Mailu's default network is IPv4 only; the IPv6 case is a note naming SUBNET6.
+    assert_eq!(r.egress_from, [mailu::SUBNET4]);
+    assert!(r.notes.iter().any(|n| n.contains("SUBNET6")));
+    // Every mail port Mailu's front publishes is relayed with PROXY, each to
+    // a distinct port, none of them a webmail listener of Mailu's own.
+    let relays = parse_relays(r.relays).unwrap();
+    let mut public: Vec<u16> = relays.iter().map(|x| x.public_port).collect();
+    public.sort_unstable();
+    assert_eq!(public, [25, 110, 143, 465, 587, 993, 995, 4190]);
+    for relay in &relays {
+        assert_ne!(relay.proxy, ProxyMode::None);
+        assert!(!mailu::WEBMAIL_PORTS.contains(&relay.home_port));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(write(&r, dir.path(), false).unwrap().len(), 3);
+    write_and_check_compose(&r, dir.path(), "docker-compose.override.yml", &proxy);
+    if let Some(c) = parse_yaml(&dir.path().join("docker-compose.override.yml")) {
+        let services: Vec<&String> = c["services"].as_object().unwrap().keys().collect();
+        assert_eq!(services, ["front"]);
+    }
+    let dovecot =
+        std::fs::read_to_string(dir.path().join("overrides/nginx/dovecot/proxy.conf")).unwrap();
+    doveconf_accepts(&dovecot, &mailu::DOVECOT_PROXY.map(|d| d.2));
+    // mailu.env keys: PROXY on 25 only, headers from the gateway only, no header trust.
+    let env = std::fs::read_to_string(dir.path().join("mailu.env.ceres")).unwrap();
+    let keys: Vec<&str> = env.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        keys,
+        [
+            "PROXY_PROTOCOL=25".to_string(),
+            format!("REAL_IP_FROM={}/32", mailu::GATEWAY),
+            "REAL_IP_HEADER=".to_string(),
+        ]
+    );
+    assert!(
+        !dir.path().join("mailu.env").exists(),
+        "never the user's mailu.env"
+    );
+    // 80 and 443 are not relayed (see the note).
+    assert!(!public.contains(&80) && !public.contains(&443));
+}
+
+#[test]
+fn mail_in_a_box_is_a_statement_not_a_recipe() {
+    let r = Stack::MailInABox.recipe();
+    assert!(r.relays.is_empty() && r.files.is_empty() && r.trusted_proxy.is_none());
+    let t = text(&r);
+    assert!(!t.contains("CERES_RELAYS="), "{t}");
+    assert!(t.contains("Not supported behind CERES"));
+    assert!(t.contains("open relay") && t.contains("on the VPS itself"));
+    for c in &r.citations {
+        assert_eq!(c.commit.len(), 40);
+        assert!(t.contains(c.path));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    assert!(write(&r, dir.path(), false).unwrap().is_empty());
+    // The open-relay statement rests on Postfix's default mynetworks_style at
+    // a compatibility level >= 2 (Mail-in-a-Box sets no mynetworks): check it.
+    if !have("postconf") || !Path::new("/usr/share/postfix/main.cf.debian").exists() {
+        return;
+    }
+    let pf = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "/usr/share/postfix/main.cf.debian",
+        pf.path().join("main.cf"),
+    )
+    .unwrap();
+    std::fs::write(pf.path().join("master.cf"), "").unwrap();
+    let (out, _) = postconf(
+        pf.path(),
+        &["-x", "-h", "mynetworks_style", "compatibility_level"],
+    );
+    let out: Vec<&str> = out.lines().collect();
+    assert_eq!(out[0], "host", "{out:?}");
+    assert_ne!(out[1], "0");
+}
+
+#[test]
 fn postfix_dovecot_points_at_the_targets() {
     let r = Stack::PostfixDovecot.recipe();
     assert!(r.files.is_empty());
@@ -384,7 +480,12 @@ fn docs_page_is_the_rendered_recipes() {
         "/../docs/mail-servers.md"
     ))
     .unwrap();
-    for stack in [Stack::Mailcow, Stack::DockerMailserver] {
+    for stack in [
+        Stack::Mailcow,
+        Stack::DockerMailserver,
+        Stack::Mailu,
+        Stack::MailInABox,
+    ] {
         let begin = format!(
             "<!-- BEGIN generated: cerectl mailserver-config --stack {} --markdown -->\n",
             stack.name()
