@@ -21,6 +21,7 @@ use ceres_dnscheck::{
 };
 use ceres_proto::StatusResponse;
 use clap::Args;
+use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::cli::Cli;
@@ -189,37 +190,53 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
     } else {
         args.dnsbl_zones.clone()
     };
-    let dns_part = async {
-        if args.skip_dns {
-            return Ok(Vec::new());
-        }
-        let dns = lookup(args.resolver)?;
-        anyhow::Ok(dns_sections(&id, &dns, &zones).await)
-    };
     let opts = MailCheckOptions {
         port: 25,
         probe_25: args.probe_25.clone(),
         timeout: Duration::from_secs(args.smtp_timeout.max(1)),
     };
-    let mail_part = async {
-        if args.skip_mail {
-            Vec::new()
-        } else {
-            mail_sections(&id, &status, &opts).await
-        }
+    let dns = if args.skip_dns {
+        None
+    } else {
+        Some(lookup(args.resolver)?)
     };
-    let (dns_sections, mail_sections) = tokio::join!(dns_part, mail_part);
-    let mut sections = dns_sections?;
-    sections.extend(mail_sections);
+    let mut pending: Vec<Pending<'_>> = Vec::new();
+    let mut wanted = Vec::new();
+    if let Some(dns) = &dns {
+        pending.extend(dns_checks(&id, dns, &zones));
+        wanted.extend([DNS_RECORDS, BLOCKLISTS]);
+    }
+    if !args.skip_mail {
+        pending.extend(mail_checks(&id, &status, &opts));
+        wanted.extend([SMTP, OPEN_RELAY, PROXY]);
+    }
+    // Text rows are printed as each check finishes (SMTP steps can take
+    // `--smtp-timeout` each); JSON is one document at the end.
+    let mut progress = (!args.json).then(|| {
+        let p = Progress::new(&id, &zones, color());
+        print_now(&p.header());
+        p
+    });
+    let mut done = Vec::new();
+    let mut running: futures::stream::FuturesUnordered<_> = pending
+        .into_iter()
+        .enumerate()
+        .map(|(seq, f)| async move { (seq, f.await) })
+        .collect();
+    while let Some((seq, findings)) = running.next().await {
+        if let Some(p) = progress.as_mut() {
+            print_now(&p.rows(&findings));
+        }
+        done.push((seq, findings));
+    }
     let diagnosis = Diagnosis {
         domain: id.domain().to_owned(),
         mail_host: id.mail_host().to_owned(),
-        sections,
+        sections: into_sections(done, &wanted),
     };
-    if args.json {
-        println!("{}", diagnosis.render_json());
-    } else {
-        print!("{}", diagnosis.render_text(color()));
+    match progress {
+        None => println!("{}", diagnosis.render_json()),
+        Some(p) => print_now(&(p.empty_sections(&diagnosis) + &diagnosis.summary().render_text())),
     }
     Ok(if diagnosis.is_ok() {
         ExitCode::SUCCESS
@@ -276,73 +293,220 @@ async fn identity_and_status(
     Ok((identity(cli, &filled).await?, Ok(status)))
 }
 
-/// The DNS records and the blocklists; the two groups run concurrently.
-pub async fn dns_sections<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String]) -> Vec<Section> {
-    let (records, blocklists) = tokio::join!(verify(id, dns), blocklists(id, zones, dns));
-    vec![
-        Section {
-            title: "DNS records",
-            checks: records.checks.into_iter().map(Finding::from).collect(),
-        },
-        Section {
-            title: "Blocklists (DNSBL)",
-            checks: blocklists.into_iter().map(Finding::from).collect(),
-        },
-    ]
+/// The section titles, in the order the report shows them.
+const SECTIONS: [&str; 5] = [
+    "DNS records",
+    "Blocklists (DNSBL)",
+    "Mail ports (SMTP)",
+    "Open relay",
+    "PROXY protocol (relay vs mail server)",
+];
+const DNS_RECORDS: usize = 0;
+const BLOCKLISTS: usize = 1;
+const SMTP: usize = 2;
+const OPEN_RELAY: usize = 3;
+const PROXY: usize = 4;
+
+/// Findings of one finished check, each with the index of its section.
+type Found = Vec<(usize, Finding)>;
+
+/// A check still running; checks run concurrently and are shown as each
+/// finishes.
+type Pending<'a> = futures::future::LocalBoxFuture<'a, Found>;
+
+/// The DNS records (one check), and each VPS address in the blocklists.
+fn dns_checks<'a, L: Lookup>(
+    id: &'a MailIdentity,
+    dns: &'a L,
+    zones: &'a [String],
+) -> Vec<Pending<'a>> {
+    let mut checks: Vec<Pending<'a>> = vec![Box::pin(async move {
+        let records = verify(id, dns).await;
+        records
+            .checks
+            .into_iter()
+            .map(|c| (DNS_RECORDS, Finding::from(c)))
+            .collect()
+    })];
+    checks.extend(id.addresses().into_iter().map(|ip| -> Pending<'a> {
+        Box::pin(async move {
+            dnsbl_check(ip, zones, dns)
+                .await
+                .into_iter()
+                .map(|r| (BLOCKLISTS, Finding::from(r.to_check())))
+                .collect()
+        })
+    }));
+    checks
 }
 
 /// The mail-port checks: inbound 25 and the open-relay probe on each VPS
 /// address, outbound 25, and PROXY per relayed port.
-pub async fn mail_sections(
-    id: &MailIdentity,
-    status: &Result<StatusResponse, String>,
-    opts: &MailCheckOptions,
-) -> Vec<Section> {
-    let inbound = futures::future::join_all(id.addresses().into_iter().map(|ip| {
-        mail::inbound_and_relay(
-            SocketAddr::new(ip, opts.port),
-            id.domain(),
-            id.mail_host(),
-            opts.timeout,
-        )
-    }));
-    let outbound = mail::outbound(opts.probe_25.as_deref(), opts.timeout);
-    let (inbound, outbound) = tokio::join!(inbound, outbound);
-    let (banners, relays): (Vec<Finding>, Vec<Finding>) = inbound
+fn mail_checks<'a>(
+    id: &'a MailIdentity,
+    status: &'a Result<StatusResponse, String>,
+    opts: &'a MailCheckOptions,
+) -> Vec<Pending<'a>> {
+    let mut checks: Vec<Pending<'a>> = id
+        .addresses()
         .into_iter()
-        .flatten()
-        .partition(|f| f.kind == Kind::SmtpInbound);
-    let mut smtp = banners;
-    smtp.push(outbound);
-    vec![
-        Section {
-            title: "Mail ports (SMTP)",
-            checks: smtp,
-        },
-        Section {
-            title: "Open relay",
-            checks: relays,
-        },
-        Section {
-            title: "PROXY protocol (relay vs mail server)",
-            checks: mail::proxy_findings(status),
-        },
-    ]
+        .map(|ip| -> Pending<'a> {
+            Box::pin(async move {
+                mail::inbound_and_relay(
+                    SocketAddr::new(ip, opts.port),
+                    id.domain(),
+                    id.mail_host(),
+                    opts.timeout,
+                )
+                .await
+                .into_iter()
+                .map(|f| {
+                    let section = if f.kind == Kind::SmtpInbound {
+                        SMTP
+                    } else {
+                        OPEN_RELAY
+                    };
+                    (section, f)
+                })
+                .collect()
+            })
+        })
+        .collect();
+    checks.push(Box::pin(async move {
+        vec![(
+            SMTP,
+            mail::outbound(opts.probe_25.as_deref(), opts.timeout).await,
+        )]
+    }));
+    checks.push(Box::pin(async move {
+        mail::proxy_findings(status)
+            .into_iter()
+            .map(|f| (PROXY, f))
+            .collect()
+    }));
+    checks
 }
 
-/// Each VPS address in each blocklist zone, all concurrently in this task.
-async fn blocklists<L: Lookup>(id: &MailIdentity, zones: &[String], dns: &L) -> Vec<Check> {
-    let per_address = futures::future::join_all(
-        id.addresses()
-            .into_iter()
-            .map(|ip| dnsbl_check(ip, zones, dns)),
+/// Finished checks (with their start order) as the report's sections: in
+/// section order, and within one in the order the checks were started, so
+/// the final report does not depend on which answered first. The sections
+/// in `wanted` are there even when empty.
+fn into_sections(mut done: Vec<(usize, Found)>, wanted: &[usize]) -> Vec<Section> {
+    done.sort_by_key(|(seq, _)| *seq);
+    let mut sections: Vec<Option<Section>> = (0..SECTIONS.len())
+        .map(|i| {
+            wanted.contains(&i).then(|| Section {
+                title: SECTIONS[i],
+                checks: Vec::new(),
+            })
+        })
+        .collect();
+    for (section, finding) in done.into_iter().flat_map(|(_, f)| f) {
+        sections[section]
+            .get_or_insert_with(|| Section {
+                title: SECTIONS[section],
+                checks: Vec::new(),
+            })
+            .checks
+            .push(finding);
+    }
+    sections.into_iter().flatten().collect()
+}
+
+/// Runs every check to the end: the DNS records and the blocklists.
+pub async fn dns_sections<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String]) -> Vec<Section> {
+    let done = futures::future::join_all(dns_checks(id, dns, zones)).await;
+    into_sections(
+        done.into_iter().enumerate().collect(),
+        &[DNS_RECORDS, BLOCKLISTS],
     )
-    .await;
-    per_address
-        .into_iter()
-        .flatten()
-        .map(|r| r.to_check())
-        .collect()
+}
+
+/// Writes `text` to stdout now: a pipe would otherwise hold the rows until
+/// the end.
+fn print_now(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The text report while checks finish: the header, then each row as its
+/// check finishes under its section's title (repeated when rows of another
+/// section came in between).
+struct Progress {
+    table: Table,
+    header: String,
+    last_section: Option<usize>,
+    shown: [bool; SECTIONS.len()],
+}
+
+impl Progress {
+    /// The name column fits the names known before any check runs (the
+    /// domain, host, addresses, blocklist entries); a longer one found later
+    /// only shifts its own row.
+    fn new(id: &MailIdentity, zones: &[String], color: bool) -> Self {
+        let mut names = vec![
+            id.domain().to_owned(),
+            id.mail_host().to_owned(),
+            format!("_dmarc.{}", id.domain()),
+            "outbound 25".to_owned(),
+        ];
+        for ip in id.addresses() {
+            names.extend(zones.iter().map(|z| format!("{ip} in {z}")));
+            names.push(format!("{} to example.net", SocketAddr::new(ip, 25)));
+        }
+        Progress {
+            table: Table::new(color, 2, names.iter().map(String::as_str)),
+            header: format!(
+                "Doctor for {} (mail host {})\n",
+                id.domain(),
+                id.mail_host()
+            ),
+            last_section: None,
+            shown: [false; SECTIONS.len()],
+        }
+    }
+
+    fn header(&self) -> String {
+        self.header.clone()
+    }
+
+    /// The rows of one finished check.
+    fn rows(&mut self, found: &Found) -> String {
+        let mut out = String::new();
+        for (section, c) in found {
+            if self.last_section != Some(*section) {
+                let _ = writeln!(out, "\n{}", SECTIONS[*section]);
+                self.last_section = Some(*section);
+            }
+            self.shown[*section] = true;
+            self.table.write_row(
+                &mut out,
+                &Row {
+                    status: c.status,
+                    label: c.kind.label(),
+                    name: &c.display_name(),
+                    found: &c.found,
+                    expected: &c.expected,
+                    fix: c.fix.as_deref(),
+                },
+            );
+        }
+        out
+    }
+
+    /// Sections of the report that got no row at all.
+    fn empty_sections(&self, d: &Diagnosis) -> String {
+        let mut out = String::new();
+        for s in &d.sections {
+            let i = SECTIONS.iter().position(|t| *t == s.title);
+            if s.checks.is_empty() && i.is_some_and(|i| !self.shown[i]) {
+                let _ = writeln!(out, "\n{}\n  (nothing to check)", s.title);
+            }
+        }
+        out
+    }
 }
 
 impl Diagnosis {

@@ -379,6 +379,9 @@ pub struct HomePart {
     pub input_filter: Option<String>,
     /// Why replacing the input filter failed.
     pub input_filter_error: Option<String>,
+    /// Postfix's `mail_version` on the home host; null when home found no
+    /// `postconf` (another mail server, a container) or is an older agent.
+    pub postfix_version: Option<String>,
     /// Whether the home owning the tunnel may use it: `allowed`, `revoked`,
     /// or null (a VPS too old to say).
     pub access: Option<String>,
@@ -407,6 +410,30 @@ fn rfc3339(unix: i64) -> Option<String> {
         .ok()?
         .format(&time::format_description::well_known::Rfc3339)
         .ok()
+}
+
+/// The problem of a Postfix older than 3.5 behind PROXY v2 relays, with
+/// both fixes; `None` when home found none.
+fn postfix_proxy_v2_problem(p: &ceres_proto::PostfixReport) -> Option<String> {
+    if p.proxy_v2_unsupported.is_empty() {
+        return None;
+    }
+    let ports = p
+        .proxy_v2_unsupported
+        .iter()
+        .map(|r| r.public_port.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let entries = p
+        .proxy_v2_unsupported
+        .iter()
+        .map(|r| format!("{}:{}/proxy-v1", r.public_port, r.home_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(format!(
+        "Postfix {} at home cannot read the PROXY v2 headers relayed on port {ports}          (Postfix reads v2 from 3.5 on): set those entries to {entries} in CERES_RELAYS          on the VPS (Postfix's smtpd_upstream_proxy_protocol = haproxy reads v1 too),          or upgrade Postfix to 3.5+",
+        p.version
+    ))
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -579,6 +606,10 @@ impl Status {
                 input_filter_error.as_deref().unwrap_or("see the home agent's log")
             ));
         }
+        let postfix = report.as_ref().and_then(|r| r.postfix.as_ref());
+        if let Some(problem) = postfix.and_then(postfix_proxy_v2_problem) {
+            problems.push(problem);
+        }
         // Home's mail goes out through the VPS, but the VPS cannot send IPv6:
         // a dual-stack mail server at home then delivers to IPv6 MX hosts
         // from the home line (no PTR, outside SPF).
@@ -622,6 +653,7 @@ impl Status {
             direct_ipv6,
             input_filter,
             input_filter_error,
+            postfix_version: postfix.and_then(|p| non_empty(&p.version)),
         };
         let warnings = resp
             .relays
@@ -1400,6 +1432,57 @@ mod tests {
         assert!(
             s.render(false)
                 .contains("home filter from the tunnel only the VPS")
+        );
+    }
+
+    #[test]
+    fn an_old_postfix_behind_proxy_v2_is_a_problem_with_the_fix() {
+        let mut r = dual_stack_home(Ipv6Egress::Available, DirectIpv6::None);
+        if let Some(rep) = r.home.as_mut().and_then(|h| h.last_report.as_mut()) {
+            rep.postfix = Some(ceres_proto::PostfixReport {
+                version: "3.4.14".into(),
+                proxy_v2_unsupported: vec![
+                    ceres_proto::ProxyV2Relay {
+                        public_port: 25,
+                        home_port: 10025,
+                    },
+                    ceres_proto::ProxyV2Relay {
+                        public_port: 587,
+                        home_port: 10587,
+                    },
+                ],
+            });
+        }
+        let s = Status::from_response(r.clone());
+        assert!(!s.ok);
+        let problem = s
+            .problems
+            .iter()
+            .find(|p| p.contains("Postfix 3.4.14"))
+            .unwrap_or_else(|| panic!("{:?}", s.problems));
+        assert!(problem.contains("port 25, 587"), "{problem}");
+        assert!(
+            problem.contains("25:10025/proxy-v1,587:10587/proxy-v1"),
+            "{problem}"
+        );
+        assert!(problem.contains("CERES_RELAYS"), "{problem}");
+        assert!(problem.contains("upgrade Postfix to 3.5+"), "{problem}");
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["home"]["postfix_version"],
+            "3.4.14"
+        );
+        // A Postfix that reads v2: the version, no problem.
+        if let Some(rep) = r.home.as_mut().and_then(|h| h.last_report.as_mut()) {
+            rep.postfix = Some(ceres_proto::PostfixReport {
+                version: "3.7.11".into(),
+                proxy_v2_unsupported: vec![],
+            });
+        }
+        let s = Status::from_response(r);
+        assert!(s.ok, "{:?}", s.problems);
+        assert_eq!(
+            serde_json::to_value(&s).unwrap()["home"]["postfix_version"],
+            "3.7.11"
         );
     }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod filter;
 pub mod local_status;
 pub mod mail;
+pub mod postfix;
 pub mod probe;
 pub mod rotation;
 pub mod session;

@@ -37,6 +37,9 @@ struct State {
     forward_error: Option<String>,
     egress: Option<HomeEgress>,
     egress_error: Option<String>,
+    /// Postfix's `mail_version` here, read when the forwarders were last
+    /// (re)applied; `None` when there is no `postconf` to ask.
+    postfix_version: Option<String>,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,9 @@ impl HomeMail {
                 tracing::error!(error = %format!("{e:#}"), "cannot update the tunnel's input filter for the forwarders");
             }
             st.key = Some(key);
+            // The relays decide which PROXY versions Postfix must read:
+            // ask its version again with them (not per report or probe).
+            st.postfix_version = Self::postfix_version().await;
         }
         if self.settings.egress && self.settings.tunnel && st.egress.is_none() {
             let mut egress = match addrs.home6 {
@@ -263,6 +269,32 @@ impl HomeMail {
             st.forward_error.clone().unwrap_or_default(),
             egress,
         )
+    }
+
+    /// Reads Postfix's version now (once at start; [`HomeMail::apply`] reads
+    /// it again with new relays).
+    pub async fn check_postfix(&self) {
+        let version = Self::postfix_version().await;
+        self.state.lock().await.postfix_version = version;
+    }
+
+    /// `postconf` is a process to run: off the async workers.
+    async fn postfix_version() -> Option<String> {
+        tokio::task::spawn_blocking(crate::postfix::installed_version)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Postfix's version and whether it reads what the relays send it.
+    pub async fn postfix_report(&self) -> Option<ceres_proto::PostfixReport> {
+        let st = self.state.lock().await;
+        let specs = st
+            .forwarder
+            .as_ref()
+            .map(|r| r.specs.as_slice())
+            .unwrap_or_default();
+        crate::postfix::check(st.postfix_version.as_deref(), specs)
     }
 
     /// Stops the forwarders and removes the routing and the input filter.

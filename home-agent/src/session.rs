@@ -192,6 +192,7 @@ pub async fn run(
     let rotation = Arc::new(HomeRotation::load(&dir)?);
     // The filter before the tunnel: nothing enters through it unfiltered.
     mail.install_filter().await?;
+    mail.check_postfix().await;
     // The data plane does not wait for the control plane.
     tunnel.start_saved().await;
     if let (Some(addrs), Some(relays)) = (tunnel.addresses().await, mail.saved_relays()) {
@@ -421,6 +422,7 @@ async fn session(
                 }
                 last_firewall.clone_from(&firewall);
                 let (input_filter, input_filter_error) = mail.filter_status();
+                let postfix = mail.postfix_report().await;
                 let report = Report {
                     direct_ipv6: direct_ipv6(&settings.tunnel_ifname).await.into(),
                     input_filter: input_filter.into(),
@@ -434,6 +436,7 @@ async fn session(
                     firewall,
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                    postfix,
                 };
                 *metrics.lock().unwrap_or_else(|p| p.into_inner()) = (true, render_metrics(&report));
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {

@@ -277,6 +277,30 @@ pub struct Report {
     /// Why the input filter could not be replaced, when INPUT_FILTER_FAILED.
     #[prost(string, tag = "12")]
     pub input_filter_error: ::prost::alloc::string::String,
+    /// Postfix on the home host, when `postconf` could be run there; unset
+    /// otherwise (another mail server, a container, or an older agent).
+    #[prost(message, optional, tag = "13")]
+    pub postfix: ::core::option::Option<PostfixReport>,
+}
+/// Postfix as the home agent finds it on its host. Postfix reads PROXY v2
+/// only from 3.5 on: an older one cannot parse what the relays send.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PostfixReport {
+    /// `postconf -h mail_version`, e.g. "3.4.14".
+    #[prost(string, tag = "1")]
+    pub version: ::prost::alloc::string::String,
+    /// Relays that send PROXY v2 to one of Postfix's SMTP ports while this
+    /// Postfix is older than 3.5; empty when the version is 3.5+ or unknown.
+    #[prost(message, repeated, tag = "2")]
+    pub proxy_v2_unsupported: ::prost::alloc::vec::Vec<ProxyV2Relay>,
+}
+/// One relay, by its ports (the entry in CERES_RELAYS is keyed by `public_port`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProxyV2Relay {
+    #[prost(uint32, tag = "1")]
+    pub public_port: u32,
+    #[prost(uint32, tag = "2")]
+    pub home_port: u32,
 }
 /// Counters of one relayed port (VPS) or forwarded port (home).
 #[derive(Clone, PartialEq, ::prost::Message)]
