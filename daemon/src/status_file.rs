@@ -246,6 +246,50 @@ where
     let _ = tokio::task::spawn_blocking(move || remove(&d)).await;
 }
 
+/// Exit code of a local status that could not tell (as `cerectl status`'s 3).
+pub const EXIT_UNKNOWN: u8 = 3;
+
+/// Appends the verdict block of a local status: `OK`, or the problems.
+pub fn write_problems(o: &mut String, problems: &[String]) {
+    use std::fmt::Write as _;
+    if problems.is_empty() {
+        let _ = writeln!(o, "\nOK");
+    } else {
+        let _ = writeln!(o, "\nProblems:");
+        for p in problems {
+            let _ = writeln!(o, "  - {p}");
+        }
+    }
+}
+
+/// Prints a local status as JSON or text and returns its exit code: 0 ok,
+/// 1 something broken, 3 (`EXIT_UNKNOWN`) when it cannot be printed. Shared
+/// by `ceres-vps status` and `ceres-home status`.
+pub fn print_status<S: Serialize>(
+    program: &str,
+    status: &S,
+    ok: bool,
+    json: bool,
+    text: impl FnOnce() -> String,
+) -> std::process::ExitCode {
+    if json {
+        match serde_json::to_string_pretty(status) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("{program}: {e}");
+                return std::process::ExitCode::from(EXIT_UNKNOWN);
+            }
+        }
+    } else {
+        print!("{}", text());
+    }
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::mail::HomeMail;
 /// Version of the JSON layout of `status --json`.
 pub const SCHEMA: u32 = 1;
 /// Exit code when this host cannot tell (the state cannot be read).
-pub const EXIT_UNKNOWN: u8 = 3;
+pub use status_file::EXIT_UNKNOWN;
 
 /// The session to the VPS as the agent last saw it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -454,14 +454,7 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
             let _ = writeln!(o, "firewall    {f}");
         }
     }
-    if s.problems.is_empty() {
-        let _ = writeln!(o, "\nOK");
-    } else {
-        let _ = writeln!(o, "\nProblems:");
-        for p in &s.problems {
-            let _ = writeln!(o, "  - {p}");
-        }
-    }
+    status_file::write_problems(&mut o, &s.problems);
     o
 }
 
@@ -482,22 +475,7 @@ pub fn command(
     let now = SystemTime::now();
     let tunnel = tunnel.map(|(dir, ifname)| uapi_client::read_tunnel(dir, ifname, now));
     let s = assemble(file, tunnel, now);
-    if json {
-        match serde_json::to_string_pretty(&s) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("ceres-home: {e}");
-                return std::process::ExitCode::from(EXIT_UNKNOWN);
-            }
-        }
-    } else {
-        print!("{}", render(&s, now));
-    }
-    if s.ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    status_file::print_status("ceres-home", &s, s.ok, json, || render(&s, now))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Version of the JSON layout of `status --json`.
 pub const SCHEMA: u32 = 1;
 /// Exit code when this host cannot tell (the state cannot be read).
-pub const EXIT_UNKNOWN: u8 = 3;
+pub use status_file::EXIT_UNKNOWN;
 
 /// Home's session as the VPS sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -285,14 +285,7 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
                 .map_or(String::new(), |x| format!(": {x}"))
         );
     }
-    if s.problems.is_empty() {
-        let _ = writeln!(o, "\nOK");
-    } else {
-        let _ = writeln!(o, "\nProblems:");
-        for p in &s.problems {
-            let _ = writeln!(o, "  - {p}");
-        }
-    }
+    status_file::write_problems(&mut o, &s.problems);
     o
 }
 
@@ -313,22 +306,7 @@ pub fn command(
     let now = SystemTime::now();
     let tunnel = tunnel.map(|(dir, ifname)| uapi_client::read_tunnel(dir, ifname, now));
     let s = assemble(file, tunnel, now);
-    if json {
-        match serde_json::to_string_pretty(&s) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("ceres-vps: {e}");
-                return std::process::ExitCode::from(EXIT_UNKNOWN);
-            }
-        }
-    } else {
-        print!("{}", render(&s, now));
-    }
-    if s.ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    }
+    status_file::print_status("ceres-vps", &s, s.ok, json, || render(&s, now))
 }
 
 #[cfg(test)]
