@@ -67,6 +67,16 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    /// The state in a local status's `agent` line.
+    pub fn describe(self, pid: Option<u32>) -> String {
+        match self {
+            AgentState::Running => format!("running (pid {})", pid.unwrap_or(0)),
+            AgentState::NotRunning => "NOT RUNNING".into(),
+            AgentState::Crashed => "CRASHED (last status below)".into(),
+            AgentState::Hung => "NOT UPDATING (hung?)".into(),
+        }
+    }
+
     /// The problem line for a `program` that is not running right, given
     /// the pid and write time of its last status.
     pub fn problem(self, program: &str, last: Option<(u32, i64)>, now_unix: i64) -> Option<String> {

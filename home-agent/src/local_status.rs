@@ -349,12 +349,7 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
     use std::fmt::Write as _;
     let now = unix_secs(now);
     let mut o = String::new();
-    let agent = match s.agent_state {
-        AgentState::Running => format!("running (pid {})", s.pid.unwrap_or(0)),
-        AgentState::NotRunning => "NOT RUNNING".into(),
-        AgentState::Crashed => "CRASHED (last status below)".into(),
-        AgentState::Hung => "NOT UPDATING (hung?)".into(),
-    };
+    let agent = s.agent_state.describe(s.pid);
     let _ = writeln!(o, "agent       {agent}");
     if let Some(a) = &s.agent {
         let _ = writeln!(
