@@ -70,7 +70,10 @@ Run --check and --apply on the home host (as root). Examples:
 
 Packaged stacks (offline; files whole, at the stack's own override paths):
   cerectl mailserver-config --stack mailcow
+  cerectl mailserver-config --stack mailcow --docker-subnet4 172.30.1.0/24 --docker-subnet6 off
   cerectl mailserver-config --stack docker-mailserver --write /srv/dms
+  cerectl mailserver-config --stack stalwart --write /srv/stalwart
+  cerectl mailserver-config --stack iredmail --home-tunnel-address 10.77.77.2
   cerectl mailserver-config --stack postfix-dovecot")]
 pub struct MailConfigArgs {
     /// What to print lines for (or --stack).
@@ -91,6 +94,15 @@ pub struct MailConfigArgs {
     /// With --stack: the recipe as the Markdown of docs/mail-servers.md.
     #[arg(long, requires = "stack", conflicts_with = "json")]
     pub markdown: bool,
+    /// With --stack (mailcow, docker-mailserver, mailu, stalwart): the stack's
+    /// Docker network when it is not the recipe's default (mailcow:
+    /// IPV4_NETWORK.0/24; Mailu: SUBNET).
+    #[arg(long, value_name = "CIDR", requires = "stack")]
+    pub docker_subnet4: Option<stacks::Subnet4>,
+    /// With --stack: that network's IPv6 subnet (mailcow: IPV6_NETWORK;
+    /// Mailu: SUBNET6), or `off` for a network without IPv6.
+    #[arg(long, value_name = "CIDR|off", requires = "stack")]
+    pub docker_subnet6: Option<stacks::Subnet6Arg>,
     /// Change the live configuration (Postfix, Dovecot, nginx) to what is printed.
     #[arg(long, conflicts_with = "check")]
     pub apply: bool,
@@ -119,7 +131,7 @@ pub struct MailConfigArgs {
     #[arg(long, value_name = "LIST")]
     pub relays: Option<String>,
     /// Home's tunnel address (CERES_TUNNEL_HOME_ADDRESS, e.g. 10.77.77.2/24);
-    /// default the VPS's.
+    /// default the VPS's (with --stack iredmail: 10.77.77.2, CERES's default).
     #[arg(long, value_name = "IP[/PREFIX]")]
     pub home_tunnel_address: Option<String>,
     /// Home's IPv6 tunnel address when the VPS sends mail out over IPv6
@@ -281,9 +293,36 @@ pub async fn run(cli: &Cli, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
     .await?
 }
 
+/// The `--stack` options from the flags.
+fn stack_options(args: &MailConfigArgs) -> anyhow::Result<stacks::Options> {
+    let home_tunnel4 = match &args.home_tunnel_address {
+        None => None,
+        Some(a) => match split_prefix(a)?.0 {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(ip) => anyhow::bail!(
+                "--home-tunnel-address {ip} is not an IPv4 address (give the IPv6 one as --home-tunnel-address6)"
+            ),
+        },
+    };
+    let home_tunnel6 = match args.home_tunnel_address6.as_deref().map(str::trim) {
+        None => None,
+        Some("off") => Some(None),
+        Some(a) => match split_prefix(a)?.0 {
+            IpAddr::V6(ip) => Some(Some(ip)),
+            IpAddr::V4(ip) => anyhow::bail!("--home-tunnel-address6 {ip} is not an IPv6 address"),
+        },
+    };
+    Ok(stacks::Options {
+        subnet4: args.docker_subnet4,
+        subnet6: args.docker_subnet6,
+        home_tunnel4,
+        home_tunnel6,
+    })
+}
+
 /// `--stack NAME`: print (text, JSON or Markdown) or write the recipe.
 fn run_stack(stack: stacks::Stack, args: &MailConfigArgs) -> anyhow::Result<ExitCode> {
-    let recipe = stack.recipe();
+    let recipe = stack.recipe_for(&stack_options(args)?)?;
     if let Some(dir) = &args.write {
         for p in stacks::write(&recipe, dir, args.force)? {
             println!("wrote {}", p.display());

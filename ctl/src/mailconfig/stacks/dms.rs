@@ -42,7 +42,9 @@
 //! `target/scripts/startup/variables-stack.sh`): mynetworks trusts no Docker
 //! network, so not the gateway either.
 
-use super::{Citation, Recipe, StackFile, TrustedProxy};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, Subnet6, TrustedProxy};
 
 const REPO: &str = "docker-mailserver/docker-mailserver";
 const COMMIT: &str = "c9b015ddc869b277c16dd20ef4a70e595c72d022";
@@ -61,54 +63,73 @@ pub const DOVECOT_PROXY: [(&str, &str, u16, bool); 5] = [
     ("pop3-login", "pop3s-proxyprotocol", 10995, true),
     ("managesieve-login", "sieve-proxyprotocol", 14190, false),
 ];
-/// The subnet the override gives DMS's network.
-pub const SUBNET4: &str = "172.16.42.0/24";
-/// Its IPv6 subnet.
-pub const SUBNET6: &str = "fd00:cafe:face:feed::/64";
-/// Its gateway.
-pub const GATEWAY: &str = "172.16.42.1";
+/// The network the override gives DMS: the subnet of DMS's PROXY page and
+/// the IPv6 ULA of its IPv6 page (`--docker-subnet4/6` for others).
+pub const NET: DockerNet = DockerNet {
+    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(172, 16, 42, 0), 24),
+    subnet6: Some(Subnet6::new_unchecked(
+        Ipv6Addr::new(0xfd00, 0xcafe, 0xface, 0xfeed, 0, 0, 0, 0),
+        64,
+    )),
+};
+/// The copy of the stock `smtpd pass` service that 12525's postscreen hands
+/// clients to, so that they meet an smtpd trusting no network.
+pub const PASS_SERVICE: &str = "smtpd-proxyprotocol";
 
-fn compose_override() -> String {
+fn compose_override(net: DockerNet) -> String {
     let ports: String = POSTFIX_PROXY
         .iter()
         .map(|(p, _)| *p)
         .chain(DOVECOT_PROXY.iter().map(|d| d.2))
         .map(|p| format!("      - \"127.0.0.1:{p}:{p}\"\n"))
         .collect();
+    let subnets: String = net
+        .egress_from()
+        .iter()
+        .map(|s| format!("        - subnet: \"{s}\"\n"))
+        .collect();
     format!(
         "# CERES: publish DMS's PROXY ports on the host's loopback only, where the home\n\
          # agent connects (CERES_MAIL_SERVER=127.0.0.1); the stock ports stay as compose.yaml\n\
          # publishes them. The network gets fixed subnets so that home's CERES_EGRESS_FROM\n\
-         # and Dovecot's haproxy_trusted_networks (the gateway, {GATEWAY}) are known.\n\
+         # and Dovecot's haproxy_trusted_networks (the gateway, {}) are known.\n\
          services:\n  mailserver:\n    ports:\n{ports}\
-         \nnetworks:\n  default:\n    enable_ipv6: true\n    ipam:\n      config:\n\
-         \x20       - subnet: \"{SUBNET4}\"\n        - subnet: \"{SUBNET6}\"\n"
+         \nnetworks:\n  default:\n    enable_ipv6: {}\n    ipam:\n      config:\n{subnets}",
+        net.gateway(),
+        net.subnet6.is_some(),
     )
 }
 
 fn user_patches() -> String {
-    let mut s = String::from(
-        "#!/bin/bash\n\
+    let mut s = "#!/bin/bash\n\
          # CERES: PROXY services next to the stock ones, from DMS's \"Mail Server behind a\n\
          # Proxy\" page (separate ports; 25's is 12525, DMS's 10025 is Amavis). Each trusts\n\
          # no network (mynetworks=): a relayed client is only what its header says.\n\
+         # 12525's postscreen hands clients to a copy of the stock `smtpd pass` service\n\
+         # with the same empty mynetworks (smtpd_service_name), not to the stock one.\n\
          # DMS reruns this on every start, on the same master.cf after a restart: drop\n\
          # the copies of an earlier run first.\n\
          set -euo pipefail\n\
-         for s in 12525/inet 10465/inet 10587/inet; do\n\
-         \x20 if [[ -n \"$(postconf -M \"$s\")\" ]]; then postconf -MX \"$s\"; fi\n\
-         done\n",
-    );
+         for s in 12525/inet 10465/inet 10587/inet PASS/pass; do\n\
+         \x20 if [[ -n \"$(postconf -M \"$s\" 2>/dev/null)\" ]]; then postconf -MX \"$s\"; fi\n\
+         done\n"
+        .replace("PASS", PASS_SERVICE);
     for (port, stock) in POSTFIX_PROXY {
         s.push_str(&format!(
             "postconf -Mf {stock}/inet | sed -e 's/^{stock} /{port} /' >> /etc/postfix/master.cf\n"
         ));
     }
+    s.push_str(&format!(
+        "postconf -Mf smtpd/pass | sed -e 's/^smtpd /{PASS_SERVICE} /' >> /etc/postfix/master.cf\n"
+    ));
     s.push_str(
-        "postconf -P \\\n\
+        &"postconf -P \\\n\
          \x20 12525/inet/postscreen_upstream_proxy_protocol=haproxy \\\n\
          \x20 12525/inet/syslog_name=postfix/smtpd-proxyprotocol \\\n\
          \x20 12525/inet/mynetworks= \\\n\
+         \x20 12525/inet/smtpd_service_name=PASS \\\n\
+         \x20 PASS/pass/syslog_name=postfix/smtpd-proxyprotocol \\\n\
+         \x20 PASS/pass/mynetworks= \\\n\
          \x20 10465/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
          \x20 10465/inet/syslog_name=postfix/submissions-proxyprotocol \\\n\
          \x20 10465/inet/mynetworks= \\\n\
@@ -116,17 +137,19 @@ fn user_patches() -> String {
          \x20 10587/inet/syslog_name=postfix/submission-proxyprotocol \\\n\
          \x20 10587/inet/mynetworks=\n\
          # Two postscreen services (25 and 12525) share one cache through proxymap.\n\
-         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n",
+         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n"
+            .replace("PASS", PASS_SERVICE),
     );
     s
 }
 
-fn dovecot_cf() -> String {
+fn dovecot_cf(net: DockerNet) -> String {
+    let gateway = net.gateway();
     let mut s = format!(
         "# CERES: PROXY listeners next to the stock ones (DMS's \"Mail Server behind a Proxy\"\n\
-         # page, separate ports). Headers are taken only from the Docker gateway {GATEWAY},\n\
+         # page, separate ports). Headers are taken only from the Docker gateway {gateway},\n\
          # where Docker's port publishing connects from.\n\
-         haproxy_trusted_networks = {GATEWAY}/32\n"
+         haproxy_trusted_networks = {gateway}/32\n"
     );
     let mut service = "";
     for (svc, name, port, tls) in DOVECOT_PROXY {
@@ -146,8 +169,8 @@ fn dovecot_cf() -> String {
     s
 }
 
-/// The recipe.
-pub fn recipe() -> Recipe {
+/// The recipe for DMS on `net`.
+pub fn recipe(net: DockerNet) -> Recipe {
     let cite = |path, fact| Citation {
         repo: REPO,
         path,
@@ -160,28 +183,29 @@ pub fn recipe() -> Recipe {
         version: "docker-mailserver v15.1.0+81 (commit c9b015d, 2026-08-19; image based on debian:13-slim)",
         relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2",
         mail_server: "127.0.0.1",
-        egress_from: vec![SUBNET4, SUBNET6],
+        egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {
-            address: GATEWAY,
+            address: net.gateway().to_string(),
+            source: super::DOCKER_GATEWAY,
             find_with: "docker network inspect $(docker inspect mailserver --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}') --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}'",
         }),
         files: vec![
             StackFile {
                 path: "compose.override.yaml",
                 purpose: "publishes the PROXY ports on 127.0.0.1 only and fixes the network's subnets; Docker Compose merges it with compose.yaml (the service is `mailserver` there); if you have this file already, merge by hand",
-                contents: compose_override(),
+                contents: compose_override(net),
                 executable: false,
             },
             StackFile {
                 path: "docker-data/dms/config/user-patches.sh",
-                purpose: "adds the Postfix PROXY services 12525 (postscreen), 10465 and 10587, copies of the stock smtp, submissions and submission services; if you have this file already, append the lines after `set -euo pipefail`",
+                purpose: "adds the Postfix PROXY services 12525 (postscreen), 10465 and 10587, copies of the stock smtp, submissions and submission services, and smtpd-proxyprotocol, the copy of `smtpd pass` that 12525 hands clients to; if you have this file already, append the lines after `set -euo pipefail`",
                 contents: user_patches(),
                 executable: true,
             },
             StackFile {
                 path: "docker-data/dms/config/dovecot.cf",
                 purpose: "adds the Dovecot PROXY listeners 10143, 10993, 10110, 10995, 14190 and trusts the gateway only; if you have this file already, add these lines",
-                contents: dovecot_cf(),
+                contents: dovecot_cf(net),
                 executable: false,
             },
         ],
@@ -191,7 +215,10 @@ pub fn recipe() -> Recipe {
             "POP3 and ManageSieve listeners only serve when DMS has them on (ENABLE_POP3=1, ENABLE_MANAGESIEVE=1); drop 110, 995 and 4190 from CERES_RELAYS otherwise.",
             "Keep PERMIT_DOCKER=none (DMS's default): with `network` or `connected-networks`, the Docker gateway — where every relayed and published connection comes from — would be in mynetworks for the stock services.",
             "Inside the container the PROXY services listen on all its addresses (Docker's publishing cannot reach its loopback): other containers on the network reach them too; keep that network to the mail containers.",
+            "A network of your own instead of the override's (another subnet, or no IPv6): give --docker-subnet4 and --docker-subnet6 (or off), and the override, dovecot.cf and CERES_EGRESS_FROM follow.",
+            "12525's postscreen hands each client to smtpd-proxyprotocol (smtpd_service_name), a copy of the stock `smtpd pass` with an empty mynetworks: the stock one trusts DMS's mynetworks, which a PROXY header naming such an address would otherwise reach.",
         ],
+        bans: "DMS's Fail2Ban (ENABLE_FAIL2BAN=1 with NET_ADMIN; target/fail2ban/jail.local: dovecot and postfix jails, banaction nftables-allports, ignoreip 127.0.0.1/8) reads the mail log in the container. Through the PROXY services Postfix and Dovecot log the real client address, so it counts the right one — but it bans with nftables inside the container by source address, and a relayed client's packets arrive from the Docker gateway: the ban does not stop a relayed client (Postfix's and Dovecot's own rate limits and auth penalties, which work on the logged address, still do). Add the gateway to ignoreip in docker-data/dms/config/fail2ban-jail.cf so that no log line naming it can ever block every relayed client at once. To stop a relayed client, block it on the VPS: CERES has no ban feed to the VPS.",
         verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings and each PROXY service once; dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. DMS's image is Debian 13 (Dovecot 2.4), not run here.",
         citations: vec![
             cite(
@@ -233,6 +260,14 @@ pub fn recipe() -> Recipe {
             cite(
                 "target/scripts/startup/variables-stack.sh",
                 "PERMIT_DOCKER defaults to none",
+            ),
+            cite(
+                "target/fail2ban/jail.local",
+                "ignoreip = 127.0.0.1/8, banaction = nftables-allports, dovecot and postfix jails",
+            ),
+            cite(
+                "docs/content/config/security/fail2ban.md",
+                "ENABLE_FAIL2BAN needs NET_ADMIN; fail2ban-jail.cf is copied to /etc/fail2ban/jail.d/user-jail.local",
             ),
         ],
     }

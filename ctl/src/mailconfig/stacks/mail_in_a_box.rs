@@ -62,6 +62,7 @@ pub fn recipe() -> Recipe {
             "Edits do not last: setup/mail-postfix.sh rewrites the Postfix keys and services it owns with tools/editconf.py on every setup run (setup is how Mail-in-a-Box upgrades), including smtp_bind_address = the LAN address, so outbound mail would not stay on the tunnel address.",
             "DNS does not fit a VPS front: Mail-in-a-Box is the domain's nameserver (nsd on port 53, UDP and TCP) and publishes PUBLIC_IP in its zones; its status checks want glue records, PTR and every public port on PUBLIC_IP. CERES relays TCP ports; it does not carry nsd's UDP 53.",
         ],
+        bans: "Mail-in-a-Box installs fail2ban (setup/system.sh); behind a relay it would see one address for every client, which is one more reason it is not relayed.",
         verified: "Facts read in mailinabox at tag v75 (commit b162b96). Tested here (cargo nextest run -p cerectl stacks): Postfix 3.7's default mynetworks_style is host at compatibility_level 3.6 (postconf -d on Debian's main.cf), which the open-relay statement rests on. Mail-in-a-Box itself not run.",
         citations: vec![
             cite(

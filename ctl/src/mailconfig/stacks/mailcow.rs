@@ -46,7 +46,9 @@
 //! `docker-compose.override.yml` (the name the HAPROXY helper uses, merged
 //! by Docker Compose).
 
-use super::{Citation, Recipe, StackFile, TrustedProxy};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, Subnet6, TrustedProxy};
 
 const REPO: &str = "mailcow/mailcow-dockerized";
 const COMMIT: &str = "06424670fa5d60fee851f58bfc49f66086d5f0a6";
@@ -55,12 +57,15 @@ const COMMIT: &str = "06424670fa5d60fee851f58bfc49f66086d5f0a6";
 pub const POSTFIX_PROXY_PORTS: [u16; 3] = [10025, 10465, 10587];
 /// Dovecot's `*_haproxy` listeners.
 pub const DOVECOT_PROXY_PORTS: [u16; 5] = [10143, 10993, 10110, 10995, 14190];
-/// mailcow's default network.
-pub const SUBNET4: &str = "172.22.1.0/24";
-/// mailcow's default IPv6 network.
-pub const SUBNET6: &str = "fd4d:6169:6c63:6f77::/64";
-/// The default network's gateway.
-pub const GATEWAY: &str = "172.22.1.1";
+/// mailcow's default network: `${IPV4_NETWORK:-172.22.1}.0/24` and
+/// `${IPV6_NETWORK:-fd4d:6169:6c63:6f77::/64}` (`--docker-subnet4/6` for others).
+pub const NET: DockerNet = DockerNet {
+    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(172, 22, 1, 0), 24),
+    subnet6: Some(Subnet6::new_unchecked(
+        Ipv6Addr::new(0xfd4d, 0x6169, 0x6c63, 0x6f77, 0, 0, 0, 0),
+        64,
+    )),
+};
 
 fn compose_override() -> String {
     let ports = |list: &[u16]| {
@@ -81,17 +86,18 @@ fn compose_override() -> String {
     )
 }
 
-fn dovecot_extra() -> String {
+fn dovecot_extra(net: DockerNet) -> String {
     format!(
         "# CERES: Dovecot reads PROXY headers on mailcow's *_haproxy listeners only from\n\
          # the address Docker's port publishing connects from: mailcow-network's gateway\n\
          # (`ip -4 addr show br-mailcow` shows it). Nothing else is trusted.\n\
-         haproxy_trusted_networks = {GATEWAY}/32\n"
+         haproxy_trusted_networks = {}/32\n",
+        net.gateway()
     )
 }
 
-/// The recipe.
-pub fn recipe() -> Recipe {
+/// The recipe for mailcow on `net`.
+pub fn recipe(net: DockerNet) -> Recipe {
     let cite = |path, fact| Citation {
         repo: REPO,
         path,
@@ -104,9 +110,10 @@ pub fn recipe() -> Recipe {
         version: "mailcow-dockerized 2026-07a+5 (commit 0642467, 2026-08-05): postfix-mailcow 3.10.12-1, dovecot-mailcow 2.3.21.1-2, nginx-mailcow 1.30.4-1",
         relays: "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,80,443",
         mail_server: "127.0.0.1",
-        egress_from: vec![SUBNET4, SUBNET6],
+        egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {
-            address: GATEWAY,
+            address: net.gateway().to_string(),
+            source: super::DOCKER_GATEWAY,
             find_with: "ip -4 addr show br-mailcow (mailcow names its bridge br-mailcow; the address there is the gateway)",
         }),
         files: vec![
@@ -119,7 +126,7 @@ pub fn recipe() -> Recipe {
             StackFile {
                 path: "data/conf/dovecot/extra.conf",
                 purpose: "lets Dovecot take PROXY headers from the Docker gateway only; if you have this file already, add the line",
-                contents: dovecot_extra(),
+                contents: dovecot_extra(net),
                 executable: false,
             },
         ],
@@ -127,9 +134,12 @@ pub fn recipe() -> Recipe {
         notes: vec![
             "No Postfix file: mailcow's master.cf already has the PROXY services 10025 (postscreen), 10465 and 10587 with the SASL/TLS options of their stock twins; they are left as mailcow ships them. Relayed clients arrive with their public address, never in mailcow's mynetworks (mynetworks_style = subnet: its own Docker network).",
             "80 and 443 are relayed plain: mailcow's NGINX_USE_PROXY_PROTOCOL switches the stock listeners (and LAN clients) to PROXY too, so it stays off. Web clients then reach nginx-mailcow from the Docker gateway; webmail and autodiscover logs show that address.",
-            "mailcow.conf may move the network (IPV4_NETWORK, IPV6_NETWORK): then use those subnets for CERES_EGRESS_FROM and that network's gateway in extra.conf.",
+            "mailcow.conf may move the network (IPV4_NETWORK, IPV6_NETWORK, ENABLE_IPV6): give them as --docker-subnet4 IPV4_NETWORK.0/24 and --docker-subnet6 IPV6_NETWORK (or off with ENABLE_IPV6=false), and CERES_EGRESS_FROM and extra.conf follow.",
+            "Keep SNAT_TO_SOURCE and SNAT6_TO_SOURCE in mailcow.conf at n (mailcow's default): netfilter-mailcow would otherwise rewrite the source of mail leaving mailcow-network, and home's CERES_EGRESS_FROM sends out through the tunnel by that source.",
+            "mailcow's 10025 postscreen hands clients to its stock smtpd, whose mynetworks is mailcow-network (mynetworks_style = subnet): a PROXY header naming an address inside that subnet would be trusted to relay. The home agent passes on only the headers the VPS writes from the real TCP peer; keep the VPS's relays on its public address so no host on a private network of the VPS's provider can connect to them.",
             "mailcow.conf's SMTP_PORT, IMAPS_PORT, ... (the stock published ports) stay as they are, for LAN clients.",
         ],
+        bans: "netfilter-mailcow (host network, privileged; data/Dockerfiles/netfilter/main.py) reads the failures Postfix, Dovecot and SOGo publish to Redis (F2B_CHANNEL) and bans the address in its MAILCOW chain (INPUT and FORWARD); it never bans private or loopback addresses, so never the Docker gateway. Through the PROXY listeners Postfix and Dovecot log the real client address, so it counts the right one — but its ban drops packets from that address on the home host, and a relayed client's packets reach mailcow from the home agent: the ban does not stop a relayed client (Postfix's and Dovecot's own rate limits and auth penalties, which work on the logged address, still do). Web logins relayed plain (80, 443) show the gateway and are not banned at all. To stop a relayed client, block it on the VPS: CERES has no ban feed to the VPS.",
         verified: "Facts read in mailcow-dockerized at commit 0642467. Tested here (cargo nextest run -p cerectl stacks): the compose override parsed as YAML (every published PROXY port on 127.0.0.1, each a port mailcow's master.cf or dovecot.conf has as a PROXY listener), extra.conf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot. Not run against a live mailcow.",
         citations: vec![
             cite(
@@ -159,6 +169,10 @@ pub fn recipe() -> Recipe {
             cite(
                 "data/conf/nginx/templates/nginx.conf.j2",
                 "proxy_protocol is added to the stock listen lines, not a separate port",
+            ),
+            cite(
+                "data/Dockerfiles/netfilter/main.py",
+                "bans from F2B_CHANNEL into the MAILCOW chain of INPUT and FORWARD; get_ip skips private and loopback addresses; SNAT_TO_SOURCE",
             ),
             cite(
                 ".gitignore",

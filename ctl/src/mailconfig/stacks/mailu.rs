@@ -42,7 +42,9 @@
 //! enable this!"). The compose file gives no gateway, so Docker uses the
 //! subnet's first address, 192.168.203.1: the one source `REAL_IP_FROM` names.
 
-use super::{Citation, Recipe, StackFile, TrustedProxy};
+use std::net::Ipv4Addr;
+
+use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, TrustedProxy};
 
 const REPO: &str = "Mailu/Mailu";
 const COMMIT: &str = "bbb1c206f9c8e438bb7f7193bdd8eea2ed09d7fd";
@@ -63,10 +65,12 @@ pub const DOVECOT_PROXY: [(&str, &str, u16, bool, u16); 7] = [
 pub const WEBMAIL_PORTS: [u16; 3] = [10143, 10025, 14190];
 /// Port 25: PROXY on the stock nginx listener.
 pub const SMTP_PORT: u16 = 25;
-/// Setup's default network.
-pub const SUBNET4: &str = "192.168.203.0/24";
-/// Its gateway.
-pub const GATEWAY: &str = "192.168.203.1";
+/// Setup's default network: `SUBNET` 192.168.203.0/24, IPv6 off
+/// (`--docker-subnet4` for another `SUBNET`, `--docker-subnet6` for `SUBNET6`).
+pub const NET: DockerNet = DockerNet {
+    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(192, 168, 203, 0), 24),
+    subnet6: None,
+};
 
 fn compose_override() -> String {
     let ports: String = std::iter::once(SMTP_PORT)
@@ -82,12 +86,13 @@ fn compose_override() -> String {
     )
 }
 
-fn dovecot_proxy() -> String {
+fn dovecot_proxy(net: DockerNet) -> String {
+    let gateway = net.gateway();
     let mut s = format!(
         "# CERES: PROXY listeners next to the stock ones, in the front's Dovecot proxy\n\
          # (included last by Mailu's proxy.conf). Headers only from the Docker gateway\n\
-         # {GATEWAY}, where published ports connect from (same as REAL_IP_FROM).\n\
-         haproxy_trusted_networks = {GATEWAY}/32\n"
+         # {gateway}, where published ports connect from (same as REAL_IP_FROM).\n\
+         haproxy_trusted_networks = {gateway}/32\n"
     );
     let mut service = "";
     for (svc, name, port, tls, _) in DOVECOT_PROXY {
@@ -107,13 +112,14 @@ fn dovecot_proxy() -> String {
     s
 }
 
-fn env_keys() -> String {
+fn env_keys(net: DockerNet) -> String {
+    let gateway = net.gateway();
     format!(
         "# CERES: set these in mailu.env (replace existing lines of the same name).\n\
          # PROXY on the stock port 25 only: Mailu has no second SMTP listener.\n\
          PROXY_PROTOCOL=25\n\
          # The one address PROXY headers are taken from: the Docker network's gateway.\n\
-         REAL_IP_FROM={GATEWAY}/32\n\
+         REAL_IP_FROM={gateway}/32\n\
          # Must stay empty with PROXY_PROTOCOL (Mailu's configuration reference).\n\
          REAL_IP_HEADER=\n"
     )
@@ -136,8 +142,8 @@ pub fn derived_relays() -> String {
         .join(",")
 }
 
-/// The recipe.
-pub fn recipe() -> Recipe {
+/// The recipe for Mailu on `net`.
+pub fn recipe(net: DockerNet) -> Recipe {
     let cite = |path, fact| Citation {
         repo: REPO,
         path,
@@ -150,9 +156,10 @@ pub fn recipe() -> Recipe {
         version: "Mailu master 2024.06.1+392 (commit bbb1c20, 2026-07-26; front: nginx with the mail module, Dovecot 2.3 proxy)",
         relays: RELAYS,
         mail_server: "127.0.0.1",
-        egress_from: vec![SUBNET4],
+        egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {
-            address: GATEWAY,
+            address: net.gateway().to_string(),
+            source: super::DOCKER_GATEWAY,
             find_with: "docker network inspect mailu_default --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' (the network is PROJECT_default; the project is the directory's name, mailu for /mailu)",
         }),
         files: vec![
@@ -165,13 +172,13 @@ pub fn recipe() -> Recipe {
             StackFile {
                 path: "overrides/nginx/dovecot/proxy.conf",
                 purpose: "adds the front Dovecot's PROXY listeners next to the stock ones and trusts the gateway only; if you have this file already, add these lines",
-                contents: dovecot_proxy(),
+                contents: dovecot_proxy(net),
                 executable: false,
             },
             StackFile {
                 path: "mailu.env.ceres",
                 purpose: "the mailu.env keys CERES needs; copy them into mailu.env (a separate file so that --write never replaces your mailu.env)",
-                contents: env_keys(),
+                contents: env_keys(net),
                 executable: false,
             },
         ],
@@ -181,10 +188,11 @@ pub fn recipe() -> Recipe {
             "Publish 25 on 127.0.0.1 only: change docker-compose.yml's front ports so 25 is not published on another address (other ports keep the address Mailu's setup gave them, for LAN clients). Mailu's setup defaults that address to 127.0.0.1; then 25 is already there and the 25 line of the override must go.",
             "The other mail ports keep their stock listeners unchanged for LAN clients; the relays reach added listeners. 143 and 4190 map to 20143 and 24190 because 10143, 10025 and 14190 are Mailu's own webmail listeners, which the admin treats specially.",
             "80 and 443 are not relayed: Mailu offers PROXY only on the stock web listeners, and with REAL_IP_FROM set its HTTP block trusts an X-Real-IP header from the gateway, so a plain web relay would let any web client name its own address. Serve webmail through another route, or accept that by adding 80,443 to CERES_RELAYS knowingly.",
-            "IPv6: Mailu's setup leaves it off by default (its own advice); with it on, SUBNET6 in mailu.env is a random ULA per install: add it to CERES_EGRESS_FROM (IPv4 and IPv6 then both leave through the tunnel).",
-            "A different SUBNET in mailu.env: use it for CERES_EGRESS_FROM and its first address (the gateway) for REAL_IP_FROM and haproxy_trusted_networks.",
+            "IPv6: Mailu's setup leaves it off by default (its own advice); with it on, SUBNET6 in mailu.env is a random ULA per install: give it as --docker-subnet6 and it joins CERES_EGRESS_FROM (IPv4 and IPv6 then both leave through the tunnel).",
+            "A different SUBNET in mailu.env: give it as --docker-subnet4, and CERES_EGRESS_FROM, REAL_IP_FROM and haproxy_trusted_networks (its first address, the gateway) follow.",
             "Keep RELAYNETS free of the gateway and of the Docker network: it is added to Postfix's mynetworks.",
         ],
+        bans: "Mailu ships no Fail2Ban (docs/faq.rst: it would have to change the host's firewall; the FAQ shows a host setup). Its own defence is the admin's authentication rate limit per client address and subnet (AUTH_RATELIMIT_IP, from the front's Client-Ip): with PROXY and REAL_IP_FROM = the gateway that is the real client address, so it works for relayed clients. A host Fail2Ban reading Mailu's logs sees the real address too, but its firewall ban matches packets by source, and a relayed client's packets come from the home agent: it does not stop one. To stop a relayed client, block it on the VPS: CERES has no ban feed to the VPS.",
         verified: "Facts read in Mailu at commit bbb1c20. Tested here (cargo nextest run -p cerectl stacks): the compose override parsed as YAML (every published port on 127.0.0.1: 25 and the added listeners, none of Mailu's webmail ports); the Dovecot override parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot. Not run against a live Mailu.",
         citations: vec![
             cite(
@@ -232,6 +240,14 @@ pub fn recipe() -> Recipe {
                 "with PROXY_PROTOCOL_25 fetchmail delivers to the hostname, not the front",
             ),
             cite("docs/compose/setup.rst", "Mailu lives in /mailu"),
+            cite(
+                "core/admin/mailu/internal/nginx.py",
+                "authentication takes the client address from the front's Client-Ip header; rate-limit replies",
+            ),
+            cite(
+                "docs/faq.rst",
+                "Fail2Ban is not included in Mailu; a host setup is described",
+            ),
         ],
     }
 }

@@ -10,15 +10,21 @@
 //! the published port connects from.
 
 mod dms;
+mod iredmail;
 mod mail_in_a_box;
 mod mailcow;
 mod mailu;
+mod network;
 mod postfix_dovecot;
 mod render;
+mod stalwart;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use clap::ValueEnum;
 use serde::Serialize;
 
+pub use network::{DockerNet, Subnet4, Subnet6, Subnet6Arg, SubnetError};
 pub use render::{markdown, text, write};
 
 /// A packaged mail stack with a recipe.
@@ -32,17 +38,99 @@ pub enum Stack {
     DockerMailserver,
     /// Mailu.
     Mailu,
+    /// Stalwart (v0.16, in Docker).
+    Stalwart,
+    /// iRedMail (Postfix, Dovecot and nginx on the host).
+    Iredmail,
     /// Mail-in-a-Box: a statement of why it is not relayed, no recipe.
     MailInABox,
 }
 
+/// What the user's installation says where a stack's defaults do not fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--docker-subnet4`: the stack's Docker network, IPv4.
+    pub subnet4: Option<Subnet4>,
+    /// `--docker-subnet6`: its IPv6 subnet, or `off`.
+    pub subnet6: Option<Subnet6Arg>,
+    /// `--home-tunnel-address`: where a stack on the host sends mail from.
+    pub home_tunnel4: Option<Ipv4Addr>,
+    /// `--home-tunnel-address6`: the same for IPv6 (`Some(None)`: `off`).
+    pub home_tunnel6: Option<Option<Ipv6Addr>>,
+}
+
+/// Why the options do not fit the stack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A Docker network flag for a stack without one.
+    #[error(
+        "--{flag} is for stacks that run in Docker (mailcow, docker-mailserver, mailu, stalwart); {stack} runs on the host, without a Docker network"
+    )]
+    NotDocker {
+        /// The flag given.
+        flag: &'static str,
+        /// The `--stack` name.
+        stack: &'static str,
+    },
+    /// A tunnel address flag for a stack that sends from its Docker network.
+    #[error(
+        "--{flag} is for iredmail, whose Postfix on the host binds the tunnel address for outbound mail; {stack} {why}"
+    )]
+    NotHost {
+        /// The flag given.
+        flag: &'static str,
+        /// The `--stack` name.
+        stack: &'static str,
+        /// How that stack sends instead.
+        why: &'static str,
+    },
+    /// mailcow's network is `${IPV4_NETWORK}.0/24`: a /24 always.
+    #[error(
+        "mailcow's network is always a /24 (docker-compose.yml: ${{IPV4_NETWORK:-172.22.1}}.0/24, IPV4_NETWORK being three octets): {0} is not one; for IPV4_NETWORK=172.22.1 give 172.22.1.0/24"
+    )]
+    MailcowPrefix(Subnet4),
+}
+
+impl Options {
+    fn docker_net(&self, stack: Stack, default: DockerNet) -> Result<DockerNet, OptionsError> {
+        if self.home_tunnel4.is_some() || self.home_tunnel6.is_some() {
+            return Err(OptionsError::NotHost {
+                flag: if self.home_tunnel4.is_some() {
+                    "home-tunnel-address"
+                } else {
+                    "home-tunnel-address6"
+                },
+                stack: stack.name(),
+                why: "sends from its Docker network, which home's CERES_EGRESS_FROM routes through the tunnel",
+            });
+        }
+        Ok(default.with(self.subnet4, self.subnet6))
+    }
+
+    fn no_docker(&self, stack: Stack) -> Result<(), OptionsError> {
+        let flag = if self.subnet4.is_some() {
+            "docker-subnet4"
+        } else if self.subnet6.is_some() {
+            "docker-subnet6"
+        } else {
+            return Ok(());
+        };
+        Err(OptionsError::NotDocker {
+            flag,
+            stack: stack.name(),
+        })
+    }
+}
+
 impl Stack {
     /// Every stack, in the order the docs list them.
-    pub const ALL: [Stack; 5] = [
+    pub const ALL: [Stack; 7] = [
         Stack::PostfixDovecot,
         Stack::Mailcow,
         Stack::DockerMailserver,
         Stack::Mailu,
+        Stack::Stalwart,
+        Stack::Iredmail,
         Stack::MailInABox,
     ];
 
@@ -53,19 +141,70 @@ impl Stack {
             Stack::Mailcow => "mailcow",
             Stack::DockerMailserver => "docker-mailserver",
             Stack::Mailu => "mailu",
+            Stack::Stalwart => "stalwart",
+            Stack::Iredmail => "iredmail",
             Stack::MailInABox => "mail-in-a-box",
         }
     }
 
-    /// The stack's recipe.
+    /// The stack's recipe for its default installation (the docs page's).
     pub fn recipe(self) -> Recipe {
         match self {
             Stack::PostfixDovecot => postfix_dovecot::recipe(),
-            Stack::Mailcow => mailcow::recipe(),
-            Stack::DockerMailserver => dms::recipe(),
-            Stack::Mailu => mailu::recipe(),
+            Stack::Mailcow => mailcow::recipe(mailcow::NET),
+            Stack::DockerMailserver => dms::recipe(dms::NET),
+            Stack::Mailu => mailu::recipe(mailu::NET),
+            Stack::Stalwart => stalwart::recipe(stalwart::NET),
+            Stack::Iredmail => iredmail::recipe(&iredmail::Outbound::default()),
             Stack::MailInABox => mail_in_a_box::recipe(),
         }
+    }
+
+    /// The stack's recipe for the user's installation: `--docker-subnet4`,
+    /// `--docker-subnet6`, `--home-tunnel-address[6]` where they apply.
+    pub fn recipe_for(self, opts: &Options) -> Result<Recipe, OptionsError> {
+        Ok(match self {
+            Stack::Mailcow => {
+                let net = opts.docker_net(self, mailcow::NET)?;
+                if net.subnet4.prefix() != 24 {
+                    return Err(OptionsError::MailcowPrefix(net.subnet4));
+                }
+                mailcow::recipe(net)
+            }
+            Stack::DockerMailserver => dms::recipe(opts.docker_net(self, dms::NET)?),
+            Stack::Mailu => mailu::recipe(opts.docker_net(self, mailu::NET)?),
+            Stack::Stalwart => stalwart::recipe(opts.docker_net(self, stalwart::NET)?),
+            Stack::Iredmail => {
+                opts.no_docker(self)?;
+                let mut out = iredmail::Outbound::default();
+                if let Some(a) = opts.home_tunnel4 {
+                    out.bind4 = a;
+                }
+                if let Some(a6) = opts.home_tunnel6 {
+                    out.bind6 = a6;
+                }
+                iredmail::recipe(&out)
+            }
+            Stack::PostfixDovecot | Stack::MailInABox => {
+                opts.no_docker(self)?;
+                if opts.home_tunnel4.is_some() || opts.home_tunnel6.is_some() {
+                    return Err(OptionsError::NotHost {
+                        flag: if opts.home_tunnel4.is_some() {
+                            "home-tunnel-address"
+                        } else {
+                            "home-tunnel-address6"
+                        },
+                        stack: self.name(),
+                        why: if self == Stack::PostfixDovecot {
+                            "takes it with the per-target commands (cerectl mailserver-config postfix --home-tunnel-address ...)"
+                        } else {
+                            "has no recipe"
+                        },
+                    });
+                }
+                self.recipe()
+            }
+        })
     }
 }
 
@@ -111,7 +250,7 @@ pub struct Recipe {
     pub mail_server: &'static str,
     /// `CERES_EGRESS_FROM` for home's ceres.env: the stack's Docker networks
     /// (empty: Postfix on the host binds the tunnel address itself).
-    pub egress_from: Vec<&'static str>,
+    pub egress_from: Vec<String>,
     /// The address the stack's PROXY listeners must accept headers from (the
     /// Docker network's gateway), and how to confirm it.
     pub trusted_proxy: Option<TrustedProxy>,
@@ -122,6 +261,9 @@ pub struct Recipe {
     /// Facts the admin must know: what is not relayed with PROXY and why,
     /// what the stock listeners keep doing.
     pub notes: Vec<&'static str>,
+    /// What the stack's own ban machinery (fail2ban, its own) sees of a
+    /// relayed client and whether its bans stop one.
+    pub bans: &'static str,
     /// How the recipe was checked here.
     pub verified: &'static str,
     /// Where every number and path came from.
@@ -131,11 +273,16 @@ pub struct Recipe {
 /// Who may send PROXY headers to the stack.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TrustedProxy {
-    /// The address (the stack's Docker network gateway with its default subnet).
-    pub address: &'static str,
-    /// The command that shows the gateway of the running network.
+    /// The address: the stack's Docker network gateway, or loopback.
+    pub address: String,
+    /// Whose address that is, and why it is the home agent's.
+    pub source: &'static str,
+    /// How to confirm it on the running installation.
     pub find_with: &'static str,
 }
+
+/// [`TrustedProxy::source`] of every stack in Docker.
+const DOCKER_GATEWAY: &str = "the Docker network's gateway, where the published ports connect from";
 
 #[cfg(test)]
 mod tests;

@@ -44,8 +44,8 @@ pub fn text(r: &Recipe) -> String {
     if let Some(t) = &r.trusted_proxy {
         let _ = write!(
             s,
-            "\n# PROXY headers are trusted from {} only: the Docker network's gateway,\n# where the published ports connect from. Confirm: {}\n",
-            t.address, t.find_with
+            "\n# PROXY headers are trusted from {} only: {}.\n# Confirm: {}\n",
+            t.address, t.source, t.find_with
         );
     }
     for f in &r.files {
@@ -62,6 +62,7 @@ pub fn text(r: &Recipe) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "# Note: {n}");
     }
+    let _ = writeln!(s, "# Bans: {}", r.bans);
     let _ = writeln!(s, "# Verified: {}", r.verified);
     for c in &r.citations {
         let _ = writeln!(
@@ -81,6 +82,10 @@ fn fence_lang(path: &str) -> &'static str {
         "yaml"
     } else if path.ends_with(".sh") {
         "bash"
+    } else if path.ends_with(".ndjson") {
+        "json"
+    } else if path.contains("nginx/") {
+        "nginx"
     } else {
         "text"
     }
@@ -98,9 +103,8 @@ pub fn markdown(r: &Recipe) -> String {
     if let Some(t) = &r.trusted_proxy {
         let _ = write!(
             s,
-            "\nPROXY headers are trusted from **{}** only — the Docker network's gateway, \
-             where the published ports connect from. Confirm with `{}`.\n",
-            t.address, t.find_with
+            "\nPROXY headers are trusted from **{}** only — {}. Confirm with `{}`.\n",
+            t.address, t.source, t.find_with
         );
     }
     for f in &r.files {
@@ -118,6 +122,7 @@ pub fn markdown(r: &Recipe) -> String {
     for n in &r.notes {
         let _ = writeln!(s, "- {n}");
     }
+    let _ = write!(s, "\n**Bans (fail2ban and the like):** {}\n", r.bans);
     let _ = write!(s, "\n**Verified:** {}\n", r.verified);
     if !r.citations.is_empty() {
         s.push_str("\n**Sources** (every port, path and setting above):\n\n");
