@@ -329,3 +329,141 @@ fn postfix_apply_check_idempotence_and_rollback_on_stock_debian() {
     assert_eq!(code, 1);
     assert!(err.contains("open relay"), "{err}");
 }
+
+/// `--stack iredmail`'s Postfix script on a running Postfix laid out as
+/// iRedMail leaves Debian's (postscreen on 25 with `smtpd pass` behind it,
+/// `mynetworks` trusting loopback, submission and 465 services): the PROXY
+/// copy on 127.0.0.1:12525 reads the header, logs the client it names, and
+/// relays for nobody — not even for a header claiming 127.0.0.1, which the
+/// stock `smtpd pass` would trust. The control at the end hands 12525's
+/// clients to that stock service instead and shows the same header relaying:
+/// the check can fail.
+#[test]
+fn iredmail_postscreen_copy_logs_the_header_client_and_trusts_no_one() {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    use std::time::Duration;
+
+    use ceres_tests::postfix::smtp::{SmtpClient, proxy_v1};
+    use ceres_tests::postfix::{Postfix, StockSite};
+    use ceres_tests::{Netns, unique_id};
+
+    if !ceres_tests::require_root(
+        "iredmail_postscreen_copy_logs_the_header_client_and_trusts_no_one",
+    ) {
+        return;
+    }
+    const IO: Duration = Duration::from_secs(15);
+    let relayed = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let ns = Netns::new(format!("ceres-{}-irm", unique_id())).unwrap();
+    let pf = Postfix::start_stock(&ns, StockSite::default()).unwrap();
+    let conf = pf.config_dir();
+
+    // iRedMail's postfix_config_postscreen on Debian's master.cf.dist, and
+    // the submission and 465 services of its samples/postfix/master.cf.
+    let master: String = std::fs::read_to_string(conf.join("master.cf"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let on = [
+                ["#smtp", "inet", "postscreen"],
+                ["#smtpd", "pass", "smtpd"],
+                ["#dnsblog", "unix", "dnsblog"],
+                ["#tlsproxy", "unix", "tlsproxy"],
+            ];
+            if cols.len() == 8 && cols[..2] == ["smtp", "inet"] && cols[7] == "smtpd" {
+                format!("#{l}\n")
+            } else if cols.len() == 8 && on.iter().any(|o| cols[..2] == o[..2] && cols[7] == o[2]) {
+                format!("{}\n", &l[1..])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let iredmail = "submission inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  \
+                    -o smtpd_sasl_auth_enable=yes\n  -o smtpd_client_restrictions=permit_sasl_authenticated,reject\n\
+                    465 inet n - n - - smtpd\n  -o syslog_name=postfix/smtps\n  -o smtpd_tls_wrappermode=yes\n  \
+                    -o smtpd_sasl_auth_enable=yes\n";
+    std::fs::write(conf.join("master.cf"), master + iredmail).unwrap();
+    // A lab instance has no chroot (see StockSite); postscreen's pregreet
+    // wait at its minimum keeps the test short.
+    pf.postconf(&["-F", "-e", "*/*/chroot=n"]).unwrap();
+    pf.postconf(&["-e", "postscreen_greet_wait=1s"]).unwrap();
+    let services = pf.postconf(&["-M", "smtp/inet", "smtpd/pass"]).unwrap();
+    assert_eq!(services.lines().count(), 2, "{services}");
+    assert!(services.contains("postscreen"), "{services}");
+    assert!(
+        pf.postconf(&["-h", "mynetworks"])
+            .unwrap()
+            .starts_with("127.0.0.0/8"),
+        "loopback is trusted, as on iRedMail"
+    );
+
+    // The recipe's files from the real binary, the script run as the user would.
+    let out = tempfile::tempdir().unwrap();
+    let (code, stdout, err) = ctl(
+        None,
+        &[
+            "mailserver-config",
+            "--stack",
+            "iredmail",
+            "--write",
+            out.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("etc/postfix/ceres-proxy.sh"), "{stdout}");
+    let script = run(Command::new("bash")
+        .arg(out.path().join("etc/postfix/ceres-proxy.sh"))
+        .env("MAIL_CONFIG", &conf))
+    .unwrap();
+    assert!(
+        script.status.success(),
+        "{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    pf.reload().unwrap();
+
+    let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 12525);
+    let session = |claim: IpAddr| {
+        let header = proxy_v1(SocketAddr::new(claim, 40025), addr);
+        let mut c = SmtpClient::connect(&ns, addr, Some(&header), IO).unwrap();
+        c.expect("EHLO client.example.org", 250).unwrap();
+        c.expect("MAIL FROM:<sender@example.org>", 250).unwrap();
+        let foreign = c.command("RCPT TO:<someone@example.net>").unwrap();
+        let local = c.command("RCPT TO:<alice@example.com>").unwrap();
+        let transcript = c.transcript().to_owned();
+        c.quit().unwrap();
+        (foreign.code, local.code, transcript)
+    };
+
+    // A relayed client: mail for the site is taken, relaying refused, and
+    // the log names the client from the header.
+    let (foreign, local, t) = session(relayed);
+    assert!(foreign == 454 || foreign == 554, "relay not refused:\n{t}");
+    assert_eq!(local, 250, "{t}");
+    let log = pf.log();
+    assert!(pf.clients_seen().contains(&relayed), "log:\n{log}");
+    assert!(
+        log.contains("postfix/smtpd-proxyprotocol/smtpd["),
+        "the session ran in ceres-smtpd:\n{log}"
+    );
+
+    // A header claiming loopback (a relay gone bad): still no relaying.
+    let (foreign, _, t) = session(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert!(
+        foreign == 454 || foreign == 554,
+        "a claimed 127.0.0.1 relays:\n{t}"
+    );
+
+    // Control: handed to the stock `smtpd pass` (iRedMail's mynetworks), the
+    // same header relays — which is what ceres-smtpd is there to prevent.
+    pf.postconf(&["-P", "127.0.0.1:12525/inet/smtpd_service_name=smtpd"])
+        .unwrap();
+    pf.reload().unwrap();
+    let (foreign, _, t) = session(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    assert_eq!(
+        foreign, 250,
+        "control: the stock pass service trusts loopback\n{t}"
+    );
+}

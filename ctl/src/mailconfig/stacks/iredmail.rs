@@ -151,8 +151,9 @@ fn postfix_script(out: &Outbound) -> String {
          set -euo pipefail\n\
          cf=\"$(postconf -h config_directory)/master.cf\"\n\
          for s in smtp/inet smtpd/pass 465/inet submission/inet; do\n\
-         \x20 if [[ -z \"$(postconf -M \"$s\" 2>/dev/null)\" ]]; then\n\
-         \x20   echo \"ceres-proxy.sh: $cf has no $s service; this is for iRedMail's layout (postscreen on 25, 465, submission)\" >&2\n\
+         \x20 n=\"$(postconf -M \"$s\" 2>/dev/null | wc -l)\"\n\
+         \x20 if [[ \"$n\" != 1 ]]; then\n\
+         \x20   echo \"ceres-proxy.sh: $cf has $n $s services, not one; this is for iRedMail's layout (postscreen on 25, 465, submission)\" >&2\n\
          \x20   exit 1\n\
          \x20 fi\n\
          done\n\

@@ -1360,7 +1360,7 @@ fn iredmail_script_refuses_a_postfix_without_iredmails_services() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("has no smtpd/pass service") && err.contains("iRedMail's layout"),
+        err.contains("has 0 smtpd/pass services, not one") && err.contains("iRedMail's layout"),
         "{err}"
     );
     assert_eq!(
@@ -1368,4 +1368,24 @@ fn iredmail_script_refuses_a_postfix_without_iredmails_services() {
         before,
         "nothing changed"
     );
+    // iRedMail's layout with a second smtp/inet entry (Postfix uses the last
+    // one): which to copy is not clear, so nothing is copied.
+    let Some(irm) = scratch_iredmail_postfix() else {
+        return;
+    };
+    let master = irm.path().join("master.cf");
+    let doubled = std::fs::read_to_string(&master).unwrap()
+        + "smtp      inet  n       -       n       -       -       smtpd\n";
+    std::fs::write(&master, &doubled).unwrap();
+    let f = irm.path().join("ceres-proxy.sh");
+    std::fs::write(&f, &r.files[0].contents).unwrap();
+    let out = Command::new("bash")
+        .arg(&f)
+        .env("MAIL_CONFIG", irm.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has 2 smtp/inet services, not one"), "{err}");
+    assert_eq!(std::fs::read_to_string(&master).unwrap(), doubled);
 }
