@@ -467,3 +467,93 @@ fn iredmail_postscreen_copy_logs_the_header_client_and_trusts_no_one() {
         "control: the stock pass service trusts loopback\n{t}"
     );
 }
+
+/// `--stack` with the flags for a user's own installation: bad values and
+/// flags that do not fit the stack are refused with what to give instead;
+/// good ones change the output.
+#[test]
+fn stack_flags_are_checked_and_change_the_recipe() {
+    let refused = [
+        (
+            &["--stack", "mailcow", "--docker-subnet4", "172.22.1.5/24"][..],
+            2,
+            "172.22.1.5/24 has host bits set: the network is 172.22.1.0/24",
+        ),
+        (
+            &["--stack", "mailu", "--docker-subnet6", "fe80::/64"][..],
+            2,
+            "link-local",
+        ),
+        (
+            &["--stack", "mailcow", "--docker-subnet4", "172.22.0.0/16"][..],
+            1,
+            "mailcow's network is always a /24",
+        ),
+        (
+            &["--stack", "iredmail", "--docker-subnet4", "10.1.0.0/24"][..],
+            1,
+            "--docker-subnet4 is for stacks that run in Docker",
+        ),
+        (
+            &["--stack", "stalwart", "--home-tunnel-address", "10.77.77.2"][..],
+            1,
+            "--home-tunnel-address is for iredmail",
+        ),
+        (
+            &["--docker-subnet4", "10.0.0.0/24", "postfix"][..],
+            2,
+            "cannot be used with",
+        ),
+    ];
+    for (args, want_code, want) in refused {
+        let mut a = vec!["mailserver-config"];
+        a.extend(args);
+        let (code, out, err) = ctl(None, &a);
+        assert_eq!(code, want_code, "{args:?}: {out}{err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?} printed a recipe: {out}");
+    }
+
+    let (code, out, err) = ctl(
+        None,
+        &[
+            "mailserver-config",
+            "--stack",
+            "mailcow",
+            "--docker-subnet4",
+            "172.30.1.0/24",
+            "--docker-subnet6",
+            "off",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("CERES_EGRESS_FROM=172.30.1.0/24\n"), "{out}");
+    assert!(
+        out.contains("haproxy_trusted_networks = 172.30.1.1/32"),
+        "{out}"
+    );
+    assert!(!out.contains("172.22.1.1"), "{out}");
+
+    let (code, out, err) = ctl(
+        None,
+        &[
+            "mailserver-config",
+            "--stack",
+            "iredmail",
+            "--home-tunnel-address",
+            "10.77.77.9/24",
+            "--home-tunnel-address6",
+            "fd00:77::9",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("smtp/unix/smtp_bind_address=10.77.77.9 "),
+        "{out}"
+    );
+    assert!(
+        out.contains("smtp/unix/smtp_bind_address6=fd00:77::9 "),
+        "{out}"
+    );
+    assert!(!out.contains("inet_protocols=ipv4"), "{out}");
+}

@@ -86,22 +86,37 @@ pub struct MailConfigArgs {
     pub stack: Option<stacks::Stack>,
     /// With --stack: write the files under DIR (the stack's directory) at the
     /// stack's relative paths.
-    #[arg(long, value_name = "DIR", requires = "stack")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "stack",
+        conflicts_with = "target"
+    )]
     pub write: Option<PathBuf>,
     /// With --write: replace files that exist.
     #[arg(long, requires = "write")]
     pub force: bool,
     /// With --stack: the recipe as the Markdown of docs/mail-servers.md.
-    #[arg(long, requires = "stack", conflicts_with = "json")]
+    #[arg(long, requires = "stack", conflicts_with_all = ["json", "target"])]
     pub markdown: bool,
     /// With --stack (mailcow, docker-mailserver, mailu, stalwart): the stack's
     /// Docker network when it is not the recipe's default (mailcow:
     /// IPV4_NETWORK.0/24; Mailu: SUBNET).
-    #[arg(long, value_name = "CIDR", requires = "stack")]
+    #[arg(
+        long,
+        value_name = "CIDR",
+        requires = "stack",
+        conflicts_with = "target"
+    )]
     pub docker_subnet4: Option<stacks::Subnet4>,
     /// With --stack: that network's IPv6 subnet (mailcow: IPV6_NETWORK;
     /// Mailu: SUBNET6), or `off` for a network without IPv6.
-    #[arg(long, value_name = "CIDR|off", requires = "stack")]
+    #[arg(
+        long,
+        value_name = "CIDR|off",
+        requires = "stack",
+        conflicts_with = "target"
+    )]
     pub docker_subnet6: Option<stacks::Subnet6Arg>,
     /// Change the live configuration (Postfix, Dovecot, nginx) to what is printed.
     #[arg(long, conflicts_with = "check")]

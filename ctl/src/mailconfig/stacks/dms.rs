@@ -18,8 +18,13 @@
 //! changes existing services (`docs/content/config/advanced/override-defaults/postfix.md`:
 //! "Each line in this file will be passed to `postconf -P`"). The script here
 //! is the page's, plus: `mynetworks=` on each PROXY service (a relayed client
-//! is trusted by nothing), and removing earlier copies first so a container
-//! restart (which reruns the script on the same master.cf) adds no duplicates.
+//! is trusted by nothing), a copy of the stock `smtpd pass` service with
+//! `mynetworks=` that 12525's postscreen hands clients to
+//! (`smtpd_service_name`, postconf(5): "The internal service that
+//! postscreen(8) hands off allowed connections to") — `mynetworks=` on the
+//! postscreen service alone leaves the smtpd behind it trusting DMS's
+//! mynetworks — and removing earlier copies first so a container restart
+//! (which reruns the script on the same master.cf) adds no duplicates.
 //! `target/scripts/startup/setup-stack.sh` runs
 //! `/tmp/docker-mailserver/user-patches.sh`, i.e. `docker-data/dms/config/`.
 //!
@@ -219,7 +224,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
             "12525's postscreen hands each client to smtpd-proxyprotocol (smtpd_service_name), a copy of the stock `smtpd pass` with an empty mynetworks: the stock one trusts DMS's mynetworks, which a PROXY header naming such an address would otherwise reach.",
         ],
         bans: "DMS's Fail2Ban (ENABLE_FAIL2BAN=1 with NET_ADMIN; target/fail2ban/jail.local: dovecot and postfix jails, banaction nftables-allports, ignoreip 127.0.0.1/8) reads the mail log in the container. Through the PROXY services Postfix and Dovecot log the real client address, so it counts the right one — but it bans with nftables inside the container by source address, and a relayed client's packets arrive from the Docker gateway: the ban does not stop a relayed client (Postfix's and Dovecot's own rate limits and auth penalties, which work on the logged address, still do). Add the gateway to ignoreip in docker-data/dms/config/fail2ban-jail.cf so that no log line naming it can ever block every relayed client at once. To stop a relayed client, block it on the VPS: CERES has no ban feed to the VPS.",
-        verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings and each PROXY service once; dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. DMS's image is Debian 13 (Dovecot 2.4), not run here.",
+        verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings, each PROXY service once and 12525 handing off to smtpd-proxyprotocol, a pass service with an empty mynetworks (the same hand-off runs end to end in the iRedMail test of ctl_mailconfig); dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. DMS's image is Debian 13 (Dovecot 2.4), not run here.",
         citations: vec![
             cite(
                 "docs/content/examples/tutorials/mailserver-behind-proxy.md",

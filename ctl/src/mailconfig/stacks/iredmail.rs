@@ -303,7 +303,7 @@ pub fn recipe(out: &Outbound) -> Recipe {
     Recipe {
         stack: "iredmail",
         title: "iRedMail",
-        version: "iRedMail 1.8.1 (commit e0fe4fc, 2026-05-14) with Dovecot 2.3 (its default; Debian 13 and Ubuntu 26.04 get Dovecot 2.4, see the notes); Postfix 3.5 to 3.10 as the distributions ship it",
+        version: "iRedMail 1.8.1 (commit e0fe4fc, 2026-05-14) with Dovecot 2.3 (its default; Debian 13 and Ubuntu 26.04 get Dovecot 2.4, see the notes); Postfix 3.5 and later as the distributions ship it",
         relays: RELAYS,
         mail_server: "127.0.0.1",
         egress_from: Vec::new(),
@@ -344,7 +344,7 @@ pub fn recipe(out: &Outbound) -> Recipe {
             "An iRedMail or distribution upgrade that replaces master.cf drops the copies: run the script again (it removes its earlier copies first).",
         ],
         bans: "iRedMail's Fail2Ban (jails postfix, dovecot, roundcube, sogo, nginx-http-auth, postfix-pregreet; action iptables-multiport or nftables-multiport on the host; ignoreip 127.0.0.0/8 and the private ranges, so never the home agent) reads the logs, where the PROXY services and the real_ip nginx site put the real client address: it counts the right one. But its ban matches packets by source on the home host, and a relayed client's packets arrive from the home agent on 127.0.0.1: the ban does not stop a relayed client (Postfix's anvil, Dovecot's auth penalty and iRedAPD, which work on the logged address, still act). To stop one, block it on the VPS: CERES has no ban feed to the VPS.",
-        verified: "Facts read in iRedMail at commit e0fe4fc. Tested here (cargo nextest run -p cerectl stacks): ceres-proxy.sh run twice against a scratch Postfix 3.7 config laid out as iRedMail leaves it (Debian's main.cf and master.cf, postscreen on 25, iRedMail's submission, 465 and 127.0.0.1:10025 Amavis services) with postconf finding no warnings, each PROXY service once, carrying the stock service's options, an empty mynetworks and its PROXY setting, and nothing PROXY in main.cf; ceres-proxy.conf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot; the nginx site checked with nginx -t (1.22) among stand-ins for iRedMail's templates. iRedMail itself not installed here.",
+        verified: "Facts read in iRedMail at commit e0fe4fc. Tested here (cargo nextest run -p cerectl stacks): ceres-proxy.sh run twice against a scratch Postfix 3.7 config laid out as iRedMail leaves it (Debian's main.cf and master.cf, postscreen on 25, iRedMail's submission, 465 and 127.0.0.1:10025 Amavis services) with postconf finding no warnings, each PROXY service once, carrying the stock service's options, an empty mynetworks and its PROXY setting, and nothing PROXY in main.cf; ceres-proxy.conf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot; the nginx site checked with nginx -t (1.22) among stand-ins for iRedMail's templates. End to end (cargo nextest run -p ceres-tests --test ctl_mailconfig, as root): the script from --write run on a running Debian Postfix laid out as iRedMail's, then 127.0.0.1:12525 reads a PROXY header, logs the client it names and relays for no one, not even for a claimed 127.0.0.1 (which iRedMail's stock smtpd pass would let relay). iRedMail itself is not installed here; Dovecot and nginx were not run with these files.",
         citations: vec![
             cite(
                 "functions/postfix.sh",
