@@ -80,6 +80,9 @@ fn agents_join_report_and_survive_a_killed_home() {
         home_metrics.contains("ceres_certificate_expiry_timestamp_seconds{cert=\"home\"}"),
         "{home_metrics}"
     );
+    // Both pages pass the format's own checker: headers, types, labels.
+    ceres_testkit::promtool::check_metrics(http_body(&vps_metrics));
+    ceres_testkit::promtool::check_metrics(http_body(&home_metrics));
     assert!(
         ceres_tests::postfix::smtp::connect(
             &lab.internet,
@@ -156,6 +159,13 @@ fn agents_join_report_and_survive_a_killed_home() {
         "ceres-vps exit on SIGTERM: {status}\n{}",
         vps.log_text()
     );
+}
+
+/// The body of an HTTP response.
+fn http_body(response: &str) -> &str {
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response, |(_, body)| body)
 }
 
 /// `GET /metrics` on 127.0.0.1:`port` inside `ns`.
