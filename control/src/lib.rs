@@ -5,6 +5,7 @@
 pub mod client;
 pub mod creds;
 pub mod limits;
+pub mod metrics;
 pub mod report;
 pub mod server;
 pub mod wgkey;

@@ -121,36 +121,3 @@ pub fn relay_refusal(r: ceres_proto::RefusalReason) -> Option<ceres_relay::Refus
         .into_iter()
         .find(|x| refusal_reason(*x) == r)
 }
-
-/// The tunnel part of an agent's Prometheus page, the same at both ends;
-/// `peer` names the other end in the help texts ("home", "the VPS").
-pub fn tunnel_metrics(out: &mut String, t: &TunnelReport, now_unix: i64, peer: &str) {
-    use ceres_daemon::metrics::{header, line};
-    let age = (t.last_handshake_unix > 0).then(|| (now_unix - t.last_handshake_unix).max(0) as f64);
-    header(
-        out,
-        "ceres_tunnel_up",
-        "gauge",
-        "1 when a WireGuard handshake completed in the last 180 s",
-    );
-    let up = t.running && age.is_some_and(|a| a < 180.0);
-    line(out, "ceres_tunnel_up", &[], if up { 1.0 } else { 0.0 });
-    if let Some(age) = age {
-        header(
-            out,
-            "ceres_tunnel_last_handshake_age_seconds",
-            "gauge",
-            "seconds since the last WireGuard handshake",
-        );
-        line(out, "ceres_tunnel_last_handshake_age_seconds", &[], age);
-    }
-    let rx_help = format!("bytes received from {peer} through the tunnel");
-    let tx_help = format!("bytes sent to {peer} through the tunnel");
-    for (name, help, v) in [
-        ("ceres_tunnel_rx_bytes_total", rx_help.as_str(), t.rx_bytes),
-        ("ceres_tunnel_tx_bytes_total", tx_help.as_str(), t.tx_bytes),
-    ] {
-        header(out, name, "counter", help);
-        line(out, name, &[], v as f64);
-    }
-}

@@ -413,7 +413,9 @@ fn into_sections(mut done: Vec<(usize, Found)>, wanted: &[usize]) -> Vec<Section
     sections.into_iter().flatten().collect()
 }
 
-/// Runs every check to the end: the DNS records and the blocklists.
+/// Runs every check to the end: the DNS records and the blocklists. The
+/// command streams its checks instead (`Progress`); the tests use this.
+#[cfg(test)]
 pub async fn dns_sections<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String]) -> Vec<Section> {
     let done = futures::future::join_all(dns_checks(id, dns, zones)).await;
     into_sections(
@@ -585,6 +587,8 @@ impl Diagnosis {
     }
 
     /// Human rendering, by section; `color` adds ANSI colours and symbols.
+    /// The command streams its rows instead (`Progress`); the tests use this.
+    #[cfg(test)]
     pub fn render_text(&self, color: bool) -> String {
         let mut out = format!(
             "Doctor for {} (mail host {})\n",

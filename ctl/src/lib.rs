@@ -1,11 +1,13 @@
 //! `cerectl`: the administrator's view of a CERES installation — status of
 //! both agents from anywhere, and (growing) the DNS/PTR checklist and checks.
 
-pub mod cli;
-pub mod dns;
-pub mod doctor;
-pub mod mailconfig;
-pub mod sendtest;
-pub mod smtp;
-pub mod status;
+mod cli;
+mod dns;
+mod doctor;
+mod mailconfig;
+mod sendtest;
+mod smtp;
+mod status;
 mod vps;
+
+pub use cli::main;

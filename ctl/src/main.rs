@@ -1,5 +1,5 @@
 //! `cerectl`: see the library crate for what it does.
 
 fn main() -> std::process::ExitCode {
-    cerectl::cli::main()
+    cerectl::main()
 }

@@ -91,11 +91,6 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// 2xx or 3xx.
-    pub fn is_positive(&self) -> bool {
-        (200..400).contains(&self.code)
-    }
-
     /// The first line as the server sent it, e.g. `250 2.1.0 Ok`.
     pub fn first_line(&self) -> String {
         format!(

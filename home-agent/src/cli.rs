@@ -229,7 +229,7 @@ async fn run(cli: &Cli, flags: &HomeFlags) -> anyhow::Result<()> {
     let cancel = ceres_daemon::shutdown_on_signals()?;
     tracing::info!(name = %settings.name, version = VERSION, "ceres-home running");
     ceres_daemon::notify("READY=1\nSTATUS=connecting to the VPS");
-    crate::run(settings, dir, cancel).await
+    crate::session::run(settings, dir, cancel).await
 }
 
 #[cfg(test)]

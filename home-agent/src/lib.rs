@@ -2,16 +2,16 @@
 //! open to it (reports up, commands down), reconnects with capped, jittered
 //! backoff, and renews its certificate before it expires.
 
-pub mod backoff;
-pub mod cli;
-pub mod filter;
-pub mod local_status;
-pub mod mail;
-pub mod postfix;
-pub mod probe;
-pub mod rotation;
-pub mod session;
-pub mod settings;
-pub mod tunnel;
+mod backoff;
+mod cli;
+mod filter;
+mod local_status;
+mod mail;
+mod postfix;
+mod probe;
+mod rotation;
+mod session;
+mod settings;
+mod tunnel;
 
-pub use session::run;
+pub use cli::main;

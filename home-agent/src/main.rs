@@ -1,5 +1,5 @@
 //! `ceres-home`: see the library crate for what it does.
 
 fn main() -> std::process::ExitCode {
-    ceres_home::cli::main()
+    ceres_home::main()
 }

@@ -1,8 +1,10 @@
 //! Test helpers shared by the workspace's crates: the fuzzing configuration
 //! every property test uses, stopping a child process by waiting on it rather
-//! than polling it, and an authoritative DNS server (nsd) for the DNS tests.
+//! than polling it, an authoritative DNS server (nsd) for the DNS tests, and
+//! promtool's check of the agents' Prometheus pages.
 
 mod nsd;
+pub mod promtool;
 
 pub use nsd::Nsd;
 

@@ -21,13 +21,27 @@ fn agents_join_report_and_survive_a_killed_home() {
     let mut home = ceres.start_home().unwrap();
     ceres.enroll_ctl().unwrap();
 
-    let json = ceres
+    ceres
         .wait_home_connected(true, Duration::from_secs(20))
         .unwrap();
+    // The tunnel's first handshake follows the session's Welcome, so right
+    // after home connects status may still (rightly) say the tunnel is down.
+    let mut json = serde_json::Value::Null;
+    ceres_tests::wait_until(
+        "status ok with home connected",
+        Duration::from_secs(20),
+        || {
+            let (_, j) = ceres.status_json()?;
+            let ok = j["ok"] == true;
+            json = j;
+            Ok(ok)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}; last status: {json:#}"));
     let (code, json2) = ceres.status_json().unwrap();
     assert_eq!(code, 0, "status exit code with home connected: {json2}");
     assert_eq!(json["schema"], 1);
-    assert_eq!(json["ok"], true);
+    assert_eq!(json["home"]["connected"], true);
     assert_eq!(json["vps"]["domain"], "example.com");
     assert_eq!(json["vps"]["mail_host"], "mail.example.com");
     assert_eq!(json["vps"]["public_ips"][0], addr::VPS);
@@ -80,6 +94,9 @@ fn agents_join_report_and_survive_a_killed_home() {
         home_metrics.contains("ceres_certificate_expiry_timestamp_seconds{cert=\"home\"}"),
         "{home_metrics}"
     );
+    // Both pages pass the format's own checker: headers, types, labels.
+    ceres_testkit::promtool::check_metrics(http_body(&vps_metrics));
+    ceres_testkit::promtool::check_metrics(http_body(&home_metrics));
     assert!(
         ceres_tests::postfix::smtp::connect(
             &lab.internet,
@@ -129,7 +146,7 @@ fn agents_join_report_and_survive_a_killed_home() {
     let json = ceres
         .wait_home_connected(true, Duration::from_secs(20))
         .unwrap();
-    assert_eq!(json["ok"], true);
+    assert_eq!(json["ok"], true, "{json:#}");
 
     // Restart the VPS: home reconnects by itself (capped backoff, 2 s max here).
     vps.terminate(Duration::from_secs(10)).unwrap();
@@ -156,6 +173,13 @@ fn agents_join_report_and_survive_a_killed_home() {
         "ceres-vps exit on SIGTERM: {status}\n{}",
         vps.log_text()
     );
+}
+
+/// The body of an HTTP response.
+fn http_body(response: &str) -> &str {
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response, |(_, body)| body)
 }
 
 /// `GET /metrics` on 127.0.0.1:`port` inside `ns`.

@@ -473,7 +473,7 @@ async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
     let bound = listener.local_addr()?;
     tracing::info!(control = %bound, domain = %settings.domain, version = crate::service::VERSION, "ceres-vps running");
     ceres_daemon::notify(&format!("READY=1\nSTATUS=control plane on {bound}"));
-    crate::run(settings, state, listener, cancel).await?;
+    crate::service::run(settings, state, listener, cancel).await?;
     Ok(())
 }
 

@@ -2,17 +2,17 @@
 //! enrols the home agent and admins, and the hub that knows whether home is
 //! connected and what it last reported.
 
-pub mod certs;
-pub mod cli;
-pub mod hub;
-pub mod local_status;
-pub mod relays;
-pub mod revocation;
-pub mod rotation;
-pub mod service;
-pub mod settings;
-pub mod state;
-pub mod tokens;
-pub mod tunnel;
+mod certs;
+mod cli;
+mod hub;
+mod local_status;
+mod relays;
+mod revocation;
+mod rotation;
+mod service;
+mod settings;
+mod state;
+mod tokens;
+mod tunnel;
 
-pub use service::run;
+pub use cli::main;

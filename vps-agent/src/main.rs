@@ -1,5 +1,5 @@
 //! `ceres-vps`: see the library crate for what it does.
 
 fn main() -> std::process::ExitCode {
-    ceres_vps::cli::main()
+    ceres_vps::main()
 }

@@ -83,11 +83,6 @@ impl HomeRevocations {
         Ok(())
     }
 
-    /// A new home joined: the note goes. Returns whether there was one.
-    pub fn clear(&self) -> anyhow::Result<bool> {
-        Ok(self.clear_for(None)? == Cleared::Yes)
-    }
-
     /// A home of `lineage` connected: the note goes unless it is that
     /// lineage's own (a session of the revoked home that raced its
     /// revocation is not a new home). Decided under the note's lock.

@@ -57,6 +57,89 @@ struct History {
     used_home_keys: Vec<String>,
 }
 
+/// Why a rotation step did not happen. The history keeps the outcome as a
+/// sentence for people; code matches on this, and the service decides what
+/// a client sees of it (`service/errors.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// No home session to rotate with.
+    #[error("the home agent is not connected: keys rotate when it is")]
+    HomeNotConnected,
+    /// The home session went away while the rotation was being started.
+    #[error("the home session ended")]
+    SessionEnded,
+    /// Home's new key is not a WireGuard key.
+    #[error("the new home key must be 32 bytes")]
+    KeyLength,
+    /// A message that does not fit the rotation in progress; that rotation
+    /// (if any) goes on.
+    #[error("rotation {id}: {why}")]
+    Refused {
+        /// The rotation the message named.
+        id: u64,
+        /// What did not fit.
+        why: Refusal,
+    },
+    /// An abort for a rotation that is not in progress (finished or replaced).
+    #[error("rotation {id} is not in progress")]
+    NotInProgress {
+        /// The rotation the abort named.
+        id: u64,
+    },
+    /// The rotation was abandoned; the current keys stay.
+    #[error("rotation {id}: {reason}")]
+    Failed {
+        /// The abandoned rotation.
+        id: u64,
+        /// Why.
+        reason: FailReason,
+    },
+    /// The staged rotation's files do not hold what they should.
+    #[error("rotation state: {0} damaged")]
+    Damaged(&'static str),
+    /// A rotation file could not be written or read.
+    #[error(transparent)]
+    State(#[from] ceres_state::StateError),
+}
+
+/// Why a rotation message was refused (see [`RotationError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No rotation with that id is in progress: a stale or replayed message.
+    #[error("no such rotation in progress (stale or replayed)")]
+    NoSuchRotation,
+    /// Home sent another key for a rotation already staged with one.
+    #[error("a different key for a rotation already staged")]
+    DifferentKey,
+}
+
+/// Why a rotation was abandoned; its text is what the history, status and
+/// home's RotateAbort say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailReason {
+    /// Home's new key is all zeros.
+    #[error("the new home key is all zeros")]
+    ZeroKey,
+    /// Home's new key is the one it has now.
+    #[error("the new home key is the current one")]
+    CurrentKey,
+    /// Home's new key was one of its earlier keys: a replayed rotation.
+    #[error("the new home key was used before (replayed rotation)")]
+    ReusedKey,
+    /// The tunnel engine could not stage the new keys.
+    #[error("{0}")]
+    Engine(String),
+    /// Home did not complete the rotation in time.
+    #[error("not completed in time")]
+    TimedOut,
+    /// Home's certificate was revoked.
+    #[error("home revoked")]
+    HomeRevoked,
+    /// Home abandoned the rotation, saying why.
+    #[error("home gave up: {0}")]
+    HomeGaveUp(String),
+}
+
 /// A channel to the current home session.
 pub type HomeTx = mpsc::Sender<Result<VpsMessage, Status>>;
 
@@ -164,14 +247,14 @@ impl Rotator {
         })
     }
 
-    fn save_pending(&self, p: &Option<Pending>) -> Result<(), Status> {
+    fn save_pending(&self, p: &Option<Pending>) -> Result<(), RotationError> {
         match p {
             Some(p) => self
                 .dir
                 .write(PENDING, &serde_json::to_vec_pretty(p).unwrap_or_default()),
             None => self.dir.remove(PENDING),
         }
-        .map_err(|e| Status::internal(e.to_string()))
+        .map_err(Into::into)
     }
 
     fn save_history(&self, h: &History) {
@@ -214,12 +297,12 @@ impl Rotator {
         }
     }
 
-    fn staged_keys(&self, p: &Pending) -> Result<(PrivateKey, PublicKey, PresharedKey), Status> {
-        let bad = |what: &str| Status::internal(format!("rotation state: {what}"));
-        let text = self
-            .dir
-            .read_secret(NEXT_KEY)
-            .map_err(|e| Status::internal(e.to_string()))?;
+    fn staged_keys(
+        &self,
+        p: &Pending,
+    ) -> Result<(PrivateKey, PublicKey, PresharedKey), RotationError> {
+        let bad = RotationError::Damaged;
+        let text = self.dir.read_secret(NEXT_KEY)?;
         let key: PrivateKey = std::str::from_utf8(&text)
             .map_err(|_| bad("key"))?
             .trim()
@@ -301,12 +384,10 @@ impl Rotator {
     }
 
     /// Starts a rotation (or returns the one in progress).
-    pub async fn begin(&self) -> Result<u64, Status> {
+    pub async fn begin(&self) -> Result<u64, RotationError> {
         let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tx) = tx else {
-            return Err(Status::unavailable(
-                "the home agent is not connected: keys rotate when it is",
-            ));
+            return Err(RotationError::HomeNotConnected);
         };
         let id = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -333,7 +414,7 @@ impl Rotator {
             rotation: id,
         }))))
         .await
-        .map_err(|_| Status::unavailable("the home session ended"))?;
+        .map_err(|_| RotationError::SessionEnded)?;
         Ok(id)
     }
 
@@ -348,10 +429,8 @@ impl Rotator {
         tunnel: &VpsTunnel,
         id: u64,
         home_key: &[u8],
-    ) -> Result<(), Status> {
-        let key32: [u8; 32] = home_key
-            .try_into()
-            .map_err(|_| Status::invalid_argument("the new home key must be 32 bytes"))?;
+    ) -> Result<(), RotationError> {
+        let key32: [u8; 32] = home_key.try_into().map_err(|_| RotationError::KeyLength)?;
         let home_public = PublicKey(key32);
         let home_text = home_public.to_string();
         #[cfg(test)]
@@ -368,8 +447,8 @@ impl Rotator {
         }
         /// What to do once the lock is released.
         enum Next {
-            Refuse(&'static str),
-            Fail(String),
+            Refuse(Refusal),
+            Fail(FailReason),
             /// Send this commit; `fresh`: this call staged the rotation.
             Commit(RotateCommit, bool),
             Nothing,
@@ -377,7 +456,7 @@ impl Rotator {
         let next = {
             let mut guard = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_mut().filter(|p| p.id == id) {
-                None => Next::Refuse("no such rotation in progress (stale or replayed)"),
+                None => Next::Refuse(Refusal::NoSuchRotation),
                 Some(p) if p.step == Step::Staged => {
                     if p.home_public.as_deref() == Some(home_text.as_str()) {
                         // A repeat (home reconnected): commit again.
@@ -393,12 +472,12 @@ impl Rotator {
                             Err(_) => Next::Nothing,
                         }
                     } else {
-                        Next::Refuse("a different key for a rotation already staged")
+                        Next::Refuse(Refusal::DifferentKey)
                     }
                 }
-                Some(_) if key32 == [0u8; 32] => Next::Fail("the new home key is all zeros".into()),
+                Some(_) if key32 == [0u8; 32] => Next::Fail(FailReason::ZeroKey),
                 Some(_) if tunnel.home_key().as_deref() == Some(home_text.as_str()) => {
-                    Next::Fail("the new home key is the current one".into())
+                    Next::Fail(FailReason::CurrentKey)
                 }
                 Some(_)
                     if self
@@ -408,15 +487,14 @@ impl Rotator {
                         .used_home_keys
                         .contains(&home_text) =>
                 {
-                    Next::Fail("the new home key was used before (replayed rotation)".into())
+                    Next::Fail(FailReason::ReusedKey)
                 }
                 Some(p) => {
                     let key = PrivateKey::generate();
                     let psk = PresharedKey::generate();
                     // Persist before acting: key first, then the step that names it.
                     self.dir
-                        .write(NEXT_KEY, format!("{}\n", key.to_base64()).as_bytes())
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .write(NEXT_KEY, format!("{}\n", key.to_base64()).as_bytes())?;
                     let staged = Pending {
                         step: Step::Staged,
                         home_public: Some(home_text),
@@ -435,14 +513,14 @@ impl Rotator {
                             },
                             true,
                         ),
-                        Err(e) => Next::Fail(format!("{e:#}")),
+                        Err(e) => Next::Fail(FailReason::Engine(format!("{e:#}"))),
                     }
                 }
             }
         };
         match next {
             Next::Refuse(reason) => self.refuse(id, reason).await,
-            Next::Fail(reason) => self.fail(tunnel, id, &reason).await,
+            Next::Fail(reason) => self.fail(tunnel, id, reason).await,
             Next::Nothing => Ok(()),
             Next::Commit(commit, fresh) => {
                 let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -528,19 +606,22 @@ impl Rotator {
         self.done.send_replace((p.id, "ok".into()));
     }
 
-    async fn refuse(&self, id: u64, reason: &str) -> Result<(), Status> {
+    async fn refuse(&self, id: u64, why: Refusal) -> Result<(), RotationError> {
         tracing::warn!(
             rotation = id,
-            reason,
+            reason = %why,
             "rotation message refused; the current keys stay"
         );
-        Err(Status::failed_precondition(format!(
-            "rotation {id}: {reason}"
-        )))
+        Err(RotationError::Refused { id, why })
     }
 
     /// Gives up on rotation `id`: engine, files, history, and home are told.
-    pub async fn fail(&self, tunnel: &VpsTunnel, id: u64, reason: &str) -> Result<(), Status> {
+    pub async fn fail(
+        &self,
+        tunnel: &VpsTunnel,
+        id: u64,
+        reason: FailReason,
+    ) -> Result<(), RotationError> {
         // Check and claim in one critical section (see `on_home_key`): the
         // engine is told and the files removed under the same lock, so a
         // rotation cannot be staged between the two.
@@ -561,12 +642,10 @@ impl Rotator {
             // A stale abort (a finished or replaced rotation): nothing to undo.
             tracing::debug!(
                 rotation = id,
-                reason,
+                reason = %reason,
                 "ignoring an abort for a rotation not in progress"
             );
-            return Err(Status::failed_precondition(format!(
-                "rotation {id} is not in progress"
-            )));
+            return Err(RotationError::NotInProgress { id });
         }
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
@@ -576,21 +655,19 @@ impl Rotator {
         }
         tracing::warn!(
             rotation = id,
-            reason,
+            reason = %reason,
             "key rotation abandoned; the current keys stay"
         );
         let tx = self.home.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(tx) = tx {
             let abort = RotateAbort {
                 rotation: id,
-                reason: reason.to_owned(),
+                reason: reason.to_string(),
             };
             let _ = tx.send(Ok(msg(command::Kind::RotateAbort(abort)))).await;
         }
         self.done.send_replace((id, format!("failed: {reason}")));
-        Err(Status::failed_precondition(format!(
-            "rotation {id}: {reason}"
-        )))
+        Err(RotationError::Failed { id, reason })
     }
 
     /// Drops a pending rotation before the tunnel starts (its home was
@@ -729,7 +806,16 @@ mod tests {
             .on_home_key(&tunnel, id, &[0u8; 32])
             .await
             .unwrap_err();
-        assert!(err.message().contains("all zeros"), "{}", err.message());
+        assert!(
+            matches!(
+                err,
+                RotationError::Failed {
+                    reason: FailReason::ZeroKey,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(is_abort(rx.recv().await));
         assert!(rotator.status().last_outcome.starts_with("failed"));
         assert_eq!(
@@ -745,7 +831,16 @@ mod tests {
             .on_home_key(&tunnel, id, current.as_bytes())
             .await
             .unwrap_err();
-        assert!(err.message().contains("current one"), "{}", err.message());
+        assert!(
+            matches!(
+                err,
+                RotationError::Failed {
+                    reason: FailReason::CurrentKey,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert!(is_abort(rx.recv().await));
 
         // A key from an earlier rotation (replay).
@@ -762,7 +857,16 @@ mod tests {
             .on_home_key(&tunnel, id, old.as_bytes())
             .await
             .unwrap_err();
-        assert!(err.message().contains("used before"), "{}", err.message());
+        assert!(
+            matches!(
+                err,
+                RotationError::Failed {
+                    reason: FailReason::ReusedKey,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
 
         // A stale rotation id (replayed message).
         let id = rotator.begin().await.unwrap();
@@ -776,16 +880,21 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.message().contains("no such rotation"),
-            "{}",
-            err.message()
+            matches!(
+                err,
+                RotationError::Refused {
+                    why: Refusal::NoSuchRotation,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
         // Wrong length.
         let err = rotator
             .on_home_key(&tunnel, id, &[1u8; 5])
             .await
             .unwrap_err();
-        assert!(err.message().contains("32 bytes"), "{}", err.message());
+        assert!(matches!(err, RotationError::KeyLength), "{err:?}");
         assert_eq!(tunnel.home_key(), Some(current.to_string()));
         assert_eq!(rotator.status().completed, 0);
     }
@@ -810,7 +919,7 @@ mod tests {
         {
             let (r, t) = (rotator.clone(), tunnel.clone());
             rotator.before_claim.lock().unwrap().0 = Some(Box::new(move || {
-                let _ = futures::executor::block_on(r.fail(&t, id, "not completed in time"));
+                let _ = futures::executor::block_on(r.fail(&t, id, FailReason::TimedOut));
             }));
         }
         let new_home = PrivateKey::generate().public_key();
@@ -819,9 +928,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            err.message().contains("no such rotation"),
-            "{}",
-            err.message()
+            matches!(
+                err,
+                RotationError::Refused {
+                    why: Refusal::NoSuchRotation,
+                    ..
+                }
+            ),
+            "{err:?}"
         );
         // Home was told to abort once, and nothing took that back.
         let mut aborts = 0;
@@ -843,6 +957,11 @@ mod tests {
         }
         assert_eq!(aborts, 1);
         assert_eq!(rotator.pending(), None, "the failed rotation came back");
+        // A second abort of it (a late timeout) finds nothing to undo.
+        assert!(matches!(
+            rotator.fail(&tunnel, id, FailReason::TimedOut).await,
+            Err(RotationError::NotInProgress { id: stale }) if stale == id
+        ));
         assert!(!rotator.staged());
         assert_eq!(
             rotator.status().last_outcome,
@@ -872,9 +991,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::open(tmp.path().join("s")).unwrap();
         let rotator = Rotator::load(&dir, Duration::from_secs(60)).unwrap();
-        assert_eq!(
-            rotator.begin().await.unwrap_err().code(),
-            tonic::Code::Unavailable
-        );
+        assert!(matches!(
+            rotator.begin().await.unwrap_err(),
+            RotationError::HomeNotConnected
+        ));
     }
 }

@@ -15,7 +15,6 @@ use ceres_tunnel::{PeerConfig, PresharedKey, PrivateKey, PublicKey, Tunnel, Tunn
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::settings::TunnelSettings;
 
@@ -33,6 +32,30 @@ struct HomePeer {
     /// next session claims the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<Owner>,
+}
+
+/// Why home's WireGuard key was not accepted ([`VpsTunnel::params_for`]).
+/// The service decides what a client sees of each (`service/errors.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum HomeKeyError {
+    /// Home sent a key of the wrong length.
+    #[error("the WireGuard public key must be 32 bytes")]
+    Length,
+    /// The all-zero key: no one holds its private half.
+    #[error("the WireGuard public key is all zeros")]
+    AllZeros,
+    /// `home-peer.json` could not be written.
+    #[error("cannot save home's WireGuard peer: {0}")]
+    Save(#[from] ceres_state::StateError),
+    /// The peer could not be encoded for `home-peer.json`.
+    #[error("cannot encode home's WireGuard peer: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The engine did not take the new peer.
+    #[error("the tunnel engine refused home's peer: {0}")]
+    Engine(String),
+    /// The stored pre-shared key no longer parses.
+    #[error("stored PSK damaged")]
+    DamagedPsk,
 }
 
 /// Who owns home's WireGuard key: the certificate lineage (see
@@ -175,14 +198,10 @@ impl VpsTunnel {
     /// parameters home needs. A new key gets a new pre-shared key; the same
     /// key keeps the old one, so a reconnecting home agent does not disturb
     /// a working tunnel. The key's owner becomes `owner`.
-    pub fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, Status> {
-        let key: [u8; 32] = home_key
-            .try_into()
-            .map_err(|_| Status::invalid_argument("the WireGuard public key must be 32 bytes"))?;
+    pub fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, HomeKeyError> {
+        let key: [u8; 32] = home_key.try_into().map_err(|_| HomeKeyError::Length)?;
         if key == [0u8; 32] {
-            return Err(Status::invalid_argument(
-                "the WireGuard public key is all zeros",
-            ));
+            return Err(HomeKeyError::AllZeros);
         }
         let home_public = PublicKey(key).to_string();
         let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,10 +229,10 @@ impl VpsTunnel {
                 if let Some(engine) = &self.engine {
                     let cfg = self
                         .peer_config(&fresh)
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .map_err(|e| HomeKeyError::Engine(format!("{e:#}")))?;
                     engine
                         .set_peer(cfg)
-                        .map_err(|e| Status::internal(e.to_string()))?;
+                        .map_err(|e| HomeKeyError::Engine(e.to_string()))?;
                 }
                 tracing::info!(home_key = %fresh.public_key, "home WireGuard key accepted");
                 *guard = Some(fresh.clone());
@@ -224,7 +243,7 @@ impl VpsTunnel {
             .preshared_key
             .0
             .parse()
-            .map_err(|_| Status::internal("stored PSK damaged"))?;
+            .map_err(|_| HomeKeyError::DamagedPsk)?;
         Ok(TunnelParams {
             vps_public_key: self.public_key().as_bytes().to_vec(),
             preshared_key: psk.0.to_vec(),
@@ -238,11 +257,9 @@ impl VpsTunnel {
         })
     }
 
-    fn save(&self, peer: &HomePeer) -> Result<(), Status> {
-        let json = serde_json::to_vec_pretty(peer).map_err(|e| Status::internal(e.to_string()))?;
-        self.dir
-            .write(HOME_PEER, &json)
-            .map_err(|e| Status::internal(e.to_string()))
+    fn save(&self, peer: &HomePeer) -> Result<(), HomeKeyError> {
+        let json = serde_json::to_vec_pretty(peer)?;
+        Ok(self.dir.write(HOME_PEER, &json)?)
     }
 
     /// Who owns home's current key, if known.
@@ -417,6 +434,34 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn bad_home_keys_are_refused_and_a_known_key_keeps_its_psk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let tunnel = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+            .await
+            .unwrap();
+        let owner = Owner {
+            lineage: "01".into(),
+            name: "home".into(),
+        };
+        assert!(matches!(
+            tunnel.params_for(&[1u8; 5], &owner),
+            Err(HomeKeyError::Length)
+        ));
+        assert!(matches!(
+            tunnel.params_for(&[0u8; 32], &owner),
+            Err(HomeKeyError::AllZeros)
+        ));
+        assert_eq!(tunnel.home_key(), None, "a refused key was stored");
+        let key = PrivateKey::generate().public_key();
+        let first = tunnel.params_for(key.as_bytes(), &owner).unwrap();
+        let again = tunnel.params_for(key.as_bytes(), &owner).unwrap();
+        assert_eq!(first.preshared_key, again.preshared_key);
+        assert_eq!(tunnel.home_key(), Some(key.to_string()));
+        assert_eq!(tunnel.owner(), Some(owner));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use clap::{Args, ValueEnum};
 use crate::cli::Cli;
 use crate::vps::{fetch_status, split_prefix, vps_part};
 
-pub use finding::{Finding, FindingKind};
+pub use finding::Finding;
 pub use keycloak::{KeycloakOptions, keycloak};
 pub use plain::plain_relay_warning;
 
@@ -197,6 +197,10 @@ pub struct MailSetup {
 
 /// Why no configuration could be printed or applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "each variant is a different problem with a port; `Port` is what they share, not noise"
+)]
 pub enum MailConfigError {
     /// Keycloak needs a submission port and none is relayed.
     #[error(

@@ -845,7 +845,7 @@ mod tests {
         assert!(findings(&s, &l).iter().any(|x| {
             x.subject
                 .starts_with("main.cf smtpd_upstream_proxy_protocol")
-                && x.kind == super::super::FindingKind::Unsafe
+                && x.kind == super::super::finding::FindingKind::Unsafe
         }));
         // PROXY on all addresses.
         let mut l = stock();

@@ -124,6 +124,7 @@ impl Options {
 
 impl Stack {
     /// Every stack, in the order the docs list them.
+    #[cfg(test)]
     pub const ALL: [Stack; 7] = [
         Stack::PostfixDovecot,
         Stack::Mailcow,

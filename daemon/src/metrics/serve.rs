@@ -1,6 +1,7 @@
-//! A minimal Prometheus endpoint: `GET /metrics` in the text exposition
-//! format, anything else 404. Hand-written on tokio because it serves one
-//! page to one scraper; pulling in an HTTP stack for that is not worth it.
+//! The Prometheus endpoint: `GET /metrics` answers with the rendered page
+//! (text exposition format 0.0.4), anything else 404. Hand-written on tokio
+//! because it serves one page to one scraper; pulling in an HTTP stack for
+//! that is not worth it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -93,61 +94,9 @@ pub async fn start(addr: Option<SocketAddr>, render: Render, cancel: Cancellatio
     }
 }
 
-/// Appends one metric line (with optional labels) to `out`.
-pub fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\").replace('"', "\\\"")
-            ));
-        }
-        out.push('}');
-    }
-    out.push_str(&format!(" {value}\n"));
-}
-
-/// Appends a `# HELP` and `# TYPE` header.
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-}
-
-/// `off`/empty or `IP:PORT`.
-#[derive(Debug, Clone, Copy)]
-pub struct ListenSetting(pub Option<SocketAddr>);
-
-impl std::str::FromStr for ListenSetting {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() || s.eq_ignore_ascii_case("off") {
-            return Ok(ListenSetting(None));
-        }
-        s.parse()
-            .map(|a| ListenSetting(Some(a)))
-            .map_err(|_| "expected IP:PORT or off".to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_escape_labels() {
-        let mut s = String::new();
-        header(&mut s, "x_total", "counter", "things");
-        line(&mut s, "x_total", &[("port", "25"), ("q", "a\"b")], 3.0);
-        assert_eq!(
-            s,
-            "# HELP x_total things\n# TYPE x_total counter\nx_total{port=\"25\",q=\"a\\\"b\"} 3\n"
-        );
-    }
 
     #[tokio::test]
     async fn serves_metrics_and_404() {
