@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use clap::ValueEnum;
 use serde::Serialize;
 
-pub use network::{DockerNet, Subnet4, Subnet6, Subnet6Arg, SubnetError};
+pub use network::{DockerNet, Subnet4, Subnet6, Subnet6Arg};
 pub use render::{markdown, text, write};
 
 /// A packaged mail stack with a recipe.

@@ -51,11 +51,6 @@ impl Subnet4 {
     pub fn prefix(self) -> u8 {
         self.prefix
     }
-
-    /// The network address.
-    pub fn network(self) -> Ipv4Addr {
-        self.net
-    }
 }
 
 impl fmt::Display for Subnet4 {
