@@ -30,6 +30,58 @@ fn unjoined_home_agent_exits_78_naming_join() {
     );
 }
 
+/// `ceres-vps run` before `init` is a configuration error (78) that names
+/// the `init` command to run, with the `--config`/`--state-dir` it was given
+/// (before: exit 1, which the unit restarted every 5 s) — whether the config
+/// file is missing too or already there. It creates no state directory.
+#[test]
+fn vps_agent_run_before_init_exits_78_naming_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("vps.env");
+    let state = tmp.path().join("state");
+    let run_vps = || {
+        run(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run"))
+        .unwrap()
+    };
+    let expected_fix = format!(
+        "ceres-vps --config {} --state-dir {} init --public-ip IP --domain DOMAIN",
+        config.display(),
+        state.display()
+    );
+    // No config file, no state.
+    let out = run_vps();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("configuration error")
+            && stderr.contains("not been initialised")
+            && stderr.contains(&expected_fix),
+        "{stderr}"
+    );
+    // A config file (written by hand), still no state.
+    std::fs::write(
+        &config,
+        "CERES_PUBLIC_IP=192.0.2.1\nCERES_DOMAIN=example.com\n",
+    )
+    .unwrap();
+    let out = run_vps();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("holds no CA") && stderr.contains(&expected_fix),
+        "{stderr}"
+    );
+    assert!(
+        !state.exists(),
+        "run created the state directory before init"
+    );
+}
+
 /// The `ceres` user's uid in these tests: `nobody` stands in for it.
 const AGENT_UID: u32 = 65534;
 

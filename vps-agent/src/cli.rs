@@ -10,7 +10,7 @@ use ceres_state::StateDir;
 use clap::{Args, Parser, Subcommand};
 
 use crate::settings::{VpsFlags, VpsSettings};
-use crate::state::VpsState;
+use crate::state::{StateError, VpsState};
 use crate::tokens::TokenStore;
 
 /// The CERES agent on the VPS.
@@ -458,9 +458,63 @@ fn status(cli: &Cli, json: bool) -> ExitCode {
     crate::local_status::command(&dir, tunnel, json)
 }
 
+/// The `init` command line that sets up what `cli` points at (its
+/// `--config` and `--state-dir` when they are not the defaults), for the
+/// message `run` gives when this VPS was never initialised.
+fn init_command(cli: &Cli) -> String {
+    let mut cmd = String::from("ceres-vps");
+    if cli.config != Path::new(ceres_config::DEFAULT_CONFIG) {
+        cmd.push_str(&format!(" --config {}", cli.config.display()));
+    }
+    if let Some(dir) = &cli.state_dir {
+        cmd.push_str(&format!(" --state-dir {dir}"));
+    }
+    cmd.push_str(" init --public-ip IP --domain DOMAIN");
+    cmd
+}
+
 async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
-    let (layers, settings) = load(cli, flags, false)?;
-    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    // The state first: before `init` there is neither a CA nor (usually) a
+    // config, and "CERES_PUBLIC_IP is not set" would send the reader to the
+    // wrong fix. Either is a configuration error (78): the unit's
+    // `RestartPreventExitStatus=78` stops the agent with this message
+    // instead of restarting it every few seconds.
+    let advice = || {
+        format!(
+            "run `{}` first (it writes the config and the CA), then start the agent again",
+            init_command(cli)
+        )
+    };
+    let missing_ok = cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = match Layers::load_path(&cli.config, missing_ok) {
+        Err(ConfigError::Io { path, error }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::StateNotSetUp {
+                dir: path,
+                lacks: "does not exist: this VPS has not been initialised".into(),
+                advice: advice(),
+            }
+            .into());
+        }
+        other => other?,
+    };
+    layers.check_keys(&known_keys())?;
+    let dir = state_dir(cli, &layers)?;
+    let not_initialised = |dir: PathBuf| ConfigError::StateNotSetUp {
+        dir,
+        lacks: "holds no CA: this VPS has not been initialised".into(),
+        advice: advice(),
+    };
+    // Opening creates the directory: not before `init` has made it.
+    if !dir.exists() {
+        return Err(not_initialised(dir).into());
+    }
+    let state = match VpsState::load(StateDir::open(dir)?) {
+        Err(StateError::NotInitialised(dir)) => {
+            return Err(not_initialised(dir.into()).into());
+        }
+        other => other?,
+    };
+    let settings = flags.resolve(&layers)?;
     let cancel = ceres_daemon::shutdown_on_signals()?;
     let listener = tokio::net::TcpListener::bind(settings.control_listen)
         .await
