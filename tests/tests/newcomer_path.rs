@@ -316,6 +316,61 @@ fn token_list_and_revoke() {
     .unwrap();
 }
 
+/// `cert list --json`: every issued certificate with the same facts as the
+/// table (serial, role, name, lineage, validity, revoked), and a revocation
+/// shows in it.
+#[test]
+fn cert_list_json() {
+    let vps = ceres_tests::LoopVps::start(&[]).unwrap();
+    let _ctl = vps.enroll_ctl().unwrap();
+    let list = || -> serde_json::Value {
+        let out = vps.vps(&["cert", "list", "--json"]).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let json = list();
+    let certs = json["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "{json}");
+    let c = &certs[0];
+    assert_eq!(c["role"], "admin", "{c}");
+    assert_eq!(c["revoked"], false, "{c}");
+    let serial = c["serial"].as_str().unwrap();
+    assert!(
+        !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{c}"
+    );
+    // An enrolment is its own lineage.
+    assert_eq!(c["lineage"], c["serial"], "{c}");
+    assert!(
+        c["valid_until"].as_str().unwrap() > c["issued"].as_str().unwrap(),
+        "{c}"
+    );
+    let name = c["name"].as_str().unwrap().to_owned();
+    assert!(!name.is_empty(), "{c}");
+    // The table shows the same certificate.
+    let out = vps.vps(&["cert", "list"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(serial) && l.contains(&name) && l.ends_with("valid")),
+        "{table}"
+    );
+
+    let out = vps.vps(&["cert", "revoke", &name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = list();
+    assert_eq!(json["certificates"][0]["revoked"], true, "{json}");
+}
+
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -90,7 +90,11 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
     /// List issued client certificates (name, role, serial, expiry, revoked).
-    List,
+    List {
+        /// Print JSON (an object with a `certificates` array) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a host: `cert revoke NAME` with the name given at enrolment
     /// (a serial from `cert list` works too). The certificate and every one
     /// renewed from it are refused from now on; the running agent ends their
@@ -398,7 +402,32 @@ fn cert(cli: &Cli, cmd: &CertCommand) -> Outcome {
     let layers = Layers::load_path(&cli.config, missing_ok)?;
     let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
     match cmd {
-        CertCommand::List => {
+        CertCommand::List { json: true } => {
+            #[derive(serde::Serialize)]
+            struct Listed {
+                serial: String,
+                role: String,
+                name: String,
+                lineage: String,
+                issued: String,
+                valid_until: String,
+                revoked: bool,
+            }
+            let certificates: Vec<Listed> = crate::certs::list(&state.dir)?
+                .into_iter()
+                .map(|(i, revoked)| Listed {
+                    lineage: i.lineage().to_owned(),
+                    issued: ceres_pki::rfc3339(i.issued_unix),
+                    valid_until: ceres_pki::rfc3339(i.not_after_unix),
+                    serial: i.serial,
+                    role: i.role,
+                    name: i.name,
+                    revoked,
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "certificates": certificates }));
+        }
+        CertCommand::List { json: false } => {
             println!(
                 "{:<32}  {:<6}  {:<24}  {:<32}  {:<20}  status",
                 "serial", "role", "name", "lineage", "valid until"
