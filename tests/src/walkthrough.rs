@@ -113,7 +113,10 @@ pub fn parse(file: &str, markdown: &str) -> anyhow::Result<Vec<Block>> {
             ),
         };
         let commands = commands(&body);
-        ensure!(!commands.is_empty(), "{origin}: marked block has no command");
+        ensure!(
+            !commands.is_empty(),
+            "{origin}: marked block has no command"
+        );
         ensure!(
             !foreground || commands.len() == 1,
             "{origin}: a foreground block holds exactly one command"
@@ -248,7 +251,10 @@ impl<'a> Host<'a> {
         for (dir, at) in PRIVATE {
             s.push_str(&format!("mount --bind {} {at}\n", q(&self.root.join(dir))));
         }
-        s.push_str(&format!("mount --bind {} /usr/local/bin\n", q(&self.bin_dir)));
+        s.push_str(&format!(
+            "mount --bind {} /usr/local/bin\n",
+            q(&self.bin_dir)
+        ));
         for (src, at) in &self.binds {
             s.push_str(&format!("mount --bind {} {}\n", q(src), shell_quote(at)));
         }

@@ -371,6 +371,96 @@ fn cert_list_json() {
     assert_eq!(json["certificates"][0]["revoked"], true, "{json}");
 }
 
+/// Behind an ISP that drops outgoing port 25 (the lab's internet router
+/// drops TCP to port 25 from the home line, as many residential ISPs do),
+/// `doctor`'s inbound probe and `send-test` time out — and say the ISP may
+/// be the cause and where to run them instead, not just "timed out" as if
+/// the VPS's firewall were wrong. Without the block, the same commands fail
+/// for what really happened (nothing listens: refused) with no ISP hint.
+#[test]
+fn port_25_blocked_by_the_isp_gives_the_hint() {
+    if !ceres_tests::require_root("port_25_blocked_by_the_isp_gives_the_hint") {
+        return;
+    }
+    const HINT: &str = "your ISP may block outbound port 25";
+    let lab = ceres_tests::Lab::new().unwrap();
+    let vps = ceres_tests::addr::VPS;
+    // Offline (no enrolment): the checks need only the address and domain.
+    let ctl = |args: &[&str]| {
+        let out = run(lab
+            .home
+            .command(bin("cerectl"))
+            .arg("--dir")
+            .arg(lab.path("ctl"))
+            .args(args))
+        .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let doctor = [
+        "doctor",
+        "--skip-dns",
+        "--domain",
+        "example.com",
+        "--public-ip",
+        vps,
+        "--smtp-timeout",
+        "2",
+    ];
+    let send_test = [
+        "send-test",
+        "--server",
+        vps,
+        "--domain",
+        "example.com",
+        "--to",
+        "postmaster@example.com",
+        "--timeout",
+        "2",
+    ];
+
+    // No block: nothing listens on the VPS's 25, refused at once, no hint.
+    for args in [&doctor[..], &send_test[..]] {
+        let (code, text) = ctl(args);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("refused"), "{text}");
+        assert!(!text.contains(HINT), "{text}");
+    }
+
+    // The ISP's router drops the home line's outgoing port 25.
+    ceres_tests::sh(lab.internet.command("nft").arg(format!(
+        "add table inet isp\n\
+         add chain inet isp forward {{ type filter hook forward priority 0; }}\n\
+         add rule inet isp forward ip saddr {}/24 tcp dport 25 drop",
+        ceres_tests::addr::HOME
+    )))
+    .unwrap();
+    let (code, text) = ctl(&doctor);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL   SMTP   {vps}:25")) && text.contains(HINT),
+        "{text}"
+    );
+    assert!(
+        text.contains("run it from the VPS or another server"),
+        "{text}"
+    );
+    let (code, text) = ctl(&send_test);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("FAILED at connect") && text.contains(HINT),
+        "{text}"
+    );
+    // Submission is the way out from such a line: send-test names it.
+    assert!(text.contains("--port 587 --user USER"), "{text}");
+}
+
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

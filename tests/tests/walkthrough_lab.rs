@@ -107,7 +107,10 @@ struct Walk<'a> {
 
 /// The command as the reader types it, without `sudo ` (for matching).
 fn bare(command: &str) -> &str {
-    command.strip_prefix("sudo ").unwrap_or(command).trim_start()
+    command
+        .strip_prefix("sudo ")
+        .unwrap_or(command)
+        .trim_start()
 }
 
 /// Checks that report on a converging system, run again until they pass.
@@ -136,7 +139,9 @@ impl<'a> Walk<'a> {
         } else if bare(command).starts_with("cerectl enroll") {
             "admin"
         } else {
-            bail!("TOKEN in {command:?}: the walkthrough knows tokens only for `ceres-home join` and `cerectl enroll`");
+            bail!(
+                "TOKEN in {command:?}: the walkthrough knows tokens only for `ceres-home join` and `cerectl enroll`"
+            );
         };
         let token = self
             .tokens
@@ -161,11 +166,7 @@ impl<'a> Walk<'a> {
 
     fn command(&mut self, block: &Block, written: &str) -> anyhow::Result<()> {
         let command = self.substitute(written)?;
-        println!(
-            "[{} @ {}] $ {written}",
-            block.role.name(),
-            block.origin
-        );
+        println!("[{} @ {}] $ {written}", block.role.name(), block.origin);
         if block.foreground {
             let cmd = self.host(block.role).command(&command, true);
             let mut d = Daemon::spawn(block.role.name(), cmd, self.lab.dir.path())?;
@@ -374,6 +375,17 @@ fn quickstarts_followed_literally_deliver_mail_in_and_out() {
         ])
         .unwrap();
     home_mx.reload().unwrap();
+    // On the reader's host /etc/postfix also holds Debian's meta files
+    // (post-install, postfix-files, dynamicmaps.cf: `meta_directory`),
+    // which `postfix check` reads from there; the instance's config dir
+    // becomes the home host's /etc/postfix, so it gets copies beside its
+    // own main.cf and master.cf.
+    ceres_tests::sh(
+        std::process::Command::new("cp")
+            .args(["-a", "-n", "/etc/postfix/."])
+            .arg(home_mx.config_dir()),
+    )
+    .unwrap();
 
     let bin_dir = walkthrough::bin_dir(lab.dir.path()).unwrap();
     let host = |role, ns| Host::new(role, ns, lab.dir.path(), &bin_dir, RESOLVER).unwrap();
@@ -381,7 +393,11 @@ fn quickstarts_followed_literally_deliver_mail_in_and_out() {
     home.bind(&home_mx.config_dir(), "/etc/postfix");
     let mut walk = Walk {
         lab: &lab,
-        hosts: vec![host(Role::Vps, &lab.vps), home, host(Role::Admin, &lab.internet)],
+        hosts: vec![
+            host(Role::Vps, &lab.vps),
+            home,
+            host(Role::Admin, &lab.internet),
+        ],
         tokens: BTreeMap::new(),
         transcript: Vec::new(),
         daemons: Vec::new(),
@@ -426,12 +442,8 @@ fn quickstarts_followed_literally_deliver_mail_in_and_out() {
         }
     }
     // init wrote the default config, which every later command found.
-    let env = std::fs::read_to_string(
-        walk.host(Role::Vps)
-            .file("/etc/ceres/ceres.env")
-            .unwrap(),
-    )
-    .unwrap();
+    let env = std::fs::read_to_string(walk.host(Role::Vps).file("/etc/ceres/ceres.env").unwrap())
+        .unwrap();
     assert!(env.contains("CERES_PUBLIC_IP=203.0.113.10"), "{env}");
 
     // Mail in: the docs' send-test reached the home Postfix, which saw the
@@ -440,7 +452,8 @@ fn quickstarts_followed_literally_deliver_mail_in_and_out() {
     let from: IpAddr = sent
         .stdout
         .split_once("(from ")
-        .and_then(|(_, r)| r.rsplit_once(':'))
+        .and_then(|(_, r)| r.split_once(')'))
+        .and_then(|(from, _)| from.rsplit_once(':'))
         .map(|(ip, _)| ip.trim_matches(['[', ']']))
         .and_then(|ip| ip.parse().ok())
         .unwrap_or_else(|| {
