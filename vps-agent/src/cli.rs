@@ -503,11 +503,14 @@ fn init_command(cli: &Cli) -> String {
 }
 
 async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
-    // The state first: before `init` there is neither a CA nor (usually) a
-    // config, and "CERES_PUBLIC_IP is not set" would send the reader to the
-    // wrong fix. Either is a configuration error (78): the unit's
-    // `RestartPreventExitStatus=78` stops the agent with this message
-    // instead of restarting it every few seconds.
+    // Before `init` there is neither a CA nor (usually) a config, and
+    // "CERES_PUBLIC_IP is not set" would send the reader to the wrong fix:
+    // a missing config file, a missing required key or a state directory
+    // without a CA, when the state is not initialised, say to run `init`.
+    // A key that is set but wrong is named as such. All of them are
+    // configuration errors (78): the unit's `RestartPreventExitStatus=78`
+    // stops the agent with the message instead of restarting it every few
+    // seconds.
     let advice = || {
         format!(
             "run `{}` first (it writes the config and the CA), then start the agent again",
@@ -534,16 +537,30 @@ async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
         advice: advice(),
     };
     // Opening creates the directory: not before `init` has made it.
-    if !dir.exists() {
-        return Err(not_initialised(dir).into());
-    }
-    let state = match VpsState::load(StateDir::open(dir)?) {
-        Err(StateError::NotInitialised(dir)) => {
-            return Err(not_initialised(dir.into()).into());
+    let state = if dir.exists() {
+        match VpsState::load(StateDir::open(&dir)?) {
+            Err(StateError::NotInitialised(_)) => None,
+            other => Some(other?),
         }
-        other => other?,
+    } else {
+        None
     };
-    let settings = flags.resolve(&layers)?;
+    let settings = match (flags.resolve(&layers), state.is_some()) {
+        (Err(ConfigError::Missing { key, .. }), false) => {
+            return Err(ConfigError::StateNotSetUp {
+                dir,
+                lacks: format!(
+                    "holds no CA and {key} is not set: this VPS has not been initialised"
+                ),
+                advice: advice(),
+            }
+            .into());
+        }
+        (settings, _) => settings?,
+    };
+    let Some(state) = state else {
+        return Err(not_initialised(dir).into());
+    };
     let cancel = ceres_daemon::shutdown_on_signals()?;
     let listener = tokio::net::TcpListener::bind(settings.control_listen)
         .await
