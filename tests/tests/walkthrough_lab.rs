@@ -165,6 +165,11 @@ impl<'a> Walk<'a> {
     }
 
     fn command(&mut self, block: &Block, written: &str) -> anyhow::Result<()> {
+        ensure!(
+            !written.contains("--watch"),
+            "{}: `{written}` never ends: leave it out of marked blocks",
+            block.origin
+        );
         let command = self.substitute(written)?;
         println!("[{} @ {}] $ {written}", block.role.name(), block.origin);
         if block.foreground {
