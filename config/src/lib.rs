@@ -95,7 +95,7 @@ pub enum ConfigError {
     /// restart the agent in a loop (exit 78, like any other config error).
     #[error("{dir} {lacks}: {advice}")]
     StateNotSetUp {
-        /// The state directory.
+        /// The state directory (or the config file `init` has not written yet).
         dir: PathBuf,
         /// What is missing ("holds no credentials").
         lacks: String,

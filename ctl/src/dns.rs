@@ -70,6 +70,13 @@ pub struct DnsArgs {
     /// Print JSON: the checklist, or with --check the report (schema in README, "DNS records").
     #[arg(long)]
     pub json: bool,
+    /// TTL of the records in the zone snippet (with --format zone), in
+    /// seconds; default 3600. While you set up or move mail use 300: a
+    /// wrong record, or the MX switch, then takes effect or is undone
+    /// within five minutes.
+    #[arg(long, value_name = "SECS", requires = "format",
+          value_parser = clap::value_parser!(u32).range(30..=604_800))]
+    pub ttl: Option<u32>,
     /// Ask this DNS server instead of the system's (with --check).
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_resolver, requires = "check")]
     pub resolver: Option<SocketAddr>,
@@ -86,7 +93,10 @@ pub async fn run(cli: &Cli, args: &DnsArgs) -> Outcome {
         if args.json {
             println!("{}", list.render_json());
         } else if args.format == Some(Format::Zone) {
-            print!("{}", list.render_zone());
+            print!(
+                "{}",
+                list.render_zone_ttl(args.ttl.unwrap_or(ceres_dnscheck::DEFAULT_ZONE_TTL))
+            );
         } else {
             print!("{}", list.render_text());
         }

@@ -69,6 +69,44 @@ pub struct SendTestArgs {
     /// Reach the VPS here instead of the address stored at enrolment.
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
+    /// Print one JSON document at the end (every step, and the outcome)
+    /// instead of the lines as they happen; same exit codes.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `send-test --json`: what was tried, every SMTP step, and the outcome.
+#[derive(Debug, serde::Serialize)]
+struct JsonReport<'a> {
+    /// `IP:PORT` connected to.
+    server: String,
+    /// "none", "starttls" or "implicit".
+    tls: &'static str,
+    from: &'a str,
+    to: &'a str,
+    /// The Message-ID header of the test message, without brackets.
+    message_id: &'a str,
+    /// The server took the message (final 250).
+    accepted: bool,
+    /// The queue id from the final reply, when the server named one.
+    queue_id: Option<String>,
+    /// Each step as it happened: `step` ("connect", "banner", "EHLO", ...)
+    /// and `text` (the server's reply, or what the step did).
+    steps: Vec<JsonStep>,
+    /// Where it stopped and why (null when accepted).
+    failed: Option<JsonFailure>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct JsonStep {
+    step: String,
+    text: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct JsonFailure {
+    step: &'static str,
+    reason: String,
 }
 
 /// How the connection is protected.
@@ -268,6 +306,48 @@ pub async fn run(cli: &Cli, args: &SendTestArgs) -> anyhow::Result<ExitCode> {
         }),
         timeout: Duration::from_secs(args.timeout.max(1)),
     };
+    if args.json {
+        let mut steps = Vec::new();
+        let outcome = send(&plan, &mut |step: &str, text: &str| {
+            steps.push(JsonStep {
+                step: step.to_owned(),
+                text: text.to_owned(),
+            });
+        })
+        .await;
+        let accepted = outcome.is_ok();
+        let (queue_id, failed) = match outcome {
+            Ok(acc) => (acc.queue_id, None),
+            Err(e) => (
+                None,
+                Some(JsonFailure {
+                    step: e.step,
+                    reason: e.reason,
+                }),
+            ),
+        };
+        let report = JsonReport {
+            server: plan.server.to_string(),
+            tls: match plan.tls {
+                TlsMode::None => "none",
+                TlsMode::StartTls => "starttls",
+                TlsMode::Implicit => "implicit",
+            },
+            from: &plan.from,
+            to: &plan.to,
+            message_id: &message_id,
+            accepted,
+            queue_id,
+            steps,
+            failed,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(if accepted {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     println!(
         "send-test: {} -> {} via {} ({})",
         plan.from,

@@ -30,7 +30,9 @@ mod lookup;
 pub mod spf;
 mod verify;
 
-pub use checklist::{Checklist, RecordPurpose, RecordToSet, SetAt, zone_name, zone_txt_rdata};
+pub use checklist::{
+    Checklist, DEFAULT_ZONE_TTL, RecordPurpose, RecordToSet, SetAt, zone_name, zone_txt_rdata,
+};
 pub use dkim::{DkimError, DkimKeyType, DkimRecord};
 pub use dmarc::{DmarcError, DmarcPolicy, DmarcRecord};
 pub use dnsbl::{

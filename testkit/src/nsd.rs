@@ -40,6 +40,17 @@ impl Nsd {
 
     /// Starts `binary` serving `zones` (`(name, zone file text)`) on `addr`.
     pub fn spawn(binary: &Path, addr: SocketAddr, zones: &[(&str, &str)]) -> io::Result<Nsd> {
+        Self::spawn_in(None, binary, addr, zones)
+    }
+
+    /// [`Nsd::spawn`] inside the network namespace `netns` (`ip netns exec`,
+    /// which execs nsd: the child is nsd itself), or here with `None`.
+    pub fn spawn_in(
+        netns: Option<&str>,
+        binary: &Path,
+        addr: SocketAddr,
+        zones: &[(&str, &str)],
+    ) -> io::Result<Nsd> {
         let dir = tempfile::Builder::new().prefix("ceres-nsd-").tempdir()?;
         let d = dir.path().display();
         // rrl-ratelimit 0: nsd's response-rate limiting (200/s by default)
@@ -66,8 +77,15 @@ impl Nsd {
         let out = std::fs::File::create(dir.path().join("output"))?;
         let child = {
             use std::os::unix::process::CommandExt;
-            Command::new(binary)
-                .arg("-d")
+            let mut cmd = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(binary);
+                    c
+                }
+                None => Command::new(binary),
+            };
+            cmd.arg("-d")
                 .arg("-c")
                 .arg(&conf_path)
                 .stdin(Stdio::null())

@@ -21,6 +21,7 @@ pub mod dovecot;
 pub mod nginx;
 pub mod postfix;
 mod procs;
+pub mod walkthrough;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -106,12 +106,62 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
     );
     assert!(msg.content.contains("cerectl send-test"));
 
+    // --json: one document with the same steps, the outcome and the ids.
+    let (code, out, err) = ceres
+        .ctl(&["send-test", "--to", "postmaster@example.com", "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["server"], format!("{}:25", addr::VPS), "{report:#}");
+    assert_eq!(report["tls"], "none", "{report:#}");
+    assert_eq!(report["to"], "postmaster@example.com", "{report:#}");
+    assert_eq!(report["accepted"], true, "{report:#}");
+    assert!(report["failed"].is_null(), "{report:#}");
+    let json_steps: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_steps, steps, "{report:#}");
+    assert!(
+        report["steps"][1]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("220 mail.example.com"),
+        "{report:#}"
+    );
+    let queue_id = report["queue_id"].as_str().unwrap();
+    assert!(!queue_id.is_empty(), "{report:#}");
+    let msg = home_mx
+        .wait_for_message_id(
+            report["message_id"].as_str().unwrap(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(msg.content.contains("cerectl send-test"));
+
     // A refused recipient: exit 1, and the step it stopped at.
     let (code, out, _) = ceres
         .ctl(&["send-test", "--to", "someone@elsewhere.example"])
         .unwrap();
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAILED at RCPT"), "{out}");
+    let (code, out, _) = ceres
+        .ctl(&["send-test", "--to", "someone@elsewhere.example", "--json"])
+        .unwrap();
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["accepted"], false, "{report:#}");
+    assert!(report["queue_id"].is_null(), "{report:#}");
+    assert_eq!(report["failed"]["step"], "RCPT", "{report:#}");
+    assert!(
+        report["failed"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Relay access denied"),
+        "{report:#}"
+    );
 
     // Doctor also reads home's probes of the mail server: wait for one made
     // after Postfix started (the first ran before it).
@@ -151,8 +201,8 @@ fn send_test_delivers_home_and_doctor_passes_then_sees_home_away() {
     let outbound = kind(&report, "smtp-outbound");
     assert_eq!(outbound[0]["status"], "pass", "{report:#}");
     assert!(!kind(&report, "proxy").is_empty(), "{report:#}");
-    // The probe never sent a message: nothing but the send-test mail arrived.
-    assert_eq!(home_mx.maildir_messages().len(), 1);
+    // The probe never sent a message: nothing but the two send-test mails arrived.
+    assert_eq!(home_mx.maildir_messages().len(), 2);
     drop(remote_mx);
 
     // Home away: the VPS answers 421 for it, and doctor says so.

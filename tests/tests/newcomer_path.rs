@@ -30,6 +30,58 @@ fn unjoined_home_agent_exits_78_naming_join() {
     );
 }
 
+/// `ceres-vps run` before `init` is a configuration error (78) that names
+/// the `init` command to run, with the `--config`/`--state-dir` it was given
+/// (before: exit 1, which the unit restarted every 5 s) — whether the config
+/// file is missing too or already there. It creates no state directory.
+#[test]
+fn vps_agent_run_before_init_exits_78_naming_init() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("vps.env");
+    let state = tmp.path().join("state");
+    let run_vps = || {
+        run(Command::new(bin("ceres-vps"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run"))
+        .unwrap()
+    };
+    let expected_fix = format!(
+        "ceres-vps --config {} --state-dir {} init --public-ip IP --domain DOMAIN",
+        config.display(),
+        state.display()
+    );
+    // No config file, no state.
+    let out = run_vps();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("configuration error")
+            && stderr.contains("not been initialised")
+            && stderr.contains(&expected_fix),
+        "{stderr}"
+    );
+    // A config file (written by hand), still no state.
+    std::fs::write(
+        &config,
+        "CERES_PUBLIC_IP=192.0.2.1\nCERES_DOMAIN=example.com\n",
+    )
+    .unwrap();
+    let out = run_vps();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("holds no CA") && stderr.contains(&expected_fix),
+        "{stderr}"
+    );
+    assert!(
+        !state.exists(),
+        "run created the state directory before init"
+    );
+}
+
 /// The `ceres` user's uid in these tests: `nobody` stands in for it.
 const AGENT_UID: u32 = 65534;
 
@@ -262,6 +314,151 @@ fn token_list_and_revoke() {
             .args(["enroll", &admin]),
     )
     .unwrap();
+}
+
+/// `cert list --json`: every issued certificate with the same facts as the
+/// table (serial, role, name, lineage, validity, revoked), and a revocation
+/// shows in it.
+#[test]
+fn cert_list_json() {
+    let vps = ceres_tests::LoopVps::start(&[]).unwrap();
+    let _ctl = vps.enroll_ctl().unwrap();
+    let list = || -> serde_json::Value {
+        let out = vps.vps(&["cert", "list", "--json"]).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let json = list();
+    let certs = json["certificates"].as_array().unwrap();
+    assert_eq!(certs.len(), 1, "{json}");
+    let c = &certs[0];
+    assert_eq!(c["role"], "admin", "{c}");
+    assert_eq!(c["revoked"], false, "{c}");
+    let serial = c["serial"].as_str().unwrap();
+    assert!(
+        !serial.is_empty() && serial.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{c}"
+    );
+    // An enrolment is its own lineage.
+    assert_eq!(c["lineage"], c["serial"], "{c}");
+    assert!(
+        c["valid_until"].as_str().unwrap() > c["issued"].as_str().unwrap(),
+        "{c}"
+    );
+    let name = c["name"].as_str().unwrap().to_owned();
+    assert!(!name.is_empty(), "{c}");
+    // The table shows the same certificate.
+    let out = vps.vps(&["cert", "list"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(serial) && l.contains(&name) && l.ends_with("valid")),
+        "{table}"
+    );
+
+    let out = vps.vps(&["cert", "revoke", &name]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = list();
+    assert_eq!(json["certificates"][0]["revoked"], true, "{json}");
+}
+
+/// Behind an ISP that drops outgoing port 25 (the lab's internet router
+/// drops TCP to port 25 from the home line, as many residential ISPs do),
+/// `doctor`'s inbound probe and `send-test` time out — and say the ISP may
+/// be the cause and where to run them instead, not just "timed out" as if
+/// the VPS's firewall were wrong. Without the block, the same commands fail
+/// for what really happened (nothing listens: refused) with no ISP hint.
+#[test]
+fn port_25_blocked_by_the_isp_gives_the_hint() {
+    if !ceres_tests::require_root("port_25_blocked_by_the_isp_gives_the_hint") {
+        return;
+    }
+    const HINT: &str = "your ISP may block outbound port 25";
+    let lab = ceres_tests::Lab::new().unwrap();
+    let vps = ceres_tests::addr::VPS;
+    // Offline (no enrolment): the checks need only the address and domain.
+    let ctl = |args: &[&str]| {
+        let out = run(lab
+            .home
+            .command(bin("cerectl"))
+            .arg("--dir")
+            .arg(lab.path("ctl"))
+            .args(args))
+        .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let doctor = [
+        "doctor",
+        "--skip-dns",
+        "--domain",
+        "example.com",
+        "--public-ip",
+        vps,
+        "--smtp-timeout",
+        "2",
+    ];
+    let send_test = [
+        "send-test",
+        "--server",
+        vps,
+        "--domain",
+        "example.com",
+        "--to",
+        "postmaster@example.com",
+        "--timeout",
+        "2",
+    ];
+
+    // No block: nothing listens on the VPS's 25, refused at once, no hint.
+    for args in [&doctor[..], &send_test[..]] {
+        let (code, text) = ctl(args);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("refused"), "{text}");
+        assert!(!text.contains(HINT), "{text}");
+    }
+
+    // The ISP's router drops the home line's outgoing port 25.
+    ceres_tests::sh(lab.internet.command("nft").arg(format!(
+        "add table inet isp\n\
+         add chain inet isp forward {{ type filter hook forward priority 0; }}\n\
+         add rule inet isp forward ip saddr {}/24 tcp dport 25 drop",
+        ceres_tests::addr::HOME
+    )))
+    .unwrap();
+    let (code, text) = ctl(&doctor);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(&format!("FAIL   SMTP   {vps}:25")) && text.contains(HINT),
+        "{text}"
+    );
+    assert!(
+        text.contains("run it from the VPS or another server"),
+        "{text}"
+    );
+    let (code, text) = ctl(&send_test);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("FAILED at connect") && text.contains(HINT),
+        "{text}"
+    );
+    // Submission is the way out from such a line: send-test names it.
+    assert!(text.contains("--port 587 --user USER"), "{text}");
 }
 
 fn hex_of(b: &[u8]) -> String {

@@ -412,3 +412,59 @@ fn debian_packages_build_install_and_purge() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The packages are labelled with this machine's architecture and
+/// build-deb runs the binaries: binaries for another CPU (an arm64 build
+/// copied to an amd64 workstation) are refused by name, before anything is
+/// built, rather than packed into a `.deb` that says amd64. `--help` says
+/// how to build for arm64.
+#[test]
+fn build_deb_refuses_binaries_of_another_architecture() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // Tiny stand-ins: this machine's ELF header, one of them relabelled
+    // (e_machine, offset 18) for the other common architecture.
+    let host = output(Command::new("dpkg").arg("--print-architecture"))?;
+    let (other, machine): (&str, u16) = if host.trim() == "arm64" {
+        ("amd64", 62)
+    } else {
+        ("arm64", 183)
+    };
+    for name in ["ceres-vps", "ceres-home", "cerectl"] {
+        let path = tmp.path().join(name);
+        std::fs::copy("/bin/true", &path)?;
+        if name == "ceres-home" {
+            let mut bytes = std::fs::read(&path)?;
+            bytes[18..20].copy_from_slice(&machine.to_le_bytes());
+            std::fs::write(&path, bytes)?;
+        }
+    }
+    let out = run(Command::new("bash")
+        .arg(repo().join("packaging/build-deb"))
+        .arg("--bin-dir")
+        .arg(tmp.path())
+        .arg("--out")
+        .arg(tmp.path().join("out")))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "build-deb accepted {other} binaries");
+    ensure!(
+        stderr.contains("ceres-home is built for")
+            && stderr.contains(other)
+            && stderr.contains(host.trim()),
+        "{stderr}"
+    );
+    ensure!(
+        !tmp.path().join("out").exists()
+            || std::fs::read_dir(tmp.path().join("out"))?.next().is_none(),
+        "a package was written"
+    );
+    let help = output(
+        Command::new("bash")
+            .arg(repo().join("packaging/build-deb"))
+            .arg("--help"),
+    )?;
+    ensure!(
+        help.contains("arm64") && help.contains("aarch64-unknown-linux-gnu"),
+        "{help}"
+    );
+    Ok(())
+}

@@ -10,7 +10,7 @@ use ceres_state::StateDir;
 use clap::{Args, Parser, Subcommand};
 
 use crate::settings::{VpsFlags, VpsSettings};
-use crate::state::VpsState;
+use crate::state::{StateError, VpsState};
 use crate::tokens::TokenStore;
 
 /// The CERES agent on the VPS.
@@ -90,7 +90,11 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertCommand {
     /// List issued client certificates (name, role, serial, expiry, revoked).
-    List,
+    List {
+        /// Print JSON (an object with a `certificates` array) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a host: `cert revoke NAME` with the name given at enrolment
     /// (a serial from `cert list` works too). The certificate and every one
     /// renewed from it are refused from now on; the running agent ends their
@@ -398,7 +402,32 @@ fn cert(cli: &Cli, cmd: &CertCommand) -> Outcome {
     let layers = Layers::load_path(&cli.config, missing_ok)?;
     let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
     match cmd {
-        CertCommand::List => {
+        CertCommand::List { json: true } => {
+            #[derive(serde::Serialize)]
+            struct Listed {
+                serial: String,
+                role: String,
+                name: String,
+                lineage: String,
+                issued: String,
+                valid_until: String,
+                revoked: bool,
+            }
+            let certificates: Vec<Listed> = crate::certs::list(&state.dir)?
+                .into_iter()
+                .map(|(i, revoked)| Listed {
+                    lineage: i.lineage().to_owned(),
+                    issued: ceres_pki::rfc3339(i.issued_unix),
+                    valid_until: ceres_pki::rfc3339(i.not_after_unix),
+                    serial: i.serial,
+                    role: i.role,
+                    name: i.name,
+                    revoked,
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "certificates": certificates }));
+        }
+        CertCommand::List { json: false } => {
             println!(
                 "{:<32}  {:<6}  {:<24}  {:<32}  {:<20}  status",
                 "serial", "role", "name", "lineage", "valid until"
@@ -458,9 +487,80 @@ fn status(cli: &Cli, json: bool) -> ExitCode {
     crate::local_status::command(&dir, tunnel, json)
 }
 
+/// The `init` command line that sets up what `cli` points at (its
+/// `--config` and `--state-dir` when they are not the defaults), for the
+/// message `run` gives when this VPS was never initialised.
+fn init_command(cli: &Cli) -> String {
+    let mut cmd = String::from("ceres-vps");
+    if cli.config != Path::new(ceres_config::DEFAULT_CONFIG) {
+        cmd.push_str(&format!(" --config {}", cli.config.display()));
+    }
+    if let Some(dir) = &cli.state_dir {
+        cmd.push_str(&format!(" --state-dir {dir}"));
+    }
+    cmd.push_str(" init --public-ip IP --domain DOMAIN");
+    cmd
+}
+
 async fn run(cli: &Cli, flags: &VpsFlags) -> Outcome {
-    let (layers, settings) = load(cli, flags, false)?;
-    let state = VpsState::load(StateDir::open(state_dir(cli, &layers)?)?)?;
+    // Before `init` there is neither a CA nor (usually) a config, and
+    // "CERES_PUBLIC_IP is not set" would send the reader to the wrong fix:
+    // a missing config file, a missing required key or a state directory
+    // without a CA, when the state is not initialised, say to run `init`.
+    // A key that is set but wrong is named as such. All of them are
+    // configuration errors (78): the unit's `RestartPreventExitStatus=78`
+    // stops the agent with the message instead of restarting it every few
+    // seconds.
+    let advice = || {
+        format!(
+            "run `{}` first (it writes the config and the CA), then start the agent again",
+            init_command(cli)
+        )
+    };
+    let missing_ok = cli.config == Path::new(ceres_config::DEFAULT_CONFIG);
+    let layers = match Layers::load_path(&cli.config, missing_ok) {
+        Err(ConfigError::Io { path, error }) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::StateNotSetUp {
+                dir: path,
+                lacks: "does not exist: this VPS has not been initialised".into(),
+                advice: advice(),
+            }
+            .into());
+        }
+        other => other?,
+    };
+    layers.check_keys(&known_keys())?;
+    let dir = state_dir(cli, &layers)?;
+    let not_initialised = |dir: PathBuf| ConfigError::StateNotSetUp {
+        dir,
+        lacks: "holds no CA: this VPS has not been initialised".into(),
+        advice: advice(),
+    };
+    // Opening creates the directory: not before `init` has made it.
+    let state = if dir.exists() {
+        match VpsState::load(StateDir::open(&dir)?) {
+            Err(StateError::NotInitialised(_)) => None,
+            other => Some(other?),
+        }
+    } else {
+        None
+    };
+    let settings = match (flags.resolve(&layers), state.is_some()) {
+        (Err(ConfigError::Missing { key, .. }), false) => {
+            return Err(ConfigError::StateNotSetUp {
+                dir,
+                lacks: format!(
+                    "holds no CA and {key} is not set: this VPS has not been initialised"
+                ),
+                advice: advice(),
+            }
+            .into());
+        }
+        (settings, _) => settings?,
+    };
+    let Some(state) = state else {
+        return Err(not_initialised(dir).into());
+    };
     let cancel = ceres_daemon::shutdown_on_signals()?;
     let listener = tokio::net::TcpListener::bind(settings.control_listen)
         .await

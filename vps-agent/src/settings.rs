@@ -110,10 +110,13 @@ pub struct VpsFlags {
     /// default /var/run/wireguard. [CERES_WG_UAPI_DIR]
     #[arg(long, value_name = "DIR")]
     pub wg_uapi_dir: Option<String>,
-    /// Relayed ports with their PROXY mode: PORT[:HOME_PORT][/proxy-v1|/proxy-v2],
-    /// comma-separated; empty for none. Default
-    /// 25,465,587,993,143,995,110,4190,80,443, each with proxy-v2 to its
-    /// PROXY port 10000+PORT at home (`cerectl mailserver-config --apply`).
+    /// Relayed ports with their PROXY mode:
+    /// PORT[:HOME_PORT][/proxy-v1|/proxy-v2][/smtp|/no-smtp], comma-separated;
+    /// empty for none. Default 25,465,587,993,143,995,110,4190,80,443, each
+    /// with proxy-v2 to its PROXY port 10000+PORT at home (`cerectl
+    /// mailserver-config --apply`); without a mode a port is relayed plain
+    /// to the same port. /smtp or /no-smtp: whether the VPS answers 421 on
+    /// the port while home is down (default: on 25 and 587 only).
     /// [CERES_RELAYS]
     #[arg(long, value_name = "LIST")]
     pub relays: Option<String>,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::identity::MailIdentity;
 use crate::lookup::reverse_name;
 
-pub use render::{zone_name, zone_txt_rdata};
+pub use render::{DEFAULT_ZONE_TTL, zone_name, zone_txt_rdata};
 
 /// MX priority CERES recommends; any value works while it is the only MX.
 pub const MX_PRIORITY: u16 = 10;

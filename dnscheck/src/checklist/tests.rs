@@ -108,6 +108,24 @@ fn zone_snippet_uses_absolute_names_and_comments_ptr() {
     );
 }
 
+/// Every record line, commented or not, carries the TTL asked for (3600 by
+/// default, a short one while mail is being set up or moved).
+#[test]
+fn zone_snippet_ttl() {
+    let list = Checklist::for_identity(&identity());
+    for (zone, ttl) in [
+        (list.render_zone(), DEFAULT_ZONE_TTL),
+        (list.render_zone_ttl(300), 300),
+    ] {
+        let records: Vec<&str> = zone.lines().filter(|l| l.contains(" IN ")).collect();
+        assert!(records.len() >= 6, "{zone}");
+        for l in records {
+            let fields: Vec<&str> = l.trim_start_matches("; ").split_whitespace().collect();
+            assert_eq!(fields[1], ttl.to_string(), "{l}");
+        }
+    }
+}
+
 #[test]
 fn txt_rdata_splits_and_escapes() {
     assert_eq!(zone_txt_rdata("v=spf1 -all"), "\"v=spf1 -all\"");
