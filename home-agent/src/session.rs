@@ -55,7 +55,7 @@ fn render_metrics(r: &Report) -> String {
     use ceres_daemon::metrics::{header, line};
     let mut o = String::new();
     if let Some(t) = &r.tunnel {
-        ceres_control::report::tunnel_metrics(&mut o, t, r.sent_at_unix, "the VPS");
+        ceres_agent::report::tunnel_metrics(&mut o, t, r.sent_at_unix, "the VPS");
     }
     header(
         &mut o,

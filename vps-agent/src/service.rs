@@ -712,7 +712,7 @@ fn render_metrics(ctx: &Ctx) -> String {
         if ctx.hub.is_connected() { 1.0 } else { 0.0 },
     );
     let t = ctx.tunnel.report();
-    ceres_control::report::tunnel_metrics(&mut o, &t, unix_secs(now), "home");
+    ceres_agent::report::tunnel_metrics(&mut o, &t, unix_secs(now), "home");
     header(
         &mut o,
         "ceres_tunnel_dropped_datagrams_total",
@@ -778,7 +778,7 @@ fn render_metrics(ctx: &Ctx) -> String {
     );
     for p in &relays {
         for c in &p.refused_by {
-            let reason = ceres_control::report::relay_refusal(c.reason())
+            let reason = ceres_control::refusal::relay_refusal(c.reason())
                 .map_or("unknown", ceres_relay::Refusal::as_str);
             line(
                 &mut o,
