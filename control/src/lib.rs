@@ -5,10 +5,8 @@
 pub mod client;
 pub mod creds;
 pub mod limits;
-pub mod metrics;
-pub mod report;
+pub mod refusal;
 pub mod server;
-pub mod wgkey;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};

@@ -174,7 +174,7 @@ impl PortPart {
                 .refused_by
                 .iter()
                 .map(|c| {
-                    let reason = ceres_control::report::relay_refusal(c.reason())
+                    let reason = ceres_control::refusal::relay_refusal(c.reason())
                         .map_or("unknown", ceres_relay::Refusal::as_str);
                     (reason.to_owned(), c.count)
                 })

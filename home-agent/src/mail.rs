@@ -241,7 +241,7 @@ impl HomeMail {
         let forwards = st
             .forwarder
             .as_ref()
-            .map(|r| ceres_control::report::relay_ports(&r.stats.snapshot(), &r.specs))
+            .map(|r| ceres_agent::report::relay_ports(&r.stats.snapshot(), &r.specs))
             .unwrap_or_default();
         let egress = EgressStatus {
             enabled: st.egress.is_some(),

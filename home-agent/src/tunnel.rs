@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
-use ceres_control::report::{tunnel_down, tunnel_report};
+use ceres_agent::report::{tunnel_down, tunnel_report};
 use ceres_proto::{TunnelParams, TunnelReport};
 use ceres_state::StateDir;
 use ceres_tunnel::{PeerConfig, PresharedKey, PrivateKey, PublicKey, Tunnel, TunnelConfig};
@@ -100,7 +100,7 @@ impl HomeTunnel {
         dir: &StateDir,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let key = ceres_control::wgkey::load_or_create(dir)?;
+        let key = ceres_agent::wgkey::load_or_create(dir)?;
         Ok(Self {
             settings: settings.clone(),
             dir: dir.clone(),
@@ -205,7 +205,7 @@ impl HomeTunnel {
             self.dir.write(PARAMS_FILE, &p.encode_to_vec())?;
         }
         self.dir.write(
-            ceres_control::wgkey::WG_KEY,
+            ceres_agent::wgkey::WG_KEY,
             format!("{}\n", new_key.to_base64()).as_bytes(),
         )?;
         *self.key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.clone();

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use ceres_relay::egress::{HomeEgress, HostSystem, System, VpsEgress};
-use common::{Netns, have_root, sh};
+use ceres_testkit::require_root;
+use common::{Netns, sh};
 
 /// What these tests do in a namespace besides entering it.
 trait NetnsExt {
@@ -46,7 +47,7 @@ const OTHER_TABLE: &str = "table inet other {\n\tchain input {\n\t\ttype filter 
 
 #[test]
 fn vps_rules_apply_idempotently_and_remove_cleanly() {
-    if !have_root("vps_rules_apply_idempotently_and_remove_cleanly") {
+    if !require_root("vps_rules_apply_idempotently_and_remove_cleanly") {
         return;
     }
     let ns = Netns::new();
@@ -94,7 +95,7 @@ fn vps_rules_apply_idempotently_and_remove_cleanly() {
 
 #[test]
 fn home_routing_apply_idempotently_and_remove_cleanly() {
-    if !have_root("home_routing_apply_idempotently_and_remove_cleanly") {
+    if !require_root("home_routing_apply_idempotently_and_remove_cleanly") {
         return;
     }
     let ns = Netns::new();
@@ -174,7 +175,7 @@ fn home_routing_apply_idempotently_and_remove_cleanly() {
 /// home ⇄ vps ⇄ internet over veth pairs; the VPS rules decide what gets out.
 #[test]
 fn vps_nat_lets_mail_ports_out_and_blocks_the_rest() {
-    if !have_root("vps_nat_lets_mail_ports_out_and_blocks_the_rest") {
+    if !require_root("vps_nat_lets_mail_ports_out_and_blocks_the_rest") {
         return;
     }
     let (home, vps, net) = (Netns::new(), Netns::new(), Netns::new());

@@ -12,7 +12,8 @@ use ceres_relay::{
     DELIVERING_MIN_BYTES, HomeReach, Limits, Listener, ListenerConfig, ProxyMode, Refusal,
     RelaySpec, StatsHandle,
 };
-use common::{Netns, connect_from, have_root, sh, unique_ip, wait_until};
+use ceres_testkit::{require_root, wait_until_async};
+use common::{Netns, connect_from, sh, unique_ip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -113,7 +114,7 @@ fn assert_refused(r: Result<TcpStream, Vec<u8>>, what: &str) {
 
 #[test]
 fn a_flood_from_many_64s_of_one_56_leaves_a_fresh_48_the_banner() {
-    if !have_root("a_flood_from_many_64s_of_one_56_leaves_a_fresh_48_the_banner") {
+    if !require_root("a_flood_from_many_64s_of_one_56_leaves_a_fresh_48_the_banner") {
         return;
     }
     let ns = Netns::new();
@@ -285,10 +286,11 @@ async fn a_source_seen_delivering_gets_in_when_the_port_is_full_of_flood() {
         .unwrap()
         .unwrap();
     drop(s);
-    wait_until("the good session to end", GUARD, || {
-        relay.stats.snapshot()[0].active == 0
+    wait_until_async("the good session to end", GUARD, || {
+        Ok(relay.stats.snapshot()[0].active == 0)
     })
-    .await;
+    .await
+    .unwrap();
 
     // The flood takes every slot it can.
     let mut held = Vec::new();
@@ -340,10 +342,11 @@ async fn an_idle_smtp_connection_is_closed_after_the_smtp_timeout_and_imap_is_no
         .await
         .expect("SMTP connection not closed")
         .unwrap();
-    wait_until("the SMTP slot to be freed", GUARD, || {
-        relay.stats.snapshot()[0].active == 0
+    wait_until_async("the SMTP slot to be freed", GUARD, || {
+        Ok(relay.stats.snapshot()[0].active == 0)
     })
-    .await;
+    .await
+    .unwrap();
     // The IMAP connection, idle for longer than that, still relays.
     assert!(imap_started.elapsed() > Duration::from_millis(400));
     imap.write_all(b"a NOOP\r\n").await.unwrap();

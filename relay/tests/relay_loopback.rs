@@ -11,7 +11,8 @@ use ceres_relay::{
     ForwardRoute, Forwarder, ForwarderConfig, HomeReach, Limits, Listener, ListenerConfig,
     ProxyMode, Refusal, RelaySpec, StatsHandle, parse_relays,
 };
-use common::{connect_from, have_root, unique_ip, wait_until};
+use ceres_testkit::{require_root, wait_until_async};
+use common::{connect_from, unique_ip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -163,10 +164,11 @@ async fn proxy_v1_and_v2_carry_the_real_client_address() {
         assert_eq!(h.version, if port == 2525 { 2 } else { 1 });
         assert_eq!(s.rest, b"QUIT\r\n");
     }
-    wait_until("connections to finish", GUARD, || {
-        relay.stats.snapshot().iter().all(|p| p.active == 0)
+    wait_until_async("connections to finish", GUARD, || {
+        Ok(relay.stats.snapshot().iter().all(|p| p.active == 0))
     })
-    .await;
+    .await
+    .unwrap();
     let snap = relay.stats.snapshot();
     assert_eq!(
         (snap[0].port, snap[0].target_port, snap[0].total),
@@ -250,7 +252,7 @@ async fn target_down_smtp_ports_say_421_others_close() {
         spec(2525, 25, ProxyMode::V2, true),
         spec(2993, 993, ProxyMode::V2, false),
     ];
-    if have_root("target_down_smtp_ports_say_421_others_close (ports 25/587/993)") {
+    if require_root("target_down_smtp_ports_say_421_others_close (ports 25/587/993)") {
         // The real port numbers, with smtp_banner derived from them.
         relays.extend(parse_relays("25/proxy-v2,587/proxy-v2,993/proxy-v2").unwrap());
     }
@@ -348,10 +350,11 @@ async fn half_close_in_both_directions() {
     c.write_all(b"late data after server EOF").await.unwrap();
     c.shutdown().await.unwrap();
     assert_eq!(done_rx.recv().await.unwrap(), b"late data after server EOF");
-    wait_until("connections to finish", GUARD, || {
-        relay.stats.snapshot().iter().all(|p| p.active == 0)
+    wait_until_async("connections to finish", GUARD, || {
+        Ok(relay.stats.snapshot().iter().all(|p| p.active == 0))
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(relay.stats.snapshot()[1].bytes_in, 300_000);
 }
 
@@ -393,10 +396,11 @@ async fn limits_refuse_and_count() {
     assert_eq!(snap.refused_by, [(Refusal::PortFull, 2)].into());
     // Freeing a slot lets `c` in.
     drop(held.remove(0));
-    wait_until("slot release", GUARD, || {
-        relay.stats.snapshot()[0].active == 2
+    wait_until_async("slot release", GUARD, || {
+        Ok(relay.stats.snapshot()[0].active == 2)
     })
-    .await;
+    .await
+    .unwrap();
     let mut s = connect_from(c, to).await.unwrap();
     assert_eq!(read_exact_guarded(&mut s, 8).await, b"220 hi\r\n");
 }
@@ -419,10 +423,11 @@ async fn idle_connections_are_closed() {
     assert_eq!(read_exact_guarded(&mut c, 6).await, b"* OK\r\n");
     // Nothing more is sent: the relay must end the connection by itself.
     assert_eq!(read_to_end_guarded(&mut c).await.unwrap(), b"");
-    wait_until("idle close", GUARD, || {
-        relay.stats.snapshot()[0].active == 0
+    wait_until_async("idle close", GUARD, || {
+        Ok(relay.stats.snapshot()[0].active == 0)
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -500,10 +505,11 @@ async fn forwarder_passes_bytes_and_trusts_only_the_peer() {
         Ok(d) => assert!(d.is_empty()),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
-    wait_until("refusal counted", GUARD, || {
-        stats.snapshot()[0].refused == 1
+    wait_until_async("refusal counted", GUARD, || {
+        Ok(stats.snapshot()[0].refused == 1)
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(stats.snapshot()[0].total, 1);
     assert!(seen.try_recv().is_err());
 }
@@ -569,10 +575,11 @@ async fn forwarder_refuses_headers_that_would_look_local() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
     let n = forged.len() as u64 + 1;
-    wait_until("refusals counted", GUARD, || {
-        stats.snapshot()[0].refused == n
+    wait_until_async("refusals counted", GUARD, || {
+        Ok(stats.snapshot()[0].refused == n)
     })
-    .await;
+    .await
+    .unwrap();
     assert!(
         seen.try_recv().is_err(),
         "the mail server saw a forged client"
@@ -614,10 +621,11 @@ async fn forwarder_closes_when_mail_server_is_down() {
         Ok(data) => assert!(data.is_empty(), "got {data:?}"),
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
     }
-    wait_until("unavailable counted", GUARD, || {
-        stats.snapshot()[0].unavailable == 1
+    wait_until_async("unavailable counted", GUARD, || {
+        Ok(stats.snapshot()[0].unavailable == 1)
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -654,10 +662,11 @@ async fn server_reset_mid_stream_ends_only_that_connection() {
         write_failed.is_ok(),
         "relay kept accepting data for a dead server"
     );
-    wait_until("connection cleanup", GUARD, || {
-        relay.stats.snapshot()[0].active == 0
+    wait_until_async("connection cleanup", GUARD, || {
+        Ok(relay.stats.snapshot()[0].active == 0)
     })
-    .await;
+    .await
+    .unwrap();
     // The relay still works for the next client.
     let mut c2 = connect_from(client, to).await.unwrap();
     let (mut s2, _) = server.accept().await.unwrap();

@@ -1,18 +1,39 @@
-//! Test helpers shared by the workspace's crates: the fuzzing configuration
-//! every property test uses, stopping a child process by waiting on it rather
-//! than polling it, an authoritative DNS server (nsd) for the DNS tests, and
+//! Test helpers shared by the workspace's crates: whether a test may run here
+//! (root, and the `CI=true` rule), waiting for a condition with a deadline,
+//! names unique across parallel tests, the fuzzing configuration every
+//! property test uses, stopping a child process by waiting on it rather than
+//! polling it, an authoritative DNS server (nsd) for the DNS tests, and
 //! promtool's check of the agents' Prometheus pages.
 
+mod gate;
 mod nsd;
 pub mod promtool;
+mod wait;
 
+pub use gate::{require_root, skip};
 pub use nsd::Nsd;
+pub use wait::{wait_until, wait_until_async};
 
 use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use proptest::test_runner::{Config, FileFailurePersistence, RngSeed};
 use wait_timeout::ChildExt;
+
+/// A short identifier unique to this process and call, for names that
+/// parallel tests must not share: namespaces, interfaces (at most 15 bytes:
+/// this takes about 9, leaving room for a prefix), files, message ids.
+/// Tests run in processes of their own (nextest) or threads of one (cargo
+/// test): the pid separates the former, the counter the latter.
+pub fn unique_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{:x}x{:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// The configuration of the property ("fuzz") tests: bounded for CI with
 /// `cases` cases from a fixed `seed`, so every run tries the same inputs. For
@@ -100,6 +121,13 @@ mod tests {
         let status = stop_child(&mut child, false, Duration::from_millis(300));
         assert!(status.is_none());
         assert!(child.try_wait().expect("try_wait").is_some(), "not reaped");
+    }
+
+    #[test]
+    fn ids_differ_between_calls() {
+        let (a, b) = (unique_id(), unique_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("{:x}x", std::process::id())), "{a}");
     }
 
     #[test]

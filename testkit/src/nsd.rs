@@ -29,11 +29,7 @@ impl Nsd {
             .map(PathBuf::from)
             .find(|p| p.exists());
         if found.is_none() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "nsd is not installed (apt-get install -y nsd) and CI=true: refusing to skip"
-            );
-            eprintln!("SKIP: nsd is not installed (apt-get install -y nsd)");
+            crate::skip("nsd", "nsd is not installed (apt-get install -y nsd)");
         }
         found
     }

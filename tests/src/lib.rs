@@ -12,7 +12,6 @@ use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -23,30 +22,9 @@ pub mod postfix;
 mod procs;
 pub mod walkthrough;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A short identifier unique to this process and call: fits interface names.
-pub fn unique_id() -> String {
-    format!(
-        "{:x}x{:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether root-only tests can run. Not root: prints why and returns false,
-/// unless `CI=true`, where a skip would hide a failure, so it panics.
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test} needs root (network namespaces) and CI=true: refusing to skip");
-    }
-    eprintln!("SKIP {test}: needs root for network namespaces (run as root, or see README)");
-    false
-}
+// One of each, shared with the other crates' tests (ceres-testkit); here
+// too, so a lab test needs one import.
+pub use ceres_testkit::{require_root, unique_id, wait_until};
 
 /// Path of a workspace binary, next to the test executable's directory.
 ///
@@ -69,34 +47,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Polls `cond` until it returns `Ok(true)` or `timeout` passes.
-///
-/// The poll interval is short and the deadline explicit: this waits on a
-/// condition, it does not guess a duration.
-pub fn wait_until<F>(what: &str, timeout: Duration, mut cond: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> anyhow::Result<bool>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match cond() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() >= deadline {
-            match last_err {
-                Some(e) => {
-                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
-                }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A daemon's log file, read whole (lossy UTF-8; empty while it does not exist).
@@ -903,12 +853,20 @@ pub fn echo_roundtrip(ns: &Netns, ip: &str, port: u16, payload: &str) -> anyhow:
 
 /// Every secret the lab's CERES state holds: private keys (PEM bodies and
 /// WireGuard keys, including staged ones), pre-shared keys, join tokens.
+/// WireGuard keys and PSKs are listed in base64 and in hex too (the form
+/// the userspace API uses), so a key logged either way is caught.
 pub fn lab_secrets(ceres: &Ceres<'_>) -> Vec<String> {
     let mut secrets: Vec<String> = ceres
         .tokens
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
+    let wireguard = |b64: &str, secrets: &mut Vec<String>| {
+        if let Some(hex) = wireguard_key_hex(b64) {
+            secrets.push(hex);
+        }
+        secrets.push(b64.to_owned());
+    };
     for dir in [&ceres.vps_state, &ceres.home_state, &ceres.ctl_dir] {
         let Ok(rd) = std::fs::read_dir(dir) else {
             continue;
@@ -920,22 +878,32 @@ pub fn lab_secrets(ceres: &Ceres<'_>) -> Vec<String> {
             };
             if name.ends_with(".key") {
                 // PEM: every base64 line of the body; WireGuard: the key itself.
-                secrets.extend(
-                    text.lines()
-                        .filter(|l| !l.starts_with("-----") && l.trim().len() >= 24)
-                        .map(|l| l.trim().to_owned()),
-                );
+                for line in text
+                    .lines()
+                    .filter(|l| !l.starts_with("-----") && l.trim().len() >= 24)
+                {
+                    wireguard(line.trim(), &mut secrets);
+                }
             }
             if name == "home-peer.json" {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                     if let Some(psk) = v["preshared_key"].as_str() {
-                        secrets.push(psk.to_owned());
+                        wireguard(psk, &mut secrets);
                     }
                 }
             }
         }
     }
     secrets
+}
+
+/// The hex form of a base64 WireGuard key (32 bytes); `None` for anything else.
+pub fn wireguard_key_hex(b64: &str) -> Option<String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    (bytes.len() == 32).then(|| bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Fails when any of `secrets` appears in any of `logs` (daemon logs,

@@ -3,31 +3,35 @@
 //! task — plus the UAPI socket.
 //!
 //! boringtun's `Tunn` needs `&mut self` for both directions, so it sits behind
-//! one mutex. Each direction takes that lock once per *batch* (a GSO
-//! super-packet split into up to 128 segments on the way out, a `recvmmsg`
-//! with GRO on the way in), never per packet, and does all system calls with
-//! the lock released. That keeps the two directions from contending.
+//! one mutex. The two data-path threads ([`datapath`], with its rules: the
+//! lock once per batch, no system call and no allocation under it) and the
+//! control operations here share it; everything that sends (handshake
+//! initiations, timer keepalives) or runs `ip route` does so after the lock
+//! is released.
+
+mod datapath;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::TunnResult;
+use boringtun::noise::errors::WireGuardError;
 use ipnet::IpNet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::SyncDevice;
 
-use crate::config::{ConfigError, DEFAULT_UAPI_DIR, PeerConfig, TunnelConfig, allowed};
+use crate::config::{ConfigError, DEFAULT_UAPI_DIR, PeerConfig, TunnelConfig};
 use crate::key::{PrivateKey, PublicKey};
-use crate::peer::{Context, PeerSlot, Sessions, Which};
+use crate::peer::{Context, PeerSlot, Sessions};
 use crate::rotation::{RotationError, RotationId, RotationStats};
-use crate::stats::{Counters, DropReason, DropTally, TunnelStats};
+use crate::stats::{Counters, TunnelStats};
 use crate::uapi;
 use crate::udp;
 
@@ -36,13 +40,6 @@ use crate::udp;
 /// protocol's timers are whole seconds (keepalive 10 s, rekey 5 s, persistent
 /// keepalive >= 1 s), so 100 ms keeps them within 10 % at ten wake-ups a second.
 const TIMER_TICK: Duration = Duration::from_millis(100);
-
-/// Headroom in front of each packet written to the TUN device: the virtio-net
-/// header that offload mode puts before every packet.
-const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
-
-/// Decrypted packets gathered before one GRO-coalescing write to the TUN device.
-const TUN_WRITE_BATCH: usize = 256;
 
 /// Errors starting or reconfiguring a tunnel.
 #[derive(Debug, thiserror::Error)]
@@ -372,8 +369,14 @@ impl Tunnel {
         });
 
         for (name, f) in [
-            ("ceres-wg-encrypt", encrypt_loop as fn(Arc<Shared>)),
-            ("ceres-wg-decrypt", decrypt_loop as fn(Arc<Shared>)),
+            (
+                "ceres-wg-encrypt",
+                datapath::encrypt_loop as fn(Arc<Shared>),
+            ),
+            (
+                "ceres-wg-decrypt",
+                datapath::decrypt_loop as fn(Arc<Shared>),
+            ),
         ] {
             let s = shared.clone();
             let h = std::thread::Builder::new()
@@ -712,14 +715,18 @@ impl Drop for Tunnel {
 async fn timer_loop(shared: Arc<Shared>, token: CancellationToken) {
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = vec![0u8; 256];
-    let mut out: Vec<Vec<u8>> = Vec::new();
+    // What the current and the staged context send (a handshake initiation
+    // or a keepalive, both well under 256 bytes), built under the lock and
+    // sent after it, like the data path's answers.
+    let mut out = [[0u8; 256]; 2];
+    let mut lens = [0usize; 2];
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tick.tick() => {}
         }
-        out.clear();
+        let mut n = 0;
+        let mut error: Option<WireGuardError> = None;
         let mut g = shared.lock();
         let sessions = &mut *g;
         let Some(slot) = sessions.peer.as_mut() else {
@@ -735,9 +742,12 @@ async fn timer_loop(shared: Arc<Shared>, token: CancellationToken) {
         // does not: it only receives, and must not start handshakes.
         let staged = slot.staged.as_mut().map(|s| &mut s.ctx);
         for ctx in std::iter::once(&mut slot.current).chain(staged) {
-            match ctx.tunn.update_timers(&mut buf) {
-                TunnResult::WriteToNetwork(p) => out.push(p.to_vec()),
-                TunnResult::Err(e) => tracing::trace!(error = ?e, "timer"),
+            match ctx.tunn.update_timers(&mut out[n]) {
+                TunnResult::WriteToNetwork(p) => {
+                    lens[n] = p.len();
+                    n += 1;
+                }
+                TunnResult::Err(e) => error = Some(e),
                 _ => {}
             }
         }
@@ -747,6 +757,9 @@ async fn timer_loop(shared: Arc<Shared>, token: CancellationToken) {
             shared.publish_rotation(sessions);
         }
         drop(g);
+        if let Some(e) = error {
+            tracing::trace!(error = ?e, "timer");
+        }
         if let Some(id) = promoted {
             log_promoted(&shared, id);
         }
@@ -754,8 +767,8 @@ async fn timer_loop(shared: Arc<Shared>, token: CancellationToken) {
             tracing::debug!(ifname = %shared.ifname, "previous session dropped after its grace period");
         }
         let Some(ep) = endpoint else { continue };
-        for p in &out {
-            if let Err(e) = shared.sock.send_to(p, ep) {
+        for (p, len) in out.iter().zip(lens).take(n) {
+            if let Err(e) = shared.sock.send_to(&p[..len], ep) {
                 tracing::debug!(error = %e, endpoint = %ep, "timer send failed");
             }
         }
@@ -770,283 +783,6 @@ fn log_promoted(shared: &Shared, id: RotationId) {
         public_key = %shared.public_key(),
         "key rotation done"
     );
-}
-
-/// TUN -> encrypt -> UDP.
-fn encrypt_loop(shared: Arc<Shared>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let stop = shared.stop.as_raw_fd();
-    let tun_fd: RawFd = shared.tun.as_raw_fd();
-    let mtu = shared.mtu as usize;
-    // Room for the WireGuard header, tag and padding to 16 bytes, and never
-    // less than a handshake initiation.
-    let stride = (mtu + 32 + 16).max(148).next_multiple_of(64);
-    let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut bufs = vec![vec![0u8; mtu + 64]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
-    let mut out = vec![0u8; stride * IDEAL_BATCH_SIZE];
-    let mut lens = [0usize; IDEAL_BATCH_SIZE];
-    let mut sender = match udp::Sender::new(&shared.sock) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "encrypt thread cannot start");
-            return;
-        }
-    };
-    loop {
-        let n = match shared
-            .tun
-            .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !udp::wait(tun_fd, libc::POLLIN, stop) {
-                    return;
-                }
-                continue;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                if e.raw_os_error() == Some(libc::EBADFD) {
-                    tracing::error!(error = %e, "TUN device gone");
-                    return;
-                }
-                tracing::debug!(error = %e, "TUN read error");
-                continue;
-            }
-        };
-        let mut k = 0;
-        let mut no_route = 0u64;
-        let endpoint;
-        {
-            let mut g = shared.lock();
-            let Some(slot) = g.peer.as_mut() else {
-                shared
-                    .counters
-                    .tx_dropped_no_route
-                    .fetch_add(n as u64, Relaxed);
-                continue;
-            };
-            endpoint = slot.endpoint;
-            // Outgoing traffic always uses the current context; a staged
-            // one takes over only once promoted (between two batches).
-            let ctx = &mut slot.current;
-            for i in 0..n {
-                let pkt = &bufs[i][..sizes[i]];
-                let routable =
-                    Tunn::dst_address(pkt).is_some_and(|d| allowed(&ctx.config.allowed_ips, d));
-                if !routable || pkt.len() + 48 > stride {
-                    no_route += 1;
-                    continue;
-                }
-                match ctx
-                    .tunn
-                    .encapsulate(pkt, &mut out[k * stride..(k + 1) * stride])
-                {
-                    TunnResult::WriteToNetwork(p) => {
-                        lens[k] = p.len();
-                        k += 1;
-                    }
-                    TunnResult::Err(e) => tracing::debug!(error = ?e, "encapsulate"),
-                    // Queued inside boringtun until the handshake completes.
-                    _ => {}
-                }
-            }
-        }
-        if no_route > 0 {
-            shared
-                .counters
-                .tx_dropped_no_route
-                .fetch_add(no_route, Relaxed);
-        }
-        if k == 0 {
-            continue;
-        }
-        let Some(ep) = endpoint else {
-            shared
-                .counters
-                .tx_dropped_no_endpoint
-                .fetch_add(k as u64, Relaxed);
-            continue;
-        };
-        let r = sender.send(ep, &out, stride, &lens[..k], stop);
-        let bytes: usize = lens[..k].iter().sum();
-        shared.counters.tx_packets.fetch_add(r.sent as u64, Relaxed);
-        shared.counters.tx_bytes.fetch_add(bytes as u64, Relaxed);
-        if r.errors > 0 {
-            shared
-                .counters
-                .tx_send_errors
-                .fetch_add(r.errors as u64, Relaxed);
-        }
-        if r.stopped {
-            return;
-        }
-    }
-}
-
-/// Message type of a WireGuard datagram (first little-endian u32, one byte in
-/// practice).
-#[inline]
-fn msg_type(d: &[u8]) -> u8 {
-    d.first().copied().unwrap_or(0)
-}
-
-/// UDP -> decrypt -> TUN.
-fn decrypt_loop(shared: Arc<Shared>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let stop = shared.stop.as_raw_fd();
-    let mtu = shared.mtu as usize;
-    let max_datagram = (mtu + 32 + 16).max(148) + 64;
-    let mut rx = udp::Receiver::new(&shared.sock, shared.gro, max_datagram);
-    // Capacity for a whole coalesced 64 KiB packet up front: GRO appends
-    // segments into the first buffer of a flow, and after this the data path
-    // never allocates.
-    let mut tbufs: Vec<Vec<u8>> = (0..TUN_WRITE_BATCH)
-        .map(|_| Vec::with_capacity(TUN_OFFSET + 65_536 + 64))
-        .collect();
-    let mut gro = GROTable::default();
-    let mut reply = vec![0u8; 2048];
-    let mut tally = DropTally::default();
-
-    let flush = |tbufs: &mut [Vec<u8>], gro: &mut GROTable| {
-        if tbufs.is_empty() {
-            return;
-        }
-        if let Err(e) = shared.tun.send_multiple(gro, tbufs, TUN_OFFSET) {
-            tracing::debug!(error = %e, "TUN write error");
-        }
-    };
-
-    loop {
-        if !rx.recv(stop) {
-            return;
-        }
-        let mut k = 0;
-        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
-        let mut authenticated_src: Option<SocketAddr> = None;
-        let mut touched_staged = false;
-        let mut g = shared.lock();
-        let sessions = &mut *g;
-        let Some(slot) = sessions.peer.as_mut() else {
-            drop(g);
-            tally.counts[DropReason::UnknownKey as usize] += rx.got.len() as u64;
-            tally.flush(&shared.counters);
-            continue;
-        };
-        let endpoint_before = slot.endpoint;
-        for (mi, got) in rx.got.iter().enumerate() {
-            let msg = &rx.bufs[mi * rx.buf_len..mi * rx.buf_len + got.len];
-            for chunk in msg.chunks(got.seg.max(1)) {
-                if k == TUN_WRITE_BATCH {
-                    flush(&mut tbufs[..k], &mut gro);
-                    k = 0;
-                }
-                let tb = &mut tbufs[k];
-                tb.resize(TUN_OFFSET + chunk.len().max(256), 0);
-                let kind = msg_type(chunk);
-                let (which, r, proven) = slot.receive(got.src, chunk, &mut tb[TUN_OFFSET..]);
-                if proven {
-                    authenticated_src = got.src;
-                }
-                touched_staged |= which == Which::Staged;
-                match r {
-                    TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
-                        let len = p.len();
-                        // Cryptokey routing: the inner source must be one the
-                        // peer is allowed to use.
-                        let inner_src = inner_source(&tb[TUN_OFFSET..TUN_OFFSET + len]);
-                        let nets = &slot.ctx(which).config.allowed_ips;
-                        if inner_src.is_some_and(|s| allowed(nets, s)) {
-                            tb.truncate(TUN_OFFSET + len);
-                            k += 1;
-                            rx_packets += 1;
-                            rx_bytes += chunk.len() as u64;
-                        } else {
-                            tally.add(DropReason::NotAllowed);
-                        }
-                    }
-                    TunnResult::WriteToNetwork(p) => {
-                        let Some(src) = got.src else { continue };
-                        let under_load = (kind == 1 || kind == 2) && msg_type(p) == 3;
-                        if let Err(e) = shared.sock.send_to(p, src) {
-                            tracing::debug!(error = %e, "handshake reply send failed");
-                        }
-                        if under_load {
-                            tally.add(DropReason::UnderLoad);
-                        }
-                    }
-                    TunnResult::Done => {
-                        // A keepalive (data, empty) or an accepted cookie reply.
-                        if kind == 4 {
-                            rx_packets += 1;
-                            rx_bytes += chunk.len() as u64;
-                        }
-                    }
-                    TunnResult::Err(e) => {
-                        let r = DropReason::of(&e);
-                        if r == DropReason::Other {
-                            tracing::debug!(error = ?e, "datagram dropped");
-                        }
-                        tally.add(r);
-                    }
-                }
-            }
-        }
-        if let Some(src) = authenticated_src {
-            if endpoint_before != Some(src) {
-                tracing::info!(ifname = %shared.ifname, old = ?endpoint_before, new = %src, "peer endpoint changed");
-            }
-            // A completed handshake (either role) releases the packets
-            // boringtun queued while it had no session. Checking once per
-            // batch costs one empty-queue pop.
-            flush_queued(&shared, &mut slot.current, src, &mut reply);
-        }
-        // A staged context that just completed its handshake takes over
-        // outgoing traffic now, not at the next timer tick: every tick of
-        // delay is traffic still riding the old keys.
-        let promoted = if touched_staged {
-            sessions.promote_if_ready()
-        } else {
-            None
-        };
-        if promoted.is_some() {
-            if let Some(slot) = sessions.peer.as_mut() {
-                if let Some(ep) = slot.endpoint {
-                    flush_queued(&shared, &mut slot.current, ep, &mut reply);
-                }
-            }
-            shared.publish_rotation(sessions);
-        }
-        drop(g);
-        if let Some(id) = promoted {
-            log_promoted(&shared, id);
-        }
-        flush(&mut tbufs[..k], &mut gro);
-        tally.flush(&shared.counters);
-        if rx_packets > 0 {
-            shared.counters.rx_packets.fetch_add(rx_packets, Relaxed);
-            shared.counters.rx_bytes.fetch_add(rx_bytes, Relaxed);
-        }
-    }
-}
-
-/// Sends what boringtun queued in `ctx` while it had no session.
-fn flush_queued(shared: &Shared, ctx: &mut Context, to: SocketAddr, buf: &mut [u8]) {
-    while let TunnResult::WriteToNetwork(p) = ctx.tunn.decapsulate(None, &[], buf) {
-        if let Err(e) = shared.sock.send_to(p, to) {
-            tracing::debug!(error = %e, "queued packet send failed");
-        }
-    }
-}
-
-/// The source address of an IPv4 or IPv6 packet.
-fn inner_source(p: &[u8]) -> Option<std::net::IpAddr> {
-    match p.first()? >> 4 {
-        4 if p.len() >= 20 => Some(<[u8; 4]>::try_from(&p[12..16]).ok()?.into()),
-        6 if p.len() >= 40 => Some(<[u8; 16]>::try_from(&p[8..24]).ok()?.into()),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -1075,22 +811,5 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(r, ["192.168.5.0/24", "10.0.0.0/8", "::/0"]);
-    }
-
-    #[test]
-    fn inner_source_parses_both_families() {
-        let mut v4 = [0u8; 20];
-        v4[0] = 0x45;
-        v4[12..16].copy_from_slice(&[198, 51, 100, 7]);
-        assert_eq!(inner_source(&v4), Some("198.51.100.7".parse().unwrap()));
-        let mut v6 = [0u8; 40];
-        v6[0] = 0x60;
-        v6[8] = 0x20;
-        v6[9] = 0x01;
-        v6[10] = 0x0d;
-        v6[11] = 0xb8;
-        v6[23] = 1;
-        assert_eq!(inner_source(&v6), Some("2001:db8::1".parse().unwrap()));
-        assert_eq!(inner_source(&[0x45, 0, 0]), None);
     }
 }

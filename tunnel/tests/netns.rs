@@ -22,7 +22,7 @@ fn ip(s: &str) -> IpAddr {
 /// Two engines, IPv6 outside and inside the tunnel, carry TCP in both directions.
 #[test]
 fn two_engines_carry_tcp_both_ways() {
-    if !root_or_skip() {
+    if !require_root("two_engines_carry_tcp_both_ways") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +82,7 @@ fn two_engines_carry_tcp_both_ways() {
 /// the other: TCP both ways.
 #[test]
 fn interop_with_wireguard_go() {
-    if !root_or_skip() {
+    if !require_root("interop_with_wireguard_go") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -93,7 +93,7 @@ fn interop_with_wireguard_go() {
 
     // wireguard-go's socket goes to the shared /var/run/wireguard: the
     // interface name is unique per test, and Proc's drop stops it.
-    let gname = uniq("gw");
+    let gname = format!("gw{}", unique_id());
     let _wggo = Proc {
         child: b
             .cmd("wireguard-go")
@@ -108,8 +108,9 @@ fn interop_with_wireguard_go() {
     let gsock = std::path::PathBuf::from(format!("/var/run/wireguard/{gname}.sock"));
     let _cleanup = RemoveOnDrop(gsock.clone());
     wait_until("wireguard-go socket", Duration::from_secs(10), || {
-        gsock.exists()
-    });
+        Ok(gsock.exists())
+    })
+    .unwrap();
     let bkey = kb.file.to_str().unwrap().to_string();
     sh(&[
         "ip",
@@ -172,7 +173,7 @@ fn interop_with_wireguard_go() {
 /// standard directory.
 #[test]
 fn wg_show_lists_our_interface() {
-    if !root_or_skip() {
+    if !require_root("wg_show_lists_our_interface") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +271,7 @@ fn handshake_init(secret: [u8; 32], peer_public_b64: &str) -> Vec<u8> {
 /// keeps working and the drop counters rise.
 #[test]
 fn bad_input_is_dropped_and_counted() {
-    if !root_or_skip() {
+    if !require_root("bad_input_is_dropped_and_counted") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -351,10 +352,11 @@ fn bad_input_is_dropped_and_counted() {
 
     wait_until("unknown key counted", Duration::from_secs(5), || {
         let d = &stats(&ea)["dropped"];
-        d["unknown_key"].as_u64().unwrap() >= 1
+        Ok(d["unknown_key"].as_u64().unwrap() >= 1
             && d["replay"].as_u64().unwrap() >= 1
-            && d["bad_mac"].as_u64().unwrap() >= 1
-    });
+            && d["bad_mac"].as_u64().unwrap() >= 1)
+    })
+    .unwrap();
     echo_round(&mut stream, 256 << 10);
 
     // Handshake flood: valid-looking initiations from unknown keys, far over
@@ -398,7 +400,7 @@ fn bad_input_is_dropped_and_counted() {
 /// same TCP connection carries on, then new connections work both ways.
 #[test]
 fn roaming_follows_the_peer() {
-    if !root_or_skip() {
+    if !require_root("roaming_follows_the_peer") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -478,7 +480,7 @@ fn roaming_follows_the_peer() {
 /// action on the home side.
 #[test]
 fn peer_restart_is_survived() {
-    if !root_or_skip() {
+    if !require_root("peer_restart_is_survived") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -149,7 +149,12 @@ fn lab() -> Lab {
     );
     let vps = NsTunnel::start(
         &vps_ns,
-        side_config(&uniq("rv"), &format!("{VPS_TUN}/24"), &vk, &uapi),
+        side_config(
+            &format!("rv{}", unique_id()),
+            &format!("{VPS_TUN}/24"),
+            &vk,
+            &uapi,
+        ),
         vps_peer(&hk, &psk),
     );
     let vps_endpoint: SocketAddr = format!("192.0.2.1:{}", vps.t().listen_port())
@@ -157,7 +162,12 @@ fn lab() -> Lab {
         .unwrap();
     let home = NsTunnel::start(
         &home_ns,
-        side_config(&uniq("rh"), &format!("{HOME_TUN}/24"), &hk, &uapi),
+        side_config(
+            &format!("rh{}", unique_id()),
+            &format!("{HOME_TUN}/24"),
+            &hk,
+            &uapi,
+        ),
         home_peer(&vk, &psk, vps_endpoint),
     );
     Lab {
@@ -457,7 +467,7 @@ fn base64_decode(s: &str) -> Vec<u8> {
 /// public key (also in `wg`'s `get=1`) is the new one. Prints the gap.
 #[test]
 fn ten_rotations_under_a_tcp_stream() {
-    if !root_or_skip() {
+    if !require_root("ten_rotations_under_a_tcp_stream") {
         return;
     }
     let lab = lab();
@@ -507,8 +517,9 @@ fn ten_rotations_under_a_tcp_stream() {
     let mut prober = Prober::start(probe_sock, echo_addr);
     // Traffic flows before the first rotation.
     wait_until("first echo replies", Duration::from_secs(10), || {
-        prober.replies.lock().unwrap().len() >= 5
-    });
+        Ok(prober.replies.lock().unwrap().len() >= 5)
+    })
+    .unwrap();
     // A baseline window without rotations: the same traffic's own jitter.
     // (A measurement window, not a readiness wait.)
     let base_from = Instant::now();
@@ -528,10 +539,11 @@ fn ten_rotations_under_a_tcp_stream() {
             &format!("rotation {i} promoted on both sides"),
             Duration::from_secs(15),
             || {
-                vps.rotation().last_rotation_id == Some(v)
-                    && home.rotation().last_rotation_id == Some(h)
+                Ok(vps.rotation().last_rotation_id == Some(v)
+                    && home.rotation().last_rotation_id == Some(h))
             },
-        );
+        )
+        .unwrap();
         windows.push((staged_at, Instant::now() + margin));
         assert_eq!(vps.public_key(), vk.public_key());
         assert_eq!(home.public_key(), hk.public_key());
@@ -545,8 +557,12 @@ fn ten_rotations_under_a_tcp_stream() {
         wait_until(
             &format!("rotation {i}: previous sessions dropped"),
             Duration::from_secs(15),
-            || !vps.rotation().previous_session_active && !home.rotation().previous_session_active,
-        );
+            || {
+                Ok(!vps.rotation().previous_session_active
+                    && !home.rotation().previous_session_active)
+            },
+        )
+        .unwrap();
         let dropped_at = Instant::now();
         windows.push((dropped_at - margin, dropped_at + margin));
     }
@@ -602,7 +618,7 @@ fn ten_rotations_under_a_tcp_stream() {
 /// moves the tunnel to the new keys with a fresh handshake.
 #[test]
 fn refusals_abort_and_commit() {
-    if !root_or_skip() {
+    if !require_root("refusals_abort_and_commit") {
         return;
     }
     let lab = lab();
@@ -715,7 +731,7 @@ fn refusals_abort_and_commit() {
 /// private key with the peer from before.
 #[test]
 fn uapi_get_never_mixes_generations_during_rotations() {
-    if !root_or_skip() {
+    if !require_root("uapi_get_never_mixes_generations_during_rotations") {
         return;
     }
     let lab = lab();

@@ -176,7 +176,7 @@ impl VpsRelays {
     /// Per-port counters.
     pub fn report(&self) -> Vec<RelayPort> {
         match &self.stats {
-            Some(s) => ceres_control::report::relay_ports(&s.snapshot(), &self.settings.relays),
+            Some(s) => ceres_agent::report::relay_ports(&s.snapshot(), &self.settings.relays),
             None => Vec::new(),
         }
     }

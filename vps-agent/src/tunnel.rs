@@ -7,7 +7,7 @@
 use std::sync::Mutex;
 
 use anyhow::Context;
-use ceres_control::report::{tunnel_down, tunnel_report};
+use ceres_agent::report::{tunnel_down, tunnel_report};
 use ceres_pki::Masked;
 use ceres_proto::{TunnelParams, TunnelReport};
 use ceres_state::StateDir;
@@ -141,7 +141,7 @@ impl VpsTunnel {
         dir: &StateDir,
         cancel: &CancellationToken,
     ) -> anyhow::Result<Self> {
-        let key: PrivateKey = ceres_control::wgkey::load_or_create(dir)?;
+        let key: PrivateKey = ceres_agent::wgkey::load_or_create(dir)?;
         let public_key = key.public_key();
         let stored = load_home_peer(dir)?;
         let mut this = Self {
@@ -365,7 +365,7 @@ impl VpsTunnel {
             &serde_json::to_vec_pretty(&fresh).unwrap_or_default(),
         )?;
         self.dir.write(
-            ceres_control::wgkey::WG_KEY,
+            ceres_agent::wgkey::WG_KEY,
             format!("{}\n", new_key.to_base64()).as_bytes(),
         )?;
         *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);

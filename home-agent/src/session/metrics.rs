@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use ceres_control::metrics::{Peer, register_tunnel, sample_tunnel};
+use ceres_agent::metrics::{Peer, register_tunnel, sample_tunnel};
 use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Registry, flag};
 use ceres_proto::Report;
 

@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -31,32 +30,6 @@ pub async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpSt
     s.connect(to).await
 }
 
-/// Waits until `cond` holds, checking whenever `tick` passes, failing after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// True when running as root; when not, CI=true turns the skip into a failure.
-pub fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs root and CI=true"
-    );
-    eprintln!("skipping {test}: needs root");
-    false
-}
-
 /// A network namespace with `lo` up, deleted on drop (also when the test panics).
 pub struct Netns {
     /// Its name (for `ip -n`).
@@ -66,11 +39,7 @@ pub struct Netns {
 impl Netns {
     /// A fresh namespace (needs root).
     pub fn new() -> Self {
-        let name = format!(
-            "crelay{}x{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("crelay{}", ceres_testkit::unique_id());
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
         Self { name }

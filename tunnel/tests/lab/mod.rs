@@ -10,7 +10,6 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -19,29 +18,7 @@ use rand::RngCore as _;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ceres-wg");
 
-/// True when the test may run; false (after saying why) when it must skip.
-/// Under CI=true a missing root is a failure, not a skip.
-pub fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("namespace tests need root and CI=true is set");
-    }
-    eprintln!("skipping: needs root (network namespaces, TUN devices)");
-    false
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique across parallel test processes and within one: prefix, pid,
-/// counter. Kept short for the 15-byte interface name limit.
-pub fn uniq(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{prefix}{}{n}", std::process::id());
-    assert!(name.len() <= 15, "name {name} too long");
-    name
-}
+pub use ceres_testkit::{require_root, unique_id, wait_until};
 
 pub fn sh(args: &[&str]) {
     let out = Command::new(args[0])
@@ -76,7 +53,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new() -> Netns {
-        let name = uniq("ct");
+        let name = format!("ct{}", unique_id());
         sh(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -123,8 +100,8 @@ impl Drop for Netns {
 
 /// Connects two namespaces with a veth pair; returns the interface names.
 pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String) {
-    let va = uniq("va");
-    let vb = uniq("vb");
+    let va = format!("va{}", unique_id());
+    let vb = format!("vb{}", unique_id());
     sh(&[
         "ip", "link", "add", &va, "type", "veth", "peer", "name", &vb,
     ]);
@@ -158,15 +135,6 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // SIGTERM first so the engine removes its UAPI socket; then make sure.
         ceres_testkit::stop_child(&mut self.child, false, Duration::from_secs(5));
-    }
-}
-
-/// Waits for `cond` with a deadline; panics with `what` when it never holds.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -214,7 +182,7 @@ pub fn engine(
     address: &str,
     extra: &[&str],
 ) -> Engine {
-    let ifname = uniq("cw");
+    let ifname = format!("cw{}", unique_id());
     let ready = dir.join(format!("{ifname}.ready"));
     let log = std::fs::File::create(dir.join(format!("{ifname}.log"))).unwrap();
     let mut c = ns.cmd(BIN);
@@ -240,8 +208,9 @@ pub fn engine(
                 std::fs::read_to_string(dir.join(format!("{ifname}.log"))).unwrap_or_default();
             panic!("ceres-wg exited early ({st}): {log}");
         }
-        ready.exists()
-    });
+        Ok(ready.exists())
+    })
+    .unwrap();
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ready).unwrap()).unwrap();
     Engine {

@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use ceres_control::metrics::{Peer, register_tunnel, sample_tunnel};
+use ceres_agent::metrics::{Peer, register_tunnel, sample_tunnel};
 use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Registry, flag};
 use ceres_pki::unix_secs;
 use ceres_proto::{RelayPort, RotationStatus, TunnelReport};
@@ -132,7 +132,7 @@ pub(super) fn render(registry: &Registry, snap: &Snapshot) -> String {
             .set(&RELAY_BYTES_OUT, [&port], p.bytes_out)
             .set(&RELAY_UNAVAILABLE, [&port], p.unavailable);
         for c in &p.refused_by {
-            let reason = ceres_control::report::relay_refusal(c.reason())
+            let reason = ceres_control::refusal::relay_refusal(c.reason())
                 .map_or("unknown", ceres_relay::Refusal::as_str);
             page.set(&RELAY_REFUSED, [&port, reason], c.count);
         }

@@ -34,3 +34,31 @@ pub fn load_or_create(dir: &StateDir) -> Result<PrivateKey, WgKeyError> {
         .parse()
         .map_err(|_| damaged())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_and_then_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("state")).unwrap();
+        let first = load_or_create(&dir).unwrap();
+        let again = load_or_create(&dir).unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_named_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("state")).unwrap();
+        dir.write(WG_KEY, b"not a key\n").unwrap();
+        let err = load_or_create(&dir).unwrap_err();
+        assert!(
+            matches!(&err, WgKeyError::Damaged(p) if p.ends_with(WG_KEY)),
+            "{err:?}"
+        );
+        // Nothing is replaced behind the admin's back: the file is as it was.
+        assert_eq!(dir.read_secret(WG_KEY).unwrap(), b"not a key\n");
+    }
+}
