@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::hub::Hub;
 use crate::relays::VpsRelays;
 use crate::revocation::{HomeRevocations, RevocationWatch};
-use crate::rotation::Rotator;
+use crate::rotation::{RotateError, Rotator};
 use crate::settings::VpsSettings;
 use crate::state::{ServerCert, VpsState};
 use crate::tokens::{RedeemError, TokenStore};
@@ -135,6 +135,21 @@ impl From<RedeemError> for Status {
     }
 }
 
+impl From<RotateError> for Status {
+    fn from(e: RotateError) -> Self {
+        match e {
+            RotateError::HomeAway | RotateError::SessionEnded | RotateError::ShuttingDown(_) => {
+                Status::unavailable(e.to_string())
+            }
+            RotateError::KeyLength => Status::invalid_argument(e.to_string()),
+            RotateError::BadHomeKey { .. }
+            | RotateError::Engine { .. }
+            | RotateError::Refused(_) => Status::failed_precondition(e.to_string()),
+            RotateError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
 fn pki_status(e: ceres_pki::PkiError) -> Status {
     match e {
         ceres_pki::PkiError::Parse { .. } => Status::invalid_argument(e.to_string()),
@@ -169,7 +184,13 @@ impl Enrollment for Svc {
                 blocked.wait.as_secs().max(1)
             )));
         }
-        let (role, certificate_pem) = match self.enroll_inner(&body) {
+        // Redeeming the token and recording the certificate are synced
+        // writes (and signing is CPU work): off the async workers.
+        let (svc, req_body) = (self.clone(), body.clone());
+        let enrolled = ceres_daemon::blocking(move || svc.enroll_inner(&req_body))
+            .await
+            .unwrap_or_else(|e| Err(Status::unavailable(e.to_string())));
+        let (role, certificate_pem) = match enrolled {
             Ok(ok) => ok,
             Err(status) => {
                 self.0.enroll_limit.failed(remote.ip());
@@ -211,7 +232,17 @@ impl Enrollment for Svc {
         // The renewal inherits the lineage: revoking any serial of it later
         // (the one a thief renewed from, say) revokes this one too.
         let lineage = crate::certs::lineage_of(&self.0.state.dir, &cert.serial);
-        let certificate_pem = self.sign(&body.csr_pem, role, &cert.name, Some(&lineage))?;
+        // Recording the certificate is a synced write: off the async workers.
+        let (svc, csr, name, line) = (
+            self.clone(),
+            body.csr_pem,
+            cert.name.clone(),
+            lineage.clone(),
+        );
+        let certificate_pem =
+            ceres_daemon::blocking(move || svc.sign(&csr, role, &name, Some(&line)))
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))??;
         tracing::info!(remote = %who.remote, role = %role, name = %cert.name, lineage, "renewed a client certificate");
         Ok(Response::new(RenewResponse {
             certificate_pem,
@@ -354,7 +385,7 @@ impl Agent for Svc {
         {
             None
         } else {
-            Some(ctx.tunnel.params_for(&hello.wg_public_key, &owner)?)
+            Some(ctx.tunnel.params_for(&hello.wg_public_key, &owner).await?)
         };
         let interval = ctx.settings.report_interval;
         let ticket = ctx.hub.connect(
@@ -414,7 +445,7 @@ impl Agent for Svc {
                             let _ = ctx.rotator.on_home_key(&ctx.tunnel, k.rotation, &k.home_public_key).await;
                         }
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateDone(d)) })) => {
-                            ctx.rotator.finish(&ctx.tunnel, Some(d.rotation), true);
+                            ctx.rotator.finish(&ctx.tunnel, Some(d.rotation), true).await;
                         }
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateAbort(a)) })) => {
                             let _ = ctx.rotator.fail(&ctx.tunnel, a.rotation, &format!("home gave up: {}", a.reason)).await;
@@ -566,11 +597,26 @@ pub async fn run(
     let watch = RevocationWatch::new(&state.dir)?;
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let hub = Hub::default();
-    let relays = VpsRelays::start(&settings, hub.home_reach(), &cancel, &tracker)?;
-    if revocations.is_revoked() {
+    // `nft` and `ip` run: off the async workers.
+    let relays = {
+        let (s, reach, c, t) = (
+            settings.clone(),
+            hub.home_reach(),
+            cancel.clone(),
+            tracker.clone(),
+        );
+        ceres_daemon::blocking(move || VpsRelays::start(&s, reach, &c, &t)).await??
+    };
+    let relays = if revocations.is_revoked() {
         tracing::warn!("home is revoked: no egress for it until a new home joins");
-        relays.remove_egress();
-    }
+        ceres_daemon::blocking(move || {
+            relays.remove_egress();
+            relays
+        })
+        .await?
+    } else {
+        relays
+    };
     rotator.resume(&tunnel);
     let ctx = Arc::new(Ctx {
         tunnel,
@@ -641,7 +687,8 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    ctx.relays.remove_rules();
+    let c = Arc::clone(&ctx);
+    let _ = ceres_daemon::blocking(move || c.relays.remove_rules()).await;
     match Arc::try_unwrap(ctx) {
         Ok(ctx) => ctx.tunnel.shutdown().await,
         Err(_) => tracing::warn!(
@@ -866,7 +913,7 @@ async fn watch_promotions(ctx: Arc<Ctx>) {
         let now = rx.borrow().rotations;
         if now != seen {
             seen = now;
-            ctx.rotator.finish(&ctx.tunnel, None, false);
+            ctx.rotator.finish(&ctx.tunnel, None, false).await;
         }
     }
 }
@@ -914,7 +961,7 @@ async fn rotation_schedule(ctx: Arc<Ctx>) {
             match ctx.rotator.begin().await {
                 Ok(id) => tracing::info!(rotation = id, "scheduled key rotation started"),
                 Err(e) => tracing::warn!(
-                    error = e.message(),
+                    error = %e,
                     "scheduled key rotation could not start"
                 ),
             }
@@ -993,13 +1040,18 @@ async fn enforce_revocations(ctx: &Arc<Ctx>) {
     // The note first: from the moment anything of home's goes, status says
     // why (and a restart half-way finishes the job from it).
     let note = crate::revocation::revoked_now(dir, &owner.name, &owner.lineage);
-    if let Err(e) = ctx.revocations.set(note) {
-        tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked");
+    let c = Arc::clone(ctx);
+    match ceres_daemon::blocking(move || c.revocations.set(note)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot record that home was revoked"),
     }
     if let Some((id, _)) = ctx.rotator.pending() {
         let _ = ctx.rotator.fail(&ctx.tunnel, id, "home revoked").await;
     }
-    match ctx.tunnel.remove_home() {
+    match ctx.tunnel.remove_home().await {
         Ok(key) => {
             tracing::warn!(name = %owner.name, lineage = %owner.lineage, home_key = ?key, "home's certificate was revoked: its WireGuard peer is removed")
         }
@@ -1021,7 +1073,13 @@ async fn renew_server_cert(ctx: Arc<Ctx>, shared: SharedServerConfig) {
             _ = tokio::time::sleep(Duration::from_secs(12 * 3600)) => {}
         }
         let current = ctx.server_cert.read().map(|c| c.info.fingerprint).ok();
-        match ctx.state.server_cert(&ctx.settings) {
+        // A renewal signs and writes (synced): off the async workers.
+        let c = ctx.clone();
+        let Ok(checked) = ceres_daemon::blocking(move || c.state.server_cert(&c.settings)).await
+        else {
+            return;
+        };
+        match checked {
             Ok(cert) if Some(cert.info.fingerprint) != current => {
                 match tls_config(&ctx.state, &cert) {
                     Ok(cfg) => {

@@ -4,7 +4,7 @@
 //! The home peer is persisted, so after a restart the VPS accepts home's
 //! WireGuard packets at once — before (and without) the control session.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use ceres_control::report::{tunnel_down, tunnel_report};
@@ -97,8 +97,19 @@ pub struct VpsTunnel {
     settings: TunnelSettings,
     dir: StateDir,
     public_key: Mutex<PublicKey>,
-    engine: Option<Tunnel>,
+    /// Shared with the blocking pool, where `ip route` runs for it.
+    engine: Option<Arc<Tunnel>>,
+    /// The home peer as readers see it: replaced only once a change is on
+    /// disk and in the engine.
     peer: Mutex<Option<HomePeer>>,
+    /// Changes of the peer or of our key, one at a time: held across their
+    /// disk writes and route changes, which run off the async workers.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// Writes `home-peer.json`: blocking (the write is synced).
+fn save_peer(dir: &StateDir, peer: &HomePeer) -> anyhow::Result<()> {
+    Ok(dir.write(HOME_PEER, &serde_json::to_vec_pretty(peer)?)?)
 }
 
 fn host_net(net: IpNet) -> IpNet {
@@ -127,6 +138,7 @@ impl VpsTunnel {
             public_key: Mutex::new(public_key),
             engine: None,
             peer: Mutex::new(stored.clone()),
+            changes: tokio::sync::Mutex::new(()),
         };
         if !settings.enabled {
             return Ok(this);
@@ -149,7 +161,7 @@ impl VpsTunnel {
             )
         })?;
         tracing::info!(ifname = %settings.ifname, listen = %settings.listen, public_key = %public_key, "tunnel up");
-        this.engine = Some(engine);
+        this.engine = Some(Arc::new(engine));
         Ok(this)
     }
 
@@ -171,11 +183,16 @@ impl VpsTunnel {
         })
     }
 
+    fn peer_guard(&self) -> MutexGuard<'_, Option<HomePeer>> {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Accepts home's public key from a session of `owner` and returns the
     /// parameters home needs. A new key gets a new pre-shared key; the same
     /// key keeps the old one, so a reconnecting home agent does not disturb
-    /// a working tunnel. The key's owner becomes `owner`.
-    pub fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, Status> {
+    /// a working tunnel. The key's owner becomes `owner`. A change is saved
+    /// and routed (blocking work, off the async workers) before it is used.
+    pub async fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, Status> {
         let key: [u8; 32] = home_key
             .try_into()
             .map_err(|_| Status::invalid_argument("the WireGuard public key must be 32 bytes"))?;
@@ -185,19 +202,24 @@ impl VpsTunnel {
             ));
         }
         let home_public = PublicKey(key).to_string();
-        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
-        let peer = match guard.as_ref() {
-            Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p.clone(),
+        let _change = self.changes.lock().await;
+        let current = self.peer_guard().clone();
+        let peer = match current {
+            Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p,
             Some(p) if p.public_key == home_public => {
                 // The key's holder presents it: it owns it from now on
                 // (files of older versions name no owner).
                 let claimed = HomePeer {
                     owner: Some(owner.clone()),
-                    ..p.clone()
+                    ..p
                 };
-                self.save(&claimed)?;
+                let (dir, saved) = (self.dir.clone(), claimed.clone());
+                ceres_daemon::blocking(move || save_peer(&dir, &saved))
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                    .map_err(|e| Status::internal(format!("{e:#}")))?;
                 tracing::info!(owner = %owner.name, lineage = %owner.lineage, "home WireGuard key claimed by its certificate");
-                *guard = Some(claimed.clone());
+                *self.peer_guard() = Some(claimed.clone());
                 claimed
             }
             _ => {
@@ -206,17 +228,24 @@ impl VpsTunnel {
                     preshared_key: Masked(PresharedKey::generate().to_base64()),
                     owner: Some(owner.clone()),
                 };
-                self.save(&fresh)?;
-                if let Some(engine) = &self.engine {
-                    let cfg = self
-                        .peer_config(&fresh)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                    engine
-                        .set_peer(cfg)
-                        .map_err(|e| Status::internal(e.to_string()))?;
-                }
+                let cfg = self
+                    .peer_config(&fresh)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let (dir, saved, engine) = (self.dir.clone(), fresh.clone(), self.engine.clone());
+                // Saved, then in the engine (whose routes run `ip`), as one
+                // piece of blocking work.
+                ceres_daemon::blocking(move || -> anyhow::Result<()> {
+                    save_peer(&dir, &saved)?;
+                    if let Some(engine) = engine {
+                        engine.set_peer(cfg)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
                 tracing::info!(home_key = %fresh.public_key, "home WireGuard key accepted");
-                *guard = Some(fresh.clone());
+                *self.peer_guard() = Some(fresh.clone());
                 fresh
             }
         };
@@ -238,33 +267,27 @@ impl VpsTunnel {
         })
     }
 
-    fn save(&self, peer: &HomePeer) -> Result<(), Status> {
-        let json = serde_json::to_vec_pretty(peer).map_err(|e| Status::internal(e.to_string()))?;
-        self.dir
-            .write(HOME_PEER, &json)
-            .map_err(|e| Status::internal(e.to_string()))
-    }
-
     /// Who owns home's current key, if known.
     pub fn owner(&self) -> Option<Owner> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|p| p.owner.clone())
+        self.peer_guard().as_ref().and_then(|p| p.owner.clone())
     }
 
     /// Cuts home off: the peer leaves the engine (sessions, a staged
     /// rotation and routes with it) and `home-peer.json` is removed, so a
-    /// restart does not bring it back. Returns the removed key.
-    pub fn remove_home(&self) -> anyhow::Result<Option<String>> {
-        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(engine) = &self.engine {
-            engine.abort_rotation();
-            engine.remove_peer();
-        }
-        self.dir.remove(HOME_PEER)?;
-        Ok(guard.take().map(|p| p.public_key))
+    /// restart does not bring it back. Returns the removed key. The route
+    /// removal (`ip`) runs off the async workers.
+    pub async fn remove_home(&self) -> anyhow::Result<Option<String>> {
+        let _change = self.changes.lock().await;
+        let (dir, engine) = (self.dir.clone(), self.engine.clone());
+        ceres_daemon::blocking(move || -> anyhow::Result<()> {
+            if let Some(engine) = engine {
+                engine.abort_rotation();
+                engine.remove_peer();
+            }
+            Ok(dir.remove(HOME_PEER)?)
+        })
+        .await??;
+        Ok(self.peer_guard().take().map(|p| p.public_key))
     }
 
     /// Our current static public key.
@@ -274,25 +297,19 @@ impl VpsTunnel {
 
     /// The engine, when the tunnel runs.
     pub fn engine(&self) -> Option<&Tunnel> {
-        self.engine.as_ref()
+        self.engine.as_deref()
     }
 
     /// The current pre-shared key, if a home peer is known.
     pub fn current_psk(&self) -> Option<PresharedKey> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.peer_guard()
             .as_ref()
             .and_then(|p| p.preshared_key.0.parse().ok())
     }
 
     /// Home's current public key, if known.
     pub fn home_key(&self) -> Option<String> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.public_key.clone())
+        self.peer_guard().as_ref().map(|p| p.public_key.clone())
     }
 
     /// Installs the new keys beside the current ones (make-before-break).
@@ -315,8 +332,9 @@ impl VpsTunnel {
     }
 
     /// Makes the rotated keys the current ones on disk and in memory. The
-    /// engine has already moved to them (or will with `commit`).
-    pub fn finalize_rotation(
+    /// engine has already moved to them (or will with `commit`). The synced
+    /// writes run off the async workers.
+    pub async fn finalize_rotation(
         &self,
         new_key: &PrivateKey,
         home_public: PublicKey,
@@ -328,31 +346,29 @@ impl VpsTunnel {
                 let _ = engine.commit_rotation();
             }
         }
-        let owner = self
-            .peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|p| p.owner.clone());
+        let _change = self.changes.lock().await;
+        let owner = self.peer_guard().as_ref().and_then(|p| p.owner.clone());
         let fresh = HomePeer {
             public_key: home_public.to_string(),
             preshared_key: Masked(psk.to_base64()),
             // A rotation keeps the owner: the same home, new keys.
             owner,
         };
+        let (dir, saved) = (self.dir.clone(), fresh.clone());
+        let key_text = Masked(format!("{}\n", new_key.to_base64()));
         // The peer first: with the old key and the new peer on disk a restart
         // still converges (the next rotation replaces both); the reverse
         // order could pair a new key with an old PSK.
-        self.dir.write(
-            HOME_PEER,
-            &serde_json::to_vec_pretty(&fresh).unwrap_or_default(),
-        )?;
-        self.dir.write(
-            ceres_control::wgkey::WG_KEY,
-            format!("{}\n", new_key.to_base64()).as_bytes(),
-        )?;
-        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
-        *self.public_key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.public_key();
+        ceres_daemon::blocking(move || -> anyhow::Result<()> {
+            save_peer(&dir, &saved)?;
+            Ok(dir.write(ceres_control::wgkey::WG_KEY, key_text.0.as_bytes())?)
+        })
+        .await??;
+        *self.peer_guard() = Some(fresh);
+        *self
+            .public_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = new_key.public_key();
         Ok(())
     }
 
@@ -371,7 +387,11 @@ impl VpsTunnel {
     /// Stops the engine.
     pub async fn shutdown(self) {
         if let Some(engine) = self.engine {
-            engine.shutdown().await;
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => engine.shutdown().await,
+                // Blocking work still holds it (it ends with the process).
+                Err(_) => tracing::warn!("tunnel engine still in use at shutdown"),
+            }
         }
     }
 }
