@@ -368,6 +368,18 @@ mod tests {
             err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
             "{text}"
         );
+        // A record whose new key is gone: damaged too, and the key is named.
+        dir.write(RECORD, b"{\"id\": 7}").unwrap();
+        let err = HomeRotation::load(&dir).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(NEXT_KEY) && text.contains("damaged"),
+            "{text}"
+        );
+        assert!(
+            err.chain().any(|c| c.is::<ceres_config::ConfigError>()),
+            "{text}"
+        );
         // Absent is fine: no rotation in progress.
         dir.remove(RECORD).unwrap();
         assert_eq!(HomeRotation::load(&dir).unwrap().pending_id(), 0);
