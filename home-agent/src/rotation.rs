@@ -94,7 +94,9 @@ impl HomeRotation {
     }
 
     /// Puts `t` on disk off the async workers, then makes it the phase.
-    /// Called with the turn held.
+    /// Called with the turn held, from the session loop's command handlers
+    /// and this module's own tasks, which are never dropped half-way (the
+    /// VPS's RPC handlers can be: see `Rotator::off_workers` there).
     async fn take(&self, t: Transition) -> anyhow::Result<()> {
         let (store, planned) = (self.store.clone(), t.clone());
         ceres_daemon::blocking(move || store.write(&planned)).await??;

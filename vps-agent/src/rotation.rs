@@ -6,7 +6,7 @@
 //! history of home keys used before, the rotation ids, the outcome of the
 //! last rotation — is here.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use ceres_pki::unix_secs;
@@ -17,7 +17,7 @@ use ceres_proto::{
 use ceres_state::StateDir;
 use ceres_state::rotation::{
     CrashPoint, NewKeys, Phase, Rotation, Secret, Side, Store, StoreError, Transition,
-    TransitionError, crash_point,
+    TransitionError, Write, crash_point,
 };
 use ceres_tunnel::{PresharedKey, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -118,14 +118,50 @@ pub struct Rotator {
     /// Transitions one at a time: held from planning a step to applying it,
     /// across its disk write (which runs off the async workers) and the
     /// engine calls that go with it. Readers do not take it.
-    turn: tokio::sync::Mutex<()>,
-    state: Mutex<State>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    state: Arc<Mutex<State>>,
     /// Completed rotations, for waiters (cerectl rotate).
     done: watch::Sender<(u64, String)>,
     /// Test hook: runs in `on_home_key` just before it looks at the pending
     /// rotation, so a test can put a concurrent `fail` exactly there.
     #[cfg(test)]
     before_claim: Mutex<Hook>,
+}
+
+/// The turn, owned: a step's blocking work carries it, so a caller that
+/// goes away (an RPC whose client hung up) cannot let another step in
+/// before the write it started is applied.
+type Turn = tokio::sync::OwnedMutexGuard<()>;
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes the history (synced): blocking. A failure is logged and the
+/// rotation goes on: the current keys are right either way.
+fn save_history(dir: &StateDir, h: &History) {
+    let saved = serde_json::to_vec_pretty(h)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| Ok(dir.write(HISTORY, &json)?));
+    if let Err(e) = saved {
+        tracing::error!(error = %format!("{e:#}"), "cannot save the rotation history");
+    }
+}
+
+/// Puts `t` on disk, then makes it the phase: blocking. A rotation being
+/// dropped is dropped even if its files could not be removed (the keys in
+/// use do not change; a record left behind is resumed after a restart and
+/// times out there).
+fn write_and_apply(store: &Store, state: &Mutex<State>, t: Transition) -> Result<(), RotateError> {
+    match store.write(&t) {
+        Ok(()) => {}
+        Err(e) if t.write() == Write::Remove => {
+            tracing::error!(error = %e, "cannot remove the rotation state")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    lock(state).machine.apply(t)?;
+    Ok(())
 }
 
 /// A test hook (see `Rotator::before_claim`).
@@ -207,12 +243,12 @@ impl Rotator {
             store,
             dir: dir.clone(),
             every,
-            turn: tokio::sync::Mutex::new(()),
-            state: Mutex::new(State {
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            state: Arc::new(Mutex::new(State {
                 machine,
                 history,
                 home: None,
-            }),
+            })),
             done: watch::Sender::new((0, String::new())),
             #[cfg(test)]
             before_claim: Mutex::new(Hook::default()),
@@ -220,53 +256,32 @@ impl Rotator {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
-    /// Puts `t` on disk off the async workers, then makes it the phase.
-    /// Called with the turn held.
-    async fn take(&self, t: Transition) -> Result<(), RotateError> {
-        let (store, planned) = (self.store.clone(), t.clone());
-        ceres_daemon::blocking(move || store.write(&planned)).await??;
-        self.lock().machine.apply(t)?;
-        Ok(())
+    async fn turn(&self) -> Turn {
+        self.turn.clone().lock_owned().await
     }
 
-    /// Drops the rotation's files and makes `t` (to idle) the phase even if
-    /// the files could not be removed: the keys in use do not change, and a
-    /// record left behind is resumed after a restart and times out there.
-    async fn take_dropping(&self, t: Transition) {
-        let (store, planned) = (self.store.clone(), t.clone());
-        match ceres_daemon::blocking(move || store.write(&planned)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot remove the rotation state"),
-            Err(e) => tracing::error!(error = %e, "cannot remove the rotation state"),
-        }
-        if let Err(e) = self.lock().machine.apply(t) {
-            tracing::error!(error = %e, "rotation state");
-        }
+    /// Runs `work` (synced writes, and the steps that publish them) off the
+    /// async workers, carrying the turn: one piece that finishes even if
+    /// the caller is dropped meanwhile (an RPC whose client hung up), so no
+    /// other step can come between a write and its publication. Hands the
+    /// turn back.
+    async fn off_workers<T, F>(&self, turn: Turn, work: F) -> Result<(T, Turn), RotateError>
+    where
+        F: FnOnce(&Store, &Mutex<State>) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (store, state) = (self.store.clone(), self.state.clone());
+        Ok(ceres_daemon::blocking(move || (work(&store, &state), turn)).await?)
     }
 
     /// Applies a step that lives in this process only (nothing to write).
     fn take_in_memory(&self, t: Transition) {
-        debug_assert_eq!(t.write(), ceres_state::rotation::Write::Nothing);
+        debug_assert_eq!(t.write(), Write::Nothing);
         if let Err(e) = self.lock().machine.apply(t) {
             tracing::error!(error = %e, "rotation state");
-        }
-    }
-
-    async fn save_history(&self, h: History) {
-        let dir = self.dir.clone();
-        let saved = ceres_daemon::blocking(move || -> anyhow::Result<()> {
-            Ok(dir.write(HISTORY, &serde_json::to_vec_pretty(&h)?)?)
-        })
-        .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %format!("{e:#}"), "cannot save the rotation history")
-            }
-            Err(e) => tracing::error!(error = %e, "cannot save the rotation history"),
         }
     }
 
@@ -342,7 +357,7 @@ impl Rotator {
     pub async fn begin(&self) -> Result<u64, RotateError> {
         let tx = self.lock().home.clone().ok_or(RotateError::HomeAway)?;
         let id = {
-            let _turn = self.turn.lock().await;
+            let turn = self.turn().await;
             let (t, history) = {
                 let st = self.lock();
                 if let Some(id) = st.machine.phase().id() {
@@ -356,11 +371,16 @@ impl Rotator {
                     h,
                 )
             };
-            let id = history.next_id;
-            // The id is used once even if the agent dies right after.
-            self.lock().history = history.clone();
-            self.save_history(history).await;
-            self.take(t).await?;
+            let (id, dir) = (history.next_id, self.dir.clone());
+            let (taken, _turn) = self
+                .off_workers(turn, move |store, state| {
+                    // The id is used once even if the agent dies right after.
+                    save_history(&dir, &history);
+                    lock(state).history = history;
+                    write_and_apply(store, state, t)
+                })
+                .await?;
+            taken?;
             id
         };
         tx.send(Ok(prepare_msg(id)))
@@ -408,7 +428,7 @@ impl Rotator {
                 hook();
             }
         }
-        let turn = self.turn.lock().await;
+        let turn = self.turn().await;
         let current = tunnel.home_key();
         let prepared =
             matches!(self.lock().machine.phase(), Phase::Prepared { id: p, .. } if *p == id);
@@ -449,7 +469,10 @@ impl Rotator {
             }
         };
         // Persist before acting: our key first, then the step that names it.
-        self.take(t).await?;
+        let (taken, turn) = self
+            .off_workers(turn, move |store, state| write_and_apply(store, state, t))
+            .await?;
+        taken?;
         if let Err(e) = tunnel.stage_rotation(key.clone(), PublicKey(key32), psk.clone()) {
             drop(turn);
             let detail = format!("{e:#}");
@@ -479,7 +502,7 @@ impl Rotator {
     pub async fn finish(&self, tunnel: &VpsTunnel, id: Option<u64>, commit: bool) {
         // Under the turn: the promotion watcher and home's RotateDone may
         // both arrive, and only one may finish.
-        let _turn = self.turn.lock().await;
+        let turn = self.turn().await;
         let planned = {
             let st = self.lock();
             let Phase::Staged {
@@ -524,26 +547,33 @@ impl Rotator {
             return;
         }
         let planned = self.lock().machine.finish(id);
-        if let Ok(t) = planned {
-            self.take_dropping(t).await;
+        let (dir, now) = (self.dir.clone(), unix_secs(SystemTime::now()));
+        let finished = self
+            .off_workers(turn, move |store, state| {
+                if let Ok(t) = planned {
+                    let _ = write_and_apply(store, state, t);
+                }
+                let h = {
+                    let mut st = lock(state);
+                    let h = &mut st.history;
+                    h.completed += 1;
+                    h.last_completed_id = id;
+                    h.last_unix = now;
+                    h.keys_since_unix = now;
+                    h.last_outcome = "ok".into();
+                    if let Some(old) = old_home {
+                        h.used_home_keys.push(old);
+                    }
+                    let excess = h.used_home_keys.len().saturating_sub(KEY_MEMORY);
+                    h.used_home_keys.drain(..excess);
+                    h.clone()
+                };
+                save_history(&dir, &h);
+            })
+            .await;
+        if let Err(e) = finished {
+            tracing::error!(error = %e, "cannot record the finished rotation");
         }
-        let now = unix_secs(SystemTime::now());
-        let history = {
-            let mut st = self.lock();
-            let h = &mut st.history;
-            h.completed += 1;
-            h.last_completed_id = id;
-            h.last_unix = now;
-            h.keys_since_unix = now;
-            h.last_outcome = "ok".into();
-            if let Some(old) = old_home {
-                h.used_home_keys.push(old);
-            }
-            let excess = h.used_home_keys.len().saturating_sub(KEY_MEMORY);
-            h.used_home_keys.drain(..excess);
-            h.clone()
-        };
-        self.save_history(history).await;
         tracing::info!(
             rotation = id,
             vps_key = %key.public_key(),
@@ -560,7 +590,7 @@ impl Rotator {
         {
             // Under the turn (see `on_home_key`): the engine is told and the
             // files removed before another step can be planned.
-            let _turn = self.turn.lock().await;
+            let turn = self.turn().await;
             let planned = self.lock().machine.abort(id);
             let t = match planned {
                 Ok(t) => t,
@@ -577,14 +607,26 @@ impl Rotator {
             if let Some(engine) = tunnel.engine() {
                 engine.abort_rotation();
             }
-            self.take_dropping(t).await;
-            let history = {
-                let mut st = self.lock();
-                st.history.last_unix = unix_secs(SystemTime::now());
-                st.history.last_outcome = format!("failed: {reason}");
-                st.history.clone()
-            };
-            self.save_history(history).await;
+            let (dir, now, outcome) = (
+                self.dir.clone(),
+                unix_secs(SystemTime::now()),
+                format!("failed: {reason}"),
+            );
+            let failed = self
+                .off_workers(turn, move |store, state| {
+                    let _ = write_and_apply(store, state, t);
+                    let h = {
+                        let mut st = lock(state);
+                        st.history.last_unix = now;
+                        st.history.last_outcome = outcome;
+                        st.history.clone()
+                    };
+                    save_history(&dir, &h);
+                })
+                .await;
+            if let Err(e) = failed {
+                tracing::error!(error = %e, "cannot record the failed rotation");
+            }
         }
         tracing::warn!(
             rotation = id,
@@ -898,6 +940,42 @@ mod tests {
             Some(command::Kind::RotateAbort(a)) => assert_eq!(a.rotation, id + 5),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `cerectl rotate` hanging up while the rotation is being started (its
+    /// RPC is dropped) leaves memory and disk agreeing, and the next home
+    /// session hears of it.
+    #[tokio::test]
+    async fn a_rotation_started_by_a_dropped_request_is_whole() {
+        let (tmp, tunnel, rotator, _rx) = setup().await;
+        {
+            let begin = rotator.begin();
+            tokio::pin!(begin);
+            let _ = futures::poll!(&mut begin);
+        }
+        let dir = StateDir::open(tmp.path().join("state")).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            if let Some((id, _)) = rotator.pending() {
+                break id;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the rotation on disk never became the one in memory: {:?}",
+                Store::new(&dir, Side::Vps).load().unwrap().phase()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(
+            Store::new(&dir, Side::Vps).load().unwrap().phase().id(),
+            Some(id)
+        );
+        let (tx, mut rx) = mpsc::channel(4);
+        rotator.attach(&tunnel, tx, 0).await;
+        assert!(matches!(
+            command_of(rx.recv().await),
+            Some(command::Kind::RotatePrepare(RotatePrepare { rotation })) if rotation == id
+        ));
     }
 
     #[tokio::test]

@@ -96,15 +96,21 @@ pub const HOME_KEEPALIVE_SECS: u16 = 25;
 pub struct VpsTunnel {
     settings: TunnelSettings,
     dir: StateDir,
-    public_key: Mutex<PublicKey>,
+    public_key: Arc<Mutex<PublicKey>>,
     /// Shared with the blocking pool, where `ip route` runs for it.
     engine: Option<Arc<Tunnel>>,
     /// The home peer as readers see it: replaced only once a change is on
     /// disk and in the engine.
-    peer: Mutex<Option<HomePeer>>,
-    /// Changes of the peer or of our key, one at a time: held across their
-    /// disk writes and route changes, which run off the async workers.
-    changes: tokio::sync::Mutex<()>,
+    peer: Arc<Mutex<Option<HomePeer>>>,
+    /// Changes of the peer or of our key, one at a time. A change runs off
+    /// the async workers (synced writes, `ip route`) as one piece that
+    /// carries this lock and publishes its result itself, so it completes
+    /// even if its caller is dropped (a session whose home hung up).
+    changes: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Writes `home-peer.json`: blocking (the write is synced).
@@ -135,10 +141,10 @@ impl VpsTunnel {
         let mut this = Self {
             settings: settings.clone(),
             dir: dir.clone(),
-            public_key: Mutex::new(public_key),
+            public_key: Arc::new(Mutex::new(public_key)),
             engine: None,
-            peer: Mutex::new(stored.clone()),
-            changes: tokio::sync::Mutex::new(()),
+            peer: Arc::new(Mutex::new(stored.clone())),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         };
         if !settings.enabled {
             return Ok(this);
@@ -184,7 +190,7 @@ impl VpsTunnel {
     }
 
     fn peer_guard(&self) -> MutexGuard<'_, Option<HomePeer>> {
-        self.peer.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.peer)
     }
 
     /// Accepts home's public key from a session of `owner` and returns the
@@ -202,7 +208,7 @@ impl VpsTunnel {
             ));
         }
         let home_public = PublicKey(key).to_string();
-        let _change = self.changes.lock().await;
+        let change = self.changes.clone().lock_owned().await;
         let current = self.peer_guard().clone();
         let peer = match current {
             Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p,
@@ -213,13 +219,17 @@ impl VpsTunnel {
                     owner: Some(owner.clone()),
                     ..p
                 };
-                let (dir, saved) = (self.dir.clone(), claimed.clone());
-                ceres_daemon::blocking(move || save_peer(&dir, &saved))
-                    .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?
-                    .map_err(|e| Status::internal(format!("{e:#}")))?;
+                let (dir, saved, peer) = (self.dir.clone(), claimed.clone(), self.peer.clone());
+                ceres_daemon::blocking(move || -> anyhow::Result<()> {
+                    let _change = change;
+                    save_peer(&dir, &saved)?;
+                    *lock(&peer) = Some(saved);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?
+                .map_err(|e| Status::internal(format!("{e:#}")))?;
                 tracing::info!(owner = %owner.name, lineage = %owner.lineage, "home WireGuard key claimed by its certificate");
-                *self.peer_guard() = Some(claimed.clone());
                 claimed
             }
             _ => {
@@ -231,21 +241,27 @@ impl VpsTunnel {
                 let cfg = self
                     .peer_config(&fresh)
                     .map_err(|e| Status::internal(e.to_string()))?;
-                let (dir, saved, engine) = (self.dir.clone(), fresh.clone(), self.engine.clone());
-                // Saved, then in the engine (whose routes run `ip`), as one
-                // piece of blocking work.
+                let (dir, saved, engine, peer) = (
+                    self.dir.clone(),
+                    fresh.clone(),
+                    self.engine.clone(),
+                    self.peer.clone(),
+                );
+                // Saved, then in the engine (whose routes run `ip`), then
+                // published: one piece of blocking work.
                 ceres_daemon::blocking(move || -> anyhow::Result<()> {
+                    let _change = change;
                     save_peer(&dir, &saved)?;
                     if let Some(engine) = engine {
                         engine.set_peer(cfg)?;
                     }
+                    *lock(&peer) = Some(saved);
                     Ok(())
                 })
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?
                 .map_err(|e| Status::internal(format!("{e:#}")))?;
                 tracing::info!(home_key = %fresh.public_key, "home WireGuard key accepted");
-                *self.peer_guard() = Some(fresh.clone());
                 fresh
             }
         };
@@ -277,22 +293,23 @@ impl VpsTunnel {
     /// restart does not bring it back. Returns the removed key. The route
     /// removal (`ip`) runs off the async workers.
     pub async fn remove_home(&self) -> anyhow::Result<Option<String>> {
-        let _change = self.changes.lock().await;
-        let (dir, engine) = (self.dir.clone(), self.engine.clone());
-        ceres_daemon::blocking(move || -> anyhow::Result<()> {
+        let change = self.changes.clone().lock_owned().await;
+        let (dir, engine, peer) = (self.dir.clone(), self.engine.clone(), self.peer.clone());
+        ceres_daemon::blocking(move || -> anyhow::Result<Option<String>> {
+            let _change = change;
             if let Some(engine) = engine {
                 engine.abort_rotation();
                 engine.remove_peer();
             }
-            Ok(dir.remove(HOME_PEER)?)
+            dir.remove(HOME_PEER)?;
+            Ok(lock(&peer).take().map(|p| p.public_key))
         })
-        .await??;
-        Ok(self.peer_guard().take().map(|p| p.public_key))
+        .await?
     }
 
     /// Our current static public key.
     pub fn public_key(&self) -> PublicKey {
-        *self.public_key.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.public_key)
     }
 
     /// The engine, when the tunnel runs.
@@ -346,7 +363,7 @@ impl VpsTunnel {
                 let _ = engine.commit_rotation();
             }
         }
-        let _change = self.changes.lock().await;
+        let change = self.changes.clone().lock_owned().await;
         let owner = self.peer_guard().as_ref().and_then(|p| p.owner.clone());
         let fresh = HomePeer {
             public_key: home_public.to_string(),
@@ -354,22 +371,22 @@ impl VpsTunnel {
             // A rotation keeps the owner: the same home, new keys.
             owner,
         };
-        let (dir, saved) = (self.dir.clone(), fresh.clone());
+        let (dir, peer, public_key) =
+            (self.dir.clone(), self.peer.clone(), self.public_key.clone());
         let key_text = Masked(format!("{}\n", new_key.to_base64()));
+        let new_public = new_key.public_key();
         // The peer first: with the old key and the new peer on disk a restart
         // still converges (the next rotation replaces both); the reverse
         // order could pair a new key with an old PSK.
         ceres_daemon::blocking(move || -> anyhow::Result<()> {
-            save_peer(&dir, &saved)?;
-            Ok(dir.write(ceres_control::wgkey::WG_KEY, key_text.0.as_bytes())?)
+            let _change = change;
+            save_peer(&dir, &fresh)?;
+            dir.write(ceres_control::wgkey::WG_KEY, key_text.0.as_bytes())?;
+            *lock(&peer) = Some(fresh);
+            *lock(&public_key) = new_public;
+            Ok(())
         })
-        .await??;
-        *self.peer_guard() = Some(fresh);
-        *self
-            .public_key
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = new_key.public_key();
-        Ok(())
+        .await?
     }
 
     /// The VPS end's report.
@@ -437,6 +454,47 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// A session that goes away while its key change is being written
+    /// (its client hung up) still leaves the change whole: on disk and in
+    /// what the agent reads, the same.
+    #[tokio::test]
+    async fn a_key_change_completes_when_its_session_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let tunnel = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+            .await
+            .unwrap();
+        let key = PrivateKey::generate().public_key();
+        let owner = Owner {
+            lineage: "01".into(),
+            name: "home".into(),
+        };
+        {
+            let change = tunnel.params_for(key.as_bytes(), &owner);
+            tokio::pin!(change);
+            // One poll hands the write to the blocking pool; then the
+            // session is gone.
+            let _ = futures::poll!(&mut change);
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tunnel.home_key() != Some(key.to_string()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dropped change was never published"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let on_disk = load_home_peer(&dir).unwrap().unwrap();
+        assert_eq!(on_disk.public_key, key.to_string());
+        // The next session with that key gets the PSK on disk, unchanged.
+        let params = tunnel.params_for(key.as_bytes(), &owner).await.unwrap();
+        assert_eq!(
+            PresharedKey(params.preshared_key.try_into().unwrap()).to_base64(),
+            on_disk.preshared_key.0
+        );
+        assert_eq!(load_home_peer(&dir).unwrap().unwrap(), on_disk);
     }
 
     #[test]
