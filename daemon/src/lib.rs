@@ -1,12 +1,16 @@
 //! Process plumbing shared by the CERES agents: graceful shutdown on SIGINT
-//! and SIGTERM, readiness via sd_notify, and logging set-up.
+//! and SIGTERM, readiness via sd_notify, logging set-up, and blocking work
+//! kept off the async workers.
 
+mod blocking;
 pub mod metrics;
 pub mod status_file;
 
 use std::os::unix::net::UnixDatagram;
 
 use tokio_util::sync::CancellationToken;
+
+pub use blocking::{ShuttingDown, blocking};
 
 /// Cancels the returned token on the first SIGINT or SIGTERM, so everything
 /// that hangs off it drains; a second signal exits at once.

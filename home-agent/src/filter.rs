@@ -21,7 +21,11 @@ pub const NFT_HINT: &str = "the home agent needs nftables (`nft`, Debian package
 pub struct HomeFilter {
     tunnel_if: String,
     enabled: bool,
+    /// What the report reads: never held while `nft` runs.
     state: Mutex<State>,
+    /// Installs and removals one at a time. They run `nft` (in the blocking
+    /// pool) holding only this, so the report does not wait for them.
+    changing: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +41,7 @@ impl HomeFilter {
             tunnel_if: tunnel_if.to_owned(),
             enabled,
             state: Mutex::new(State::default()),
+            changing: Mutex::new(()),
         }
     }
 
@@ -59,8 +64,8 @@ impl HomeFilter {
         filter.services = services;
         // Nothing reaches the LAN or containers through home either.
         filter.guard_forward = true;
-        let mut st = self.lock();
-        if st.installed.as_ref() == Some(&filter) {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.lock().installed.as_ref() == Some(&filter) {
             return Ok(());
         }
         let result = filter.apply(sys).with_context(|| {
@@ -69,6 +74,7 @@ impl HomeFilter {
                 filter.table
             )
         });
+        let mut st = self.lock();
         match &result {
             Ok(()) => {
                 tracing::info!(table = %filter.table, services = ?filter.services, "tunnel input filter installed: from the tunnel only the VPS to the forwarders");
@@ -94,6 +100,7 @@ impl HomeFilter {
 
     /// Removes the filter (clean shutdown). Blocking.
     pub fn remove(&self) {
+        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let taken = self.lock().installed.take();
         if let Some(filter) = taken {
             match filter.remove(&HostSystem::default()) {

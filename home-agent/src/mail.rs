@@ -112,7 +112,11 @@ impl HomeMail {
                 Ok(running) => {
                     st.forwarder = running;
                     st.forward_error = None;
-                    let _ = self.dir.write(RELAYS_FILE, relays.as_bytes());
+                    // A synced write: off the async workers.
+                    let (dir, saved) = (self.dir.clone(), relays.to_owned());
+                    let _ =
+                        ceres_daemon::blocking(move || dir.write(RELAYS_FILE, saved.as_bytes()))
+                            .await;
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot start the forwarders to the mail server");
@@ -145,16 +149,25 @@ impl HomeMail {
                 egress.sources = self.settings.egress_from.clone();
             }
             egress.tcp_ports = self.settings.egress_ports.clone();
-            match egress.apply(&HostSystem::default()) {
-                Ok(()) => {
+            // `ip` and `nft` run off the async workers; the state lock (a
+            // tokio one) is held across them, so the report says installed
+            // only once the rules are.
+            let applied = ceres_daemon::blocking(move || {
+                let r = egress.apply(&HostSystem::default());
+                (egress, r)
+            })
+            .await;
+            match applied {
+                Ok((egress, Ok(()))) => {
                     tracing::info!(sources = ?egress.sources, ports = ?egress.tcp_ports, "outbound mail routed through the tunnel");
                     st.egress = Some(egress);
                     st.egress_error = None;
                 }
-                Err(e) => {
+                Ok((_, Err(e))) => {
                     tracing::error!(error = %e, "cannot install the egress routing: outbound mail keeps using the home line");
                     st.egress_error = Some(e.to_string());
                 }
+                Err(e) => st.egress_error = Some(e.to_string()),
             }
         }
     }
@@ -307,8 +320,11 @@ impl HomeMail {
         let filter = self.filter.clone();
         let _ = tokio::task::spawn_blocking(move || filter.remove()).await;
         if let Some(egress) = st.egress.take() {
-            match egress.remove(&HostSystem::default()) {
-                Ok(()) => tracing::info!("egress routing removed"),
+            let removed =
+                ceres_daemon::blocking(move || egress.remove(&HostSystem::default())).await;
+            match removed {
+                Ok(Ok(())) => tracing::info!("egress routing removed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "removing the egress routing failed"),
                 Err(e) => tracing::warn!(error = %e, "removing the egress routing failed"),
             }
         }

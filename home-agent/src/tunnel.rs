@@ -186,7 +186,8 @@ impl HomeTunnel {
         }
     }
 
-    /// Makes the new keys current on disk and in memory.
+    /// Makes the new keys current on disk and in memory. The synced writes
+    /// run off the async workers.
     pub async fn finalize_rotation(
         &self,
         new_key: &PrivateKey,
@@ -194,20 +195,28 @@ impl HomeTunnel {
         psk: &PresharedKey,
     ) -> anyhow::Result<()> {
         let mut st = self.state.lock().await;
+        let params = st.params.clone().map(|mut p| {
+            p.vps_public_key = vps_public.as_bytes().to_vec();
+            p.preshared_key = psk.0.to_vec();
+            p
+        });
+        let (dir, saved) = (self.dir.clone(), params.clone());
+        let key_text = ceres_pki::Masked(format!("{}\n", new_key.to_base64()));
+        ceres_daemon::blocking(move || -> anyhow::Result<()> {
+            if let Some(p) = saved {
+                dir.write(PARAMS_FILE, &p.encode_to_vec())?;
+            }
+            Ok(dir.write(ceres_agent::wgkey::WG_KEY, key_text.0.as_bytes())?)
+        })
+        .await??;
         if let Some(old) = st.params.as_ref().map(|p| p.vps_public_key.clone()) {
             if old != vps_public.as_bytes().to_vec() {
                 st.retired_vps_keys.push(old);
             }
         }
-        if let Some(p) = st.params.as_mut() {
-            p.vps_public_key = vps_public.as_bytes().to_vec();
-            p.preshared_key = psk.0.to_vec();
-            self.dir.write(PARAMS_FILE, &p.encode_to_vec())?;
+        if params.is_some() {
+            st.params = params;
         }
-        self.dir.write(
-            ceres_agent::wgkey::WG_KEY,
-            format!("{}\n", new_key.to_base64()).as_bytes(),
-        )?;
         *self.key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.clone();
         Ok(())
     }
@@ -249,7 +258,9 @@ impl HomeTunnel {
         let result = self.apply_locked(&mut st, &params).await;
         st.error = result.as_ref().err().map(|e| format!("{e:#}"));
         if result.is_ok() {
-            self.dir.write(PARAMS_FILE, &params.encode_to_vec())?;
+            let (dir, bytes) = (self.dir.clone(), params.encode_to_vec());
+            // A synced write: off the async workers.
+            ceres_daemon::blocking(move || dir.write(PARAMS_FILE, &bytes)).await??;
             st.params = Some(params);
         }
         result

@@ -9,11 +9,16 @@
 //! an admin running `ceres-vps token create` as root next to an agent that
 //! runs as the `ceres` user writes files that agent can read (the new file is
 //! given away by `fchown` on the open descriptor, before any data is in it).
+//!
+//! [`rotation`] keeps the one piece of state both agents persist the same
+//! way: where a WireGuard key rotation stands, as a state machine.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+pub mod rotation;
 
 /// Errors from the state directory. Each names the path involved.
 #[derive(Debug, thiserror::Error)]

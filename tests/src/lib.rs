@@ -31,6 +31,8 @@ pub use ceres_testkit::{require_root, unique_id, wait_until};
 /// `cargo nextest run --workspace` does not build other packages' binaries
 /// for this package's tests, so the test command builds them first
 /// (`cargo build --workspace --bins`); `CERESTEST_BIN_DIR` overrides.
+/// Built that way (debug, with this crate in the build) the agents carry the
+/// rotation crash points; `cargo build -p ceres-vps` alone leaves them out.
 pub fn bin(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("CERESTEST_BIN_DIR") {
         return PathBuf::from(dir).join(name);

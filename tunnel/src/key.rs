@@ -97,6 +97,12 @@ impl PrivateKey {
         B64.encode(self.0.to_bytes())
     }
 
+    /// The raw 32 bytes, for keeping the key in persisted state. Handle the
+    /// result as a secret.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// Lower-case hex, as the UAPI `private_key=` line wants it.
     pub(crate) fn to_hex(&self) -> String {
         hex::encode(self.0.to_bytes())
@@ -191,6 +197,9 @@ mod tests {
         // Key files usually end with a newline.
         let p3: PublicKey = format!("{p}\n").parse().unwrap();
         assert_eq!(p3, p);
+        // The raw bytes make the same key again.
+        assert_eq!(PrivateKey::from(k.to_bytes()).public_key(), p);
+        assert_eq!(PrivateKey::from(k.to_bytes()).to_base64(), k.to_base64());
     }
 
     #[test]

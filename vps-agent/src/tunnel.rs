@@ -4,7 +4,7 @@
 //! The home peer is persisted, so after a restart the VPS accepts home's
 //! WireGuard packets at once — before (and without) the control session.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::Context;
 use ceres_agent::report::{tunnel_down, tunnel_report};
@@ -56,6 +56,9 @@ pub enum HomeKeyError {
     /// The stored pre-shared key no longer parses.
     #[error("stored PSK damaged")]
     DamagedPsk,
+    /// The agent is stopping: the change was not made.
+    #[error(transparent)]
+    ShuttingDown(#[from] ceres_daemon::ShuttingDown),
 }
 
 /// Who owns home's WireGuard key: the certificate lineage (see
@@ -119,9 +122,26 @@ pub const HOME_KEEPALIVE_SECS: u16 = 25;
 pub struct VpsTunnel {
     settings: TunnelSettings,
     dir: StateDir,
-    public_key: Mutex<PublicKey>,
-    engine: Option<Tunnel>,
-    peer: Mutex<Option<HomePeer>>,
+    public_key: Arc<Mutex<PublicKey>>,
+    /// Shared with the blocking pool, where `ip route` runs for it.
+    engine: Option<Arc<Tunnel>>,
+    /// The home peer as readers see it: replaced only once a change is on
+    /// disk and in the engine.
+    peer: Arc<Mutex<Option<HomePeer>>>,
+    /// Changes of the peer or of our key, one at a time. A change runs off
+    /// the async workers (synced writes, `ip route`) as one piece that
+    /// carries this lock and publishes its result itself, so it completes
+    /// even if its caller is dropped (a session whose home hung up).
+    changes: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `home-peer.json`: blocking (the write is synced).
+fn save_peer(dir: &StateDir, peer: &HomePeer) -> Result<(), HomeKeyError> {
+    Ok(dir.write(HOME_PEER, &serde_json::to_vec_pretty(peer)?)?)
 }
 
 fn host_net(net: IpNet) -> IpNet {
@@ -147,9 +167,10 @@ impl VpsTunnel {
         let mut this = Self {
             settings: settings.clone(),
             dir: dir.clone(),
-            public_key: Mutex::new(public_key),
+            public_key: Arc::new(Mutex::new(public_key)),
             engine: None,
-            peer: Mutex::new(stored.clone()),
+            peer: Arc::new(Mutex::new(stored.clone())),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
         };
         if !settings.enabled {
             return Ok(this);
@@ -172,7 +193,7 @@ impl VpsTunnel {
             )
         })?;
         tracing::info!(ifname = %settings.ifname, listen = %settings.listen, public_key = %public_key, "tunnel up");
-        this.engine = Some(engine);
+        this.engine = Some(Arc::new(engine));
         Ok(this)
     }
 
@@ -194,29 +215,45 @@ impl VpsTunnel {
         })
     }
 
+    fn peer_guard(&self) -> MutexGuard<'_, Option<HomePeer>> {
+        lock(&self.peer)
+    }
+
     /// Accepts home's public key from a session of `owner` and returns the
     /// parameters home needs. A new key gets a new pre-shared key; the same
     /// key keeps the old one, so a reconnecting home agent does not disturb
-    /// a working tunnel. The key's owner becomes `owner`.
-    pub fn params_for(&self, home_key: &[u8], owner: &Owner) -> Result<TunnelParams, HomeKeyError> {
+    /// a working tunnel. The key's owner becomes `owner`. A change is saved
+    /// and routed (blocking work, off the async workers) before it is used.
+    pub async fn params_for(
+        &self,
+        home_key: &[u8],
+        owner: &Owner,
+    ) -> Result<TunnelParams, HomeKeyError> {
         let key: [u8; 32] = home_key.try_into().map_err(|_| HomeKeyError::Length)?;
         if key == [0u8; 32] {
             return Err(HomeKeyError::AllZeros);
         }
         let home_public = PublicKey(key).to_string();
-        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
-        let peer = match guard.as_ref() {
-            Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p.clone(),
+        let change = self.changes.clone().lock_owned().await;
+        let current = self.peer_guard().clone();
+        let peer = match current {
+            Some(p) if p.public_key == home_public && p.owner.as_ref() == Some(owner) => p,
             Some(p) if p.public_key == home_public => {
                 // The key's holder presents it: it owns it from now on
                 // (files of older versions name no owner).
                 let claimed = HomePeer {
                     owner: Some(owner.clone()),
-                    ..p.clone()
+                    ..p
                 };
-                self.save(&claimed)?;
+                let (dir, saved, peer) = (self.dir.clone(), claimed.clone(), self.peer.clone());
+                ceres_daemon::blocking(move || -> Result<(), HomeKeyError> {
+                    let _change = change;
+                    save_peer(&dir, &saved)?;
+                    *lock(&peer) = Some(saved);
+                    Ok(())
+                })
+                .await??;
                 tracing::info!(owner = %owner.name, lineage = %owner.lineage, "home WireGuard key claimed by its certificate");
-                *guard = Some(claimed.clone());
                 claimed
             }
             _ => {
@@ -225,17 +262,30 @@ impl VpsTunnel {
                     preshared_key: Masked(PresharedKey::generate().to_base64()),
                     owner: Some(owner.clone()),
                 };
-                self.save(&fresh)?;
-                if let Some(engine) = &self.engine {
-                    let cfg = self
-                        .peer_config(&fresh)
-                        .map_err(|e| HomeKeyError::Engine(format!("{e:#}")))?;
-                    engine
-                        .set_peer(cfg)
-                        .map_err(|e| HomeKeyError::Engine(e.to_string()))?;
-                }
+                let cfg = self
+                    .peer_config(&fresh)
+                    .map_err(|e| HomeKeyError::Engine(format!("{e:#}")))?;
+                let (dir, saved, engine, peer) = (
+                    self.dir.clone(),
+                    fresh.clone(),
+                    self.engine.clone(),
+                    self.peer.clone(),
+                );
+                // Saved, then in the engine (whose routes run `ip`), then
+                // published: one piece of blocking work.
+                ceres_daemon::blocking(move || -> Result<(), HomeKeyError> {
+                    let _change = change;
+                    save_peer(&dir, &saved)?;
+                    if let Some(engine) = engine {
+                        engine
+                            .set_peer(cfg)
+                            .map_err(|e| HomeKeyError::Engine(e.to_string()))?;
+                    }
+                    *lock(&peer) = Some(saved);
+                    Ok(())
+                })
+                .await??;
                 tracing::info!(home_key = %fresh.public_key, "home WireGuard key accepted");
-                *guard = Some(fresh.clone());
                 fresh
             }
         };
@@ -257,59 +307,50 @@ impl VpsTunnel {
         })
     }
 
-    fn save(&self, peer: &HomePeer) -> Result<(), HomeKeyError> {
-        let json = serde_json::to_vec_pretty(peer)?;
-        Ok(self.dir.write(HOME_PEER, &json)?)
-    }
-
     /// Who owns home's current key, if known.
     pub fn owner(&self) -> Option<Owner> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|p| p.owner.clone())
+        self.peer_guard().as_ref().and_then(|p| p.owner.clone())
     }
 
     /// Cuts home off: the peer leaves the engine (sessions, a staged
     /// rotation and routes with it) and `home-peer.json` is removed, so a
-    /// restart does not bring it back. Returns the removed key.
-    pub fn remove_home(&self) -> anyhow::Result<Option<String>> {
-        let mut guard = self.peer.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(engine) = &self.engine {
-            engine.abort_rotation();
-            engine.remove_peer();
-        }
-        self.dir.remove(HOME_PEER)?;
-        Ok(guard.take().map(|p| p.public_key))
+    /// restart does not bring it back. Returns the removed key. The route
+    /// removal (`ip`) runs off the async workers.
+    pub async fn remove_home(&self) -> anyhow::Result<Option<String>> {
+        let change = self.changes.clone().lock_owned().await;
+        let (dir, engine, peer) = (self.dir.clone(), self.engine.clone(), self.peer.clone());
+        ceres_daemon::blocking(move || -> anyhow::Result<Option<String>> {
+            let _change = change;
+            if let Some(engine) = engine {
+                engine.abort_rotation();
+                engine.remove_peer();
+            }
+            dir.remove(HOME_PEER)?;
+            Ok(lock(&peer).take().map(|p| p.public_key))
+        })
+        .await?
     }
 
     /// Our current static public key.
     pub fn public_key(&self) -> PublicKey {
-        *self.public_key.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.public_key)
     }
 
     /// The engine, when the tunnel runs.
     pub fn engine(&self) -> Option<&Tunnel> {
-        self.engine.as_ref()
+        self.engine.as_deref()
     }
 
     /// The current pre-shared key, if a home peer is known.
     pub fn current_psk(&self) -> Option<PresharedKey> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.peer_guard()
             .as_ref()
             .and_then(|p| p.preshared_key.0.parse().ok())
     }
 
     /// Home's current public key, if known.
     pub fn home_key(&self) -> Option<String> {
-        self.peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|p| p.public_key.clone())
+        self.peer_guard().as_ref().map(|p| p.public_key.clone())
     }
 
     /// Installs the new keys beside the current ones (make-before-break).
@@ -332,8 +373,9 @@ impl VpsTunnel {
     }
 
     /// Makes the rotated keys the current ones on disk and in memory. The
-    /// engine has already moved to them (or will with `commit`).
-    pub fn finalize_rotation(
+    /// engine has already moved to them (or will with `commit`). The synced
+    /// writes run off the async workers.
+    pub async fn finalize_rotation(
         &self,
         new_key: &PrivateKey,
         home_public: PublicKey,
@@ -345,32 +387,30 @@ impl VpsTunnel {
                 let _ = engine.commit_rotation();
             }
         }
-        let owner = self
-            .peer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .and_then(|p| p.owner.clone());
+        let change = self.changes.clone().lock_owned().await;
+        let owner = self.peer_guard().as_ref().and_then(|p| p.owner.clone());
         let fresh = HomePeer {
             public_key: home_public.to_string(),
             preshared_key: Masked(psk.to_base64()),
             // A rotation keeps the owner: the same home, new keys.
             owner,
         };
+        let (dir, peer, public_key) =
+            (self.dir.clone(), self.peer.clone(), self.public_key.clone());
+        let key_text = Masked(format!("{}\n", new_key.to_base64()));
+        let new_public = new_key.public_key();
         // The peer first: with the old key and the new peer on disk a restart
         // still converges (the next rotation replaces both); the reverse
         // order could pair a new key with an old PSK.
-        self.dir.write(
-            HOME_PEER,
-            &serde_json::to_vec_pretty(&fresh).unwrap_or_default(),
-        )?;
-        self.dir.write(
-            ceres_agent::wgkey::WG_KEY,
-            format!("{}\n", new_key.to_base64()).as_bytes(),
-        )?;
-        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
-        *self.public_key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.public_key();
-        Ok(())
+        ceres_daemon::blocking(move || -> anyhow::Result<()> {
+            let _change = change;
+            save_peer(&dir, &fresh)?;
+            dir.write(ceres_agent::wgkey::WG_KEY, key_text.0.as_bytes())?;
+            *lock(&peer) = Some(fresh);
+            *lock(&public_key) = new_public;
+            Ok(())
+        })
+        .await?
     }
 
     /// The VPS end's report.
@@ -388,7 +428,11 @@ impl VpsTunnel {
     /// Stops the engine.
     pub async fn shutdown(self) {
         if let Some(engine) = self.engine {
-            engine.shutdown().await;
+            match Arc::try_unwrap(engine) {
+                Ok(engine) => engine.shutdown().await,
+                // Blocking work still holds it (it ends with the process).
+                Err(_) => tracing::warn!("tunnel engine still in use at shutdown"),
+            }
         }
     }
 }
@@ -448,20 +492,61 @@ mod tests {
             name: "home".into(),
         };
         assert!(matches!(
-            tunnel.params_for(&[1u8; 5], &owner),
+            tunnel.params_for(&[1u8; 5], &owner).await,
             Err(HomeKeyError::Length)
         ));
         assert!(matches!(
-            tunnel.params_for(&[0u8; 32], &owner),
+            tunnel.params_for(&[0u8; 32], &owner).await,
             Err(HomeKeyError::AllZeros)
         ));
         assert_eq!(tunnel.home_key(), None, "a refused key was stored");
         let key = PrivateKey::generate().public_key();
-        let first = tunnel.params_for(key.as_bytes(), &owner).unwrap();
-        let again = tunnel.params_for(key.as_bytes(), &owner).unwrap();
+        let first = tunnel.params_for(key.as_bytes(), &owner).await.unwrap();
+        let again = tunnel.params_for(key.as_bytes(), &owner).await.unwrap();
         assert_eq!(first.preshared_key, again.preshared_key);
         assert_eq!(tunnel.home_key(), Some(key.to_string()));
         assert_eq!(tunnel.owner(), Some(owner));
+    }
+
+    /// A session that goes away while its key change is being written
+    /// (its client hung up) still leaves the change whole: on disk and in
+    /// what the agent reads, the same.
+    #[tokio::test]
+    async fn a_key_change_completes_when_its_session_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let tunnel = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+            .await
+            .unwrap();
+        let key = PrivateKey::generate().public_key();
+        let owner = Owner {
+            lineage: "01".into(),
+            name: "home".into(),
+        };
+        {
+            let change = tunnel.params_for(key.as_bytes(), &owner);
+            tokio::pin!(change);
+            // One poll hands the write to the blocking pool; then the
+            // session is gone.
+            let _ = futures::poll!(&mut change);
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tunnel.home_key() != Some(key.to_string()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dropped change was never published"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let on_disk = load_home_peer(&dir).unwrap().unwrap();
+        assert_eq!(on_disk.public_key, key.to_string());
+        // The next session with that key gets the PSK on disk, unchanged.
+        let params = tunnel.params_for(key.as_bytes(), &owner).await.unwrap();
+        assert_eq!(
+            PresharedKey(params.preshared_key.try_into().unwrap()).to_base64(),
+            on_disk.preshared_key.0
+        );
+        assert_eq!(load_home_peer(&dir).unwrap().unwrap(), on_disk);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use ceres_control::Credentials;
 use ceres_pki::{Role, unix_secs};
 use ceres_state::StateDir;
 use tokio_util::sync::CancellationToken;
@@ -34,13 +35,19 @@ pub(super) async fn renew_loop(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        match c
-            .renew(settings.control_address.as_deref())
-            .await
-            .and_then(|fresh| {
-                fresh.save(&dir, Role::Home)?;
-                Ok(fresh)
-            }) {
+        let renewed: anyhow::Result<Credentials> =
+            match c.renew(settings.control_address.as_deref()).await {
+                // The synced writes run off the async workers.
+                Ok(fresh) => {
+                    let (d, f) = (dir.clone(), fresh.clone());
+                    match ceres_daemon::blocking(move || f.save(&d, Role::Home)).await {
+                        Ok(saved) => saved.map(|()| fresh).map_err(Into::into),
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                Err(e) => Err(e.into()),
+            };
+        match renewed {
             Ok(fresh) => {
                 let until = fresh.info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
                 tracing::info!(not_after_unix = until, "certificate renewed");

@@ -8,7 +8,7 @@ use ceres_proto::enrollment_server::Enrollment;
 use ceres_proto::{EnrollRequest, EnrollResponse, RenewRequest, RenewResponse};
 use tonic::{Request, Response, Status};
 
-use super::errors::{check_version, pki_status};
+use super::errors::{check_version, pki_status, shutting_down};
 use super::{Svc, VERSION};
 
 #[tonic::async_trait]
@@ -29,7 +29,13 @@ impl Enrollment for Svc {
                 blocked.wait.as_secs().max(1)
             )));
         }
-        let (role, certificate_pem) = match self.enroll_inner(&body) {
+        // Redeeming the token and recording the certificate are synced
+        // writes (and signing is CPU work): off the async workers.
+        let (svc, req_body) = (self.clone(), body.clone());
+        let enrolled = ceres_daemon::blocking(move || svc.enroll_inner(&req_body))
+            .await
+            .unwrap_or_else(|e| Err(shutting_down(e)));
+        let (role, certificate_pem) = match enrolled {
             Ok(ok) => ok,
             Err(status) => {
                 self.0.enroll_limit.failed(remote.ip());
@@ -71,7 +77,17 @@ impl Enrollment for Svc {
         // The renewal inherits the lineage: revoking any serial of it later
         // (the one a thief renewed from, say) revokes this one too.
         let lineage = crate::certs::lineage_of(&self.0.state.dir, &cert.serial);
-        let certificate_pem = self.sign(&body.csr_pem, role, &cert.name, Some(&lineage))?;
+        // Recording the certificate is a synced write: off the async workers.
+        let (svc, csr, name, line) = (
+            self.clone(),
+            body.csr_pem,
+            cert.name.clone(),
+            lineage.clone(),
+        );
+        let certificate_pem =
+            ceres_daemon::blocking(move || svc.sign(&csr, role, &name, Some(&line)))
+                .await
+                .map_err(shutting_down)??;
         tracing::info!(remote = %who.remote, role = %role, name = %cert.name, lineage, "renewed a client certificate");
         Ok(Response::new(RenewResponse {
             certificate_pem,

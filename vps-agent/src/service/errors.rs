@@ -4,7 +4,7 @@
 
 use tonic::Status;
 
-use crate::rotation::RotationError;
+use crate::rotation::RotateError;
 use crate::tokens::RedeemError;
 use crate::tunnel::HomeKeyError;
 
@@ -17,17 +17,20 @@ impl From<RedeemError> for Status {
     }
 }
 
-impl From<RotationError> for Status {
-    fn from(e: RotationError) -> Self {
-        use RotationError as E;
+impl From<RotateError> for Status {
+    fn from(e: RotateError) -> Self {
+        use RotateError as E;
         match e {
-            // Retry once home is back.
-            E::HomeNotConnected | E::SessionEnded => Status::unavailable(e.to_string()),
+            // Retry once home is back (or the agent is).
+            E::HomeAway | E::SessionEnded | E::ShuttingDown(_) => {
+                Status::unavailable(e.to_string())
+            }
             E::KeyLength => Status::invalid_argument(e.to_string()),
-            E::Refused { .. } | E::NotInProgress { .. } | E::Failed { .. } => {
+            // The rotation does not (or no longer) fit: the current keys stay.
+            E::BadHomeKey { .. } | E::Engine { .. } | E::Refused(_) => {
                 Status::failed_precondition(e.to_string())
             }
-            E::Damaged(_) | E::State(_) => Status::internal(e.to_string()),
+            E::Store(_) => Status::internal(e.to_string()),
         }
     }
 }
@@ -37,6 +40,7 @@ impl From<HomeKeyError> for Status {
         use HomeKeyError as E;
         match e {
             E::Length | E::AllZeros => Status::invalid_argument(e.to_string()),
+            E::ShuttingDown(_) => Status::unavailable(e.to_string()),
             E::Save(_) | E::Encode(_) | E::Engine(_) | E::DamagedPsk => {
                 Status::internal(e.to_string())
             }
@@ -53,6 +57,12 @@ pub(super) fn pki_status(e: ceres_pki::PkiError) -> Status {
     }
 }
 
+/// Work handed to the blocking pool that did not run because the agent
+/// is stopping (both types are foreign, so a function): retry later.
+pub(super) fn shutting_down(e: ceres_daemon::ShuttingDown) -> Status {
+    Status::unavailable(e.to_string())
+}
+
 /// Refuses a request of a protocol version this agent does not speak.
 pub(super) fn check_version(v: u32) -> Result<(), Status> {
     ceres_proto::negotiate(v, v)
@@ -65,33 +75,49 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::rotation::{FailReason, Refusal};
+    use ceres_state::rotation::{StoreError, TransitionError};
+
+    use crate::rotation::BadHomeKey;
 
     #[test]
     fn rotation_errors_map_to_the_codes_clients_act_on() {
         let cases = [
-            (RotationError::HomeNotConnected, Code::Unavailable),
-            (RotationError::SessionEnded, Code::Unavailable),
-            (RotationError::KeyLength, Code::InvalidArgument),
+            (RotateError::HomeAway, Code::Unavailable),
+            (RotateError::SessionEnded, Code::Unavailable),
             (
-                RotationError::Refused {
+                RotateError::ShuttingDown(ceres_daemon::ShuttingDown),
+                Code::Unavailable,
+            ),
+            (RotateError::KeyLength, Code::InvalidArgument),
+            (
+                RotateError::BadHomeKey {
                     id: 3,
-                    why: Refusal::NoSuchRotation,
+                    why: BadHomeKey::UsedBefore,
                 },
                 Code::FailedPrecondition,
             ),
             (
-                RotationError::NotInProgress { id: 3 },
-                Code::FailedPrecondition,
-            ),
-            (
-                RotationError::Failed {
+                RotateError::Engine {
                     id: 3,
-                    reason: FailReason::TimedOut,
+                    detail: "no peer".into(),
                 },
                 Code::FailedPrecondition,
             ),
-            (RotationError::Damaged("psk"), Code::Internal),
+            (
+                RotateError::Refused(TransitionError::NotInProgress { id: 3 }),
+                Code::FailedPrecondition,
+            ),
+            (
+                RotateError::Refused(TransitionError::DifferentKeys { id: 3 }),
+                Code::FailedPrecondition,
+            ),
+            (
+                RotateError::Store(StoreError::Damaged {
+                    path: "rotation.json".into(),
+                    detail: "not JSON".into(),
+                }),
+                Code::Internal,
+            ),
         ];
         for (error, code) in cases {
             let text = error.to_string();
@@ -108,10 +134,22 @@ mod tests {
             (HomeKeyError::Length, Code::InvalidArgument),
             (HomeKeyError::AllZeros, Code::InvalidArgument),
             (HomeKeyError::DamagedPsk, Code::Internal),
+            (
+                HomeKeyError::ShuttingDown(ceres_daemon::ShuttingDown),
+                Code::Unavailable,
+            ),
             (HomeKeyError::Engine("no".into()), Code::Internal),
         ] {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    #[test]
+    fn work_not_done_at_shutdown_is_worth_a_retry() {
+        assert_eq!(
+            shutting_down(ceres_daemon::ShuttingDown).code(),
+            Code::Unavailable
+        );
     }
 
     #[test]

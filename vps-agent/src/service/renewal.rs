@@ -18,7 +18,13 @@ pub(super) async fn renew_server_cert(ctx: Arc<Ctx>, shared: SharedServerConfig)
             _ = tokio::time::sleep(Duration::from_secs(12 * 3600)) => {}
         }
         let current = ctx.server_cert.read().map(|c| c.info.fingerprint).ok();
-        match ctx.state.server_cert(&ctx.settings) {
+        // A renewal signs and writes (synced): off the async workers.
+        let c = ctx.clone();
+        let Ok(checked) = ceres_daemon::blocking(move || c.state.server_cert(&c.settings)).await
+        else {
+            return;
+        };
+        match checked {
             Ok(cert) if Some(cert.info.fingerprint) != current => {
                 match tls_config(&ctx.state, &cert) {
                     Ok(cfg) => {

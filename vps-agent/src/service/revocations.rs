@@ -70,8 +70,13 @@ async fn enforce_revocations(ctx: &Arc<Ctx>) {
     // The note first: from the moment anything of home's goes, status says
     // why (and a restart half-way finishes the job from it).
     let note = crate::revocation::revoked_now(dir, &owner.name, &owner.lineage);
-    if let Err(e) = ctx.revocations.set(note) {
-        tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked");
+    let c = Arc::clone(ctx);
+    match ceres_daemon::blocking(move || c.revocations.set(note)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot record that home was revoked")
+        }
+        Err(e) => tracing::error!(error = %e, "cannot record that home was revoked"),
     }
     if let Some((id, _)) = ctx.rotator.pending() {
         let _ = ctx
@@ -79,7 +84,7 @@ async fn enforce_revocations(ctx: &Arc<Ctx>) {
             .fail(&ctx.tunnel, id, FailReason::HomeRevoked)
             .await;
     }
-    match ctx.tunnel.remove_home() {
+    match ctx.tunnel.remove_home().await {
         Ok(key) => {
             tracing::warn!(name = %owner.name, lineage = %owner.lineage, home_key = ?key, "home's certificate was revoked: its WireGuard peer is removed")
         }

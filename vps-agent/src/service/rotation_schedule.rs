@@ -30,7 +30,7 @@ pub(super) async fn watch_promotions(ctx: Arc<Ctx>) {
         let now = rx.borrow().rotations;
         if now != seen {
             seen = now;
-            ctx.rotator.finish(&ctx.tunnel, None, false);
+            ctx.rotator.finish(&ctx.tunnel, None, false).await;
         }
     }
 }

@@ -95,7 +95,7 @@ impl Agent for Svc {
         {
             None
         } else {
-            Some(ctx.tunnel.params_for(&hello.wg_public_key, &owner)?)
+            Some(ctx.tunnel.params_for(&hello.wg_public_key, &owner).await?)
         };
         let interval = ctx.settings.report_interval;
         let ticket = ctx.hub.connect(
@@ -155,7 +155,7 @@ impl Agent for Svc {
                             let _ = ctx.rotator.on_home_key(&ctx.tunnel, k.rotation, &k.home_public_key).await;
                         }
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateDone(d)) })) => {
-                            ctx.rotator.finish(&ctx.tunnel, Some(d.rotation), true);
+                            ctx.rotator.finish(&ctx.tunnel, Some(d.rotation), true).await;
                         }
                         Ok(Some(HomeMessage { kind: Some(home_message::Kind::RotateAbort(a)) })) => {
                             let _ = ctx.rotator.fail(&ctx.tunnel, a.rotation, FailReason::HomeGaveUp(a.reason)).await;

@@ -67,11 +67,26 @@ pub async fn run(
     let watch = RevocationWatch::new(&state.dir)?;
     let tunnel = VpsTunnel::start(&settings.tunnel, &state.dir, &cancel).await?;
     let hub = Hub::default();
-    let relays = VpsRelays::start(&settings, hub.home_reach(), &cancel, &tracker)?;
-    if revocations.is_revoked() {
+    // `nft` and `ip` run: off the async workers.
+    let relays = {
+        let (s, reach, c, t) = (
+            settings.clone(),
+            hub.home_reach(),
+            cancel.clone(),
+            tracker.clone(),
+        );
+        ceres_daemon::blocking(move || VpsRelays::start(&s, reach, &c, &t)).await??
+    };
+    let relays = if revocations.is_revoked() {
         tracing::warn!("home is revoked: no egress for it until a new home joins");
-        relays.remove_egress();
-    }
+        ceres_daemon::blocking(move || {
+            relays.remove_egress();
+            relays
+        })
+        .await?
+    } else {
+        relays
+    };
     rotator.resume(&tunnel);
     let ctx = Arc::new(Ctx {
         tunnel,
@@ -142,7 +157,8 @@ pub async fn run(
     cancel.cancel();
     tracker.close();
     tracker.wait().await;
-    ctx.relays.remove_rules();
+    let c = Arc::clone(&ctx);
+    let _ = ceres_daemon::blocking(move || c.relays.remove_rules()).await;
     match Arc::try_unwrap(ctx) {
         Ok(ctx) => ctx.tunnel.shutdown().await,
         Err(_) => tracing::warn!(
