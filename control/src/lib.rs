@@ -7,6 +7,7 @@ pub mod creds;
 pub mod limits;
 pub mod report;
 pub mod server;
+pub mod stack_report;
 pub mod wgkey;
 
 pub use client::{ConnectError, connect};

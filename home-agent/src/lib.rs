@@ -12,6 +12,7 @@ pub mod probe;
 pub mod rotation;
 pub mod session;
 pub mod settings;
+pub mod stack_probe;
 pub mod tunnel;
 
 pub use session::run;

@@ -116,34 +116,74 @@ fn render_metrics(r: &Report) -> String {
 
 /// The latest mail-server probe results, for reports.
 type Probes = Arc<Mutex<Vec<ceres_proto::MailProbe>>>;
+/// The latest stack probe (`CERES_MAIL_STACK`), for reports.
+pub(crate) type StackProbes = Arc<Mutex<Option<ceres_proto::StackProbe>>>;
 
-/// Probes the mail server on every forwarded port, now and then every
-/// `every` (CERES_PROBE_INTERVAL), so status shows whether it answers and
-/// expects PROXY. Each probe holds a connection for at most a few seconds.
+/// Probes the mail server on every forwarded port, and the stack's PROXY
+/// listeners when `CERES_MAIL_STACK` names one, now and then every `every`
+/// (CERES_PROBE_INTERVAL), so status shows whether it answers and expects
+/// PROXY. Each probe holds a connection for at most a few seconds.
 async fn probe_loop(
     mail: Arc<HomeMail>,
-    server: std::net::IpAddr,
-    every: Duration,
+    settings: &HomeSettings,
     out: Probes,
+    stack_out: StackProbes,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    let server = settings.mail_server;
+    let mut tick = tokio::time::interval(settings.probe_interval.max(Duration::from_secs(1)));
+    // Logged when they change, not every round.
+    let mut last_problems: Option<Vec<String>> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let specs = mail.specs().await;
-        if specs.is_empty() {
-            // Not forwarding yet: look again soon.
-            tick.reset_after(Duration::from_secs(2));
-            continue;
-        }
-        let results = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = crate::probe::probe(server, &specs) => r,
+        let relayed = async {
+            if specs.is_empty() {
+                None
+            } else {
+                Some(crate::probe::probe(server, &specs).await)
+            }
         };
-        *out.lock().unwrap_or_else(|p| p.into_inner()) = results;
+        let stack = async {
+            match settings.mail_stack {
+                Some(stack) => Some((stack, crate::stack_probe::probe(server, stack).await)),
+                None => None,
+            }
+        };
+        let (relayed, stack) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = async { tokio::join!(relayed, stack) } => r,
+        };
+        match relayed {
+            Some(results) => *out.lock().unwrap_or_else(|p| p.into_inner()) = results,
+            // Not forwarding yet: look again soon.
+            None => tick.reset_after(Duration::from_secs(2)),
+        }
+        if let Some((stack, results)) = stack {
+            let probe = ceres_control::stack_report::to_proto(stack, &results);
+            // The relays in effect decide what counts; before the first
+            // session, none are known and every listener counts.
+            let relays = if specs.is_empty() {
+                stack.facts().relay_specs()
+            } else {
+                specs.clone()
+            };
+            if let Some(status) = ceres_control::stack_report::stack_status(&probe, &relays) {
+                if last_problems.as_ref() != Some(&status.problems) {
+                    if status.problems.is_empty() {
+                        tracing::info!("{}", status.summary);
+                    }
+                    for p in &status.problems {
+                        tracing::warn!("{p}");
+                    }
+                    last_problems = Some(status.problems);
+                }
+            }
+            *stack_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+        }
     }
 }
 
@@ -201,6 +241,7 @@ pub async fn run(
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
     let probes: Probes = Arc::new(Mutex::new(Vec::new()));
+    let stack_probes: StackProbes = Arc::new(Mutex::new(None));
     let local = crate::local_status::SharedSession::default();
     crate::local_status::session_connecting(
         &local,
@@ -219,6 +260,7 @@ pub async fn run(
         local.clone(),
         mail.clone(),
         probes.clone(),
+        stack_probes.clone(),
     );
     let status_writer = TaskTracker::new();
     let writer_cancel = status_cancel.clone();
@@ -257,13 +299,23 @@ pub async fn run(
         }),
         cancel.clone(),
     ));
-    tracker.spawn(probe_loop(
+    let probe_settings = settings.clone();
+    let (probe_mail, probe_out, stack_out, probe_cancel) = (
         mail.clone(),
-        settings.mail_server,
-        settings.probe_interval,
         probes.clone(),
+        stack_probes.clone(),
         cancel.clone(),
-    ));
+    );
+    tracker.spawn(async move {
+        probe_loop(
+            probe_mail,
+            &probe_settings,
+            probe_out,
+            stack_out,
+            probe_cancel,
+        )
+        .await
+    });
     tracker.spawn(renew_loop(
         creds.clone(),
         dir,
@@ -278,6 +330,7 @@ pub async fn run(
             mail: &mail,
             rotation: &rotation,
             probes: &probes,
+            stack_probes: &stack_probes,
             metrics: &metrics,
             local: &local,
         };
@@ -324,6 +377,7 @@ struct Planes<'a> {
     mail: &'a HomeMail,
     rotation: &'a Arc<HomeRotation>,
     probes: &'a Probes,
+    stack_probes: &'a StackProbes,
     metrics: &'a MetricsCache,
     local: &'a crate::local_status::SharedSession,
 }
@@ -340,6 +394,7 @@ async fn session(
         mail,
         rotation,
         probes,
+        stack_probes,
         metrics,
         local,
     } = *planes;
@@ -437,6 +492,7 @@ async fn session(
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     postfix,
+                    stack: stack_probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                 };
                 *metrics.lock().unwrap_or_else(|p| p.into_inner()) = (true, render_metrics(&report));
                 if tx.send(HomeMessage { kind: Some(home_message::Kind::Report(report)) }).await.is_err() {
