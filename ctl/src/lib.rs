@@ -8,4 +8,5 @@ pub mod mailconfig;
 pub mod sendtest;
 pub mod smtp;
 pub mod status;
+pub mod status_stack;
 mod vps;

@@ -42,47 +42,71 @@
 //! `target/scripts/startup/variables-stack.sh`): mynetworks trusts no Docker
 //! network, so not the gateway either.
 
+use ceres_relay::stack::{MailStack, Opening, Protocol, Software, StackFacts};
+
 use super::{Citation, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "docker-mailserver/docker-mailserver";
 const COMMIT: &str = "c9b015ddc869b277c16dd20ef4a70e595c72d022";
 
-/// Postfix's PROXY services: (port, stock service it copies, what it runs).
-pub const POSTFIX_PROXY: [(u16, &str); 3] = [
-    (12525, "smtp"),
-    (10465, "submissions"),
-    (10587, "submission"),
-];
-/// Dovecot's PROXY listeners: (service, listener, port, implicit TLS).
-pub const DOVECOT_PROXY: [(&str, &str, u16, bool); 5] = [
-    ("imap-login", "imap-proxyprotocol", 10143, false),
-    ("imap-login", "imaps-proxyprotocol", 10993, true),
-    ("pop3-login", "pop3-proxyprotocol", 10110, false),
-    ("pop3-login", "pop3s-proxyprotocol", 10995, true),
-    ("managesieve-login", "sieve-proxyprotocol", 14190, false),
-];
+/// DMS's PROXY ports and relays: the table the home agent's stack probe
+/// checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::DockerMailserver.facts()
+}
+
+/// Postfix's PROXY services: (port, the stock service it copies — DMS's
+/// `target/postfix/master.cf` names them as the protocols are named).
+pub fn postfix_services() -> Vec<(u16, &'static str)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Postfix)
+        .map(|l| (l.port, l.protocol.name()))
+        .collect()
+}
+
+/// Dovecot's PROXY listeners: (login service, listener name as DMS's page
+/// names it, port, implicit TLS).
+pub fn dovecot_listeners() -> Vec<(&'static str, &'static str, u16, bool)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Dovecot)
+        .map(|l| {
+            let (service, name) = match l.protocol {
+                Protocol::Imap => ("imap-login", "imap-proxyprotocol"),
+                Protocol::Imaps => ("imap-login", "imaps-proxyprotocol"),
+                Protocol::Pop3 => ("pop3-login", "pop3-proxyprotocol"),
+                Protocol::Pop3s => ("pop3-login", "pop3s-proxyprotocol"),
+                _ => ("managesieve-login", "sieve-proxyprotocol"),
+            };
+            let tls = l.protocol.opening() == Opening::ImplicitTls;
+            (service, name, l.port, tls)
+        })
+        .collect()
+}
 /// The subnet the override gives DMS's network.
 pub const SUBNET4: &str = "172.16.42.0/24";
 /// Its IPv6 subnet.
 pub const SUBNET6: &str = "fd00:cafe:face:feed::/64";
-/// Its gateway.
-pub const GATEWAY: &str = "172.16.42.1";
 
 fn compose_override() -> String {
-    let ports: String = POSTFIX_PROXY
+    let ports: String = postfix_services()
         .iter()
         .map(|(p, _)| *p)
-        .chain(DOVECOT_PROXY.iter().map(|d| d.2))
+        .chain(dovecot_listeners().iter().map(|d| d.2))
         .map(|p| format!("      - \"127.0.0.1:{p}:{p}\"\n"))
         .collect();
     format!(
         "# CERES: publish DMS's PROXY ports on the host's loopback only, where the home\n\
          # agent connects (CERES_MAIL_SERVER=127.0.0.1); the stock ports stay as compose.yaml\n\
          # publishes them. The network gets fixed subnets so that home's CERES_EGRESS_FROM\n\
-         # and Dovecot's haproxy_trusted_networks (the gateway, {GATEWAY}) are known.\n\
+         # and Dovecot's haproxy_trusted_networks (the gateway, {gateway}) are known.\n\
          services:\n  mailserver:\n    ports:\n{ports}\
          \nnetworks:\n  default:\n    enable_ipv6: true\n    ipam:\n      config:\n\
-         \x20       - subnet: \"{SUBNET4}\"\n        - subnet: \"{SUBNET6}\"\n"
+         \x20       - subnet: \"{SUBNET4}\"\n        - subnet: \"{SUBNET6}\"\n",
+        gateway = facts().trusted_from
     )
 }
 
@@ -94,42 +118,63 @@ fn user_patches() -> String {
          # no network (mynetworks=): a relayed client is only what its header says.\n\
          # DMS reruns this on every start, on the same master.cf after a restart: drop\n\
          # the copies of an earlier run first.\n\
-         set -euo pipefail\n\
-         for s in 12525/inet 10465/inet 10587/inet; do\n\
+         set -euo pipefail\n",
+    );
+    let services = postfix_services();
+    let list: Vec<String> = services.iter().map(|(p, _)| format!("{p}/inet")).collect();
+    s.push_str(&format!(
+        "for s in {}; do\n\
          \x20 if [[ -n \"$(postconf -M \"$s\")\" ]]; then postconf -MX \"$s\"; fi\n\
          done\n",
-    );
-    for (port, stock) in POSTFIX_PROXY {
+        list.join(" ")
+    ));
+    for (port, stock) in &services {
         s.push_str(&format!(
             "postconf -Mf {stock}/inet | sed -e 's/^{stock} /{port} /' >> /etc/postfix/master.cf\n"
         ));
     }
+    // 25's copy is postscreen (DMS's smtp service), the others smtpd.
+    let mut params = Vec::new();
+    for (port, stock) in &services {
+        let (daemon, log) = if *stock == "smtp" {
+            ("postscreen", "smtpd")
+        } else {
+            ("smtpd", *stock)
+        };
+        params.push(format!(
+            "{port}/inet/{daemon}_upstream_proxy_protocol=haproxy"
+        ));
+        params.push(format!(
+            "{port}/inet/syslog_name=postfix/{log}-proxyprotocol"
+        ));
+        params.push(format!("{port}/inet/mynetworks="));
+    }
+    s.push_str("postconf -P \\\n");
     s.push_str(
-        "postconf -P \\\n\
-         \x20 12525/inet/postscreen_upstream_proxy_protocol=haproxy \\\n\
-         \x20 12525/inet/syslog_name=postfix/smtpd-proxyprotocol \\\n\
-         \x20 12525/inet/mynetworks= \\\n\
-         \x20 10465/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
-         \x20 10465/inet/syslog_name=postfix/submissions-proxyprotocol \\\n\
-         \x20 10465/inet/mynetworks= \\\n\
-         \x20 10587/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
-         \x20 10587/inet/syslog_name=postfix/submission-proxyprotocol \\\n\
-         \x20 10587/inet/mynetworks=\n\
-         # Two postscreen services (25 and 12525) share one cache through proxymap.\n\
-         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n",
+        &params
+            .iter()
+            .map(|p| format!("  {p}"))
+            .collect::<Vec<_>>()
+            .join(" \\\n"),
     );
+    s.push_str(&format!(
+        "\n# Two postscreen services (25 and {}) share one cache through proxymap.\n\
+         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n",
+        facts().listener(Protocol::Smtp).map_or(0, |l| l.port)
+    ));
     s
 }
 
 fn dovecot_cf() -> String {
     let mut s = format!(
         "# CERES: PROXY listeners next to the stock ones (DMS's \"Mail Server behind a Proxy\"\n\
-         # page, separate ports). Headers are taken only from the Docker gateway {GATEWAY},\n\
+         # page, separate ports). Headers are taken only from the Docker gateway {gateway},\n\
          # where Docker's port publishing connects from.\n\
-         haproxy_trusted_networks = {GATEWAY}/32\n"
+         haproxy_trusted_networks = {gateway}/32\n",
+        gateway = facts().trusted_from
     );
     let mut service = "";
-    for (svc, name, port, tls) in DOVECOT_PROXY {
+    for (svc, name, port, tls) in dovecot_listeners() {
         if svc != service {
             if !service.is_empty() {
                 s.push_str("}\n");
@@ -158,11 +203,11 @@ pub fn recipe() -> Recipe {
         stack: "docker-mailserver",
         title: "docker-mailserver",
         version: "docker-mailserver v15.1.0+81 (commit c9b015d, 2026-08-19; image based on debian:13-slim)",
-        relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2",
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: vec![SUBNET4, SUBNET6],
         trusted_proxy: Some(TrustedProxy {
-            address: GATEWAY,
+            address: facts().trusted_from,
             find_with: "docker network inspect $(docker inspect mailserver --format '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}') --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}'",
         }),
         files: vec![

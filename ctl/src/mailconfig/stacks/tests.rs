@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use ceres_relay::stack::{MailStack, Software};
 use ceres_relay::{ProxyMode, parse_relays};
 
 use super::*;
@@ -183,10 +184,9 @@ fn doveconf_accepts(extra: &str, expect_ports: &[u16]) {
 #[test]
 fn mailcow_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Mailcow.recipe();
-    let proxy: Vec<u16> = mailcow::POSTFIX_PROXY_PORTS
-        .iter()
-        .chain(&mailcow::DOVECOT_PROXY_PORTS)
-        .copied()
+    let proxy: Vec<u16> = mailcow::proxy_ports(Software::Postfix)
+        .into_iter()
+        .chain(mailcow::proxy_ports(Software::Dovecot))
         .collect();
     common_rules(&r, &proxy);
     egress_both_families(&r);
@@ -276,10 +276,10 @@ fn postconf(dir: &Path, args: &[&str]) -> (String, String) {
 #[test]
 fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::DockerMailserver.recipe();
-    let proxy: Vec<u16> = dms::POSTFIX_PROXY
+    let proxy: Vec<u16> = dms::postfix_services()
         .iter()
         .map(|p| p.0)
-        .chain(dms::DOVECOT_PROXY.iter().map(|d| d.2))
+        .chain(dms::dovecot_listeners().iter().map(|d| d.2))
         .collect();
     common_rules(&r, &proxy);
     egress_both_families(&r);
@@ -301,7 +301,8 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
     }
     let dovecot =
         std::fs::read_to_string(dir.path().join("docker-data/dms/config/dovecot.cf")).unwrap();
-    doveconf_accepts(&dovecot, &dms::DOVECOT_PROXY.map(|d| d.2));
+    let ports: Vec<u16> = dms::dovecot_listeners().iter().map(|d| d.2).collect();
+    doveconf_accepts(&dovecot, &ports);
 
     let script = dir.path().join("docker-data/dms/config/user-patches.sh");
     #[cfg(unix)]
@@ -335,7 +336,7 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
         assert!(!warn.contains("warning"), "run {run}: {warn}");
         let (_, warn) = postconf(pf.path(), &["-n"]);
         assert!(!warn.contains("warning"), "run {run}: {warn}");
-        for (port, stock) in dms::POSTFIX_PROXY {
+        for (port, stock) in dms::postfix_services() {
             let lines: Vec<&str> = services
                 .lines()
                 .filter(|l| l.starts_with(&format!("{port} ")))
@@ -379,9 +380,8 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
 #[test]
 fn mailu_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Mailu.recipe();
-    assert_eq!(mailu::RELAYS, mailu::derived_relays());
-    let proxy: Vec<u16> = std::iter::once(mailu::SMTP_PORT)
-        .chain(mailu::DOVECOT_PROXY.iter().map(|d| d.2))
+    let proxy: Vec<u16> = std::iter::once(mailu::smtp_port())
+        .chain(mailu::dovecot_listeners().iter().map(|d| d.2))
         .collect();
     common_rules(&r, &proxy);
     // Mailu's default network is IPv4 only; the IPv6 case is a note naming SUBNET6.
@@ -406,7 +406,8 @@ fn mailu_recipe_matches_its_facts_and_the_rules() {
     }
     let dovecot =
         std::fs::read_to_string(dir.path().join("overrides/nginx/dovecot/proxy.conf")).unwrap();
-    doveconf_accepts(&dovecot, &mailu::DOVECOT_PROXY.map(|d| d.2));
+    let ports: Vec<u16> = mailu::dovecot_listeners().iter().map(|d| d.2).collect();
+    doveconf_accepts(&dovecot, &ports);
     // mailu.env keys: PROXY on 25 only, headers from the gateway only, no header trust.
     let env = std::fs::read_to_string(dir.path().join("mailu.env.ceres")).unwrap();
     let keys: Vec<&str> = env.lines().filter(|l| !l.starts_with('#')).collect();
@@ -414,7 +415,7 @@ fn mailu_recipe_matches_its_facts_and_the_rules() {
         keys,
         [
             "PROXY_PROTOCOL=25".to_string(),
-            format!("REAL_IP_FROM={}/32", mailu::GATEWAY),
+            format!("REAL_IP_FROM={}/32", mailu::gateway()),
             "REAL_IP_HEADER=".to_string(),
         ]
     );
@@ -470,6 +471,39 @@ fn postfix_dovecot_points_at_the_targets() {
     assert!(t.contains("mailserver-config postfix"));
     let dir = tempfile::tempdir().unwrap();
     assert!(write(&r, dir.path(), false).unwrap().is_empty());
+}
+
+/// Every recipe of a stack the home agent knows (`CERES_MAIL_STACK`) relays
+/// exactly what the shared port table says, trusts the table's address,
+/// and tells home which stack it is; the probe then checks the same ports
+/// the recipe sets up.
+#[test]
+fn recipes_and_the_home_agents_port_table_agree() {
+    for stack in Stack::ALL {
+        let r = stack.recipe();
+        match stack.name().parse::<MailStack>() {
+            Ok(known) => {
+                let f = known.facts();
+                assert_eq!(r.relays, f.relays, "{}", r.stack);
+                if let Some(t) = &r.trusted_proxy {
+                    assert_eq!(t.address, f.trusted_from, "{}", r.stack);
+                }
+                assert!(
+                    text(&r).contains(&format!("\nCERES_MAIL_STACK={}\n", known.name())),
+                    "{}",
+                    r.stack
+                );
+            }
+            Err(_) => {
+                assert!(
+                    r.relays.is_empty(),
+                    "{}: a recipe without a port table",
+                    r.stack
+                );
+                assert!(!text(&r).contains("CERES_MAIL_STACK"), "{}", r.stack);
+            }
+        }
+    }
 }
 
 /// docs/mail-servers.md holds each stack's Markdown between markers, exactly.
