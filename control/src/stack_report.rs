@@ -153,7 +153,11 @@ pub fn stack_status(probe: &pb::StackProbe, relays: &[RelaySpec]) -> Option<Stac
     let summary = if relayed_results.is_empty() {
         format!("{stack}: the VPS relays none of its PROXY listeners")
     } else if not_ready == 0 {
-        ready_summary(stack, &ready).unwrap_or_default()
+        let mut s = ready_summary(stack, &ready).unwrap_or_default();
+        if checks.iter().any(|c| relay_problem(stack, c).is_some()) {
+            s.push_str(", but CERES_RELAYS on the VPS does not reach them all");
+        }
+        s
     } else {
         format!(
             "{stack}: {not_ready} of {} relayed PROXY listeners not ready",
@@ -284,11 +288,12 @@ fn protocol_from_proto(p: pb::MailProtocol) -> Option<Protocol> {
     PROTOCOLS.into_iter().find(|x| protocol_to_proto(*x) == p)
 }
 
-const STATES: [ListenerState; 6] = [
+const STATES: [ListenerState; 7] = [
     ListenerState::Ready,
     ListenerState::NotListening,
     ListenerState::NoProxy,
     ListenerState::RefusesHeader,
+    ListenerState::ClosesAtOnce,
     ListenerState::SilentAfterHeader,
     ListenerState::UnexpectedAnswer,
 ];
@@ -299,6 +304,7 @@ fn state_to_proto(s: ListenerState) -> pb::ListenerState {
         ListenerState::NotListening => pb::ListenerState::NotListening,
         ListenerState::NoProxy => pb::ListenerState::NoProxy,
         ListenerState::RefusesHeader => pb::ListenerState::RefusesHeader,
+        ListenerState::ClosesAtOnce => pb::ListenerState::ClosesAtOnce,
         ListenerState::SilentAfterHeader => pb::ListenerState::SilentAfterHeader,
         ListenerState::UnexpectedAnswer => pb::ListenerState::UnexpectedAnswer,
     }

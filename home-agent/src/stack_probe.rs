@@ -6,15 +6,22 @@
 //! the mail server logs the probe as what it is, a connection from the
 //! address the agent reaches it from.
 //!
-//! Per listener, by how its protocol starts:
-//! - server first (SMTP, IMAP, POP3, ManageSieve): connect and wait; a
-//!   greeting means no PROXY. Silence: send the header on the same
-//!   connection and read the greeting.
-//! - implicit TLS: a ClientHello alone must not get a TLS answer; then a
-//!   new connection with the header and the ClientHello must.
-//! - HTTP: likewise with a `HEAD` request.
+//! Per listener:
+//! 1. connect and say nothing for [`BANNER_WAIT`]: a PROXY listener waits
+//!    in silence for the header; a greeting means it takes none; a close at
+//!    once means nothing serves the port behind a forwarder (Docker's
+//!    published port to a missing container listener) or the listener takes
+//!    headers from other addresses only (Dovecot outside
+//!    `haproxy_trusted_networks` drops the connection unread).
+//! 2. server first (SMTP, IMAP, POP3, ManageSieve): the header on the same
+//!    connection, then the greeting must come. Client first (implicit TLS,
+//!    HTTP): a ClientHello (or `HEAD`) alone must get no answer in the
+//!    protocol, and on a new connection, with the header before it, must.
 //!
-//! Connections are short (each wait is bounded), one or two per listener.
+//! [`BANNER_WAIT`] (2 s) stays below the servers' own waits for a header
+//! (Dovecot's `haproxy_timeout` 3 s, Postfix's 5 s), so a silent probe is
+//! never timed out by the server. Connections are short, one or two per
+//! listener.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -160,32 +167,42 @@ async fn probe_listener(
 ) -> (ListenerState, String) {
     let opening = protocol.opening();
     let server_first = opening == Opening::ServerFirst;
-    // Without a header.
-    let mut plain = match connect(addr, connect_timeout).await {
+    // 1. Connect and say nothing: a PROXY listener waits for the header.
+    let mut first = match connect(addr, connect_timeout).await {
         Ok(s) => s,
         Err(e) => return (ListenerState::NotListening, e),
     };
-    let hello = client_opening(opening);
-    let sent = hello.is_empty() || plain.write_all(hello).await.is_ok();
-    let before = if sent {
-        read_first(&mut plain, wait, server_first).await
-    } else {
-        Read::Closed
-    };
-    if let Read::Data(got) = &before {
-        if answers_in(protocol, got) {
-            if server_first && first_line(got).starts_with("220 ") {
-                let _ = plain.write_all(b"QUIT\r\n").await;
+    match read_first(&mut first, wait, server_first).await {
+        Read::Silent => {}
+        Read::Closed => {
+            return (
+                ListenerState::ClosesAtOnce,
+                "closed the connection before anything was sent".into(),
+            );
+        }
+        Read::Data(got) => {
+            if server_first && first_line(&got).starts_with("220 ") {
+                let _ = first.write_all(b"QUIT\r\n").await;
             }
-            return (ListenerState::NoProxy, describe(protocol, got));
+            return (ListenerState::NoProxy, describe(protocol, &got));
         }
     }
-    // With one: on the silent connection of a server-first protocol, else a
-    // fresh one (the first has had bytes that were not a header).
-    let mut stream = if server_first && matches!(before, Read::Silent) {
-        plain
+    let hello = client_opening(opening);
+    let mut stream = if server_first {
+        // 2. Server first: the header on the same, silent connection.
+        first
     } else {
-        let _ = plain.shutdown().await;
+        // 2. Client first: its opening without a header must get no answer
+        // in the protocol (a TLS server answers any ClientHello)...
+        if first.write_all(hello).await.is_ok() {
+            if let Read::Data(got) = read_first(&mut first, wait, false).await {
+                if answers_in(protocol, &got) {
+                    return (ListenerState::NoProxy, describe(protocol, &got));
+                }
+            }
+        }
+        let _ = first.shutdown().await;
+        // ...and one with the header must, on a new connection.
         match connect(addr, connect_timeout).await {
             Ok(s) => s,
             Err(e) => return (ListenerState::NotListening, e),
@@ -196,13 +213,11 @@ async fn probe_listener(
     if let Err(e) = stream.write_all(&request).await {
         return (ListenerState::RefusesHeader, format!("closed at once: {e}"));
     }
-    let after = read_first(&mut stream, wait, server_first).await;
-    let result = match after {
+    let result = match read_first(&mut stream, wait, server_first).await {
         Read::Data(got) if answers_in(protocol, &got) => {
-            let line = first_line(&got);
             // Polite to a final greeting; never to postscreen's `220-`
             // teaser, where an early command counts against the client.
-            if server_first && line.starts_with("220 ") {
+            if server_first && first_line(&got).starts_with("220 ") {
                 let _ = stream.write_all(b"QUIT\r\n").await;
             }
             (ListenerState::Ready, describe(protocol, &got))
@@ -304,10 +319,19 @@ mod tests {
 
     #[tokio::test]
     async fn untrusted_silent_and_wrong_answers_are_told_apart() {
-        // Dovecot from an address outside haproxy_trusted_networks: closes.
+        // Dovecot from an address outside haproxy_trusted_networks, or a
+        // published Docker port with no container listener: closes unread.
         let closes = server(|s| async move { drop(s) }).await;
+        for protocol in [Protocol::Imap, Protocol::Imaps] {
+            assert_eq!(one(closes, protocol).await.0, ListenerState::ClosesAtOnce);
+        }
+        // Reads the header, then drops the connection.
+        let drops = server(|mut s| async move {
+            take_header(&mut s).await;
+        })
+        .await;
         assert_eq!(
-            one(closes, Protocol::Imap).await.0,
+            one(drops, Protocol::Imap).await.0,
             ListenerState::RefusesHeader
         );
         let silent = server(|mut s| async move {

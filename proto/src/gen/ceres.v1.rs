@@ -753,6 +753,11 @@ pub enum ListenerState {
     SilentAfterHeader = 5,
     /// Answers after the header, but not in its protocol.
     UnexpectedAnswer = 6,
+    /// Closes every connection at once, before anything is sent: nothing
+    /// serves the port behind a forwarder (e.g. a published Docker port whose
+    /// container listener is missing), or it takes headers from other
+    /// addresses only.
+    ClosesAtOnce = 7,
 }
 impl ListenerState {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -768,6 +773,7 @@ impl ListenerState {
             Self::RefusesHeader => "LISTENER_STATE_REFUSES_HEADER",
             Self::SilentAfterHeader => "LISTENER_STATE_SILENT_AFTER_HEADER",
             Self::UnexpectedAnswer => "LISTENER_STATE_UNEXPECTED_ANSWER",
+            Self::ClosesAtOnce => "LISTENER_STATE_CLOSES_AT_ONCE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -780,6 +786,7 @@ impl ListenerState {
             "LISTENER_STATE_REFUSES_HEADER" => Some(Self::RefusesHeader),
             "LISTENER_STATE_SILENT_AFTER_HEADER" => Some(Self::SilentAfterHeader),
             "LISTENER_STATE_UNEXPECTED_ANSWER" => Some(Self::UnexpectedAnswer),
+            "LISTENER_STATE_CLOSES_AT_ONCE" => Some(Self::ClosesAtOnce),
             _ => None,
         }
     }

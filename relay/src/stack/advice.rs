@@ -24,6 +24,11 @@ pub enum ListenerState {
     /// Closes the connection (or refuses) after a valid header: it does not
     /// take headers from the address the home agent reaches it from.
     RefusesHeader,
+    /// Closes every connection at once, before any byte is sent: nothing
+    /// serves the port behind a forwarder (a published Docker port whose
+    /// container listener is missing), or a listener that takes headers
+    /// from other addresses only (Dovecot outside haproxy_trusted_networks).
+    ClosesAtOnce,
     /// Says nothing even after a header.
     SilentAfterHeader,
     /// Answers after the header, but not in the listener's protocol.
@@ -38,6 +43,7 @@ impl ListenerState {
             ListenerState::NotListening => "NOT LISTENING",
             ListenerState::NoProxy => "ANSWERS WITHOUT A PROXY HEADER",
             ListenerState::RefusesHeader => "REFUSES THE PROXY HEADER",
+            ListenerState::ClosesAtOnce => "CLOSES AT ONCE",
             ListenerState::SilentAfterHeader => "SILENT AFTER THE PROXY HEADER",
             ListenerState::UnexpectedAnswer => "WRONG PROTOCOL",
         }
@@ -78,6 +84,10 @@ pub fn listener_problem(
         ),
         ListenerState::RefusesHeader => format!(
             "{head} drops the connection after a valid PROXY header — {} {tail}{evidence}",
+            trust_fix(listener.software, facts.trusted_from)
+        ),
+        ListenerState::ClosesAtOnce => format!(
+            "{head} closes every connection at once, before a PROXY header is sent: nothing serves the port behind it (a published port whose listener is missing) — {setup} — or it takes headers from other addresses only: {} {tail}{evidence}",
             trust_fix(listener.software, facts.trusted_from)
         ),
         ListenerState::SilentAfterHeader => format!(
