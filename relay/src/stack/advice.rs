@@ -91,7 +91,12 @@ pub fn listener_problem(
             trust_fix(listener.software, facts.trusted_from)
         ),
         ListenerState::SilentAfterHeader => format!(
-            "{head} says nothing even after a PROXY header: is something else on the port? {setup} {tail}{evidence}"
+            "{head} says nothing even after a PROXY header: something else holds the port, or it greets too slowly{} — {setup} {tail}{evidence}",
+            if listener.software == Software::Postfix {
+                " (Postfix's smtpd greets after the reverse DNS lookup of the address it sees: check the resolver where it runs)"
+            } else {
+                ""
+            }
         ),
         ListenerState::UnexpectedAnswer => format!(
             "{head} answers after a PROXY header, but not in {}: another service holds the port — {setup} {tail}{evidence}",
