@@ -18,6 +18,9 @@
 //!   loopback), because their listeners are whatever their configuration
 //!   adds: Stalwart's listeners are free (its docs' own proxy example
 //!   forwards 25 to 10025), iRedMail is Postfix, Dovecot and nginx on the host.
+//!   Their `--stack` recipes are written separately; a test in
+//!   `ctl/src/mailconfig/stacks/tests.rs` holds every recipe's relays and
+//!   trusted address to this table, so the two cannot disagree.
 
 use super::Protocol::{
     Http, Https, Imap, Imaps, ManageSieve, Pop3, Pop3s, Smtp, Submission, Submissions,
