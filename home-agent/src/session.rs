@@ -120,12 +120,12 @@ type Probes = Arc<Mutex<Vec<ceres_proto::MailProbe>>>;
 pub(crate) type StackProbes = Arc<Mutex<Option<ceres_proto::StackProbe>>>;
 
 /// Probes the mail server on every forwarded port, and the stack's PROXY
-/// listeners when `CERES_MAIL_STACK` names one, now and then every `every`
-/// (CERES_PROBE_INTERVAL), so status shows whether it answers and expects
+/// listeners when `CERES_MAIL_STACK` names one, now and then every
+/// `CERES_PROBE_INTERVAL`, so status shows whether it answers and expects
 /// PROXY. Each probe holds a connection for at most a few seconds.
 async fn probe_loop(
     mail: Arc<HomeMail>,
-    settings: &HomeSettings,
+    settings: HomeSettings,
     out: Probes,
     stack_out: StackProbes,
     cancel: CancellationToken,
@@ -299,23 +299,13 @@ pub async fn run(
         }),
         cancel.clone(),
     ));
-    let probe_settings = settings.clone();
-    let (probe_mail, probe_out, stack_out, probe_cancel) = (
+    tracker.spawn(probe_loop(
         mail.clone(),
+        settings.clone(),
         probes.clone(),
         stack_probes.clone(),
         cancel.clone(),
-    );
-    tracker.spawn(async move {
-        probe_loop(
-            probe_mail,
-            &probe_settings,
-            probe_out,
-            stack_out,
-            probe_cancel,
-        )
-        .await
-    });
+    ));
     tracker.spawn(renew_loop(
         creds.clone(),
         dir,
