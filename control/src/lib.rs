@@ -8,6 +8,7 @@ pub mod limits;
 pub mod metrics;
 pub mod report;
 pub mod server;
+pub mod stack_report;
 pub mod wgkey;
 
 pub use client::{ConnectError, connect};
