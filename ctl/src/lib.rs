@@ -8,6 +8,7 @@ mod mailconfig;
 mod sendtest;
 mod smtp;
 mod status;
+mod status_stack;
 mod vps;
 
 pub use cli::main;

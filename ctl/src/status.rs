@@ -44,6 +44,9 @@ pub struct Status {
     /// The home mail server per forwarded port, as the home agent probes it
     /// (empty before home reports probes).
     pub mail_server: Vec<ProbePart>,
+    /// Home's mail stack and its PROXY listeners (`CERES_MAIL_STACK`); null
+    /// when home names no stack.
+    pub stack: Option<ceres_control::stack_report::StackStatus>,
 }
 
 /// One probe of the home mail server by the home agent.
@@ -586,6 +589,8 @@ impl Status {
         }
         let (mail_server, probe_problems) = mail_server_part(&resp.relays, report.as_ref());
         problems.extend(probe_problems);
+        let (stack, stack_problems) = crate::status_stack::part(&resp.relays, report.as_ref());
+        problems.extend(stack_problems);
         let direct_ipv6 = report.as_ref().and_then(|r| match r.direct_ipv6() {
             DirectIpv6::Unspecified => None,
             DirectIpv6::None => Some(false),
@@ -697,6 +702,7 @@ impl Status {
             egress,
             rotation,
             mail_server,
+            stack,
         }
     }
 
@@ -994,6 +1000,9 @@ impl Status {
                         .unwrap_or_default()
                 ));
             }
+        }
+        if let Some(s) = &self.stack {
+            out.push_str(&crate::status_stack::render(s, &mark(s.ok), paint));
         }
         if !self.warnings.is_empty() {
             out.push('\n');

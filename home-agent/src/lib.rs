@@ -12,6 +12,7 @@ mod probe;
 mod rotation;
 mod session;
 mod settings;
+mod stack_probe;
 mod tunnel;
 
 pub use cli::main;

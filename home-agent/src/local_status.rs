@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use ceres_control::stack_report::StackStatus;
 use ceres_daemon::status_file::{self, Agent, AgentState};
 use ceres_pki::unix_secs;
 use ceres_tunnel::uapi_client::{self, TunnelPart};
@@ -133,6 +134,8 @@ pub struct AgentPart {
     pub input_filter: String,
     /// The mail server probes.
     pub probes: Vec<ProbePart>,
+    /// The stack's PROXY listeners (`CERES_MAIL_STACK`), when one is named.
+    pub stack: Option<StackStatus>,
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -145,6 +148,7 @@ pub struct Snapshot {
     session: SharedSession,
     mail: Arc<HomeMail>,
     probes: Arc<Mutex<Vec<ceres_proto::MailProbe>>>,
+    stack: crate::session::StackProbes,
     /// Last firewall finding and when it was computed: `nft` is not run on
     /// every write.
     firewall: Mutex<(Option<String>, Option<std::time::Instant>)>,
@@ -168,12 +172,14 @@ impl Snapshot {
         session: SharedSession,
         mail: Arc<HomeMail>,
         probes: Arc<Mutex<Vec<ceres_proto::MailProbe>>>,
+        stack: crate::session::StackProbes,
     ) -> Self {
         Self {
             base,
             session,
             mail,
             probes,
+            stack,
             firewall: Mutex::new((None, None)),
         }
     }
@@ -181,6 +187,20 @@ impl Snapshot {
     /// The agent's part now.
     pub async fn take(&self) -> AgentPart {
         let (forwards, forward_error, egress) = self.mail.report().await;
+        let stack_probe = self.stack.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stack = match stack_probe {
+            Some(probe) => {
+                // Before the first session no relays are known: all count.
+                let mut relays = self.mail.specs().await;
+                if relays.is_empty() {
+                    if let Some((stack, _)) = ceres_control::stack_report::from_proto(&probe) {
+                        relays = stack.facts().relay_specs();
+                    }
+                }
+                ceres_control::stack_report::stack_status(&probe, &relays)
+            }
+            None => None,
+        };
         let due = self
             .firewall
             .lock()
@@ -242,6 +262,7 @@ impl Snapshot {
                     error: non_empty(p.error.clone()),
                 })
                 .collect(),
+            stack,
             ..self.base.clone()
         }
     }
@@ -309,6 +330,9 @@ pub fn assemble(
         }
         if a.input_filter.starts_with("failed") {
             problems.push(format!("tunnel input filter {}", a.input_filter));
+        }
+        if let Some(stack) = &a.stack {
+            problems.extend(stack.problems.iter().cloned());
         }
         for p in a.probes.iter().filter(|p| !p.reachable) {
             problems.push(format!(
@@ -445,6 +469,12 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
                     .map_or(String::new(), |b| format!(" · {b}"))
             );
         }
+        if let Some(stack) = &a.stack {
+            let _ = writeln!(o, "stack       {}", stack.summary);
+            for line in ceres_control::stack_report::listener_lines(stack) {
+                let _ = writeln!(o, "            {line}");
+            }
+        }
         if let Some(f) = &a.firewall {
             let _ = writeln!(o, "firewall    {f}");
         }
@@ -561,6 +591,66 @@ mod tests {
         let s = assemble(Agent::Dead(env), None, at(1060));
         assert_eq!(s.agent_state, AgentState::Crashed);
         assert!(s.problems[0].contains("60 s ago"), "{:?}", s.problems);
+    }
+
+    #[test]
+    fn the_stack_probe_is_shown_and_its_problems_count() {
+        use ceres_control::stack_report::{ListenerResult, stack_status, to_proto};
+        use ceres_relay::stack::MailStack;
+        use ceres_relay::stack::advice::ListenerState;
+        let stack = MailStack::DockerMailserver;
+        let results: Vec<ListenerResult> = stack
+            .facts()
+            .listeners
+            .iter()
+            .map(|l| ListenerResult {
+                listener: *l,
+                state: if l.port == 10587 {
+                    ListenerState::NotListening
+                } else {
+                    ListenerState::Ready
+                },
+                detail: String::new(),
+            })
+            .collect();
+        let status = stack_status(&to_proto(stack, &results), &stack.facts().relay_specs());
+        let mut file = running(SessionPart {
+            connected: true,
+            since_unix: 900,
+            vps: "192.0.2.1:7443".into(),
+            last_error: None,
+        });
+        if let Agent::Running(env) = &mut file {
+            env.agent.stack = status;
+        }
+        let s = assemble(file, Some(tunnel_up()), at(1001));
+        assert!(!s.ok);
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert!(
+            s.problems[0].starts_with(
+                "docker-mailserver: 10587 (Postfix submission, relayed from 587) not listening"
+            ),
+            "{:?}",
+            s.problems
+        );
+        let text = render(&s, at(1001));
+        assert!(
+            text.contains(
+                "stack       docker-mailserver: 1 of 8 relayed PROXY listeners not ready"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("10587 Postfix  submission   ← 587   NOT LISTENING"),
+            "{text}"
+        );
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            j["agent"]["stack"]["listeners"][2]["state"],
+            "not_listening"
+        );
+        let back: LocalStatus = serde_json::from_value(j).unwrap();
+        assert_eq!(back.agent.unwrap().stack.unwrap().problems.len(), 1);
     }
 
     #[test]

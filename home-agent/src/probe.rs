@@ -233,7 +233,7 @@ fn describe(opening: Opening, got: &[u8]) -> String {
 
 /// A TLS 1.2 ClientHello (TLS 1.3 capable servers answer it too): enough for
 /// any TLS server to answer with a ServerHello or an alert.
-const CLIENT_HELLO: [u8; 82] = [
+pub(crate) const CLIENT_HELLO: [u8; 82] = [
     // Record: handshake, TLS 1.0 record version, length 77.
     0x16, 0x03, 0x01, 0x00, 0x4d, // Handshake: ClientHello, length 73.
     0x01, 0x00, 0x00, 0x49, // client_version TLS 1.2, 32 bytes of random.

@@ -405,6 +405,7 @@ mod tests {
             probe_interval: Duration::from_secs(60),
             forward_max_per_port: 10,
             metrics_listen: None,
+            mail_stack: None,
         };
         let tunnel =
             HomeTunnel::new(&settings, &dir, &tokio_util::sync::CancellationToken::new()).unwrap();

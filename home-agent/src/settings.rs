@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ceres_config::{ConfigError, HumanDuration, Layers, PortList, Switch};
+use ceres_relay::stack::MailStack;
 use clap::Args;
 
 /// `ceres-home run` settings; each `--x-y` flag is also the key `CERES_X_Y`.
@@ -43,6 +44,13 @@ pub struct HomeFlags {
     /// nothing but this agent can reach the PROXY ports. [CERES_MAIL_SERVER]
     #[arg(long, value_name = "IP")]
     pub mail_server: Option<String>,
+    /// The packaged mail stack the mail server is (postfix-dovecot, mailcow,
+    /// docker-mailserver, mailu, stalwart, iredmail): the agent then also
+    /// probes the stack's PROXY listeners and `cerectl status` says which
+    /// answer and which are missing. Unset: a mail server of another kind,
+    /// probed per relayed port only. [CERES_MAIL_STACK]
+    #[arg(long, value_name = "STACK")]
+    pub mail_stack: Option<String>,
     /// on: route outbound mail through the tunnel so it leaves from the VPS;
     /// off: leave routing alone. Default on. [CERES_EGRESS]
     #[arg(long, value_name = "on|off")]
@@ -111,6 +119,8 @@ pub struct HomeSettings {
     pub wg_uapi_dir: PathBuf,
     /// Mail server address.
     pub mail_server: std::net::IpAddr,
+    /// The mail stack (`CERES_MAIL_STACK`), if one is named.
+    pub mail_stack: Option<MailStack>,
     /// Egress on.
     pub egress: bool,
     /// Egress sources (empty: the tunnel address).
@@ -168,6 +178,7 @@ impl HomeFlags {
                 self.mail_server.as_deref(),
                 "127.0.0.1",
             )?,
+            mail_stack: layers.get("CERES_MAIL_STACK", self.mail_stack.as_deref())?,
             egress: layers
                 .get_or::<Switch>("CERES_EGRESS", self.egress.as_deref(), "on")?
                 .0,
@@ -200,5 +211,40 @@ impl HomeFlags {
                 )?
                 .0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use ceres_config::{EnvFile, Layers};
+
+    use super::*;
+
+    fn resolve(text: &str) -> Result<HomeSettings, ConfigError> {
+        let file = EnvFile::parse(Path::new("/etc/ceres/ceres.env"), text).unwrap();
+        HomeFlags::default().resolve(&Layers::from_parts(Some(file), BTreeMap::new()))
+    }
+
+    #[test]
+    fn mail_stack_is_named_or_unset_and_a_bad_name_says_which_exist() {
+        assert_eq!(resolve("").unwrap().mail_stack, None);
+        assert_eq!(
+            resolve("CERES_MAIL_STACK=docker-mailserver\n")
+                .unwrap()
+                .mail_stack,
+            Some(MailStack::DockerMailserver)
+        );
+        let e = resolve("CERES_MAIL_STACK=mail-cow\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("CERES_MAIL_STACK=\"mail-cow\""), "{e}");
+        assert!(
+            e.contains("postfix-dovecot, mailcow, docker-mailserver, mailu, stalwart, iredmail"),
+            "{e}"
+        );
     }
 }

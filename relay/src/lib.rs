@@ -1,6 +1,7 @@
 //! Mail-port relays for CERES: the VPS [`Listener`] relays public mail ports to the
 //! home tunnel address (with PROXY protocol headers), the home [`Forwarder`] passes them
-//! on to the mail server, and [`egress`] builds the outbound NAT and policy-routing rules.
+//! on to the mail server, and [`egress`] builds the outbound NAT and policy-routing rules;
+//! [`stack`] holds the PROXY listeners of each packaged mail stack.
 //!
 //! Bytes are moved with splice(2) through pipes borrowed only while data is in flight,
 //! so an idle relayed connection costs two sockets and a small task, no buffers.
@@ -15,6 +16,7 @@ pub mod proxy;
 mod serve;
 pub mod spec;
 mod splice;
+pub mod stack;
 mod stats;
 pub mod throttle;
 

@@ -122,6 +122,19 @@ pub fn encode_v2(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     out
 }
 
+/// A v2 header with command `LOCAL`: "no client behind me, use the real
+/// connection addresses" — what a proxy sends for its own health checks. The
+/// home agent's stack probe sends it to see a PROXY listener answer without
+/// claiming any client address.
+pub fn encode_v2_local() -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&V2_SIGNATURE);
+    out.push(0x20); // version 2, command LOCAL
+    out.push(0x00); // AF_UNSPEC, UNSPEC
+    out.extend_from_slice(&0u16.to_be_bytes());
+    out
+}
+
 fn v6_octets(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V6(v6) => v6.octets(),
@@ -349,8 +362,8 @@ mod tests {
     fn unknown_and_local_headers() {
         let (h, n) = parse(b"PROXY UNKNOWN\r\nEHLO").unwrap().unwrap();
         assert_eq!((h.source, n), (None, 15));
-        let mut local = V2_SIGNATURE.to_vec();
-        local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+        let local = encode_v2_local();
+        assert_eq!(local[12..], [0x20, 0x00, 0, 0]);
         let (h, n) = parse(&local).unwrap().unwrap();
         assert_eq!((h.version, h.source, n), (2, None, 16));
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod dms;
 pub mod dovecot;
 pub mod nginx;
 pub mod postfix;
@@ -312,6 +313,10 @@ pub mod addr {
     pub const HOME6: &str = "2001:db8:3::10";
     /// The router on the home link, IPv6.
     pub const HOME6_GW: &str = "2001:db8:3::1";
+    /// Home's address on its LAN ([`crate::Lab::lan`]).
+    pub const HOME_LAN: &str = "192.0.2.129";
+    /// A host on the home LAN.
+    pub const LAN_HOST: &str = "192.0.2.130";
 }
 
 /// Three namespaces joined like the real thing: `internet` routes between
@@ -464,6 +469,34 @@ impl Lab {
     /// A path inside the lab directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// A LAN at home: a namespace on a veth to `home`, home at
+    /// [`addr::HOME_LAN`], the LAN host at [`addr::LAN_HOST`] (a /25, so no
+    /// route to anything else). Dropped with the namespace.
+    pub fn lan(&self) -> anyhow::Result<Netns> {
+        let ns = Netns::new(format!("ceres-{}-lan", self.id))?;
+        let (h, l) = (format!("l{}", self.id), format!("l{}h", self.id));
+        ip([
+            "link",
+            "add",
+            &h,
+            "netns",
+            &self.home.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &l,
+            "netns",
+            &ns.name,
+        ])?;
+        self.home
+            .ip(&["addr", "add", &format!("{}/25", addr::HOME_LAN), "dev", &h])?;
+        self.home.ip(&["link", "set", &h, "up"])?;
+        ns.ip(&["addr", "add", &format!("{}/25", addr::LAN_HOST), "dev", &l])?;
+        ns.ip(&["link", "set", &l, "up"])?;
+        Ok(ns)
     }
 }
 

@@ -16,7 +16,9 @@
 //!   a header, and cannot reach the PROXY ports at all;
 //! - `--check` passes on the applied configuration and names each unsafe
 //!   variant; a second `--apply` changes nothing; a refused edit is rolled
-//!   back.
+//!   back;
+//! - with `CERES_MAIL_STACK=postfix-dovecot`, the home agent's stack probe
+//!   finds every relayed PROXY listener answering after a header.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -108,7 +110,15 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
         return;
     }
     let lab = Lab::new().unwrap();
-    let ceres = Ceres::init(&lab, &[RELAYS], &["CERES_PROBE_INTERVAL=1s"]).unwrap();
+    let ceres = Ceres::init(
+        &lab,
+        &[RELAYS],
+        &[
+            "CERES_PROBE_INTERVAL=1s",
+            "CERES_MAIL_STACK=postfix-dovecot",
+        ],
+    )
+    .unwrap();
     let (_vps, _home) = ceres.up().unwrap();
     let lan = lan(&lab);
 
@@ -477,6 +487,19 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
     std::fs::write(&site, text).unwrap();
 
     // And cerectl status is clean: no problem, no warning (every port PROXY).
+    // The stack probe (CERES_MAIL_STACK=postfix-dovecot) passes on what
+    // --apply set up: every relayed PROXY listener answers after a header
+    // (443 is not relayed here, so its absence is no problem).
+    let mut j = serde_json::Value::Null;
+    wait_until("the stack probe on the applied configuration", WAIT, || {
+        j = ceres.status_json()?.1;
+        Ok(j["stack"]["ok"] == true)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}: {}", j["stack"]));
+    assert_eq!(
+        j["stack"]["summary"],
+        "postfix-dovecot: PROXY listeners reachable, Postfix 10025 answers after a header"
+    );
     let (code, j) = ceres.status_json().unwrap();
     assert_eq!(code, 0, "{j}");
     assert_eq!(j["warnings"].as_array().unwrap().len(), 0, "{j}");

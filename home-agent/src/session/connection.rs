@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::commands::handle_command;
 use super::metrics::{self, MetricsCache};
-use super::probes::Probes;
+use super::probes::{Probes, StackProbes};
 use super::report::Reporter;
 use super::{SharedCreds, VERSION, current};
 use crate::mail::HomeMail;
@@ -43,6 +43,7 @@ pub(super) struct Planes<'a> {
     pub(super) mail: &'a HomeMail,
     pub(super) rotation: &'a Arc<HomeRotation>,
     pub(super) probes: &'a Probes,
+    pub(super) stack_probes: &'a StackProbes,
     pub(super) metrics: &'a MetricsCache,
     pub(super) local: &'a crate::local_status::SharedSession,
 }

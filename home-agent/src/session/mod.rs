@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use ceres_control::Credentials;
 
+pub(crate) use probes::StackProbes;
 pub use startup::run;
 
 /// The version string of this build.

@@ -1,5 +1,6 @@
 //! What a session reports to the VPS on every tick: the tunnel, the
-//! forwarders, egress, firewall findings, the mail-server probes, Postfix.
+//! forwarders, egress, firewall findings, the mail-server probes, Postfix,
+//! the stack probe.
 
 use std::time::SystemTime;
 
@@ -31,6 +32,7 @@ impl Reporter {
             tunnel,
             mail,
             probes,
+            stack_probes,
             ..
         } = *planes;
         let not_after = current(creds)
@@ -59,6 +61,10 @@ impl Reporter {
             egress: Some(egress),
             probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             postfix,
+            stack: stack_probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

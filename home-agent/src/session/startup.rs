@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection::Planes;
 use super::metrics::{self, MetricsCache};
-use super::probes::{Probes, probe_loop};
+use super::probes::{Probes, StackProbes, probe_loop};
 use super::reconnect::keep_connected;
 use super::renewal::renew_loop;
 use super::{JOIN_HINT, SharedCreds, VERSION, current};
@@ -52,6 +52,7 @@ pub async fn run(
     rotation.resume(&tunnel).await;
     let tracker = TaskTracker::new();
     let probes: Probes = Arc::new(Mutex::new(Vec::new()));
+    let stack_probes: StackProbes = Arc::new(Mutex::new(None));
     let local = crate::local_status::SharedSession::default();
     crate::local_status::session_connecting(
         &local,
@@ -70,6 +71,7 @@ pub async fn run(
         local.clone(),
         mail.clone(),
         probes.clone(),
+        stack_probes.clone(),
     );
     let status_writer = TaskTracker::new();
     let writer_cancel = status_cancel.clone();
@@ -96,9 +98,9 @@ pub async fn run(
     ));
     tracker.spawn(probe_loop(
         mail.clone(),
-        settings.mail_server,
-        settings.probe_interval,
+        settings.clone(),
         probes.clone(),
+        stack_probes.clone(),
         cancel.clone(),
     ));
     tracker.spawn(renew_loop(
@@ -112,6 +114,7 @@ pub async fn run(
         mail: &mail,
         rotation: &rotation,
         probes: &probes,
+        stack_probes: &stack_probes,
         metrics: &metrics_cache,
         local: &local,
     };

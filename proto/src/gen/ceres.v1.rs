@@ -281,6 +281,38 @@ pub struct Report {
     /// otherwise (another mail server, a container, or an older agent).
     #[prost(message, optional, tag = "13")]
     pub postfix: ::core::option::Option<PostfixReport>,
+    /// The packaged mail stack home is set up for (CERES_MAIL_STACK) and how
+    /// its PROXY listeners answered; unset when CERES_MAIL_STACK is not set
+    /// (or an older agent).
+    #[prost(message, optional, tag = "40")]
+    pub stack: ::core::option::Option<StackProbe>,
+}
+/// The home agent's probe of its stack's PROXY listeners.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StackProbe {
+    #[prost(enumeration = "MailStack", tag = "1")]
+    pub stack: i32,
+    /// One per PROXY listener of the stack's table, in table order.
+    #[prost(message, repeated, tag = "2")]
+    pub listeners: ::prost::alloc::vec::Vec<StackListenerProbe>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StackListenerProbe {
+    /// The listener's port on CERES_MAIL_SERVER.
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    /// The VPS port relayed to it.
+    #[prost(uint32, tag = "2")]
+    pub public_port: u32,
+    #[prost(enumeration = "MailSoftware", tag = "3")]
+    pub software: i32,
+    #[prost(enumeration = "MailProtocol", tag = "4")]
+    pub protocol: i32,
+    #[prost(enumeration = "ListenerState", tag = "5")]
+    pub state: i32,
+    /// Evidence, for people only: the first line it sent, or the OS error.
+    #[prost(string, tag = "6")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// Postfix as the home agent finds it on its host. Postfix reads PROXY v2
 /// only from 3.5 on: an older one cannot parse what the relays send.
@@ -566,6 +598,195 @@ impl Role {
             "ROLE_UNSPECIFIED" => Some(Self::Unspecified),
             "ROLE_HOME" => Some(Self::Home),
             "ROLE_ADMIN" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+/// The mail stacks CERES has a recipe and a port table for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MailStack {
+    Unspecified = 0,
+    PostfixDovecot = 1,
+    Mailcow = 2,
+    DockerMailserver = 3,
+    Mailu = 4,
+    Stalwart = 5,
+    Iredmail = 6,
+}
+impl MailStack {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MAIL_STACK_UNSPECIFIED",
+            Self::PostfixDovecot => "MAIL_STACK_POSTFIX_DOVECOT",
+            Self::Mailcow => "MAIL_STACK_MAILCOW",
+            Self::DockerMailserver => "MAIL_STACK_DOCKER_MAILSERVER",
+            Self::Mailu => "MAIL_STACK_MAILU",
+            Self::Stalwart => "MAIL_STACK_STALWART",
+            Self::Iredmail => "MAIL_STACK_IREDMAIL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MAIL_STACK_UNSPECIFIED" => Some(Self::Unspecified),
+            "MAIL_STACK_POSTFIX_DOVECOT" => Some(Self::PostfixDovecot),
+            "MAIL_STACK_MAILCOW" => Some(Self::Mailcow),
+            "MAIL_STACK_DOCKER_MAILSERVER" => Some(Self::DockerMailserver),
+            "MAIL_STACK_MAILU" => Some(Self::Mailu),
+            "MAIL_STACK_STALWART" => Some(Self::Stalwart),
+            "MAIL_STACK_IREDMAIL" => Some(Self::Iredmail),
+            _ => None,
+        }
+    }
+}
+/// The program behind a PROXY listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MailSoftware {
+    Unspecified = 0,
+    Postfix = 1,
+    Dovecot = 2,
+    Nginx = 3,
+    Stalwart = 4,
+}
+impl MailSoftware {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MAIL_SOFTWARE_UNSPECIFIED",
+            Self::Postfix => "MAIL_SOFTWARE_POSTFIX",
+            Self::Dovecot => "MAIL_SOFTWARE_DOVECOT",
+            Self::Nginx => "MAIL_SOFTWARE_NGINX",
+            Self::Stalwart => "MAIL_SOFTWARE_STALWART",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MAIL_SOFTWARE_UNSPECIFIED" => Some(Self::Unspecified),
+            "MAIL_SOFTWARE_POSTFIX" => Some(Self::Postfix),
+            "MAIL_SOFTWARE_DOVECOT" => Some(Self::Dovecot),
+            "MAIL_SOFTWARE_NGINX" => Some(Self::Nginx),
+            "MAIL_SOFTWARE_STALWART" => Some(Self::Stalwart),
+            _ => None,
+        }
+    }
+}
+/// What a PROXY listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MailProtocol {
+    Unspecified = 0,
+    Smtp = 1,
+    Submission = 2,
+    Submissions = 3,
+    Imap = 4,
+    Imaps = 5,
+    Pop3 = 6,
+    Pop3s = 7,
+    Managesieve = 8,
+    Http = 9,
+    Https = 10,
+}
+impl MailProtocol {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MAIL_PROTOCOL_UNSPECIFIED",
+            Self::Smtp => "MAIL_PROTOCOL_SMTP",
+            Self::Submission => "MAIL_PROTOCOL_SUBMISSION",
+            Self::Submissions => "MAIL_PROTOCOL_SUBMISSIONS",
+            Self::Imap => "MAIL_PROTOCOL_IMAP",
+            Self::Imaps => "MAIL_PROTOCOL_IMAPS",
+            Self::Pop3 => "MAIL_PROTOCOL_POP3",
+            Self::Pop3s => "MAIL_PROTOCOL_POP3S",
+            Self::Managesieve => "MAIL_PROTOCOL_MANAGESIEVE",
+            Self::Http => "MAIL_PROTOCOL_HTTP",
+            Self::Https => "MAIL_PROTOCOL_HTTPS",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MAIL_PROTOCOL_UNSPECIFIED" => Some(Self::Unspecified),
+            "MAIL_PROTOCOL_SMTP" => Some(Self::Smtp),
+            "MAIL_PROTOCOL_SUBMISSION" => Some(Self::Submission),
+            "MAIL_PROTOCOL_SUBMISSIONS" => Some(Self::Submissions),
+            "MAIL_PROTOCOL_IMAP" => Some(Self::Imap),
+            "MAIL_PROTOCOL_IMAPS" => Some(Self::Imaps),
+            "MAIL_PROTOCOL_POP3" => Some(Self::Pop3),
+            "MAIL_PROTOCOL_POP3S" => Some(Self::Pop3s),
+            "MAIL_PROTOCOL_MANAGESIEVE" => Some(Self::Managesieve),
+            "MAIL_PROTOCOL_HTTP" => Some(Self::Http),
+            "MAIL_PROTOCOL_HTTPS" => Some(Self::Https),
+            _ => None,
+        }
+    }
+}
+/// How one PROXY listener answered: a plain connection first, then one that
+/// starts with a PROXY v2 LOCAL header (a proxy's own health check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ListenerState {
+    Unspecified = 0,
+    /// Waits for a header without one, answers in its protocol after one.
+    Ready = 1,
+    /// Nothing accepts connections on the port.
+    NotListening = 2,
+    /// Answers without a header: not a PROXY listener.
+    NoProxy = 3,
+    /// Drops the connection after a valid header (does not trust the agent's
+    /// address as a proxy).
+    RefusesHeader = 4,
+    /// Says nothing even after a header.
+    SilentAfterHeader = 5,
+    /// Answers after the header, but not in its protocol.
+    UnexpectedAnswer = 6,
+    /// Closes every connection at once, before anything is sent: nothing
+    /// serves the port behind a forwarder (e.g. a published Docker port whose
+    /// container listener is missing), or it takes headers from other
+    /// addresses only.
+    ClosesAtOnce = 7,
+}
+impl ListenerState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "LISTENER_STATE_UNSPECIFIED",
+            Self::Ready => "LISTENER_STATE_READY",
+            Self::NotListening => "LISTENER_STATE_NOT_LISTENING",
+            Self::NoProxy => "LISTENER_STATE_NO_PROXY",
+            Self::RefusesHeader => "LISTENER_STATE_REFUSES_HEADER",
+            Self::SilentAfterHeader => "LISTENER_STATE_SILENT_AFTER_HEADER",
+            Self::UnexpectedAnswer => "LISTENER_STATE_UNEXPECTED_ANSWER",
+            Self::ClosesAtOnce => "LISTENER_STATE_CLOSES_AT_ONCE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "LISTENER_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "LISTENER_STATE_READY" => Some(Self::Ready),
+            "LISTENER_STATE_NOT_LISTENING" => Some(Self::NotListening),
+            "LISTENER_STATE_NO_PROXY" => Some(Self::NoProxy),
+            "LISTENER_STATE_REFUSES_HEADER" => Some(Self::RefusesHeader),
+            "LISTENER_STATE_SILENT_AFTER_HEADER" => Some(Self::SilentAfterHeader),
+            "LISTENER_STATE_UNEXPECTED_ANSWER" => Some(Self::UnexpectedAnswer),
+            "LISTENER_STATE_CLOSES_AT_ONCE" => Some(Self::ClosesAtOnce),
             _ => None,
         }
     }

@@ -47,45 +47,69 @@
 //! `target/scripts/startup/variables-stack.sh`): mynetworks trusts no Docker
 //! network, so not the gateway either.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use ceres_relay::stack::{MailStack, Opening, Protocol, Software, StackFacts};
 
-use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, Subnet6, TrustedProxy};
+use super::{Citation, DockerNet, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "docker-mailserver/docker-mailserver";
 const COMMIT: &str = "c9b015ddc869b277c16dd20ef4a70e595c72d022";
 
-/// Postfix's PROXY services: (port, stock service it copies, what it runs).
-pub const POSTFIX_PROXY: [(u16, &str); 3] = [
-    (12525, "smtp"),
-    (10465, "submissions"),
-    (10587, "submission"),
-];
-/// Dovecot's PROXY listeners: (service, listener, port, implicit TLS).
-pub const DOVECOT_PROXY: [(&str, &str, u16, bool); 5] = [
-    ("imap-login", "imap-proxyprotocol", 10143, false),
-    ("imap-login", "imaps-proxyprotocol", 10993, true),
-    ("pop3-login", "pop3-proxyprotocol", 10110, false),
-    ("pop3-login", "pop3s-proxyprotocol", 10995, true),
-    ("managesieve-login", "sieve-proxyprotocol", 14190, false),
-];
+/// DMS's PROXY ports and relays: the table the home agent's stack probe
+/// checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::DockerMailserver.facts()
+}
+
+/// Postfix's PROXY services: (port, the stock service it copies — DMS's
+/// `target/postfix/master.cf` names them as the protocols are named).
+pub fn postfix_services() -> Vec<(u16, &'static str)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Postfix)
+        .map(|l| (l.port, l.protocol.name()))
+        .collect()
+}
+
+/// Dovecot's PROXY listeners: (login service, listener name as DMS's page
+/// names it, port, implicit TLS).
+pub fn dovecot_listeners() -> Vec<(&'static str, &'static str, u16, bool)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Dovecot)
+        .map(|l| {
+            let (service, name) = match l.protocol {
+                Protocol::Imap => ("imap-login", "imap-proxyprotocol"),
+                Protocol::Imaps => ("imap-login", "imaps-proxyprotocol"),
+                Protocol::Pop3 => ("pop3-login", "pop3-proxyprotocol"),
+                Protocol::Pop3s => ("pop3-login", "pop3s-proxyprotocol"),
+                _ => ("managesieve-login", "sieve-proxyprotocol"),
+            };
+            let tls = l.protocol.opening() == Opening::ImplicitTls;
+            (service, name, l.port, tls)
+        })
+        .collect()
+}
+
+/// The port of 25's PROXY service (12525: DMS's 10025 is Amavis).
+fn smtp_proxy_port() -> u16 {
+    facts().listener(Protocol::Smtp).map_or(0, |l| l.port)
+}
+
 /// The network the override gives DMS: the subnet of DMS's PROXY page and
-/// the IPv6 ULA of its IPv6 page (`--docker-subnet4/6` for others).
-pub const NET: DockerNet = DockerNet {
-    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(172, 16, 42, 0), 24),
-    subnet6: Some(Subnet6::new_unchecked(
-        Ipv6Addr::new(0xfd00, 0xcafe, 0xface, 0xfeed, 0, 0, 0, 0),
-        64,
-    )),
-};
+/// the IPv6 ULA of its IPv6 page, from the same table (`--docker-subnet4/6`
+/// for others).
+pub const NET: DockerNet = DockerNet::default_of(MailStack::DockerMailserver);
 /// The copy of the stock `smtpd pass` service that 12525's postscreen hands
 /// clients to, so that they meet an smtpd trusting no network.
 pub const PASS_SERVICE: &str = "smtpd-proxyprotocol";
 
 fn compose_override(net: DockerNet) -> String {
-    let ports: String = POSTFIX_PROXY
+    let ports: String = postfix_services()
         .iter()
         .map(|(p, _)| *p)
-        .chain(DOVECOT_PROXY.iter().map(|d| d.2))
+        .chain(dovecot_listeners().iter().map(|d| d.2))
         .map(|p| format!("      - \"127.0.0.1:{p}:{p}\"\n"))
         .collect();
     let subnets: String = net
@@ -106,7 +130,8 @@ fn compose_override(net: DockerNet) -> String {
 }
 
 fn user_patches() -> String {
-    let mut s = "#!/bin/bash\n\
+    let mut s = String::from(
+        "#!/bin/bash\n\
          # CERES: PROXY services next to the stock ones, from DMS's \"Mail Server behind a\n\
          # Proxy\" page (separate ports; 25's is 12525, DMS's 10025 is Amavis). Each trusts\n\
          # no network (mynetworks=): a relayed client is only what its header says.\n\
@@ -114,12 +139,21 @@ fn user_patches() -> String {
          # with the same empty mynetworks (smtpd_service_name), not to the stock one.\n\
          # DMS reruns this on every start, on the same master.cf after a restart: drop\n\
          # the copies of an earlier run first.\n\
-         set -euo pipefail\n\
-         for s in 12525/inet 10465/inet 10587/inet PASS/pass; do\n\
+         set -euo pipefail\n",
+    );
+    let services = postfix_services();
+    let list: Vec<String> = services
+        .iter()
+        .map(|(p, _)| format!("{p}/inet"))
+        .chain(std::iter::once(format!("{PASS_SERVICE}/pass")))
+        .collect();
+    s.push_str(&format!(
+        "for s in {}; do\n\
          \x20 if [[ -n \"$(postconf -M \"$s\" 2>/dev/null)\" ]]; then postconf -MX \"$s\"; fi\n\
-         done\n"
-        .replace("PASS", PASS_SERVICE);
-    for (port, stock) in POSTFIX_PROXY {
+         done\n",
+        list.join(" ")
+    ));
+    for (port, stock) in &services {
         s.push_str(&format!(
             "postconf -Mf {stock}/inet | sed -e 's/^{stock} /{port} /' >> /etc/postfix/master.cf\n"
         ));
@@ -127,24 +161,44 @@ fn user_patches() -> String {
     s.push_str(&format!(
         "postconf -Mf smtpd/pass | sed -e 's/^smtpd /{PASS_SERVICE} /' >> /etc/postfix/master.cf\n"
     ));
+    // 25's copy is postscreen (DMS's smtp service), handing clients to the
+    // pass copy; the others are smtpd.
+    let mut params = Vec::new();
+    for (port, stock) in &services {
+        if *stock == "smtp" {
+            params.push(format!(
+                "{port}/inet/postscreen_upstream_proxy_protocol=haproxy"
+            ));
+            params.push(format!(
+                "{port}/inet/syslog_name=postfix/smtpd-proxyprotocol"
+            ));
+            params.push(format!("{port}/inet/mynetworks="));
+            params.push(format!("{port}/inet/smtpd_service_name={PASS_SERVICE}"));
+            params.push(format!(
+                "{PASS_SERVICE}/pass/syslog_name=postfix/smtpd-proxyprotocol"
+            ));
+            params.push(format!("{PASS_SERVICE}/pass/mynetworks="));
+        } else {
+            params.push(format!("{port}/inet/smtpd_upstream_proxy_protocol=haproxy"));
+            params.push(format!(
+                "{port}/inet/syslog_name=postfix/{stock}-proxyprotocol"
+            ));
+            params.push(format!("{port}/inet/mynetworks="));
+        }
+    }
+    s.push_str("postconf -P \\\n");
     s.push_str(
-        &"postconf -P \\\n\
-         \x20 12525/inet/postscreen_upstream_proxy_protocol=haproxy \\\n\
-         \x20 12525/inet/syslog_name=postfix/smtpd-proxyprotocol \\\n\
-         \x20 12525/inet/mynetworks= \\\n\
-         \x20 12525/inet/smtpd_service_name=PASS \\\n\
-         \x20 PASS/pass/syslog_name=postfix/smtpd-proxyprotocol \\\n\
-         \x20 PASS/pass/mynetworks= \\\n\
-         \x20 10465/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
-         \x20 10465/inet/syslog_name=postfix/submissions-proxyprotocol \\\n\
-         \x20 10465/inet/mynetworks= \\\n\
-         \x20 10587/inet/smtpd_upstream_proxy_protocol=haproxy \\\n\
-         \x20 10587/inet/syslog_name=postfix/submission-proxyprotocol \\\n\
-         \x20 10587/inet/mynetworks=\n\
-         # Two postscreen services (25 and 12525) share one cache through proxymap.\n\
-         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n"
-            .replace("PASS", PASS_SERVICE),
+        &params
+            .iter()
+            .map(|p| format!("  {p}"))
+            .collect::<Vec<_>>()
+            .join(" \\\n"),
     );
+    s.push_str(&format!(
+        "\n# Two postscreen services (25 and {}) share one cache through proxymap.\n\
+         postconf 'postscreen_cache_map = proxy:btree:$data_directory/postscreen_cache'\n",
+        smtp_proxy_port()
+    ));
     s
 }
 
@@ -157,7 +211,7 @@ fn dovecot_cf(net: DockerNet) -> String {
          haproxy_trusted_networks = {gateway}/32\n"
     );
     let mut service = "";
-    for (svc, name, port, tls) in DOVECOT_PROXY {
+    for (svc, name, port, tls) in dovecot_listeners() {
         if svc != service {
             if !service.is_empty() {
                 s.push_str("}\n");
@@ -186,7 +240,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "docker-mailserver",
         title: "docker-mailserver",
         version: "docker-mailserver v15.1.0+81 (commit c9b015d, 2026-08-19; image based on debian:13-slim)",
-        relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2",
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {
@@ -224,7 +278,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
             "12525's postscreen hands each client to smtpd-proxyprotocol (smtpd_service_name), a copy of the stock `smtpd pass` with an empty mynetworks: the stock one trusts DMS's mynetworks, which a PROXY header naming such an address would otherwise reach.",
         ],
         bans: "DMS's Fail2Ban (ENABLE_FAIL2BAN=1 with NET_ADMIN; target/fail2ban/jail.local: dovecot and postfix jails, banaction nftables-allports, ignoreip 127.0.0.1/8) reads the mail log in the container. Through the PROXY services Postfix and Dovecot log the real client address, so it counts the right one — but it bans with nftables inside the container by source address, and a relayed client's packets arrive from the Docker gateway: the ban does not stop a relayed client (Postfix's and Dovecot's own rate limits and auth penalties, which work on the logged address, still do). Add the gateway to ignoreip in docker-data/dms/config/fail2ban-jail.cf so that no log line naming it can ever block every relayed client at once. To stop a relayed client, block it on the VPS: CERES has no ban feed to the VPS.",
-        verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings, each PROXY service once and 12525 handing off to smtpd-proxyprotocol, a pass service with an empty mynetworks (the same hand-off runs end to end in the iRedMail test of ctl_mailconfig); dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. DMS's image is Debian 13 (Dovecot 2.4), not run here.",
+        verified: "Facts read in docker-mailserver at commit c9b015d. Tested here (cargo nextest run -p cerectl stacks): user-patches.sh run twice against a scratch Postfix 3.7 config (Debian's main.cf and master.cf plus DMS's stock smtp/submission/submissions services) with postconf -c finding no warnings, each PROXY service once and 12525 handing off to smtpd-proxyprotocol, a pass service with an empty mynetworks (the same hand-off runs end to end in the iRedMail test of ctl_mailconfig); dovecot.cf parsed by doveconf 2.3 on a copy of Debian's /etc/dovecot as local.conf; the compose override parsed as YAML. End to end in the namespace lab (cargo nextest run -p ceres-tests --test stack_lab), configured only from this output: DMS's layout emulated on Debian 12's Postfix 3.7 and Dovecot 2.3 (a container namespace on the override's subnets, Docker's NAT and a docker-proxy from the gateway for the 127.0.0.1 ports, DMS's stock smtp/submission/submissions services and SASL socket, the files applied as DMS's start-up scripts apply them); mail in on 25 (IPv4, IPv6) and submission on 587 logged with the client's address, IMAP on 993 and 143 logged in with it, the container network's outbound mail leaving from the VPS's IPv4 and IPv6, CERES_MAIL_STACK's probe passing, LAN hosts refused. DMS's own image (Debian 13, Dovecot 2.4) not run here.",
         citations: vec![
             cite(
                 "docs/content/examples/tutorials/mailserver-behind-proxy.md",

@@ -67,33 +67,80 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use ceres_relay::stack::{MailStack, Opening, Protocol, Software, StackFacts};
+
 use super::{Citation, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "iredmail/iRedMail";
 const COMMIT: &str = "e0fe4fc277504aaa3e4915046cfe420524e42162";
 
+/// iRedMail's PROXY listeners and relays (25 to 12525 by name, the rest to
+/// 10000 + port): the table the home agent's stack probe checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::Iredmail.facts()
+}
+
+/// The Postfix service name of a PROXY port: bound to loopback only.
+fn service_name(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
 /// Postfix's PROXY services: (new service, stock service it copies).
-pub const POSTFIX_PROXY: [(&str, &str); 3] = [
-    ("127.0.0.1:12525", "smtp"),
-    ("127.0.0.1:10465", "465"),
-    ("127.0.0.1:10587", "submission"),
-];
+pub fn postfix_proxy() -> Vec<(String, &'static str)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Postfix)
+        .filter_map(|l| {
+            let stock = match l.protocol {
+                Protocol::Smtp => "smtp",
+                Protocol::Submissions => "465",
+                Protocol::Submission => "submission",
+                _ => return None,
+            };
+            Some((service_name(l.port), stock))
+        })
+        .collect()
+}
+
+/// The PROXY copy of 25's postscreen service (`127.0.0.1:12525`).
+fn smtp_proxy_service() -> String {
+    service_name(facts().listener(Protocol::Smtp).map_or(0, |l| l.port))
+}
+
 /// The copy of `smtpd pass` 12525's postscreen hands clients to.
 pub const PASS_SERVICE: &str = "ceres-smtpd";
 /// iRedMail's Amavis re-injection port: never ours.
 #[cfg(test)]
 pub const AMAVIS_REINJECT: u16 = 10025;
+
 /// Dovecot's PROXY listeners: (service, listener, port, implicit TLS).
-pub const DOVECOT_PROXY: [(&str, &str, u16, bool); 4] = [
-    ("imap-login", "imap-ceres", 10143, false),
-    ("imap-login", "imaps-ceres", 10993, true),
-    ("pop3-login", "pop3-ceres", 10110, false),
-    ("pop3-login", "pop3s-ceres", 10995, true),
-];
-/// nginx's PROXY listeners: (port, parameters iRedMail's stock site has).
-pub const NGINX_PROXY: [(u16, &str); 2] = [(10080, ""), (10443, " ssl http2")];
-/// The CERES_RELAYS line: 25 to 12525 by name, the rest to 10000 + port.
-pub const RELAYS: &str = "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,80/proxy-v2,443/proxy-v2";
+pub fn dovecot_proxy() -> Vec<(&'static str, &'static str, u16, bool)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Dovecot)
+        .filter_map(|l| {
+            let (service, name) = match l.protocol {
+                Protocol::Imap => ("imap-login", "imap-ceres"),
+                Protocol::Imaps => ("imap-login", "imaps-ceres"),
+                Protocol::Pop3 => ("pop3-login", "pop3-ceres"),
+                Protocol::Pop3s => ("pop3-login", "pop3s-ceres"),
+                _ => return None,
+            };
+            let tls = l.protocol.opening() == Opening::ImplicitTls;
+            Some((service, name, l.port, tls))
+        })
+        .collect()
+}
+
+/// nginx's PROXY listener for `protocol` (HTTP, HTTPS): its port.
+fn nginx_port(protocol: Protocol) -> u16 {
+    facts()
+        .listener(protocol)
+        .filter(|l| l.software == Software::Nginx)
+        .map_or(0, |l| l.port)
+}
 
 /// Where Postfix's SMTP clients send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,11 +204,20 @@ fn postfix_script(out: &Outbound) -> String {
          \x20   exit 1\n\
          \x20 fi\n\
          done\n\
-         for s in 127.0.0.1:12525/inet 127.0.0.1:10465/inet 127.0.0.1:10587/inet PASS/pass; do\n\
+         for s in COPIES; do\n\
          \x20 if [[ -n \"$(postconf -M \"$s\" 2>/dev/null)\" ]]; then postconf -MX \"$s\"; fi\n\
          done\n"
-        .replace("PASS", PASS_SERVICE);
-    for (service, stock) in POSTFIX_PROXY {
+        .replace(
+            "COPIES",
+            &postfix_proxy()
+                .iter()
+                .map(|(svc, _)| format!("{svc}/inet"))
+                .chain(std::iter::once(format!("{PASS_SERVICE}/pass")))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    let proxy = postfix_proxy();
+    for (service, stock) in &proxy {
         s.push_str(&format!(
             "postconf -Mf {stock}/inet | sed -e 's/^{stock} /{service} /' >> \"$cf\"\n"
         ));
@@ -172,7 +228,7 @@ fn postfix_script(out: &Outbound) -> String {
          postconf -Mf smtpd/pass | sed -e 's/^smtpd /{PASS_SERVICE} /' >> \"$cf\"\n\
          postconf -P \\\n"
     ));
-    let mut params: Vec<String> = POSTFIX_PROXY
+    let mut params: Vec<String> = proxy
         .iter()
         .flat_map(|(svc, stock)| proxy_params(svc, stock))
         .collect();
@@ -185,13 +241,14 @@ fn postfix_script(out: &Outbound) -> String {
         s.push_str(&format!("  {p}{}\n", if i + 1 < n { " \\" } else { "" }));
     }
     s.push_str(
-        "# Two postscreen processes must not share a cache file except through proxy:\n\
+        &"# Two postscreen processes must not share a cache file except through proxy:\n\
          # 12525's gets its own, of the type 25's uses.\n\
          cache=\"$(postconf -xh postscreen_cache_map)\"\n\
          case \"$cache\" in\n\
-         \x20 proxy:*) postconf -PX 127.0.0.1:12525/inet/postscreen_cache_map ;;\n\
-         \x20 *) postconf -P \"127.0.0.1:12525/inet/postscreen_cache_map=${cache}_proxyprotocol\" ;;\n\
-         esac\n",
+         \x20 proxy:*) postconf -PX SMTP/inet/postscreen_cache_map ;;\n\
+         \x20 *) postconf -P \"SMTP/inet/postscreen_cache_map=${cache}_proxyprotocol\" ;;\n\
+         esac\n"
+            .replace("SMTP", &smtp_proxy_service()),
     );
     s.push_str(&format!(
         "# Outbound mail leaves from the home tunnel address ({}): the home agent sends\n\
@@ -223,7 +280,7 @@ fn dovecot_conf() -> String {
          haproxy_trusted_networks = 127.0.0.1/32\n",
     );
     let mut service = "";
-    for (svc, name, port, tls) in DOVECOT_PROXY {
+    for (svc, name, port, tls) in dovecot_proxy() {
         if svc != service {
             if !service.is_empty() {
                 s.push_str("}\n");
@@ -253,6 +310,9 @@ pub const NGINX_TEMPLATES: [&str; 8] = [
 ];
 
 fn nginx_site() -> String {
+    // iRedMail's stock sites on the PROXY ports, each listen line keeping
+    // its stock parameters.
+    let (http, https) = (nginx_port(Protocol::Http), nginx_port(Protocol::Https));
     let includes: String = NGINX_TEMPLATES
         .iter()
         .map(|t| format!("    include /etc/nginx/templates/{t}.tmpl;\n"))
@@ -263,7 +323,7 @@ fn nginx_site() -> String {
          # PROXY header, taken from 127.0.0.1 (the home agent) only. 80 and 443 stay as\n\
          # they are. If you changed iRedMail's sites, make the same changes here.\n\
          server {{\n\
-         \x20   listen 127.0.0.1:{}{} proxy_protocol;\n\
+         \x20   listen 127.0.0.1:{http} proxy_protocol;\n\
          \x20   server_name _;\n\
          \x20   set_real_ip_from 127.0.0.1;\n\
          \x20   real_ip_header proxy_protocol;\n\
@@ -279,7 +339,7 @@ fn nginx_site() -> String {
          }}\n\
          \n\
          server {{\n\
-         \x20   listen 127.0.0.1:{}{} proxy_protocol;\n\
+         \x20   listen 127.0.0.1:{https} ssl http2 proxy_protocol;\n\
          \x20   server_name _;\n\
          \x20   set_real_ip_from 127.0.0.1;\n\
          \x20   real_ip_header proxy_protocol;\n\
@@ -287,8 +347,7 @@ fn nginx_site() -> String {
          \x20   root /var/www/html;\n\
          \x20   index index.php index.html;\n\
          \n\
-         {includes}}}\n",
-        NGINX_PROXY[0].0, NGINX_PROXY[0].1, NGINX_PROXY[1].0, NGINX_PROXY[1].1,
+         {includes}}}\n"
     )
 }
 
@@ -304,11 +363,11 @@ pub fn recipe(out: &Outbound) -> Recipe {
         stack: "iredmail",
         title: "iRedMail",
         version: "iRedMail 1.8.1 (commit e0fe4fc, 2026-05-14) with Dovecot 2.3 (its default; Debian 13 and Ubuntu 26.04 get Dovecot 2.4, see the notes); Postfix 3.5 and later as the distributions ship it",
-        relays: RELAYS,
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: Vec::new(),
         trusted_proxy: Some(TrustedProxy {
-            address: "127.0.0.1".into(),
+            address: facts().trusted_from().to_string(),
             source: "the home agent, which runs on the iRedMail host and connects to the 127.0.0.1 listeners",
             find_with: "grep -- -proxyprotocol /var/log/mail.log (relayed sessions log the client's address, never 127.0.0.1)",
         }),

@@ -46,30 +46,34 @@
 //! `docker-compose.override.yml` (the name the HAPROXY helper uses, merged
 //! by Docker Compose).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use ceres_relay::stack::{MailStack, Software, StackFacts};
 
-use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, Subnet6, TrustedProxy};
+use super::{Citation, DockerNet, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "mailcow/mailcow-dockerized";
 const COMMIT: &str = "06424670fa5d60fee851f58bfc49f66086d5f0a6";
 
-/// The PROXY ports mailcow's containers listen on, by container.
-pub const POSTFIX_PROXY_PORTS: [u16; 3] = [10025, 10465, 10587];
-/// Dovecot's `*_haproxy` listeners.
-pub const DOVECOT_PROXY_PORTS: [u16; 5] = [10143, 10993, 10110, 10995, 14190];
-/// mailcow's default network: `${IPV4_NETWORK:-172.22.1}.0/24` and
-/// `${IPV6_NETWORK:-fd4d:6169:6c63:6f77::/64}` (`--docker-subnet4/6` for others).
-pub const NET: DockerNet = DockerNet {
-    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(172, 22, 1, 0), 24),
-    subnet6: Some(Subnet6::new_unchecked(
-        Ipv6Addr::new(0xfd4d, 0x6169, 0x6c63, 0x6f77, 0, 0, 0, 0),
-        64,
-    )),
-};
+/// mailcow's PROXY listeners and relays: the table the home agent's stack
+/// probe checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::Mailcow.facts()
+}
+
+/// The PROXY ports of `software`'s container (Postfix 10025/10465/10587,
+/// Dovecot's `*_haproxy` listeners).
+pub fn proxy_ports(software: Software) -> Vec<u16> {
+    facts().ports(software).collect()
+}
+
+/// mailcow's default network, `${IPV4_NETWORK:-172.22.1}.0/24` and
+/// `${IPV6_NETWORK:-fd4d:6169:6c63:6f77::/64}`, from the same table
+/// (`--docker-subnet4/6` for others).
+pub const NET: DockerNet = DockerNet::default_of(MailStack::Mailcow);
 
 fn compose_override() -> String {
-    let ports = |list: &[u16]| {
-        list.iter()
+    let ports = |software| {
+        proxy_ports(software)
+            .iter()
             .map(|p| format!("        - \"127.0.0.1:{p}:{p}\"\n"))
             .collect::<String>()
     };
@@ -81,8 +85,8 @@ fn compose_override() -> String {
          services:\n\
          \n    postfix-mailcow:\n      ports:\n{}\
          \n    dovecot-mailcow:\n      ports:\n{}",
-        ports(&POSTFIX_PROXY_PORTS),
-        ports(&DOVECOT_PROXY_PORTS),
+        ports(Software::Postfix),
+        ports(Software::Dovecot),
     )
 }
 
@@ -108,7 +112,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "mailcow",
         title: "mailcow (dockerized)",
         version: "mailcow-dockerized 2026-07a+5 (commit 0642467, 2026-08-05): postfix-mailcow 3.10.12-1, dovecot-mailcow 2.3.21.1-2, nginx-mailcow 1.30.4-1",
-        relays: "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,80,443",
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

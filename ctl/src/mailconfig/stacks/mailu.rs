@@ -42,39 +42,56 @@
 //! enable this!"). The compose file gives no gateway, so Docker uses the
 //! subnet's first address, 192.168.203.1: the one source `REAL_IP_FROM` names.
 
-use std::net::Ipv4Addr;
+use ceres_relay::stack::{MailStack, Opening, Protocol, Software, StackFacts};
 
-use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, TrustedProxy};
+use super::{Citation, DockerNet, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "Mailu/Mailu";
 const COMMIT: &str = "bbb1c206f9c8e438bb7f7193bdd8eea2ed09d7fd";
 
+/// Mailu's PROXY listeners and relays: the table the home agent's stack
+/// probe checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::Mailu.facts()
+}
+
 /// Separate PROXY listeners added to the front's Dovecot:
 /// (login service, listener name, port, implicit TLS, public port).
-pub const DOVECOT_PROXY: [(&str, &str, u16, bool, u16); 7] = [
-    ("imap-login", "imap-ceres", 20143, false, 143),
-    ("imap-login", "imaps-ceres", 10993, true, 993),
-    ("pop3-login", "pop3-ceres", 10110, false, 110),
-    ("pop3-login", "pop3s-ceres", 10995, true, 995),
-    ("submission-login", "submission-ceres", 10587, false, 587),
-    ("submission-login", "submissions-ceres", 10465, true, 465),
-    ("managesieve-login", "sieve-ceres", 24190, false, 4190),
-];
+pub fn dovecot_listeners() -> Vec<(&'static str, &'static str, u16, bool, u16)> {
+    facts()
+        .listeners
+        .iter()
+        .filter(|l| l.software == Software::Dovecot)
+        .map(|l| {
+            let (service, name) = match l.protocol {
+                Protocol::Imap => ("imap-login", "imap-ceres"),
+                Protocol::Imaps => ("imap-login", "imaps-ceres"),
+                Protocol::Pop3 => ("pop3-login", "pop3-ceres"),
+                Protocol::Pop3s => ("pop3-login", "pop3s-ceres"),
+                Protocol::Submission => ("submission-login", "submission-ceres"),
+                Protocol::Submissions => ("submission-login", "submissions-ceres"),
+                _ => ("managesieve-login", "sieve-ceres"),
+            };
+            let tls = l.protocol.opening() == Opening::ImplicitTls;
+            (service, name, l.port, tls, l.public_port)
+        })
+        .collect()
+}
 /// The front's ports Mailu itself uses for webmail: never ours.
 #[cfg(test)]
 pub const WEBMAIL_PORTS: [u16; 3] = [10143, 10025, 14190];
 /// Port 25: PROXY on the stock nginx listener.
-pub const SMTP_PORT: u16 = 25;
-/// Setup's default network: `SUBNET` 192.168.203.0/24, IPv6 off
-/// (`--docker-subnet4` for another `SUBNET`, `--docker-subnet6` for `SUBNET6`).
-pub const NET: DockerNet = DockerNet {
-    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(192, 168, 203, 0), 24),
-    subnet6: None,
-};
+pub fn smtp_port() -> u16 {
+    facts().listener(Protocol::Smtp).map_or(25, |l| l.port)
+}
+/// Setup's default network: `SUBNET` 192.168.203.0/24, IPv6 off, from the
+/// same table (`--docker-subnet4` for another `SUBNET`, `--docker-subnet6`
+/// for `SUBNET6`).
+pub const NET: DockerNet = DockerNet::default_of(MailStack::Mailu);
 
 fn compose_override() -> String {
-    let ports: String = std::iter::once(SMTP_PORT)
-        .chain(DOVECOT_PROXY.iter().map(|d| d.2))
+    let ports: String = std::iter::once(smtp_port())
+        .chain(dovecot_listeners().iter().map(|d| d.2))
         .map(|p| format!("      - \"127.0.0.1:{p}:{p}\"\n"))
         .collect();
     format!(
@@ -95,7 +112,7 @@ fn dovecot_proxy(net: DockerNet) -> String {
          haproxy_trusted_networks = {gateway}/32\n"
     );
     let mut service = "";
-    for (svc, name, port, tls, _) in DOVECOT_PROXY {
+    for (svc, name, port, tls, _) in dovecot_listeners() {
         if svc != service {
             if !service.is_empty() {
                 s.push_str("}\n");
@@ -125,23 +142,6 @@ fn env_keys(net: DockerNet) -> String {
     )
 }
 
-/// The CERES_RELAYS line: 25 to the stock port, the rest to the added
-/// listeners (a test checks it against [`derived_relays`]).
-pub const RELAYS: &str = "25:25/proxy-v2,143:20143/proxy-v2,993:10993/proxy-v2,110:10110/proxy-v2,995:10995/proxy-v2,587:10587/proxy-v2,465:10465/proxy-v2,4190:24190/proxy-v2";
-
-/// [`RELAYS`] built from the port tables.
-#[cfg(test)]
-pub fn derived_relays() -> String {
-    std::iter::once(format!("{SMTP_PORT}:{SMTP_PORT}/proxy-v2"))
-        .chain(
-            DOVECOT_PROXY
-                .iter()
-                .map(|(_, _, port, _, public)| format!("{public}:{port}/proxy-v2")),
-        )
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// The recipe for Mailu on `net`.
 pub fn recipe(net: DockerNet) -> Recipe {
     let cite = |path, fact| Citation {
@@ -154,7 +154,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "mailu",
         title: "Mailu",
         version: "Mailu master 2024.06.1+392 (commit bbb1c20, 2026-07-26; front: nginx with the mail module, Dovecot 2.3 proxy)",
-        relays: RELAYS,
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

@@ -2,6 +2,10 @@
 //! mail stack — the VPS's `CERES_RELAYS`, home's `CERES_MAIL_SERVER` and
 //! `CERES_EGRESS_FROM`, and every file to drop in at the stack's own override
 //! path — built from facts read in the stack's own repository, each cited.
+//! The ports, relays and default Docker networks come from one table,
+//! `ceres_relay::stack`, which the home agent's stack probe
+//! (`CERES_MAIL_STACK`) reads too; [`Options`] move a stack's network
+//! (gateway, trusted address, egress sources), never its ports.
 //!
 //! The safety rules are the hand-built ones (see the parent module): a PROXY
 //! header is read only by listeners published on the host's 127.0.0.1; the
@@ -24,7 +28,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use clap::ValueEnum;
 use serde::Serialize;
 
-pub use network::{DockerNet, Subnet4, Subnet6, Subnet6Arg};
+pub use network::{DockerNet, Subnet4, Subnet6Arg};
 pub use render::{markdown, text, write};
 
 /// A packaged mail stack with a recipe.

@@ -8,6 +8,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use ceres_relay::stack::MailStack;
+
 /// Why a `--docker-subnet4` / `--docker-subnet6` value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetError {
@@ -202,6 +204,22 @@ pub struct DockerNet {
 }
 
 impl DockerNet {
+    /// `stack`'s default network, from the port table the home agent's
+    /// stack probe reads too (`ceres_relay::stack`). For `const` items only:
+    /// a stack without a Docker network is then a compile error.
+    pub const fn default_of(stack: MailStack) -> Self {
+        let Some(net) = stack.network() else {
+            panic!("the stack runs on the host: it has no Docker network");
+        };
+        Self {
+            subnet4: Subnet4::new_unchecked(net.subnet4.0, net.subnet4.1),
+            subnet6: match net.subnet6 {
+                Some((a, p)) => Some(Subnet6::new_unchecked(a, p)),
+                None => None,
+            },
+        }
+    }
+
     /// The network's gateway: where published ports connect from.
     pub fn gateway(&self) -> Ipv4Addr {
         self.subnet4.gateway()

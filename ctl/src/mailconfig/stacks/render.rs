@@ -31,6 +31,11 @@ fn env_lines(r: &Recipe) -> String {
         "\n# home, /etc/ceres/ceres.env\nCERES_MAIL_SERVER={}\n",
         r.mail_server
     );
+    // The home agent then probes the stack's PROXY listeners (`cerectl
+    // status` shows them); only for a stack its port table knows.
+    if let Ok(stack) = r.stack.parse::<ceres_relay::stack::MailStack>() {
+        let _ = writeln!(s, "CERES_MAIL_STACK={stack}");
+    }
     if !r.egress_from.is_empty() {
         let _ = writeln!(s, "CERES_EGRESS_FROM={}", r.egress_from.join(","));
     }

@@ -70,45 +70,58 @@
 //! (`crates/common/src/network/security.rs`); the per-listener override used
 //! here does not add the gateway there.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
+use ceres_relay::stack::{MailStack, Opening, Protocol, StackFacts};
 use serde_json::{Map, Value, json};
 
-use super::{Citation, DockerNet, Recipe, StackFile, Subnet4, Subnet6, TrustedProxy};
+use super::{Citation, DockerNet, Recipe, StackFile, TrustedProxy};
 
 const REPO: &str = "stalwartlabs/stalwart";
 const COMMIT: &str = "d72608f3e2d530c6560aaf2c7c290afd72671b82";
 const DOCS: &str = "stalwartlabs/website";
 const DOCS_COMMIT: &str = "cf33c5b97a39b252f5af597dd9f49eb8b972cea6";
 
-/// The PROXY listeners the plan adds:
-/// (name, protocol, port in the container, implicit TLS, public port).
-pub const LISTENERS: [(&str, &str, u16, bool, u16); 9] = [
-    ("ceres-smtp", "smtp", 10025, false, 25),
-    ("ceres-submissions", "smtp", 10465, true, 465),
-    ("ceres-submission", "smtp", 10587, false, 587),
-    ("ceres-imaps", "imap", 10993, true, 993),
-    ("ceres-imap", "imap", 10143, false, 143),
-    ("ceres-pop3s", "pop3", 10995, true, 995),
-    ("ceres-pop3", "pop3", 10110, false, 110),
-    ("ceres-sieve", "manageSieve", 14190, false, 4190),
-    ("ceres-https", "http", 10443, true, 443),
-];
+/// Stalwart's PROXY listeners and relays: the table the home agent's stack
+/// probe checks too.
+fn facts() -> &'static StackFacts {
+    MailStack::Stalwart.facts()
+}
 
-/// The port the SMTP PROXY listener has in place of 25.
-pub const MX_PROXY_PORT: u16 = 10025;
+/// The PROXY listeners the plan adds, from the table:
+/// (name, Stalwart protocol, port in the container, implicit TLS, public port).
+pub fn listeners() -> Vec<(&'static str, &'static str, u16, bool, u16)> {
+    facts()
+        .listeners
+        .iter()
+        .map(|l| {
+            let (name, protocol) = match l.protocol {
+                Protocol::Smtp => ("ceres-smtp", "smtp"),
+                Protocol::Submissions => ("ceres-submissions", "smtp"),
+                Protocol::Submission => ("ceres-submission", "smtp"),
+                Protocol::Imaps => ("ceres-imaps", "imap"),
+                Protocol::Imap => ("ceres-imap", "imap"),
+                Protocol::Pop3s => ("ceres-pop3s", "pop3"),
+                Protocol::Pop3 => ("ceres-pop3", "pop3"),
+                Protocol::ManageSieve => ("ceres-sieve", "manageSieve"),
+                Protocol::Https => ("ceres-https", "http"),
+                Protocol::Http => ("ceres-http", "http"),
+            };
+            let implicit = l.protocol.opening() == Opening::ImplicitTls;
+            (name, protocol, l.port, implicit, l.public_port)
+        })
+        .collect()
+}
+
+/// The port the SMTP PROXY listener has in place of 25 (10025).
+pub fn mx_proxy_port() -> u16 {
+    facts().listener(Protocol::Smtp).map_or(25, |l| l.port)
+}
 
 /// The ports the Docker page publishes (stock, left as they are).
 pub const STOCK_PUBLISHED: [u16; 10] = [443, 8080, 25, 587, 465, 143, 993, 110, 995, 4190];
 
-/// The network the compose file gives Stalwart (CERES's choice; see above).
-pub const NET: DockerNet = DockerNet {
-    subnet4: Subnet4::new_unchecked(Ipv4Addr::new(172, 16, 44, 0), 24),
-    subnet6: Some(Subnet6::new_unchecked(
-        Ipv6Addr::new(0xfd00, 0x44, 0, 0, 0, 0, 0, 0),
-        64,
-    )),
-};
+/// The network the compose file gives Stalwart (CERES's choice; see above),
+/// from the same table.
+pub const NET: DockerNet = DockerNet::default_of(MailStack::Stalwart);
 
 /// An expression as Stalwart's default has it: (object, property, matches, else).
 pub type DefaultExpr = (
@@ -204,7 +217,7 @@ pub const PORT25_DEFAULTS: [DefaultExpr; 13] = [
 
 /// `expr` with the PROXY listener's port counted as 25.
 pub fn count_proxy_port_as_25(expr: &str) -> String {
-    let p = MX_PROXY_PORT;
+    let p = mx_proxy_port();
     expr.replace(
         "local_port == 25",
         &format!("(local_port == 25 || local_port == {p})"),
@@ -238,11 +251,11 @@ fn expression(matches: &[(&str, &str)], otherwise: &str) -> Value {
 /// The `stalwart-cli apply` plan: one JSON operation per line.
 fn plan(net: DockerNet) -> String {
     let gateway = net.gateway().to_string();
-    let listeners: Map<String, Value> = LISTENERS
-        .iter()
+    let listeners: Map<String, Value> = listeners()
+        .into_iter()
         .map(|(name, protocol, port, implicit, _)| {
             (
-                (*name).to_owned(),
+                name.to_owned(),
                 json!({
                     "name": name,
                     "protocol": protocol,
@@ -250,7 +263,8 @@ fn plan(net: DockerNet) -> String {
                     // reach its loopback. Published on the host's 127.0.0.1 only.
                     "bind": {format!("[::]:{port}"): true},
                     "overrideProxyTrustedNetworks": {gateway.clone(): true},
-                    "useTls": true,
+                    // TLS (STARTTLS or implicit) on all but a plain HTTP listener.
+                    "useTls": protocol != "http" || implicit,
                     "tlsImplicit": implicit,
                 }),
             )
@@ -282,7 +296,7 @@ fn compose(net: DockerNet) -> String {
         .iter()
         .map(|p| format!("      - \"{p}:{p}\"\n"))
         .collect();
-    let proxy: String = LISTENERS
+    let proxy: String = listeners()
         .iter()
         .map(|l| format!("      - \"127.0.0.1:{0}:{0}\"\n", l.2))
         .collect();
@@ -308,9 +322,6 @@ fn compose(net: DockerNet) -> String {
     )
 }
 
-/// The CERES_RELAYS line: every mail port and 443 with PROXY to 10000 + port.
-pub const RELAYS: &str = "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,443/proxy-v2";
-
 /// The recipe for Stalwart on `net`.
 pub fn recipe(net: DockerNet) -> Recipe {
     let cite = |path, fact| Citation {
@@ -329,7 +340,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "stalwart",
         title: "Stalwart (v0.16, Docker)",
         version: "Stalwart v0.16.18+6 (commit d72608f, 2026-08-21; image stalwartlabs/stalwart:v0.16), docs at stalwartlabs/website cf33c5b (2026-08-08)",
-        relays: RELAYS,
+        relays: facts().relays,
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

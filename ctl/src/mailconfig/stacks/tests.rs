@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use ceres_relay::stack::{MailStack, Software};
 use ceres_relay::{ProxyMode, parse_relays};
 
 use super::*;
@@ -199,10 +200,9 @@ fn doveconf_accepts(extra: &str, expect_ports: &[u16]) {
 #[test]
 fn mailcow_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Mailcow.recipe();
-    let proxy: Vec<u16> = mailcow::POSTFIX_PROXY_PORTS
-        .iter()
-        .chain(&mailcow::DOVECOT_PROXY_PORTS)
-        .copied()
+    let proxy: Vec<u16> = mailcow::proxy_ports(Software::Postfix)
+        .into_iter()
+        .chain(mailcow::proxy_ports(Software::Dovecot))
         .collect();
     common_rules(&r, &proxy);
     egress_both_families(&r);
@@ -322,10 +322,10 @@ fn pass_service_trusts_no_one(services: &str, postscreen: &str, pass: &str) {
 #[test]
 fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::DockerMailserver.recipe();
-    let proxy: Vec<u16> = dms::POSTFIX_PROXY
+    let proxy: Vec<u16> = dms::postfix_services()
         .iter()
         .map(|p| p.0)
-        .chain(dms::DOVECOT_PROXY.iter().map(|d| d.2))
+        .chain(dms::dovecot_listeners().iter().map(|d| d.2))
         .collect();
     common_rules(&r, &proxy);
     egress_both_families(&r);
@@ -347,7 +347,8 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
     }
     let dovecot =
         std::fs::read_to_string(dir.path().join("docker-data/dms/config/dovecot.cf")).unwrap();
-    doveconf_accepts(&dovecot, &dms::DOVECOT_PROXY.map(|d| d.2));
+    let ports: Vec<u16> = dms::dovecot_listeners().iter().map(|d| d.2).collect();
+    doveconf_accepts(&dovecot, &ports);
 
     let script = dir.path().join("docker-data/dms/config/user-patches.sh");
     #[cfg(unix)]
@@ -381,7 +382,7 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
         assert!(!warn.contains("warning"), "run {run}: {warn}");
         let (_, warn) = postconf(pf.path(), &["-n"]);
         assert!(!warn.contains("warning"), "run {run}: {warn}");
-        for (port, stock) in dms::POSTFIX_PROXY {
+        for (port, stock) in dms::postfix_services() {
             let lines: Vec<&str> = services
                 .lines()
                 .filter(|l| l.starts_with(&format!("{port} ")))
@@ -427,9 +428,8 @@ fn docker_mailserver_recipe_matches_its_facts_and_the_rules() {
 #[test]
 fn mailu_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Mailu.recipe();
-    assert_eq!(mailu::RELAYS, mailu::derived_relays());
-    let proxy: Vec<u16> = std::iter::once(mailu::SMTP_PORT)
-        .chain(mailu::DOVECOT_PROXY.iter().map(|d| d.2))
+    let proxy: Vec<u16> = std::iter::once(mailu::smtp_port())
+        .chain(mailu::dovecot_listeners().iter().map(|d| d.2))
         .collect();
     common_rules(&r, &proxy);
     // Mailu's default network is IPv4 only; the IPv6 case is a note naming SUBNET6.
@@ -454,7 +454,8 @@ fn mailu_recipe_matches_its_facts_and_the_rules() {
     }
     let dovecot =
         std::fs::read_to_string(dir.path().join("overrides/nginx/dovecot/proxy.conf")).unwrap();
-    doveconf_accepts(&dovecot, &mailu::DOVECOT_PROXY.map(|d| d.2));
+    let ports: Vec<u16> = mailu::dovecot_listeners().iter().map(|d| d.2).collect();
+    doveconf_accepts(&dovecot, &ports);
     // mailu.env keys: PROXY on 25 only, headers from the gateway only, no header trust.
     let env = std::fs::read_to_string(dir.path().join("mailu.env.ceres")).unwrap();
     let keys: Vec<&str> = env.lines().filter(|l| !l.starts_with('#')).collect();
@@ -518,6 +519,75 @@ fn postfix_dovecot_points_at_the_targets() {
     assert!(t.contains("mailserver-config postfix"));
     let dir = tempfile::tempdir().unwrap();
     assert!(write(&r, dir.path(), false).unwrap().is_empty());
+}
+
+/// Every recipe of a stack the home agent knows (`CERES_MAIL_STACK`) relays
+/// exactly what the shared port table says, trusts the table's address,
+/// and tells home which stack it is; the probe then checks the same ports
+/// the recipe sets up.
+#[test]
+fn recipes_and_the_home_agents_port_table_agree() {
+    for stack in Stack::ALL {
+        let r = stack.recipe();
+        match stack.name().parse::<MailStack>() {
+            Ok(known) => {
+                let f = known.facts();
+                assert_eq!(r.relays, f.relays, "{}", r.stack);
+                if let Some(t) = &r.trusted_proxy {
+                    assert_eq!(t.address, f.trusted_from().to_string(), "{}", r.stack);
+                }
+                assert!(
+                    text(&r).contains(&format!("\nCERES_MAIL_STACK={}\n", known.name())),
+                    "{}",
+                    r.stack
+                );
+                // Every listener the probe checks is one the recipe's files
+                // set up (or, on the host, the per-target commands do).
+                if !r.files.is_empty() {
+                    let files: String = r.files.iter().map(|x| x.contents.as_str()).collect();
+                    for l in f.listeners {
+                        assert!(
+                            files.contains(&l.port.to_string()),
+                            "{}: {} not in the files",
+                            r.stack,
+                            l.port
+                        );
+                    }
+                }
+                // The default network is the table's; another one moves the
+                // trusted gateway and the egress sources, never the ports.
+                match known.network() {
+                    Some(_) => {
+                        let net = DockerNet::default_of(known);
+                        assert_eq!(r.egress_from, net.egress_from(), "{}", r.stack);
+                        let opts = Options {
+                            subnet4: Some("10.9.8.0/24".parse().unwrap()),
+                            subnet6: Some(Subnet6Arg::Off),
+                            ..Options::default()
+                        };
+                        let moved = stack.recipe_for(&opts).unwrap();
+                        assert_eq!(moved.relays, f.relays, "{}", r.stack);
+                        assert_eq!(
+                            moved.trusted_proxy.unwrap().address,
+                            "10.9.8.1",
+                            "{}",
+                            r.stack
+                        );
+                        assert_eq!(moved.egress_from, ["10.9.8.0/24"], "{}", r.stack);
+                    }
+                    None => assert!(r.egress_from.is_empty(), "{}", r.stack),
+                }
+            }
+            Err(_) => {
+                assert!(
+                    r.relays.is_empty(),
+                    "{}: a recipe without a port table",
+                    r.stack
+                );
+                assert!(!text(&r).contains("CERES_MAIL_STACK"), "{}", r.stack);
+            }
+        }
+    }
 }
 
 /// docs/mail-servers.md holds each stack's Markdown between markers, exactly.
@@ -698,7 +768,7 @@ fn stalwart_rewritten_rules_treat_10025_as_25_and_nothing_else_changes() {
                 );
             }
             assert_eq!(
-                eval_stalwart(&ours, stalwart::MX_PROXY_PORT, tls),
+                eval_stalwart(&ours, stalwart::mx_proxy_port(), tls),
                 eval_stalwart(&default, 25, tls),
                 "{object}.{prop}: 10025 is not treated as 25"
             );
@@ -767,8 +837,8 @@ fn check_stalwart_plan(r: &Recipe, gateway: &str) {
     assert_eq!(plan[0]["object"], "NetworkListener");
     assert_eq!(plan[0]["matchOn"], serde_json::json!(["name"]));
     let listeners = plan[0]["value"].as_object().unwrap();
-    assert_eq!(listeners.len(), stalwart::LISTENERS.len());
-    for (name, protocol, port, implicit, _) in stalwart::LISTENERS {
+    assert_eq!(listeners.len(), stalwart::listeners().len());
+    for (name, protocol, port, implicit, _) in stalwart::listeners() {
         let l = &listeners[name];
         for k in l.as_object().unwrap().keys() {
             assert!(
@@ -826,7 +896,7 @@ fn check_stalwart_plan(r: &Recipe, gateway: &str) {
 #[test]
 fn stalwart_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Stalwart.recipe();
-    let proxy: Vec<u16> = stalwart::LISTENERS.iter().map(|l| l.2).collect();
+    let proxy: Vec<u16> = stalwart::listeners().iter().map(|l| l.2).collect();
     common_rules(&r, &proxy);
     egress_both_families(&r);
     // Every relay lands on 10000 + port with PROXY; 80 and 8080 are not relayed.
@@ -840,7 +910,7 @@ fn stalwart_recipe_matches_its_facts_and_the_rules() {
     }
     let mut public: Vec<u16> = relays.iter().map(|x| x.public_port).collect();
     public.sort_unstable();
-    let mut want: Vec<u16> = stalwart::LISTENERS.iter().map(|l| l.4).collect();
+    let mut want: Vec<u16> = stalwart::listeners().iter().map(|l| l.4).collect();
     want.sort_unstable();
     assert_eq!(public, want);
     assert!(!public.contains(&80) && !public.contains(&8080));
@@ -1023,8 +1093,8 @@ fn iredmail_recipe_matches_its_facts_and_the_rules() {
     let r = Stack::Iredmail.recipe();
     let proxy: Vec<u16> = [12525u16, 10465, 10587]
         .into_iter()
-        .chain(iredmail::DOVECOT_PROXY.iter().map(|d| d.2))
-        .chain(iredmail::NGINX_PROXY.iter().map(|n| n.0))
+        .chain(iredmail::dovecot_proxy().iter().map(|d| d.2))
+        .chain([10080, 10443])
         .collect();
     common_rules(&r, &proxy);
     // 10025 is iRedMail's Amavis re-injection: nothing of ours may use it.
@@ -1065,12 +1135,14 @@ fn iredmail_recipe_matches_its_facts_and_the_rules() {
     // Every PROXY listener on loopback, under a new name.
     assert_eq!(
         dovecot.matches("address = 127.0.0.1").count(),
-        iredmail::DOVECOT_PROXY.len()
+        iredmail::dovecot_proxy().len()
     );
     for stock in ["imap", "imaps", "pop3", "pop3s"] {
         assert!(!dovecot.contains(&format!("inet_listener {stock} ")));
     }
-    doveconf_accepts(&dovecot, &iredmail::DOVECOT_PROXY.map(|d| d.2));
+    let ports: Vec<u16> = iredmail::dovecot_proxy().iter().map(|d| d.2).collect();
+    assert_eq!(ports, [10143, 10993, 10110, 10995]);
+    doveconf_accepts(&dovecot, &ports);
     nginx_accepts(
         &std::fs::read_to_string(dir.path().join("etc/nginx/sites-enabled/ceres-proxy.conf"))
             .unwrap(),
@@ -1086,8 +1158,8 @@ fn iredmail_recipe_matches_its_facts_and_the_rules() {
         run_script(&script, pf.path());
         let (services, warn) = postconf(pf.path(), &["-M"]);
         assert!(!warn.contains("warning"), "run {run}: {warn}");
-        for (svc, stock) in iredmail::POSTFIX_PROXY {
-            let lines = service_lines(&services, svc);
+        for (svc, stock) in iredmail::postfix_proxy() {
+            let lines = service_lines(&services, &svc);
             assert_eq!(lines.len(), 1, "run {run}: {svc} once: {services}");
             let l = lines[0];
             assert!(
@@ -1180,8 +1252,8 @@ fn iredmail_recipe_matches_its_facts_and_the_rules() {
         assert!(l.contains("-o smtp_bind_address6=fd00:77::6"), "{l}");
         assert!(!l.contains("inet_protocols"), "{l}");
     }
-    for (svc, _) in iredmail::POSTFIX_PROXY {
-        assert_eq!(service_lines(&services, svc).len(), 1);
+    for (svc, _) in iredmail::postfix_proxy() {
+        assert_eq!(service_lines(&services, &svc).len(), 1);
     }
 }
 
