@@ -14,5 +14,6 @@ pub mod settings;
 pub mod state;
 pub mod tokens;
 pub mod tunnel;
+pub mod watch;
 
 pub use service::run;

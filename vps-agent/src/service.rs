@@ -121,6 +121,7 @@ struct Ctx {
     rotator: Rotator,
     revocations: HomeRevocations,
     enroll_limit: FailureLimit,
+    watch: crate::watch::Watch,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -499,7 +500,18 @@ impl Admin for Svc {
             relays: ctx.relays.report(),
             egress: Some(egress),
             rotation: Some(ctx.rotator.status()),
+            checks: ctx.watch.checks(),
+            alert_channels: ctx.watch.channels(),
         }))
+    }
+
+    async fn test_alerts(
+        &self,
+        req: Request<ceres_proto::TestAlertsRequest>,
+    ) -> Result<Response<ceres_proto::TestAlertsResponse>, Status> {
+        let who = self.authorize(&req, Role::Admin)?;
+        tracing::info!(by = %who.name, "test notifications requested");
+        Ok(Response::new(self.0.watch.test_alerts().await))
     }
 
     async fn rotate(
@@ -572,7 +584,9 @@ pub async fn run(
         relays.remove_egress();
     }
     rotator.resume(&tunnel);
+    let watchdog = crate::watch::Watch::new(&settings, &cancel, &tracker);
     let ctx = Arc::new(Ctx {
+        watch: watchdog,
         tunnel,
         relays,
         rotator,
@@ -591,6 +605,7 @@ pub async fn run(
     let revoked: ceres_control::server::RevocationCheck =
         Arc::new(move |serial: &str| crate::certs::is_revoked(&revoked_dir, serial));
     tracker.spawn(watch_revocations(ctx.clone(), watch));
+    ctx.watch.start(ctx.clone());
     let limits = ctx.settings.control_limits;
     let incoming = TlsIncoming::spawn(
         listener,
@@ -847,7 +862,43 @@ fn render_metrics(ctx: &Ctx) -> String {
             home.certificate_not_after_unix as f64,
         );
     }
+    ctx.watch.render_metrics(&mut o);
     o
+}
+
+/// What the watchdog reads of the agent.
+impl crate::watch::Sources for Ctx {
+    fn home(&self) -> ceres_proto::HomeStatus {
+        let mut home = self.hub.status();
+        let (access, revocation) = self.revocations.status();
+        home.access = access as i32;
+        home.revocation = revocation;
+        home
+    }
+    fn home_lineage(&self) -> Option<String> {
+        self.tunnel.owner().map(|o| o.lineage)
+    }
+    fn tunnel(&self) -> Option<ceres_proto::TunnelReport> {
+        self.tunnel.engine().map(|_| self.tunnel.report())
+    }
+    fn relays(&self) -> Vec<ceres_proto::RelayPort> {
+        self.relays.report()
+    }
+    fn egress(&self) -> ceres_proto::EgressStatus {
+        self.relays.egress_status()
+    }
+    fn rotation(&self) -> ceres_proto::RotationStatus {
+        self.rotator.status()
+    }
+    fn server_certificate(&self) -> Option<ceres_pki::CertificateInfo> {
+        self.server_cert.read().ok().map(|c| c.info.clone())
+    }
+    fn ca_certificate_pem(&self) -> String {
+        self.state.ca.cert_pem().to_owned()
+    }
+    fn state_dir(&self) -> &ceres_state::StateDir {
+        &self.state.dir
+    }
 }
 
 /// When the engine moves to staged keys (home handshook with them), the
