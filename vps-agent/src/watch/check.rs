@@ -149,6 +149,10 @@ pub struct Finding {
     pub level: Level,
     /// What was found and, where there is one, the fix.
     pub text: String,
+    /// This run could not tell (a DNS timeout, a blocklist refusing the
+    /// resolver): says nothing about the subject, so it does not undo what
+    /// an earlier run found ([`carry_forward`]).
+    pub inconclusive: bool,
 }
 
 impl Finding {
@@ -158,6 +162,15 @@ impl Finding {
             subject: subject.into(),
             level,
             text: text.into(),
+            inconclusive: false,
+        }
+    }
+
+    /// `subject` could not be checked this time (a warning).
+    pub fn unknown(subject: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            inconclusive: true,
+            ..Self::new(subject, Level::Warning, text)
         }
     }
 }
@@ -171,16 +184,14 @@ pub struct Observation {
     pub detail: String,
     /// The parts that are not ok.
     pub findings: Vec<Finding>,
+    /// The whole run could not tell (no resolver): see [`carry_forward`].
+    pub inconclusive: bool,
 }
 
 impl Observation {
     /// All is well: `detail` says what was seen.
     pub fn ok(detail: impl Into<String>) -> Self {
-        Self {
-            level: Level::Ok,
-            detail: detail.into(),
-            findings: Vec::new(),
-        }
+        Self::one(Level::Ok, detail)
     }
 
     /// One problem, with no subject of its own.
@@ -189,6 +200,15 @@ impl Observation {
             level,
             detail: detail.into(),
             findings: Vec::new(),
+            inconclusive: false,
+        }
+    }
+
+    /// The run could not check anything (a warning).
+    pub fn unknown(detail: impl Into<String>) -> Self {
+        Self {
+            inconclusive: true,
+            ..Self::one(Level::Warning, detail)
         }
     }
 
@@ -219,8 +239,65 @@ impl Observation {
             level: worst,
             detail,
             findings,
+            inconclusive: false,
         }
     }
+}
+
+/// Marks a finding kept from an earlier run.
+const LAST_KNOWN: &str = " (last known: not confirmed by this run, which could not check)";
+
+/// What a run could not check does not undo what the run before found
+/// failing: a DNS timeout or a blocklist refusing the resolver is no
+/// delisting, and must not send "resolved" (then "failing" again at the next
+/// run). Such a subject keeps its failing finding, marked; a run that could
+/// check nothing keeps every failing finding. A conclusive finding always wins.
+pub fn carry_forward(previous: Option<&Observation>, new: Observation) -> Observation {
+    let kept: Vec<&Finding> = previous
+        .map(|p| {
+            p.findings
+                .iter()
+                .filter(|f| f.level == Level::Failing && !f.subject.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let was_failing = previous.is_some_and(|p| p.level == Level::Failing);
+    if kept.is_empty() && !(new.inconclusive && was_failing) {
+        return new;
+    }
+    let mark = |f: &Finding| {
+        let mut f = f.clone();
+        if !f.text.ends_with(LAST_KNOWN) {
+            f.text.push_str(LAST_KNOWN);
+        }
+        f
+    };
+    if new.inconclusive {
+        let Some(p) = previous.filter(|_| was_failing) else {
+            return new;
+        };
+        let mut findings: Vec<Finding> = if kept.is_empty() {
+            // A failure without subjects (one line): keep it whole.
+            vec![Finding::new("", Level::Failing, p.detail.clone())]
+        } else {
+            kept.into_iter().map(mark).collect()
+        };
+        findings.push(Finding::unknown("", new.detail));
+        return Observation::from_findings("", findings);
+    }
+    let findings = new
+        .findings
+        .iter()
+        .map(|f| match kept.iter().find(|k| k.subject == f.subject) {
+            Some(k) if f.inconclusive => mark(k),
+            _ => f.clone(),
+        })
+        .collect();
+    let mut out = Observation::from_findings(new.detail.clone(), findings);
+    if out.level == Level::Ok {
+        out.detail = new.detail;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -242,6 +319,48 @@ mod tests {
         assert_eq!(o.findings.len(), 2);
         let ok = Observation::from_findings("all good", vec![Finding::new("b", Level::Ok, "x")]);
         assert_eq!(ok, Observation::ok("all good"));
+    }
+
+    #[test]
+    fn a_run_that_could_not_check_does_not_undo_a_failure() {
+        let listed = Observation::from_findings(
+            "clean",
+            vec![
+                Finding::new("ip on bl", Level::Failing, "listed (127.0.0.2)"),
+                Finding::new("ip on other", Level::Warning, "refused"),
+            ],
+        );
+        // The list timed out this time: still listed, as last known.
+        let timeout = Observation::from_findings(
+            "clean",
+            vec![Finding::unknown("ip on bl", "could not be checked: timed out")],
+        );
+        let kept = carry_forward(Some(&listed), timeout);
+        assert_eq!(kept.level, Level::Failing);
+        assert!(kept.findings[0].text.starts_with("listed (127.0.0.2) (last known"));
+        // Twice: the mark is not repeated.
+        let again = carry_forward(
+            Some(&kept),
+            Observation::from_findings(
+                "clean",
+                vec![Finding::unknown("ip on bl", "timed out")],
+            ),
+        );
+        assert_eq!(again.findings[0].text, kept.findings[0].text);
+        // Nothing could be checked: the failure stays, with why.
+        let none = carry_forward(Some(&listed), Observation::unknown("no resolver"));
+        assert_eq!(none.level, Level::Failing);
+        assert!(none.detail.contains("no resolver"), "{none:?}");
+        // A conclusive answer wins: delisted is ok.
+        let clean = carry_forward(Some(&listed), Observation::ok("clean"));
+        assert_eq!(clean, Observation::ok("clean"));
+        // Nothing failing before: an inconclusive run is just a warning.
+        let w = carry_forward(Some(&Observation::ok("clean")), Observation::unknown("x"));
+        assert_eq!(w.level, Level::Warning);
+        let one = Observation::one(Level::Failing, "MX points elsewhere");
+        let kept = carry_forward(Some(&one), Observation::unknown("no resolver"));
+        assert_eq!(kept.level, Level::Failing);
+        assert!(kept.detail.starts_with("MX points elsewhere"), "{kept:?}");
     }
 
     #[test]

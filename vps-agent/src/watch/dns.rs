@@ -42,8 +42,7 @@ impl std::fmt::Display for Resolver {
 /// A check that could not even start: no resolver. A warning (unknown),
 /// like every DNS question that got no usable answer.
 pub fn no_resolver(resolver: Resolver, e: &ResolverError) -> Observation {
-    Observation::one(
-        Level::Warning,
+    Observation::unknown(
         format!("not checked: {resolver} cannot be used: {e} (CERES_WATCH_RESOLVER)"),
     )
 }
@@ -89,16 +88,16 @@ pub async fn dnsbl<L: Lookup>(id: &MailIdentity, zones: &[String], lookup: &L) -
         futures::future::join_all(ips.iter().map(|ip| dnsbl_check(*ip, zones, lookup))).await;
     let mut findings = Vec::new();
     for r in results.iter().flatten() {
-        let level = match &r.status {
+        let subject = format!("{} on {}", r.ip, r.zone);
+        let text = r.status.describe(&r.zone);
+        findings.push(match &r.status {
             DnsblStatus::NotListed => continue,
-            DnsblStatus::Listed { .. } => Level::Failing,
-            DnsblStatus::Refused { .. } | DnsblStatus::Error { .. } => Level::Warning,
-        };
-        findings.push(Finding::new(
-            format!("{} on {}", r.ip, r.zone),
-            level,
-            r.status.describe(&r.zone),
-        ));
+            DnsblStatus::Listed { .. } => Finding::new(subject, Level::Failing, text),
+            // Neither says anything about a listing.
+            DnsblStatus::Refused { .. } | DnsblStatus::Error { .. } => {
+                Finding::unknown(subject, text)
+            }
+        });
     }
     if findings.iter().any(|f| f.level == Level::Failing) {
         findings.push(Finding::new(
@@ -133,6 +132,7 @@ pub fn from_checks(ok_detail: impl Into<String>, checks: &[Check]) -> Observatio
                 Status::Warn | Status::Error => Level::Warning,
                 Status::Fail => Level::Failing,
             };
+            let inconclusive = c.status == Status::Error;
             let subject = match c.address {
                 Some(ip) => format!("{} {ip}", c.kind.label()),
                 None => format!("{} {}", c.kind.label(), c.name),
@@ -145,7 +145,10 @@ pub fn from_checks(ok_detail: impl Into<String>, checks: &[Check]) -> Observatio
             if let Some(fix) = &c.fix {
                 text.push_str(&format!(" — {fix}"));
             }
-            Finding::new(subject, level, text)
+            Finding {
+                inconclusive,
+                ..Finding::new(subject, level, text)
+            }
         })
         .collect();
     Observation::from_findings(ok_detail, findings)

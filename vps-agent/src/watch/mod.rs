@@ -245,9 +245,12 @@ impl Inner {
 /// Runs check `id` every `interval` until shutdown.
 async fn run_check(inner: Arc<Inner>, id: CheckId, interval: Duration, sources: Arc<dyn Sources>) {
     let mut relay_memory = None;
+    let mut previous: Option<Observation> = None;
     loop {
         let observation = observe(&inner, id, &sources, &mut relay_memory).await;
         if let Some(o) = observation {
+            let o = check::carry_forward(previous.as_ref(), o);
+            previous = Some(o.clone());
             inner.record(id, o);
         }
         tokio::select! {
@@ -294,12 +297,7 @@ async fn observe(
         CheckId::Dnsbl | CheckId::Ptr | CheckId::Spf | CheckId::Mx => {
             let id_ = match &inner.identity {
                 Ok(i) => i,
-                Err(e) => {
-                    return Some(Observation::one(
-                        Level::Warning,
-                        format!("not checked: {e}"),
-                    ));
-                }
+                Err(e) => return Some(Observation::unknown(format!("not checked: {e}"))),
             };
             let resolver = inner.settings.resolver;
             let lookup = match resolver.lookup() {
