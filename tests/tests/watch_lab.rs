@@ -659,8 +659,11 @@ fn a_flapping_home_sends_no_more_than_the_budget() {
     let failing = sent.iter().filter(|(_, e)| e == "failing").count();
     // The design's bound: per check and hour at most CERES_ALERT_MAX_PER_HOUR
     // "failing", each followed by at most one "resolved".
+    // Six failures that each outlasted the delay: the budget, not the
+    // hold-down, is what kept it to two.
+    eprintln!("notifications while flapping: {sent:?}");
     assert!(
-        (1..=max_per_hour).contains(&failing) && sent.len() <= 2 * max_per_hour,
+        failing == max_per_hour && sent.len() <= 2 * max_per_hour,
         "{sent:?}"
     );
     for (i, (check, event)) in sent.iter().enumerate() {
