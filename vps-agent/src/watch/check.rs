@@ -333,18 +333,22 @@ mod tests {
         // The list timed out this time: still listed, as last known.
         let timeout = Observation::from_findings(
             "clean",
-            vec![Finding::unknown("ip on bl", "could not be checked: timed out")],
+            vec![Finding::unknown(
+                "ip on bl",
+                "could not be checked: timed out",
+            )],
         );
         let kept = carry_forward(Some(&listed), timeout);
         assert_eq!(kept.level, Level::Failing);
-        assert!(kept.findings[0].text.starts_with("listed (127.0.0.2) (last known"));
+        assert!(
+            kept.findings[0]
+                .text
+                .starts_with("listed (127.0.0.2) (last known")
+        );
         // Twice: the mark is not repeated.
         let again = carry_forward(
             Some(&kept),
-            Observation::from_findings(
-                "clean",
-                vec![Finding::unknown("ip on bl", "timed out")],
-            ),
+            Observation::from_findings("clean", vec![Finding::unknown("ip on bl", "timed out")]),
         );
         assert_eq!(again.findings[0].text, kept.findings[0].text);
         // Nothing could be checked: the failure stays, with why.

@@ -42,9 +42,9 @@ impl std::fmt::Display for Resolver {
 /// A check that could not even start: no resolver. A warning (unknown),
 /// like every DNS question that got no usable answer.
 pub fn no_resolver(resolver: Resolver, e: &ResolverError) -> Observation {
-    Observation::unknown(
-        format!("not checked: {resolver} cannot be used: {e} (CERES_WATCH_RESOLVER)"),
-    )
+    Observation::unknown(format!(
+        "not checked: {resolver} cannot be used: {e} (CERES_WATCH_RESOLVER)"
+    ))
 }
 
 /// Whether blocklists can say anything about `ip`: they list addresses that

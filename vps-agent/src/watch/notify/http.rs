@@ -246,6 +246,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_is_verified_against_the_ca_given() {
+        ceres_pki::tls::install_crypto_provider();
+        let ca = ceres_pki::Ca::generate("hooks.example", Duration::from_secs(86_400)).unwrap();
+        let names = ceres_pki::ServerNames {
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            hosts: Vec::new(),
+        };
+        let cert = ca.issue_server(&names, Duration::from_secs(3600)).unwrap();
+        let mut config =
+            ceres_pki::tls::server_config(ca.cert_der(), &cert.cert_pem, &cert.key_pem).unwrap();
+        config.alpn_protocols.clear();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (tcp, _) = l.accept().await.unwrap();
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"POST /hook HTTP/1.1\r\n"));
+                tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tls.shutdown().await;
+            }
+        });
+        let url: WebhookUrl = format!("https://127.0.0.1:{port}/hook").parse().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let status = post(&url, &body(), Some(&ca_file), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(status, "204 No Content");
+        // The same server against a CA bundle that does not hold its CA.
+        let other = ceres_pki::Ca::generate("other.example", Duration::from_secs(86_400)).unwrap();
+        std::fs::write(&ca_file, other.cert_pem()).unwrap();
+        let e = post(&url, &body(), Some(&ca_file), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Tls { .. }), "{e}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn refusals_and_garbage_are_errors() {
         let (url, _t) = server("HTTP/1.1 403 Forbidden\r\n\r\n").await;
         let e = post(&url, &body(), None, Duration::from_secs(5))
