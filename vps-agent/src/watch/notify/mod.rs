@@ -407,3 +407,109 @@ async fn work(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::check::{CheckId, Finding, Level, Observation};
+    use webhook::{WebhookFormat, body};
+
+    fn origin() -> Origin {
+        Origin {
+            mail_host: "mail.example.com".into(),
+            domain: "example.com".into(),
+            public_ips: vec!["203.0.113.10".parse().unwrap()],
+        }
+    }
+
+    fn event(kind: EventKind, level: Level) -> Event {
+        Event {
+            check: Some(CheckId::Dnsbl),
+            kind,
+            observation: Observation::from_findings(
+                "clean",
+                vec![Finding::new(
+                    "203.0.113.10 on bl.example",
+                    level,
+                    "listed (127.0.0.2): spam\ntrap\u{1b}[31m",
+                )],
+            ),
+            since_unix: 1_700_000_600,
+            failing_since_unix: 1_700_000_000,
+            at_unix: 1_700_000_600,
+            budget_exhausted_until_unix: None,
+        }
+    }
+
+    #[test]
+    fn messages_say_what_since_when_and_from_which_vps() {
+        let m = Message::new(&event(EventKind::Failing, Level::Failing), &origin());
+        assert_eq!(m.title, "[mail.example.com] FAILING: DNS blocklists");
+        assert!(
+            m.text.starts_with(
+                "DNS blocklists is failing since 2023-11-14T22:13:20Z (10 min ago).\n"
+            ),
+            "{}",
+            m.text
+        );
+        // Control characters from a finding cannot forge lines or colours.
+        assert!(
+            m.text.contains(
+                "- failing 203.0.113.10 on bl.example: listed (127.0.0.2): spam trap [31m\n"
+            ),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text
+                .contains("The CERES agent on the VPS mail.example.com (203.0.113.10)")
+        );
+        assert_eq!(m.json()["event"], "failing");
+        assert_eq!(m.json()["check"], "dnsbl");
+        assert_eq!(m.json()["findings"][0]["state"], "failing");
+
+        let r = Message::new(&event(EventKind::Resolved, Level::Warning), &origin());
+        assert!(
+            r.text
+                .contains("it failed from 2023-11-14T22:13:20Z to 2023-11-14T22:23:20Z (10 min)"),
+            "{}",
+            r.text
+        );
+        let mut last = event(EventKind::Failing, Level::Failing);
+        last.budget_exhausted_until_unix = Some(1_700_003_600);
+        let l = Message::new(&last, &origin());
+        assert!(
+            l.text.contains("no sooner than 2023-11-14T23:13:20Z"),
+            "{}",
+            l.text
+        );
+    }
+
+    #[test]
+    fn ntfy_and_gotify_bodies() {
+        let m = Message::new(&event(EventKind::Failing, Level::Failing), &origin());
+        let n = body(WebhookFormat::Ntfy, &m);
+        assert_eq!(n.content_type, "text/plain; charset=utf-8");
+        assert_eq!(
+            n.headers,
+            vec![
+                (
+                    "Title",
+                    "[mail.example.com] FAILING: DNS blocklists".to_owned()
+                ),
+                ("Priority", "5".to_owned()),
+                ("Tags", "rotating_light".to_owned()),
+            ]
+        );
+        assert_eq!(n.bytes, m.text.as_bytes());
+        let g = body(WebhookFormat::Gotify, &m);
+        let v: serde_json::Value = serde_json::from_slice(&g.bytes).unwrap();
+        assert_eq!(v["priority"], 8);
+        assert_eq!(v["title"], m.title);
+        let r = Message::new(&event(EventKind::Resolved, Level::Ok), &origin());
+        assert_eq!(body(WebhookFormat::Ntfy, &r).headers[1].1, "3");
+        let j = body(WebhookFormat::Json, &r);
+        let v: serde_json::Value = serde_json::from_slice(&j.bytes).unwrap();
+        assert_eq!(v["event"], "resolved");
+    }
+}
