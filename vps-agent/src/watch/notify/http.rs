@@ -57,6 +57,19 @@ pub enum HttpError {
     Status(String),
 }
 
+impl HttpError {
+    /// The server refused the request itself (4xx other than 408 and 429):
+    /// the same request would be refused again.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            HttpError::Status(s) => {
+                s.starts_with('4') && !s.starts_with("408") && !s.starts_with("429")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// POSTs `body` to `url`; `Ok` with the status line ("200 OK") on a 2xx.
 /// `ca_file`: the CAs an https server must chain to (`None`: the system's).
 pub async fn post(
@@ -300,6 +313,9 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "the server answered HTTP 403 Forbidden");
+        assert!(e.is_permanent());
+        assert!(!HttpError::Status("429 Too Many Requests".into()).is_permanent());
+        assert!(!HttpError::Status("503 Service Unavailable".into()).is_permanent());
         let (url, _t) = server("SSH-2.0-OpenSSH\r\n").await;
         let e = post(&url, &body(), None, Duration::from_secs(5))
             .await

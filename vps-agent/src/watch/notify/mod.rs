@@ -234,7 +234,7 @@ impl Channel {
         }
     }
 
-    fn record(&self, result: &Result<String, String>) {
+    fn record(&self, result: &Result<String, Failure>) {
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         s.last_attempt_unix = ceres_pki::unix_secs(std::time::SystemTime::now());
         match result {
@@ -244,28 +244,47 @@ impl Channel {
             }
             Err(e) => {
                 s.failed += 1;
-                s.last_error = e.clone();
+                s.last_error = e.text.clone();
             }
         }
     }
 
-    /// One try on this channel.
-    async fn send(&self, msg: &Message, mailer: &Mailer) -> Result<String, String> {
+    /// One try on this channel: what the receiver said, or why it failed.
+    async fn send(&self, msg: &Message, mailer: &Mailer) -> Result<String, Failure> {
         match &self.target {
             Target::Webhook(w) => {
                 let body = webhook::body(w.format, msg);
                 http::post(&w.url, &body, w.ca_file.as_deref(), WEBHOOK_TIMEOUT)
                     .await
                     .map(|status| format!("{} answered {status}", w.url))
-                    .map_err(|e| format!("{}: {e}", w.url))
+                    .map_err(|e| Failure {
+                        permanent: e.is_permanent(),
+                        text: format!("{}: {e}", w.url),
+                    })
             }
             Target::Email(to) => tokio::time::timeout(MAIL_TIMEOUT, mailer.deliver(to, msg))
                 .await
-                .map_err(|_| format!("{to}: not delivered within {} s", MAIL_TIMEOUT.as_secs()))?
+                .map_err(|_| Failure {
+                    permanent: false,
+                    text: format!("{to}: not delivered within {} s", MAIL_TIMEOUT.as_secs()),
+                })?
                 .map(|r| format!("{to}: {r}"))
-                .map_err(|e| format!("{to}: {e}")),
+                .map_err(|e| Failure {
+                    permanent: matches!(e, email::MailError::Rejected { .. }),
+                    text: format!("{to}: {e}"),
+                }),
         }
     }
+}
+
+/// A send that failed.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// What went wrong.
+    text: String,
+    /// The receiver refused for good (a 5xx to the mail, a 4xx to the
+    /// request): trying again would get the same answer.
+    permanent: bool,
 }
 
 /// The channels and their workers.
@@ -331,7 +350,10 @@ impl Notifier {
             if let Err(e) = c.queue.try_send(msg.clone()) {
                 let why = format!("not sent: the channel's queue is full or closed ({e})");
                 tracing::error!(channel = ?c.to_proto().target, "{why}");
-                c.record(&Err(why));
+                c.record(&Err(Failure {
+                    text: why,
+                    permanent: true,
+                }));
             }
         }
     }
@@ -348,7 +370,7 @@ impl Notifier {
                 tracing::info!(channel = %c.to_proto().target, ok = result.is_ok(), "test notification");
                 let (ok, detail) = match result {
                     Ok(d) => (true, d),
-                    Err(d) => (false, d),
+                    Err(f) => (false, f.text),
                 };
                 AlertResult {
                     channel: Some(c.to_proto()),
@@ -390,16 +412,16 @@ async fn work(
                     tracing::info!(title = %msg.title, %detail, "notification sent");
                     break;
                 }
-                Err(e) => match waits.next() {
+                Err(e) => match waits.next().filter(|_| !e.permanent) {
                     Some(wait) => {
-                        tracing::warn!(title = %msg.title, error = %e, retry_in_s = wait.as_secs(), "notification not sent; will retry");
+                        tracing::warn!(title = %msg.title, error = %e.text, retry_in_s = wait.as_secs(), "notification not sent; will retry");
                         tokio::select! {
                             _ = cancel.cancelled() => return,
                             _ = tokio::time::sleep(*wait) => {}
                         }
                     }
                     None => {
-                        tracing::error!(title = %msg.title, error = %e, "notification not sent; giving up on it");
+                        tracing::error!(title = %msg.title, error = %e.text, permanent = e.permanent, "notification not sent; giving up on it");
                         break;
                     }
                 },
