@@ -246,8 +246,23 @@ impl Inner {
 async fn run_check(inner: Arc<Inner>, id: CheckId, interval: Duration, sources: Arc<dyn Sources>) {
     let mut relay_memory = None;
     let mut previous: Option<Observation> = None;
+    let asks_dns = matches!(
+        id,
+        CheckId::Dnsbl | CheckId::Ptr | CheckId::Spf | CheckId::Mx
+    );
     loop {
-        let observation = observe(&inner, id, &sources, &mut relay_memory).await;
+        let run = observe(&inner, id, &sources, &mut relay_memory);
+        // DNS questions can wait seconds on a dead resolver: shutdown does
+        // not wait for them. (The other checks are quick, and one holds the
+        // agent's context in a blocking task: it is let finish.)
+        let observation = if asks_dns {
+            tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                o = run => o,
+            }
+        } else {
+            run.await
+        };
         if let Some(o) = observation {
             let o = check::carry_forward(previous.as_ref(), o);
             previous = Some(o.clone());
