@@ -1,6 +1,7 @@
 //! `cerectl`: the administrator's view of a CERES installation — status of
 //! both agents from anywhere, and (growing) the DNS/PTR checklist and checks.
 
+mod alerts;
 mod cli;
 mod dns;
 mod doctor;
@@ -8,6 +9,7 @@ mod mailconfig;
 mod sendtest;
 mod smtp;
 mod status;
+mod status_checks;
 mod vps;
 
 pub use cli::main;

@@ -44,6 +44,12 @@ pub struct Status {
     /// The home mail server per forwarded port, as the home agent probes it
     /// (empty before home reports probes).
     pub mail_server: Vec<ProbePart>,
+    /// The VPS watchdog's checks (empty from a VPS without one).
+    #[serde(default)]
+    pub checks: Vec<crate::status_checks::CheckPart>,
+    /// Where the watchdog's notifications go.
+    #[serde(default)]
+    pub alert_channels: Vec<crate::status_checks::AlertChannelPart>,
 }
 
 /// One probe of the home mail server by the home agent.
@@ -666,7 +672,11 @@ impl Status {
                 )
             })
             .collect();
+        let checks = crate::status_checks::checks(&resp.checks);
+        problems.extend(crate::status_checks::problems(&checks));
         Status {
+            checks,
+            alert_channels: crate::status_checks::channels(&resp.alert_channels),
             schema: SCHEMA,
             ok: problems.is_empty(),
             problems,
@@ -995,6 +1005,11 @@ impl Status {
                 ));
             }
         }
+        out.push_str(&crate::status_checks::render(
+            &self.checks,
+            &self.alert_channels,
+            fancy,
+        ));
         if !self.warnings.is_empty() {
             out.push('\n');
             for w in &self.warnings {
@@ -1094,6 +1109,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         }
     }
 
