@@ -68,6 +68,9 @@ pub enum Command {
     /// Send a real test message through the VPS and show every SMTP step;
     /// exit 0 only when the server accepted it (250).
     SendTest(crate::sendtest::SendTestArgs),
+    /// The VPS watchdog's notifications: `alerts test` sends one through
+    /// each channel and shows what happened.
+    Alerts(crate::alerts::AlertsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(manual::CompletionsArgs),
     /// Print the man page, or with --out-dir write one page per subcommand.
@@ -186,6 +189,7 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Command::Doctor(args) => crate::doctor::run(cli, args).await,
         Command::MailserverConfig(args) => crate::mailconfig::run(cli, args).await,
         Command::SendTest(args) => crate::sendtest::run(cli, args).await,
+        Command::Alerts(args) => crate::alerts::run(cli, args).await,
         Command::Completions(args) => {
             manual::completions::<Cli>(args);
             Ok(ExitCode::SUCCESS)
@@ -332,6 +336,7 @@ mod tests {
             "doctor",
             "mailserver-config",
             "send-test",
+            "alerts",
             "completions",
             "man",
         ])

@@ -1,6 +1,7 @@
 //! `cerectl`: the administrator's view of a CERES installation — status of
 //! both agents from anywhere, and (growing) the DNS/PTR checklist and checks.
 
+mod alerts;
 mod cli;
 mod dns;
 mod doctor;
@@ -9,6 +10,7 @@ mod sendtest;
 mod smtp;
 mod status;
 mod status_stack;
+mod status_checks;
 mod vps;
 
 pub use cli::main;

@@ -47,6 +47,12 @@ pub struct Status {
     /// Home's mail stack and its PROXY listeners (`CERES_MAIL_STACK`); null
     /// when home names no stack.
     pub stack: Option<ceres_control::stack_report::StackStatus>,
+    /// The VPS watchdog's checks (empty from a VPS without one).
+    #[serde(default)]
+    pub checks: Vec<crate::status_checks::CheckPart>,
+    /// Where the watchdog's notifications go.
+    #[serde(default)]
+    pub alert_channels: Vec<crate::status_checks::AlertChannelPart>,
 }
 
 /// One probe of the home mail server by the home agent.
@@ -671,7 +677,11 @@ impl Status {
                 )
             })
             .collect();
+        let checks = crate::status_checks::checks(&resp.checks);
+        problems.extend(crate::status_checks::problems(&checks));
         Status {
+            checks,
+            alert_channels: crate::status_checks::channels(&resp.alert_channels),
             schema: SCHEMA,
             ok: problems.is_empty(),
             problems,
@@ -1004,6 +1014,11 @@ impl Status {
         if let Some(s) = &self.stack {
             out.push_str(&crate::status_stack::render(s, &mark(s.ok), paint));
         }
+        out.push_str(&crate::status_checks::render(
+            &self.checks,
+            &self.alert_channels,
+            fancy,
+        ));
         if !self.warnings.is_empty() {
             out.push('\n');
             for w in &self.warnings {
@@ -1103,6 +1118,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         }
     }
 

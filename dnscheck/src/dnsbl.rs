@@ -36,8 +36,10 @@ pub enum DnsblStatus {
         /// The list's TXT explanation, when it gives one.
         reason: Option<String>,
     },
-    /// The list answered 127.255.255.x: it refused to answer this resolver (public
-    /// resolver or rate limit). Says nothing about a listing.
+    /// The list refused the query: it answered 127.255.255.x (Spamhaus and others:
+    /// typo in the zone name, public or open resolver, too many queries) or
+    /// 127.0.0.1, which RFC 5782 section 5 forbids as a listing and lists use to
+    /// say "blocked". Says nothing about a listing: see [`refusal_meaning`].
     Refused {
         /// The refusal code.
         code: Ipv4Addr,
@@ -123,10 +125,79 @@ async fn classify<L: Lookup>(codes: Vec<Ipv4Addr>, query: &str, lookup: &L) -> D
     DnsblStatus::Listed { codes, reason }
 }
 
-/// 127.255.255.0/24 is how Spamhaus and others say "not answering you".
+/// 127.255.255.0/24 is how Spamhaus and others say "not answering you";
+/// 127.0.0.1 is never a listing (RFC 5782 section 5 forbids the entry), and
+/// lists such as URIBL answer it to block a querier.
 fn is_refusal(code: Ipv4Addr) -> bool {
     let o = code.octets();
-    o[0] == 127 && o[1] == 255 && o[2] == 255
+    (o[0] == 127 && o[1] == 255 && o[2] == 255) || code == Ipv4Addr::new(127, 0, 0, 1)
+}
+
+/// What a refusal code says, in words: the codes Spamhaus documents for its
+/// zones (other lists that use 127.255.255.x follow them), and 127.0.0.1.
+pub fn refusal_meaning(code: Ipv4Addr) -> &'static str {
+    match code.octets() {
+        [127, 255, 255, 252] => "the zone name is mistyped or not a query zone of this list",
+        [127, 255, 255, 254] => {
+            "the list does not answer queries from public or open resolvers (or unattributable reverse DNS)"
+        }
+        [127, 255, 255, 255] => "too many queries from this resolver",
+        [127, 0, 0, 1] => "127.0.0.1 is never a listing (RFC 5782): the list blocks this resolver",
+        _ => "the list refused to answer this resolver",
+    }
+}
+
+/// What a listing code means, for the lists whose codes are documented and
+/// stable (Spamhaus's); `None` elsewhere (codes are list-specific).
+pub fn listing_meaning(zone: &str, code: Ipv4Addr) -> Option<&'static str> {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase();
+    if !zone.ends_with("spamhaus.org") {
+        return None;
+    }
+    Some(match code.octets() {
+        [127, 0, 0, 2] => "SBL: a known spam source or spam operation",
+        [127, 0, 0, 3] => "SBL CSS: snowshoe spam or a hijacked address",
+        [127, 0, 0, 4..=7] => "XBL: a compromised host (malware, open proxy)",
+        [127, 0, 0, 9] => "SBL DROP: a hijacked or criminal network",
+        [127, 0, 0, 10] => {
+            "PBL (ISP-maintained): the provider says this range should not send mail directly"
+        }
+        [127, 0, 0, 11] => "PBL: an end-user range that should not send mail directly",
+        _ => return None,
+    })
+}
+
+impl DnsblStatus {
+    /// One line for a person (status, notifications): "not listed",
+    /// "listed (127.0.0.2: ...)", "query refused by the list (...)", or the
+    /// error; `zone` gives the codes their list-specific meaning.
+    pub fn describe(&self, zone: &str) -> String {
+        match self {
+            DnsblStatus::NotListed => "not listed".into(),
+            DnsblStatus::Listed { codes, reason } => format!(
+                "listed ({}){}",
+                codes
+                    .iter()
+                    .map(|c| match listing_meaning(zone, *c) {
+                        Some(m) => format!("{c}: {m}"),
+                        None => c.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+            DnsblStatus::Refused { code } => format!(
+                "query refused by the list ({code}: {}); the listing is unknown",
+                refusal_meaning(*code)
+            ),
+            DnsblStatus::Error { message } => {
+                format!("could not be checked: {message}")
+            }
+        }
+    }
 }
 
 impl DnsblResult {
@@ -140,7 +211,10 @@ impl DnsblResult {
                     "LISTED ({}){}",
                     codes
                         .iter()
-                        .map(ToString::to_string)
+                        .map(|c| match listing_meaning(&self.zone, *c) {
+                            Some(m) => format!("{c} {m}"),
+                            None => c.to_string(),
+                        })
                         .collect::<Vec<_>>()
                         .join(", "),
                     reason
@@ -157,8 +231,14 @@ impl DnsblResult {
             // should not turn a monitoring check red on their own.
             DnsblStatus::Refused { code } => (
                 Status::Warn,
-                format!("the blocklist refused the query ({code}): public resolver or rate limit"),
-                Some("run the check through your own recursive resolver (--resolver)".to_owned()),
+                format!(
+                    "query refused by the list ({code}: {}): not a listing",
+                    refusal_meaning(*code)
+                ),
+                Some(
+                    "run the check through a recursive resolver of your own (--resolver), not a public one"
+                        .to_owned(),
+                ),
             ),
             DnsblStatus::Error { message } => (
                 Status::Error,
@@ -270,6 +350,75 @@ mod tests {
         let json = serde_json::to_value(&r[0]).unwrap();
         assert_eq!(json["status"]["state"], "listed");
         assert_eq!(json["zone"], "bl.example");
+    }
+
+    #[tokio::test]
+    async fn refusal_codes_are_never_listings_and_say_why() {
+        let vps = ip("203.0.113.10");
+        let mut dns = FakeLookup::new();
+        let zones = [
+            "typo.example",
+            "public.example",
+            "flood.example",
+            "blocked.example",
+        ];
+        for (zone, code) in zones.iter().zip([
+            "127.255.255.252",
+            "127.255.255.254",
+            "127.255.255.255",
+            "127.0.0.1",
+        ]) {
+            dns = dns.with_a(&format!("10.113.0.203.{zone}"), code.parse().unwrap());
+        }
+        let r = dnsbl_check(vps, &zones, &dns).await;
+        for (res, code) in r.iter().zip([
+            "127.255.255.252",
+            "127.255.255.254",
+            "127.255.255.255",
+            "127.0.0.1",
+        ]) {
+            assert_eq!(
+                res.status,
+                DnsblStatus::Refused {
+                    code: code.parse().unwrap()
+                },
+                "{res:?}"
+            );
+            let text = res.status.describe(&res.zone);
+            assert!(text.starts_with("query refused by the list ("), "{text}");
+            assert!(!text.contains("listed ("), "{text}");
+            assert_eq!(res.to_check().status, Status::Warn);
+        }
+        assert!(r[0].status.describe("x").contains("mistyped"));
+        assert!(
+            r[1].status
+                .describe("x")
+                .contains("public or open resolvers")
+        );
+        assert!(r[2].status.describe("x").contains("too many queries"));
+        assert!(r[3].status.describe("x").contains("RFC 5782"));
+    }
+
+    #[test]
+    fn spamhaus_codes_are_named_and_other_lists_codes_are_not() {
+        let listed = |c: &str| DnsblStatus::Listed {
+            codes: vec![c.parse().unwrap()],
+            reason: None,
+        };
+        assert_eq!(
+            listed("127.0.0.11").describe("zen.spamhaus.org."),
+            "listed (127.0.0.11: PBL: an end-user range that should not send mail directly)"
+        );
+        assert!(
+            listed("127.0.0.4")
+                .describe("ZEN.SPAMHAUS.ORG")
+                .contains("XBL")
+        );
+        assert_eq!(
+            listed("127.0.0.2").describe("bl.example"),
+            "listed (127.0.0.2)"
+        );
+        assert_eq!(DnsblStatus::NotListed.describe("bl.example"), "not listed");
     }
 
     #[test]

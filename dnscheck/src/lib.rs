@@ -36,10 +36,14 @@ pub use checklist::{
 pub use dkim::{DkimError, DkimKeyType, DkimRecord};
 pub use dmarc::{DmarcError, DmarcPolicy, DmarcRecord};
 pub use dnsbl::{
-    DEFAULT_DNSBL_ZONES, DnsblResult, DnsblStatus, dnsbl_check, dnsbl_query_name, render_dnsbl_text,
+    DEFAULT_DNSBL_ZONES, DnsblResult, DnsblStatus, dnsbl_check, dnsbl_query_name, listing_meaning,
+    refusal_meaning, render_dnsbl_text,
 };
 pub use identity::{IdentityError, MailIdentity, MailIdentityBuilder};
 pub use lookup::{
     FakeLookup, HickoryLookup, Lookup, LookupError, MxRecord, ResolverError, reverse_name,
 };
-pub use verify::{Check, CheckKind, Report, Row, Status, Summary, Table, verify};
+pub use verify::{
+    Check, CheckKind, Report, Row, Status, Summary, Table, verify, verify_ptr, verify_routing,
+    verify_spf,
+};

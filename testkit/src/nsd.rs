@@ -93,6 +93,32 @@ impl Nsd {
         Ok(Nsd { child, dir, addr })
     }
 
+    /// Replaces the text of zone `index` (in the order given to `spawn`) and
+    /// has nsd reload it (SIGHUP: nsd reads zone files whose mtime changed).
+    /// It keeps answering meanwhile, so a client never sees it gone; bump the
+    /// SOA serial in the new text and poll for the new answer.
+    pub fn replace_zone(&self, index: usize, text: &str) -> io::Result<()> {
+        let path = self.dir.path().join(format!("zone{index}.zone"));
+        if !path.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("nsd has no zone {index}"),
+            ));
+        }
+        // Via a new file and a rename: nsd never reads half a zone.
+        let tmp = self.dir.path().join(format!("zone{index}.zone.new"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        let pid = i32::try_from(self.child.id())
+            .map_err(|_| io::Error::other("nsd's pid does not fit a pid_t"))?;
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped (it is reaped on drop), so it names nsd.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// What nsd printed and logged so far, for failure messages.
     pub fn log(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();

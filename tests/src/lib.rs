@@ -534,8 +534,11 @@ impl<'a> Ceres<'a> {
         };
         // Interface names are unique per lab: the WireGuard API socket
         // directory is shared by every namespace.
+        // The watchdog's DNS checks stay off: the lab has no resolver, and
+        // nothing may reach a real one (a test turns them on with its own
+        // lab DNS server, by environment: it overrides the file).
         let mut vps_text = format!(
-            "CERES_REPORT_INTERVAL=1s\nCERES_TUNNEL_IFNAME={}\n",
+            "CERES_REPORT_INTERVAL=1s\nCERES_TUNNEL_IFNAME={}\nCERES_WATCH_DNS=off\n",
             lab.vps_tun
         );
         for l in vps_lines {
@@ -787,7 +790,7 @@ impl LoopVps {
         let addr = format!("{ip}:7443");
         let config = dir.path().join("vps.env");
         let mut text = format!(
-            "CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\n"
+            "CERES_CONTROL_LISTEN={addr}\nCERES_REPORT_INTERVAL=1s\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\nCERES_WATCH_DNS=off\n"
         );
         for l in extra_config {
             text.push_str(l);

@@ -151,7 +151,8 @@ impl Vps {
             &config,
             format!(
                 "CERES_PUBLIC_IP={VPS_IP}\nCERES_DOMAIN={DOMAIN}\nCERES_MAIL_HOST={MAIL_HOST}\n\
-                 CERES_CONTROL_LISTEN={control}\nCERES_CONTROL_ADDRESS={control}\nCERES_TUNNEL=off\n"
+                 CERES_CONTROL_LISTEN={control}\nCERES_CONTROL_ADDRESS={control}\nCERES_TUNNEL=off\n\
+                 CERES_WATCH_DNS=off\n"
             ),
         )?;
         let vps = |args: &[&str]| {

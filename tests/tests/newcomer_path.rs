@@ -112,7 +112,7 @@ fn token_created_by_root_is_redeemed_by_an_agent_running_as_the_state_owner() {
     std::fs::write(
         &config,
         format!(
-            "CERES_CONTROL_LISTEN={addr}\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\nCERES_RELAYS=\n"
+            "CERES_CONTROL_LISTEN={addr}\nCERES_TUNNEL=off\nCERES_METRICS_LISTEN=off\nCERES_RELAYS=\nCERES_WATCH_DNS=off\n"
         ),
     )
     .unwrap();

@@ -14,5 +14,6 @@ mod settings;
 mod state;
 mod tokens;
 mod tunnel;
+mod watch;
 
 pub use cli::main;

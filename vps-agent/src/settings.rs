@@ -187,6 +187,9 @@ pub struct VpsFlags {
     /// [CERES_METRICS_LISTEN]
     #[arg(long, value_name = "IP:PORT|off")]
     pub metrics_listen: Option<String>,
+    /// The watchdog and its alerts (CERES_WATCH_*, CERES_ALERT_*).
+    #[command(flatten)]
+    pub watch: crate::watch::WatchFlags,
 }
 
 /// Relay and egress settings of the VPS.
@@ -278,6 +281,8 @@ pub struct VpsSettings {
     pub rotate_every: Duration,
     /// Metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The watchdog and its alerts.
+    pub watch: crate::watch::WatchSettings,
 }
 
 /// A comma-separated list of addresses.
@@ -594,6 +599,7 @@ impl VpsFlags {
             )?
             .0;
         Ok(VpsSettings {
+            watch: self.watch.resolve(layers, &domain)?,
             control_limits: self.control_limits(layers)?,
             metrics_listen,
             rotate_every,

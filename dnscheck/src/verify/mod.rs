@@ -217,5 +217,27 @@ pub async fn verify<L: Lookup>(id: &MailIdentity, lookup: &L) -> Report {
     }
 }
 
+/// Only the records that route mail to the VPS: MX of the domain, and A and
+/// AAAA of the mail host (the VPS agent's watchdog checks these on their own
+/// schedule, apart from the rest).
+pub async fn verify_routing<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
+    let (mx, a, aaaa) = tokio::join!(
+        checks::mx(id, lookup),
+        checks::address_v4(id, lookup),
+        checks::address_v6(id, lookup),
+    );
+    vec![mx, a, aaaa]
+}
+
+/// Only the SPF checks: the record, and whether it authorises each VPS address.
+pub async fn verify_spf<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
+    checks::spf(id, lookup).await
+}
+
+/// Only the reverse DNS (forward-confirmed) of each VPS address.
+pub async fn verify_ptr<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
+    checks::ptr(id, lookup).await
+}
+
 #[cfg(test)]
 mod tests;

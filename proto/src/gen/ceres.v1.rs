@@ -486,6 +486,12 @@ pub struct StatusResponse {
     pub egress: ::core::option::Option<EgressStatus>,
     #[prost(message, optional, tag = "6")]
     pub rotation: ::core::option::Option<RotationStatus>,
+    /// The VPS agent's watchdog: each check and its state (empty from an older VPS).
+    #[prost(message, repeated, tag = "60")]
+    pub checks: ::prost::alloc::vec::Vec<WatchCheck>,
+    /// Where the watchdog's notifications go.
+    #[prost(message, repeated, tag = "61")]
+    pub alert_channels: ::prost::alloc::vec::Vec<AlertChannel>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct VpsStatus {
@@ -571,6 +577,88 @@ pub struct HomeRevocation {
     /// When the VPS acted on it, unix seconds.
     #[prost(int64, tag = "4")]
     pub revoked_unix: i64,
+}
+/// One check the VPS agent runs on its own schedule.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct WatchCheck {
+    /// Stable id: "home", "relays", "egress", "home_firewall", "rotation",
+    /// "certificates", "dnsbl", "ptr", "spf", "mx".
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// What it watches, for people.
+    #[prost(string, tag = "2")]
+    pub title: ::prost::alloc::string::String,
+    #[prost(enumeration = "CheckState", tag = "3")]
+    pub state: i32,
+    /// Unix seconds since the check has been in this state (0: not run yet).
+    #[prost(int64, tag = "4")]
+    pub since_unix: i64,
+    /// One line: what was found (prose; decide on `state` and `findings`).
+    #[prost(string, tag = "5")]
+    pub detail: ::prost::alloc::string::String,
+    /// The parts that are not ok (a blocklist, an address, a certificate).
+    #[prost(message, repeated, tag = "6")]
+    pub findings: ::prost::alloc::vec::Vec<CheckFinding>,
+    #[prost(int64, tag = "7")]
+    pub last_run_unix: i64,
+    #[prost(uint64, tag = "8")]
+    pub interval_secs: u64,
+    /// A "failing" notification went out and its "resolved" has not yet.
+    #[prost(bool, tag = "9")]
+    pub notified: bool,
+}
+/// One part of a check that is not ok.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CheckFinding {
+    /// What it is about: a blocklist zone, a VPS address, a certificate, a port.
+    #[prost(string, tag = "1")]
+    pub subject: ::prost::alloc::string::String,
+    #[prost(enumeration = "CheckState", tag = "2")]
+    pub state: i32,
+    #[prost(string, tag = "3")]
+    pub text: ::prost::alloc::string::String,
+}
+/// One place notifications go, and how sending went.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlertChannel {
+    #[prost(enumeration = "AlertChannelKind", tag = "1")]
+    pub kind: i32,
+    /// The webhook URL without path and query (they may hold a token), or the
+    /// mail address.
+    #[prost(string, tag = "2")]
+    pub target: ::prost::alloc::string::String,
+    /// Webhook body format: "json", "ntfy" or "gotify"; empty for e-mail.
+    #[prost(string, tag = "3")]
+    pub format: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub sent: u64,
+    #[prost(uint64, tag = "5")]
+    pub failed: u64,
+    /// Unix seconds of the last attempt (0: none yet) and its error (empty: sent).
+    #[prost(int64, tag = "6")]
+    pub last_attempt_unix: i64,
+    #[prost(string, tag = "7")]
+    pub last_error: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TestAlertsRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TestAlertsResponse {
+    /// One per configured channel; empty when none is configured.
+    #[prost(message, repeated, tag = "1")]
+    pub results: ::prost::alloc::vec::Vec<AlertResult>,
+}
+/// What happened to a test notification on one channel.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AlertResult {
+    #[prost(message, optional, tag = "1")]
+    pub channel: ::core::option::Option<AlertChannel>,
+    #[prost(bool, tag = "2")]
+    pub ok: bool,
+    /// What the receiver answered (HTTP status, the SMTP reply and which MX),
+    /// or why it could not be sent.
+    #[prost(string, tag = "3")]
+    pub detail: ::prost::alloc::string::String,
 }
 /// Role of a certificate (and of a join token).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -992,6 +1080,76 @@ impl HomeAccess {
             "HOME_ACCESS_UNSPECIFIED" => Some(Self::Unspecified),
             "HOME_ACCESS_ALLOWED" => Some(Self::Allowed),
             "HOME_ACCESS_REVOKED" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+/// How a watchdog check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CheckState {
+    /// Not run yet.
+    Unspecified = 0,
+    Ok = 1,
+    /// Works, but risky, or could not be checked (a DNS timeout says nothing
+    /// about the record). Shown, never notified.
+    Warning = 2,
+    /// Broken: notified (after the hold-down of CERES_ALERT_DELAY for checks of
+    /// live state), and "resolved" when it is not any more.
+    Failing = 3,
+}
+impl CheckState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CHECK_STATE_UNSPECIFIED",
+            Self::Ok => "CHECK_STATE_OK",
+            Self::Warning => "CHECK_STATE_WARNING",
+            Self::Failing => "CHECK_STATE_FAILING",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CHECK_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "CHECK_STATE_OK" => Some(Self::Ok),
+            "CHECK_STATE_WARNING" => Some(Self::Warning),
+            "CHECK_STATE_FAILING" => Some(Self::Failing),
+            _ => None,
+        }
+    }
+}
+/// Kinds of alert channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AlertChannelKind {
+    Unspecified = 0,
+    /// An HTTP(S) POST (CERES_ALERT_WEBHOOK).
+    Webhook = 1,
+    /// Mail straight to the recipient domain's MX (CERES_ALERT_EMAIL).
+    Email = 2,
+}
+impl AlertChannelKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ALERT_CHANNEL_KIND_UNSPECIFIED",
+            Self::Webhook => "ALERT_CHANNEL_KIND_WEBHOOK",
+            Self::Email => "ALERT_CHANNEL_KIND_EMAIL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ALERT_CHANNEL_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "ALERT_CHANNEL_KIND_WEBHOOK" => Some(Self::Webhook),
+            "ALERT_CHANNEL_KIND_EMAIL" => Some(Self::Email),
             _ => None,
         }
     }
@@ -1788,6 +1946,31 @@ pub mod admin_client {
             req.extensions_mut().insert(GrpcMethod::new("ceres.v1.Admin", "Rotate"));
             self.inner.unary(req, path, codec).await
         }
+        /// Send one test notification through each configured alert channel now;
+        /// returns what happened on each.
+        pub async fn test_alerts(
+            &mut self,
+            request: impl tonic::IntoRequest<super::TestAlertsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestAlertsResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/ceres.v1.Admin/TestAlerts",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("ceres.v1.Admin", "TestAlerts"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1812,6 +1995,15 @@ pub mod admin_server {
             &self,
             request: tonic::Request<super::RotateRequest>,
         ) -> std::result::Result<tonic::Response<super::RotateResponse>, tonic::Status>;
+        /// Send one test notification through each configured alert channel now;
+        /// returns what happened on each.
+        async fn test_alerts(
+            &self,
+            request: tonic::Request<super::TestAlertsRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TestAlertsResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct AdminServer<T> {
@@ -1960,6 +2152,49 @@ pub mod admin_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RotateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/ceres.v1.Admin/TestAlerts" => {
+                    #[allow(non_camel_case_types)]
+                    struct TestAlertsSvc<T: Admin>(pub Arc<T>);
+                    impl<T: Admin> tonic::server::UnaryService<super::TestAlertsRequest>
+                    for TestAlertsSvc<T> {
+                        type Response = super::TestAlertsResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::TestAlertsRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Admin>::test_alerts(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = TestAlertsSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

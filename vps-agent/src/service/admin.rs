@@ -1,11 +1,15 @@
-//! The `Admin` service: `cerectl status` and `cerectl rotate`.
+//! The `Admin` service: `cerectl status`, `cerectl rotate` and `cerectl
+//! alerts test`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use ceres_pki::{Role, unix_secs};
 use ceres_proto::admin_server::Admin;
-use ceres_proto::{RotateRequest, RotateResponse, StatusRequest, StatusResponse, VpsStatus};
+use ceres_proto::{
+    RotateRequest, RotateResponse, StatusRequest, StatusResponse, TestAlertsRequest,
+    TestAlertsResponse, VpsStatus,
+};
 use tonic::{Request, Response, Status};
 
 use super::rotation_schedule::ROTATE_WAIT;
@@ -65,18 +69,23 @@ impl Admin for Svc {
                     .map(|p| *p as u32)
                     .collect(),
             }),
-            home: Some({
-                let mut home = ctx.hub.status();
-                let (access, revocation) = ctx.revocations.status();
-                home.access = access as i32;
-                home.revocation = revocation;
-                home
-            }),
+            home: Some(ctx.home_status()),
             vps_tunnel: Some(ctx.tunnel.report()),
             relays: ctx.relays.report(),
             egress: Some(egress),
             rotation: Some(ctx.rotator.status()),
+            checks: ctx.watch.checks(),
+            alert_channels: ctx.watch.channels(),
         }))
+    }
+
+    async fn test_alerts(
+        &self,
+        req: Request<TestAlertsRequest>,
+    ) -> Result<Response<TestAlertsResponse>, Status> {
+        let who = self.authorize(&req, Role::Admin)?;
+        tracing::info!(by = %who.name, "test notifications requested");
+        Ok(Response::new(self.0.watch.test_alerts().await))
     }
 
     async fn rotate(

@@ -10,6 +10,7 @@ use ceres_pki::unix_secs;
 use ceres_proto::{RelayPort, RotationStatus, TunnelReport};
 
 use super::Ctx;
+use crate::watch;
 
 static HOME_CONNECTED: Family<Gauge, 0> = Family::gauge(
     "ceres_home_connected",
@@ -82,6 +83,7 @@ pub(super) fn registry() -> Result<Registry, MetricsError> {
         .register(&KEYS_AGE)?
         .register(&ROTATION_LAST_FAILED)?
         .register(&CERTIFICATE_EXPIRY)?;
+    watch::metrics::register(&mut r)?;
     Ok(r)
 }
 
@@ -97,6 +99,8 @@ pub(super) struct Snapshot {
     server_cert_not_after_unix: Option<i64>,
     /// 0 while home has not reported its certificate.
     home_cert_not_after_unix: i64,
+    /// The watchdog's checks and alert channels.
+    watch: watch::metrics::Snapshot,
 }
 
 impl Snapshot {
@@ -114,6 +118,7 @@ impl Snapshot {
                 .ok()
                 .map(|c| unix_secs(c.info.not_after)),
             home_cert_not_after_unix: ctx.hub.status().certificate_not_after_unix,
+            watch: watch::metrics::Snapshot::of(&ctx.watch),
         }
     }
 }
@@ -159,6 +164,7 @@ pub(super) fn render(registry: &Registry, snap: &Snapshot) -> String {
             snap.home_cert_not_after_unix as f64,
         );
     }
+    watch::metrics::sample(&mut page, &snap.watch);
     page.render()
 }
 
@@ -168,7 +174,7 @@ mod tests {
 
     /// Every family's header as the agent wrote it before the families
     /// were typed: scrapers and dashboards rely on these.
-    const HEADERS: [(&str, &str, &str); 16] = [
+    const HEADERS: [(&str, &str, &str); 19] = [
         (
             "ceres_home_connected",
             "gauge",
@@ -245,6 +251,21 @@ mod tests {
             "gauge",
             "when a certificate expires (renewed at 2/3 of its life)",
         ),
+        (
+            "ceres_check_state",
+            "gauge",
+            "state of each watchdog check: 0 ok, 1 warning, 2 failing (absent before its first run)",
+        ),
+        (
+            "ceres_check_state_since_timestamp_seconds",
+            "gauge",
+            "when each watchdog check entered its current state",
+        ),
+        (
+            "ceres_alert_notifications_total",
+            "counter",
+            "notifications per alert channel, sent or failed (each try counts)",
+        ),
     ];
 
     fn busy() -> Snapshot {
@@ -286,6 +307,7 @@ mod tests {
             },
             server_cert_not_after_unix: Some(1_800_000_000),
             home_cert_not_after_unix: 1_750_000_000,
+            ..Default::default()
         }
     }
 

@@ -3,7 +3,7 @@
 //! [`admin`] are the three gRPC services, [`errors`] maps domain errors to
 //! gRPC statuses, [`startup`] wires it all and serves; the background tasks
 //! are [`rotation_schedule`], [`revocations`], [`renewal`], [`metrics`] and
-//! [`status_file`].
+//! [`status_file`]; [`watch_sources`] is what the watchdog reads of the agent.
 
 mod admin;
 mod enrol;
@@ -16,6 +16,7 @@ mod rotation_schedule;
 mod session;
 mod startup;
 mod status_file;
+mod watch_sources;
 
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -55,6 +56,8 @@ struct Ctx {
     rotator: Rotator,
     revocations: HomeRevocations,
     enroll_limit: FailureLimit,
+    /// The watchdog: its checks, alert channels and their metrics.
+    watch: crate::watch::Watch,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -62,6 +65,18 @@ struct Ctx {
 /// The three gRPC services (one handle, cloned into each server).
 #[derive(Debug, Clone)]
 struct Svc(Arc<Ctx>);
+
+impl Ctx {
+    /// Home as status shows it: what the hub knows, with its access and
+    /// revocation.
+    fn home_status(&self) -> ceres_proto::HomeStatus {
+        let mut home = self.hub.status();
+        let (access, revocation) = self.revocations.status();
+        home.access = access as i32;
+        home.revocation = revocation;
+        home
+    }
+}
 
 impl Svc {
     /// The caller's certificate if it has `role` and is not revoked. The

@@ -88,7 +88,9 @@ pub async fn run(
         relays
     };
     rotator.resume(&tunnel);
+    let watchdog = crate::watch::Watch::new(&settings, &cancel, &tracker);
     let ctx = Arc::new(Ctx {
+        watch: watchdog,
         tunnel,
         relays,
         rotator,
@@ -107,6 +109,7 @@ pub async fn run(
     let revoked: ceres_control::server::RevocationCheck =
         Arc::new(move |serial: &str| crate::certs::is_revoked(&revoked_dir, serial));
     tracker.spawn(watch_revocations(ctx.clone(), watch));
+    ctx.watch.start(ctx.clone());
     let limits = ctx.settings.control_limits;
     let incoming = TlsIncoming::spawn(
         listener,
