@@ -9,8 +9,8 @@ mod mailconfig;
 mod sendtest;
 mod smtp;
 mod status;
-mod status_stack;
 mod status_checks;
+mod status_stack;
 mod vps;
 
 pub use cli::main;
