@@ -1,7 +1,7 @@
 //! Turning the tunnel engine's counters into the protocol's report, the one
 //! shape both agents send and `cerectl` shows.
 
-use ceres_proto::TunnelReport;
+use ceres_proto::{TunnelReport, TunnelState};
 use ceres_tunnel::TunnelStats;
 
 /// A report of a running tunnel with address `address`.
@@ -32,20 +32,25 @@ pub fn tunnel_report(stats: &TunnelStats, address: &str) -> TunnelReport {
         listen_port: stats.listen_port as u32,
         address: address.to_owned(),
         error: String::new(),
+        state: TunnelState::Running.into(),
     }
 }
 
-/// A report for a tunnel that is not running, saying why.
-pub fn tunnel_down(ifname: &str, error: &str) -> TunnelReport {
+/// A report for a tunnel that is not running: `state` for readers to decide
+/// on, `error` saying why for people (and for older readers: see
+/// [`ceres_proto::compat`]).
+pub fn tunnel_down(ifname: &str, state: TunnelState, error: &str) -> TunnelReport {
     TunnelReport {
         running: false,
         ifname: ifname.to_owned(),
         error: error.to_owned(),
+        state: state.into(),
         ..Default::default()
     }
 }
 
-/// Relay or forwarder counters in the protocol's shape.
+/// Relay or forwarder counters in the protocol's shape; `state` is left
+/// UNSPECIFIED for the caller, who knows it.
 pub fn relay_ports(
     snapshots: &[ceres_relay::PortSnapshot],
     specs: &[ceres_relay::RelaySpec],
@@ -55,20 +60,20 @@ pub fn relay_ports(
         .map(|s| {
             // A VPS relay is known by its public port; a home forwarder (on a
             // port of its own) by the home port it forwards to.
-            let proxy = specs
+            let mode = specs
                 .iter()
                 .find(|r| r.public_port == s.port && r.home_port == s.target_port)
                 .or_else(|| specs.iter().find(|r| r.home_port == s.target_port))
-                .map(|r| match r.proxy {
-                    ceres_relay::ProxyMode::None => "",
-                    ceres_relay::ProxyMode::V1 => "proxy-v1",
-                    ceres_relay::ProxyMode::V2 => "proxy-v2",
-                })
-                .unwrap_or_default();
+                .map(|r| r.proxy);
             ceres_proto::RelayPort {
                 port: s.port as u32,
                 target_port: s.target_port as u32,
-                proxy: proxy.to_owned(),
+                proxy: mode
+                    .and_then(ceres_relay::ProxyMode::option)
+                    .unwrap_or_default()
+                    .to_owned(),
+                proxy_mode: mode.map_or(ceres_proto::ProxyMode::Unspecified, proxy_mode) as i32,
+                state: ceres_proto::RelayState::Unspecified as i32,
                 active: s.active,
                 total: s.total,
                 bytes_in: s.bytes_in,
@@ -122,6 +127,67 @@ pub fn relay_refusal(r: ceres_proto::RefusalReason) -> Option<ceres_relay::Refus
         .find(|x| refusal_reason(*x) == r)
 }
 
+/// The protocol's name for a relay's PROXY mode.
+pub fn proxy_mode(m: ceres_relay::ProxyMode) -> ceres_proto::ProxyMode {
+    use ceres_proto::ProxyMode as P;
+    use ceres_relay::ProxyMode as R;
+    match m {
+        R::None => P::None,
+        R::V1 => P::V1,
+        R::V2 => P::V2,
+    }
+}
+
+/// The relay's PROXY mode for a protocol one (`None`: UNSPECIFIED or
+/// unknown, from an older or newer peer).
+pub fn relay_proxy_mode(m: ceres_proto::ProxyMode) -> Option<ceres_relay::ProxyMode> {
+    ceres_relay::ProxyMode::ALL
+        .into_iter()
+        .find(|x| proxy_mode(*x) == m)
+}
+
+/// A relayed port's PROXY mode: `proxy_mode`, or from an older agent its
+/// `proxy` name. `None` for one this build does not know.
+pub fn port_proxy_mode(p: &ceres_proto::RelayPort) -> Option<ceres_relay::ProxyMode> {
+    match ceres_proto::ProxyMode::try_from(p.proxy_mode).unwrap_or_default() {
+        ceres_proto::ProxyMode::Unspecified => ceres_relay::ProxyMode::from_option(&p.proxy),
+        typed => relay_proxy_mode(typed),
+    }
+}
+
+/// A firewall chain in the tunnel's way, in the protocol's shape.
+pub fn firewall_finding(d: &ceres_relay::egress::DropChain) -> ceres_proto::FirewallFinding {
+    use ceres_proto::FirewallFindingKind as K;
+    use ceres_relay::egress::Hook;
+    ceres_proto::FirewallFinding {
+        kind: match d.hook {
+            Hook::Forward => K::ForwardDrop,
+            Hook::Input => K::InputDrop,
+        } as i32,
+        family: d.family.clone(),
+        table: d.table.clone(),
+        chain: d.chain.clone(),
+    }
+}
+
+/// The chain a protocol finding names (`None`: a kind this build does not
+/// know).
+pub fn drop_chain(f: &ceres_proto::FirewallFinding) -> Option<ceres_relay::egress::DropChain> {
+    use ceres_proto::FirewallFindingKind as K;
+    use ceres_relay::egress::Hook;
+    let hook = match K::try_from(f.kind).unwrap_or_default() {
+        K::ForwardDrop => Hook::Forward,
+        K::InputDrop => Hook::Input,
+        K::Unspecified => return None,
+    };
+    Some(ceres_relay::egress::DropChain {
+        family: f.family.clone(),
+        table: f.table.clone(),
+        chain: f.chain.clone(),
+        hook,
+    })
+}
+
 /// The tunnel part of an agent's Prometheus page, the same at both ends;
 /// `peer` names the other end in the help texts ("home", "the VPS").
 pub fn tunnel_metrics(out: &mut String, t: &TunnelReport, now_unix: i64, peer: &str) {
@@ -152,5 +218,44 @@ pub fn tunnel_metrics(out: &mut String, t: &TunnelReport, now_unix: i64, peer: &
     ] {
         header(out, name, "counter", help);
         line(out, name, &[], v as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_modes_convert_both_ways_and_old_names_are_read() {
+        for mode in ceres_relay::ProxyMode::ALL {
+            assert_eq!(relay_proxy_mode(proxy_mode(mode)), Some(mode));
+            let old = ceres_proto::RelayPort {
+                proxy: mode.option().unwrap_or_default().into(),
+                ..Default::default()
+            };
+            assert_eq!(port_proxy_mode(&old), Some(mode), "{old:?}");
+        }
+        assert_eq!(relay_proxy_mode(ceres_proto::ProxyMode::Unspecified), None);
+        let typed = ceres_proto::RelayPort {
+            proxy: "anything".into(),
+            proxy_mode: ceres_proto::ProxyMode::V1.into(),
+            ..Default::default()
+        };
+        assert_eq!(port_proxy_mode(&typed), Some(ceres_relay::ProxyMode::V1));
+    }
+
+    #[test]
+    fn firewall_findings_convert_both_ways() {
+        use ceres_relay::egress::{DropChain, Hook};
+        for hook in [Hook::Input, Hook::Forward] {
+            let d = DropChain {
+                family: "inet".into(),
+                table: "filter".into(),
+                chain: "input".into(),
+                hook,
+            };
+            assert_eq!(drop_chain(&firewall_finding(&d)), Some(d));
+        }
+        assert_eq!(drop_chain(&ceres_proto::FirewallFinding::default()), None);
     }
 }

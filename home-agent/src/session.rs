@@ -416,7 +416,7 @@ async fn session(
             _ = tick.tick() => {
                 let not_after = current(creds).info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
                 let (forwards, forward_error, egress) = mail.report().await;
-                let firewall = mail.firewall_advice().await;
+                let (firewall_findings, firewall) = mail.firewall_check().await;
                 if !firewall.is_empty() && firewall != last_firewall {
                     tracing::warn!("{firewall}");
                 }
@@ -434,6 +434,7 @@ async fn session(
                     forwards,
                     forward_error,
                     firewall,
+                    firewall_findings,
                     egress: Some(egress),
                     probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
                     postfix,

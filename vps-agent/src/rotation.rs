@@ -52,9 +52,25 @@ struct History {
     last_completed_id: u64,
     completed: u64,
     last_unix: i64,
+    /// For people, and for the previous release reading this file.
     last_outcome: String,
+    /// How the last rotation ended (absent in a file of the previous
+    /// release: then `last_outcome` tells, see [`ceres_proto::compat`]).
+    #[serde(default)]
+    last_result: Option<LastResult>,
+    /// Why it failed.
+    #[serde(default)]
+    last_failure: String,
     keys_since_unix: i64,
     used_home_keys: Vec<String>,
+}
+
+/// How a rotation ended, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LastResult {
+    Ok,
+    Failed,
 }
 
 /// A channel to the current home session.
@@ -512,7 +528,9 @@ impl Rotator {
         h.last_completed_id = p.id;
         h.last_unix = now;
         h.keys_since_unix = now;
-        h.last_outcome = "ok".into();
+        h.last_outcome = ceres_proto::compat::ROTATION_OK.into();
+        h.last_result = Some(LastResult::Ok);
+        h.last_failure.clear();
         if let Some(old) = old_home {
             h.used_home_keys.push(old);
         }
@@ -571,7 +589,9 @@ impl Rotator {
         {
             let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
             h.last_unix = unix_secs(SystemTime::now());
-            h.last_outcome = format!("failed: {reason}");
+            h.last_outcome = format!("{}{reason}", ceres_proto::compat::ROTATION_FAILED_PREFIX);
+            h.last_result = Some(LastResult::Failed);
+            h.last_failure = reason.to_owned();
             self.save_history(&h);
         }
         tracing::warn!(
@@ -657,17 +677,36 @@ impl Rotator {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        RotationStatus {
+        use ceres_proto::{RotationOutcome, RotationStep, compat};
+        let step = p
+            .as_ref()
+            .map_or(RotationStep::Unspecified, |p| match p.step {
+                Step::Prepared => RotationStep::Prepared,
+                Step::Staged => RotationStep::Staged,
+            });
+        let mut status = RotationStatus {
             last_unix: h.last_unix,
             last_outcome: h.last_outcome,
             next_unix: unix_secs(self.next_due()),
             pending: p.as_ref().map(|p| p.id).unwrap_or(0),
-            pending_step: p
-                .map(|p| format!("{:?}", p.step).to_lowercase())
-                .unwrap_or_default(),
+            pending_step: compat::step_name(step).to_owned(),
             completed: h.completed,
             keys_since_unix: h.keys_since_unix,
+            last_result: RotationOutcome::Unspecified.into(),
+            last_failure: h.last_failure,
+            step: step.into(),
+        };
+        // A history written by the previous release has only the sentence.
+        status.last_result = match h.last_result {
+            Some(LastResult::Ok) => RotationOutcome::Ok,
+            Some(LastResult::Failed) => RotationOutcome::Failed,
+            None => {
+                status.last_failure = status.effective_failure().to_owned();
+                status.effective_result()
+            }
         }
+        .into();
+        status
     }
 }
 
@@ -731,7 +770,10 @@ mod tests {
             .unwrap_err();
         assert!(err.message().contains("all zeros"), "{}", err.message());
         assert!(is_abort(rx.recv().await));
-        assert!(rotator.status().last_outcome.starts_with("failed"));
+        let status = rotator.status();
+        assert!(status.last_outcome.starts_with("failed"));
+        assert_eq!(status.last_result(), ceres_proto::RotationOutcome::Failed);
+        assert!(status.last_failure.contains("all zeros"), "{status:?}");
         assert_eq!(
             tunnel.home_key(),
             Some(current.to_string()),
@@ -844,11 +886,44 @@ mod tests {
         assert_eq!(aborts, 1);
         assert_eq!(rotator.pending(), None, "the failed rotation came back");
         assert!(!rotator.staged());
-        assert_eq!(
-            rotator.status().last_outcome,
-            "failed: not completed in time"
-        );
+        let status = rotator.status();
+        assert_eq!(status.last_outcome, "failed: not completed in time");
+        assert_eq!(status.last_result(), ceres_proto::RotationOutcome::Failed);
+        assert_eq!(status.last_failure, "not completed in time");
         assert!(!tmp.path().join("state").join(NEXT_KEY).exists());
+    }
+
+    #[test]
+    fn status_is_typed_also_from_a_history_of_the_previous_release() {
+        use ceres_proto::{RotationOutcome, RotationStep};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let status = Rotator::load(&dir, Duration::from_secs(60))
+            .unwrap()
+            .status();
+        assert_eq!(status.last_result(), RotationOutcome::Never);
+        assert_eq!(status.step(), RotationStep::Unspecified);
+        // Written before `last_result` existed: only the sentence.
+        dir.write(
+            HISTORY,
+            br#"{"next_id": 4, "completed": 2, "last_unix": 1700000000,
+                "last_outcome": "failed: home went away", "keys_since_unix": 1690000000,
+                "used_home_keys": []}"#,
+        )
+        .unwrap();
+        dir.write(
+            PENDING,
+            br#"{"id": 4, "step": "staged", "started_unix": 1700000100}"#,
+        )
+        .unwrap();
+        let status = Rotator::load(&dir, Duration::from_secs(60))
+            .unwrap()
+            .status();
+        assert_eq!(status.last_result(), RotationOutcome::Failed);
+        assert_eq!(status.last_failure, "home went away");
+        assert_eq!(status.last_outcome, "failed: home went away");
+        assert_eq!(status.step(), RotationStep::Staged);
+        assert_eq!(status.pending_step, "staged");
     }
 
     #[test]
