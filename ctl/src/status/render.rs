@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::Status;
+use super::facts::{EgressState, InputFilter, Ipv6Egress, RotationResult};
 
 impl Status {
     /// Human rendering; `fancy` adds colour and symbols (for a terminal).
@@ -177,7 +178,7 @@ impl Status {
                     r.port,
                     r.target_port,
                     via,
-                    r.proxy.as_deref().unwrap_or("-"),
+                    r.proxy.name().unwrap_or("-"),
                     r.active,
                     r.total,
                     bytes(r.bytes_in),
@@ -204,12 +205,10 @@ impl Status {
         }
         let e = &self.egress;
         // Before home's first report only the VPS end is known.
-        // An installed end with an error: something else (another firewall
-        // table) is in the way.
         let blocked = [Some(&e.vps), e.home.as_ref()]
             .into_iter()
             .flatten()
-            .any(|end| end.enabled && end.error.is_some());
+            .any(|end| end.state == Some(EgressState::Blocked));
         let egress_ok = e.vps.enabled && e.home.as_ref().is_none_or(|h| h.enabled) && !blocked;
         let ports = e
             .vps
@@ -229,25 +228,24 @@ impl Status {
             ));
             if blocked {
                 out.push_str(
-                    "              blocked by another firewall table: see the problems below
-",
+                    "              blocked by another firewall table: see the problems below\n",
                 );
             }
-            let v6 = match e.vps.ipv6.as_deref() {
-                Some("available") => Some("IPv6 leaves from the VPS's public IPv6"),
-                Some("no_public_ipv6") => Some("no IPv6: the VPS has no public IPv6"),
-                Some("tunnel_ipv4_only") => Some("no IPv6: the tunnel is IPv4 only"),
-                _ => None,
+            let v6 = match e.vps.ipv6 {
+                Some(Ipv6Egress::Available) => Some("IPv6 leaves from the VPS's public IPv6"),
+                Some(Ipv6Egress::NoPublicIpv6) => Some("no IPv6: the VPS has no public IPv6"),
+                Some(Ipv6Egress::TunnelIpv4Only) => Some("no IPv6: the tunnel is IPv4 only"),
+                Some(Ipv6Egress::Off) | None => None,
             };
             if let Some(v6) = v6 {
                 out.push_str(&format!("              {v6}\n"));
             }
         }
-        if let Some(state) = &h.input_filter {
-            let (ok, text) = match state.as_str() {
-                "installed" => (true, "from the tunnel only the VPS to the forwarders"),
-                "off" => (true, "off (the tunnel is off)"),
-                _ => (false, "NOT CURRENT: see the problems below"),
+        if let Some(state) = h.input_filter {
+            let (ok, text) = match state {
+                InputFilter::Installed => (true, "from the tunnel only the VPS to the forwarders"),
+                InputFilter::Off => (true, "off (the tunnel is off)"),
+                InputFilter::Failed => (false, "NOT CURRENT: see the problems below"),
             };
             out.push_str(&format!(
                 "{} home filter {}\n",
@@ -261,19 +259,21 @@ impl Status {
         }
         if self.tunnel.vps.running {
             let r = &self.rotation;
+            let outcome = match r.last_result {
+                Some(RotationResult::Ok) => "ok".to_owned(),
+                Some(RotationResult::Failed) => {
+                    format!("failed: {}", r.last_failure.as_deref().unwrap_or("?"))
+                }
+                Some(RotationResult::Never) | None => "-".to_owned(),
+            };
             out.push_str(&format!(
-                "{} keys        age {} · rotations {} · last {} ({}) · next {}{}\n",
-                mark(
-                    !r.last_outcome
-                        .as_deref()
-                        .is_some_and(|o| o.starts_with("failed"))
-                ),
+                "{} keys        age {} · rotations {} · last {} ({outcome}) · next {}{}\n",
+                mark(r.last_result != Some(RotationResult::Failed)),
                 r.keys_age_secs
                     .map(|s| human(Duration::from_secs(s)))
                     .unwrap_or_else(|| "?".into()),
                 r.completed,
                 r.last.as_deref().unwrap_or("never"),
-                r.last_outcome.as_deref().unwrap_or("-"),
                 r.next.as_deref().unwrap_or("?"),
                 r.pending
                     .map(|p| format!(" · rotation {p} in progress"))
@@ -291,7 +291,7 @@ impl Status {
                 out.push_str(&format!(
                     "              {:<5} relay sends {:<8} · {}{}\n",
                     p.port,
-                    p.relay_proxy.as_deref().unwrap_or("none"),
+                    p.relay_proxy.name().unwrap_or("none"),
                     state,
                     p.error
                         .as_deref()

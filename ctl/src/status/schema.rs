@@ -1,10 +1,13 @@
-//! The status as `cerectl status --json` prints it: the stable JSON
-//! layout (documented in `docs/status-json.md`) and its construction from
-//! the VPS's answer.
+//! The status as `cerectl status --json` prints it: the stable JSON layout,
+//! documented in `docs/status-json.md`. Fields are only ever added.
 
-use base64::Engine;
-use ceres_proto::{EgressStatus, Ipv6Egress, RelayPort, TunnelReport};
 use serde::{Deserialize, Serialize};
+
+use super::facts::{
+    Access, EgressState, FirewallPart, InputFilter, Ipv6Egress, Proxy, RelayState, RotationResult,
+    RotationStep, TunnelState,
+};
+use super::problem::{Problem, Warning};
 
 /// Version of the JSON layout.
 pub const SCHEMA: u32 = 1;
@@ -21,6 +24,8 @@ pub struct Status {
     /// Choices that work but cost something (a port relayed without PROXY:
     /// every client there looks local at home); not counted as broken.
     pub warnings: Vec<String>,
+    /// The same problems and warnings, typed: what scripts should read.
+    pub diagnosis: Diagnosis,
     /// The VPS agent.
     pub vps: VpsPart,
     /// The home agent as the VPS sees it.
@@ -40,6 +45,16 @@ pub struct Status {
     pub mail_server: Vec<ProbePart>,
 }
 
+/// Problems and warnings, typed; each `text` is the line in `problems` or
+/// `warnings`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// What is broken, in the order of `problems`.
+    pub problems: Vec<Problem>,
+    /// What costs something, in the order of `warnings`.
+    pub warnings: Vec<Warning>,
+}
+
 /// One probe of the home mail server by the home agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbePart {
@@ -51,8 +66,9 @@ pub struct ProbePart {
     pub banner: Option<String>,
     /// It seems to wait for a PROXY header.
     pub expects_proxy: bool,
-    /// What the VPS relay sends to this port: "proxy-v1", "proxy-v2" or null.
-    pub relay_proxy: Option<String>,
+    /// What the VPS relay sends to this port: "proxy-v1", "proxy-v2" or
+    /// null (plain, or no relay for it).
+    pub relay_proxy: Proxy,
     /// What went wrong or does not match.
     pub error: Option<String>,
 }
@@ -66,7 +82,8 @@ pub struct RotationPart {
     pub keys_age_secs: Option<u64>,
     /// Last rotation (completed or failed), RFC 3339.
     pub last: Option<String>,
-    /// "ok" or "failed: ..." (null: never rotated).
+    /// "ok" or "failed: ..." (null: never rotated), as the VPS words it:
+    /// decide on `last_result`.
     pub last_outcome: Option<String>,
     /// When the next scheduled rotation is due, RFC 3339.
     pub next: Option<String>,
@@ -74,8 +91,13 @@ pub struct RotationPart {
     pub completed: u64,
     /// A rotation in progress and its step.
     pub pending: Option<u64>,
-    /// Its step ("prepared", "staged").
-    pub pending_step: Option<String>,
+    /// Its step.
+    pub pending_step: Option<RotationStep>,
+    /// How the last rotation ended (null: a VPS agent this cerectl cannot
+    /// read).
+    pub last_result: Option<RotationResult>,
+    /// Why it failed, when it did.
+    pub last_failure: Option<String>,
 }
 
 /// Counters of one relayed (VPS) or forwarded (home) port.
@@ -86,8 +108,8 @@ pub struct PortPart {
     pub port: u32,
     /// The mail server's port at home.
     pub target_port: u32,
-    /// "proxy-v1", "proxy-v2" or null.
-    pub proxy: Option<String>,
+    /// "proxy-v1", "proxy-v2" or null (plain).
+    pub proxy: Proxy,
     /// Open connections.
     pub active: u64,
     /// Connections since start.
@@ -108,33 +130,8 @@ pub struct PortPart {
     pub last_error: Option<String>,
     /// When the last error happened, RFC 3339.
     pub last_error_at: Option<String>,
-}
-
-impl PortPart {
-    pub(super) fn from_proto(p: &RelayPort) -> Self {
-        PortPart {
-            port: p.port,
-            target_port: p.target_port,
-            proxy: non_empty(&p.proxy),
-            active: p.active,
-            total: p.total,
-            bytes_in: p.bytes_in,
-            bytes_out: p.bytes_out,
-            refused: p.refused,
-            refused_by: p
-                .refused_by
-                .iter()
-                .map(|c| {
-                    let reason = ceres_control::report::relay_refusal(c.reason())
-                        .map_or("unknown", ceres_relay::Refusal::as_str);
-                    (reason.to_owned(), c.count)
-                })
-                .collect(),
-            unavailable: p.unavailable,
-            last_error: non_empty(&p.last_error),
-            last_error_at: rfc3339(p.last_error_unix),
-        }
-    }
+    /// Whether new connections are relayed now (null: an older agent).
+    pub state: Option<RelayState>,
 }
 
 /// Outbound mail routing.
@@ -156,34 +153,18 @@ pub struct EgressEnd {
     /// Home: sources routed into the tunnel.
     pub sources: Vec<String>,
     /// Why it is not installed, or (when installed) what stops outbound mail
-    /// anyway, such as another table's default-drop forward chain.
+    /// anyway, such as another table's default-drop forward chain. For
+    /// people: decide on `state`.
     pub error: Option<String>,
     /// VPS: whether home's IPv6 mail leaves from the VPS's public IPv6:
     /// "available", "no_public_ipv6", "tunnel_ipv4_only", "off"; null when
     /// not reported (an older VPS agent, or home's end).
-    pub ipv6: Option<String>,
+    pub ipv6: Option<Ipv6Egress>,
+    /// Installed, blocked, or why not.
+    pub state: Option<EgressState>,
+    /// VPS, when `blocked`: the firewall chains in the way.
+    pub firewall: Vec<FirewallPart>,
 }
-
-impl EgressEnd {
-    pub(super) fn from_proto(e: &EgressStatus) -> Self {
-        EgressEnd {
-            enabled: e.enabled,
-            tcp_ports: e.tcp_ports.clone(),
-            sources: e.sources.clone(),
-            error: non_empty(&e.error),
-            ipv6: match e.ipv6() {
-                Ipv6Egress::Unspecified => None,
-                Ipv6Egress::Available => Some("available".to_owned()),
-                Ipv6Egress::NoPublicIpv6 => Some("no_public_ipv6".to_owned()),
-                Ipv6Egress::TunnelIpv4Only => Some("tunnel_ipv4_only".to_owned()),
-                Ipv6Egress::Off => Some("off".to_owned()),
-            },
-        }
-    }
-}
-
-/// WireGuard sessions older than this are dead (WireGuard's Reject-After-Time).
-pub const HANDSHAKE_STALE_SECS: u64 = 180;
 
 /// The tunnel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,44 +208,10 @@ pub struct TunnelEnd {
     pub tx_packets: u64,
     /// Datagrams dropped (garbage, replays, unknown keys, ...).
     pub dropped: u64,
-    /// Why it is not running.
+    /// Why it is not running, for people: decide on `state`.
     pub error: Option<String>,
-}
-
-fn key_b64(k: &[u8]) -> Option<String> {
-    (k.len() == 32).then(|| base64::engine::general_purpose::STANDARD.encode(k))
-}
-
-impl TunnelEnd {
-    pub(super) fn from_report(r: &TunnelReport, now: i64) -> Self {
-        let hs = r.last_handshake_unix > 0;
-        TunnelEnd {
-            running: r.running,
-            ifname: r.ifname.clone(),
-            address: non_empty(&r.address),
-            public_key: key_b64(&r.public_key),
-            peer_public_key: key_b64(&r.peer_public_key),
-            endpoint: non_empty(&r.endpoint),
-            listen_port: (r.listen_port > 0).then_some(r.listen_port),
-            last_handshake: if hs {
-                rfc3339(r.last_handshake_unix)
-            } else {
-                None
-            },
-            last_handshake_age_secs: hs.then(|| (now - r.last_handshake_unix).max(0) as u64),
-            rx_bytes: r.rx_bytes,
-            tx_bytes: r.tx_bytes,
-            rx_packets: r.rx_packets,
-            tx_packets: r.tx_packets,
-            dropped: r.dropped,
-            error: non_empty(&r.error),
-        }
-    }
-
-    pub(super) fn fresh(&self) -> bool {
-        self.last_handshake_age_secs
-            .is_some_and(|a| a < HANDSHAKE_STALE_SECS)
-    }
+    /// Running, off, or why not.
+    pub state: Option<TunnelState>,
 }
 
 /// The VPS agent.
@@ -327,7 +274,7 @@ pub struct HomePart {
     pub direct_ipv6: Option<bool>,
     /// Home's input filter on the tunnel: "installed", "off" (tunnel off),
     /// "failed"; null: not reported (an older home agent).
-    pub input_filter: Option<String>,
+    pub input_filter: Option<InputFilter>,
     /// Why replacing the input filter failed.
     pub input_filter_error: Option<String>,
     /// Postfix's `mail_version` on the home host; null when home found no
@@ -335,9 +282,28 @@ pub struct HomePart {
     pub postfix_version: Option<String>,
     /// Whether the home owning the tunnel may use it: `allowed`, `revoked`,
     /// or null (a VPS too old to say).
-    pub access: Option<String>,
+    pub access: Option<Access>,
     /// While `access` is `revoked`: which certificate, and when.
     pub revocation: Option<RevocationPart>,
+    /// Why home's forwarders could not start, as home says it.
+    pub forward_error: Option<String>,
+    /// Firewall chains at home that keep the VPS from the forwarders.
+    pub firewall: Vec<FirewallPart>,
+    /// What home says about them, with the rules that fix it (an older home
+    /// agent says only this).
+    pub firewall_advice: Option<String>,
+    /// Relays sending PROXY v2 to a Postfix older than 3.5 (which cannot
+    /// read it), from home's report.
+    pub postfix_proxy_v2_unsupported: Vec<PortPair>,
+}
+
+/// A relay by its ports: the public one on the VPS, the one at home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPair {
+    /// The VPS's public port (the entry in `CERES_RELAYS`).
+    pub public_port: u32,
+    /// The port at home.
+    pub home_port: u32,
 }
 
 /// The revocation that cut home off.
@@ -351,18 +317,4 @@ pub struct RevocationPart {
     pub lineage: String,
     /// When the VPS acted on it, RFC 3339.
     pub at: Option<String>,
-}
-
-pub(super) fn rfc3339(unix: i64) -> Option<String> {
-    if unix <= 0 {
-        return None;
-    }
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()?
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
-
-pub(super) fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_owned())
 }

@@ -1,10 +1,16 @@
 //! The status from the VPS's answer: parts, problems, text and JSON.
+//! (Every problem kind against agents of both releases is in
+//! `compat_tests.rs`.)
 
 use super::*;
 use ceres_proto::{
-    DirectIpv6, EgressStatus, HomeStatus, InputFilter, Ipv6Egress, RelayPort, Report, TunnelReport,
-    VpsStatus,
+    DirectIpv6, EgressStatus, HomeStatus, InputFilter, Ipv6Egress, RelayPort, Report,
+    StatusResponse, TunnelReport, VpsStatus,
 };
+
+fn kinds(s: &Status) -> Vec<ProblemKind> {
+    s.diagnosis.problems.iter().map(|p| p.kind).collect()
+}
 
 fn resp(connected: bool, since: i64) -> StatusResponse {
     StatusResponse {
@@ -14,7 +20,8 @@ fn resp(connected: bool, since: i64) -> StatusResponse {
             ..Default::default()
         }),
         vps_tunnel: Some(TunnelReport {
-            error: "disabled (CERES_TUNNEL=off)".into(),
+            error: ceres_proto::compat::TUNNEL_OFF.into(),
+            state: ceres_proto::TunnelState::Off.into(),
             ..Default::default()
         }),
         relays: Vec::new(),
@@ -78,16 +85,15 @@ fn a_revoked_home_is_shown_and_is_a_problem() {
     }
     let s = Status::from_response(r);
     assert!(!s.ok);
-    assert_eq!(s.home.access.as_deref(), Some("revoked"));
-    assert!(
-        s.problems[0].starts_with("home revoked"),
-        "{:?}",
-        s.problems
-    );
-    assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+    assert_eq!(s.home.access, Some(Access::Revoked));
+    assert_eq!(kinds(&s), [ProblemKind::HomeRevoked]);
     assert!(s.render(false).contains("REVOKED"));
     let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["home"]["access"], "revoked");
     assert_eq!(v["home"]["revocation"]["serial"], "0a1b");
+    assert_eq!(v["diagnosis"]["problems"][0]["kind"], "home_revoked");
+    assert_eq!(v["diagnosis"]["problems"][0]["subject"], "home");
+    assert_eq!(v["diagnosis"]["problems"][0]["text"], v["problems"][0]);
 }
 
 #[test]
@@ -102,14 +108,16 @@ fn connected_home_is_ok() {
 fn disconnected_home_is_a_problem_with_advice() {
     let s = Status::from_response(resp(false, 1_799_999_000));
     assert!(!s.ok);
-    assert!(s.problems[0].contains("ceres-home run"));
+    assert_eq!(kinds(&s), [ProblemKind::HomeNotConnected]);
+    assert!(s.diagnosis.problems[0].fix.contains("ceres-home run"));
     assert!(s.render(false).contains("NOT CONNECTED"));
 }
 
 #[test]
 fn never_connected_home_says_how_to_join() {
     let s = Status::from_response(resp(false, 0));
-    assert!(s.problems[0].contains("ceres-home join"));
+    assert_eq!(kinds(&s), [ProblemKind::HomeNeverConnected]);
+    assert!(s.diagnosis.problems[0].fix.contains("ceres-home join"));
     assert!(s.home.since.is_none() && s.home.last_report.is_none());
 }
 
@@ -125,7 +133,8 @@ fn stale_tunnel_with_home_connected_is_a_problem() {
     });
     let s = Status::from_response(r);
     assert!(!s.ok && !s.tunnel.up);
-    assert!(s.problems[0].contains("UDP 51820"), "{:?}", s.problems);
+    assert_eq!(kinds(&s), [ProblemKind::TunnelNoHandshake]);
+    assert!(s.diagnosis.problems[0].fix.contains("UDP 51820"));
 }
 
 #[test]
@@ -154,13 +163,13 @@ fn a_relayed_port_without_home_forwarder_is_a_problem() {
     });
     let s = Status::from_response(r.clone());
     assert!(!s.ok);
-    assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
-    assert!(
-        s.problems[0].contains("no forwarder for port 587:")
-            && s.problems[0].contains("home agent's log"),
-        "{:?}",
-        s.problems
+    assert_eq!(kinds(&s), [ProblemKind::NoForwarder]);
+    let p = &s.diagnosis.problems[0];
+    assert_eq!(
+        (p.ports.as_slice(), p.detail.as_deref()),
+        (&[587][..], None)
     );
+    assert!(p.text.contains("home agent's log"), "{}", p.text);
     // With home's reason.
     r.home.as_mut().unwrap().last_report = Some(Report {
         forwards: vec![],
@@ -168,11 +177,14 @@ fn a_relayed_port_without_home_forwarder_is_a_problem() {
         ..Default::default()
     });
     let s = Status::from_response(r.clone());
+    assert_eq!(kinds(&s), [ProblemKind::NoForwarder]);
+    let p = &s.diagnosis.problems[0];
+    assert_eq!(p.ports, [25, 587]);
+    assert_eq!(p.detail.as_deref(), Some("too many open files"));
     assert!(
-        s.problems[0].contains("port 25, 587:")
-            && s.problems[0].contains("home says: too many open files"),
-        "{:?}",
-        s.problems
+        p.text.contains("port 25, 587:") && p.text.contains("home says: too many open files"),
+        "{}",
+        p.text
     );
     r.home.as_mut().unwrap().last_report = Some(Report {
         forwards: vec![forward(40001, 25), forward(40002, 587)],
@@ -240,19 +252,23 @@ fn probes_show_and_a_proxy_mismatch_is_a_problem() {
     let s = Status::from_response(r.clone());
     assert!(s.ok, "{:?}", s.problems);
     // 110 is relayed plain: said plainly, not counted as broken.
-    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
-    assert!(
-        s.warnings[0].starts_with("port 110 is relayed without PROXY")
-            && s.warnings[0].contains("cleartext passwords"),
-        "{:?}",
-        s.warnings
+    let w = &s.diagnosis.warnings;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(
+        (w[0].kind, w[0].ports.as_slice()),
+        (WarningKind::PlainRelay, &[110][..])
     );
+    assert_eq!(s.warnings, [w[0].text.clone()]);
+    assert!(w[0].text.contains("cleartext passwords"), "{}", w[0].text);
     assert!(
         s.render(false)
             .contains("warning: port 110 is relayed without PROXY")
     );
     assert_eq!(s.mail_server.len(), 2);
-    assert_eq!(s.mail_server[0].relay_proxy.as_deref(), Some("proxy-v2"));
+    assert_eq!(s.mail_server[0].relay_proxy.name(), Some("proxy-v2"));
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["mail_server"][0]["relay_proxy"], "proxy-v2");
+    assert_eq!(v["relays"][1]["proxy"], serde_json::Value::Null);
     let text = s.render(false);
     assert!(text.contains("25   → 25    41025  proxy-v2"), "{text}");
     assert!(text.contains("110  → 110   -      -"), "{text}");
@@ -270,19 +286,27 @@ fn probes_show_and_a_proxy_mismatch_is_a_problem() {
     });
     let s = Status::from_response(r);
     assert!(!s.ok);
-    assert!(
-        s.problems[0].contains("does not expect"),
-        "{:?}",
-        s.problems
-    );
+    assert_eq!(kinds(&s), [ProblemKind::ProxyNotExpected]);
+    assert_eq!(s.diagnosis.problems[0].ports, [25]);
 }
 
 #[test]
 fn json_has_the_documented_top_level_fields() {
     let v = serde_json::to_value(Status::from_response(resp(true, 5))).unwrap();
     for k in [
-        "schema", "ok", "problems", "warnings", "vps", "home", "tunnel", "relays", "forwards",
+        "schema",
+        "ok",
+        "problems",
+        "warnings",
+        "diagnosis",
+        "vps",
+        "home",
+        "tunnel",
+        "relays",
+        "forwards",
         "egress",
+        "rotation",
+        "mail_server",
     ] {
         assert!(v.get(k).is_some(), "{k} missing");
     }
@@ -316,9 +340,7 @@ fn dual_stack_home(vps_ipv6: Ipv6Egress, direct: DirectIpv6) -> StatusResponse {
 }
 
 fn ipv6_leak(s: &Status) -> bool {
-    s.problems.iter().any(|p| {
-        p.contains("IPv6 straight from home") && p.contains("mailserver-config postfix --apply")
-    })
+    kinds(s).contains(&ProblemKind::Ipv6BypassesVps)
 }
 
 #[test]
@@ -389,18 +411,17 @@ fn an_old_postfix_behind_proxy_v2_is_a_problem_with_the_fix() {
     }
     let s = Status::from_response(r.clone());
     assert!(!s.ok);
-    let problem = s
-        .problems
-        .iter()
-        .find(|p| p.contains("Postfix 3.4.14"))
-        .unwrap_or_else(|| panic!("{:?}", s.problems));
-    assert!(problem.contains("port 25, 587"), "{problem}");
+    assert_eq!(kinds(&s), [ProblemKind::PostfixCannotReadProxyV2]);
+    let p = &s.diagnosis.problems[0];
+    assert_eq!(p.ports, [25, 587]);
     assert!(
-        problem.contains("25:10025/proxy-v1,587:10587/proxy-v1"),
-        "{problem}"
+        p.fix
+            .contains("25:10025/proxy-v1,587:10587/proxy-v1 in CERES_RELAYS")
+            && p.fix.contains("upgrade Postfix to 3.5+"),
+        "{}",
+        p.fix
     );
-    assert!(problem.contains("CERES_RELAYS"), "{problem}");
-    assert!(problem.contains("upgrade Postfix to 3.5+"), "{problem}");
+    assert!(p.text.contains("Postfix 3.4.14"), "{}", p.text);
     assert_eq!(
         serde_json::to_value(&s).unwrap()["home"]["postfix_version"],
         "3.4.14"
@@ -428,11 +449,175 @@ fn a_home_filter_that_could_not_be_updated_is_a_problem() {
         rep.input_filter_error = "nft: no such table".into();
     }
     let s = Status::from_response(r);
-    assert!(
-        s.problems
-            .iter()
-            .any(|p| p.contains("input filter") && p.contains("nft: no such table")),
-        "{:?}",
-        s.problems
+    assert_eq!(kinds(&s), [ProblemKind::InputFilterFailed]);
+    assert_eq!(
+        s.diagnosis.problems[0].detail.as_deref(),
+        Some("nft: no such table")
     );
+}
+
+#[test]
+fn a_reworded_agent_sentence_changes_no_diagnosis() {
+    // The tunnel and egress off on purpose, said in words no release used:
+    // the typed states decide, the words are only shown.
+    let mut r = resp(true, 1_799_999_000);
+    r.vps_tunnel = Some(TunnelReport {
+        error: "switched off by the administrator".into(),
+        state: ceres_proto::TunnelState::Off.into(),
+        ..Default::default()
+    });
+    r.egress = Some(EgressStatus {
+        error: "outbound relaying not wanted here".into(),
+        state: ceres_proto::EgressState::Disabled.into(),
+        ..Default::default()
+    });
+    let s = Status::from_response(r.clone());
+    assert!(s.ok, "{:?}", s.problems);
+    assert_eq!(s.tunnel.vps.state, Some(TunnelState::Off));
+    assert_eq!(s.egress.vps.state, Some(EgressState::Disabled));
+    assert!(
+        s.render(false)
+            .contains("switched off by the administrator"),
+        "the words are still shown"
+    );
+    // The same words with a failed state are a problem, the words its detail.
+    r.vps_tunnel = Some(TunnelReport {
+        error: "switched off by the administrator".into(),
+        state: ceres_proto::TunnelState::Failed.into(),
+        ..Default::default()
+    });
+    let s = Status::from_response(r);
+    assert_eq!(kinds(&s), [ProblemKind::TunnelNotRunning]);
+    assert_eq!(
+        s.diagnosis.problems[0].detail.as_deref(),
+        Some("switched off by the administrator")
+    );
+}
+
+#[test]
+fn a_firewall_in_the_way_gives_its_fix_from_the_chain() {
+    let finding =
+        |kind: ceres_proto::FirewallFindingKind, chain: &str| ceres_proto::FirewallFinding {
+            kind: kind.into(),
+            family: "inet".into(),
+            table: "filter".into(),
+            chain: chain.into(),
+        };
+    let mut r = resp(true, 1_799_999_000);
+    r.egress = Some(EgressStatus {
+        enabled: true,
+        error: "(the VPS's own words)".into(),
+        state: ceres_proto::EgressState::Blocked.into(),
+        firewall_findings: vec![finding(
+            ceres_proto::FirewallFindingKind::ForwardDrop,
+            "forward",
+        )],
+        ..Default::default()
+    });
+    if let Some(h) = r.home.as_mut() {
+        h.last_report = Some(Report {
+            uptime_secs: 5,
+            tunnel: Some(TunnelReport {
+                ifname: "ceres7".into(),
+                ..Default::default()
+            }),
+            firewall: "(home's own words)".into(),
+            firewall_findings: vec![finding(
+                ceres_proto::FirewallFindingKind::InputDrop,
+                "input",
+            )],
+            ..Default::default()
+        });
+    }
+    let s = Status::from_response(r);
+    assert_eq!(
+        kinds(&s),
+        [
+            ProblemKind::EgressBlocked,
+            ProblemKind::FirewallBlocksForwarders
+        ]
+    );
+    let [egress, firewall] = &s.diagnosis.problems[..] else {
+        unreachable!()
+    };
+    assert_eq!(egress.subject, "egress.vps");
+    assert!(
+        egress.fix.contains("nft insert rule inet filter forward"),
+        "{}",
+        egress.fix
+    );
+    assert_eq!(egress.detail.as_deref(), Some("(the VPS's own words)"));
+    // Home's fix names home's tunnel interface.
+    assert!(
+        firewall.fix.contains("ufw allow in on ceres7"),
+        "{}",
+        firewall.fix
+    );
+    assert_eq!(firewall.detail.as_deref(), Some("(home's own words)"));
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["egress"]["vps"]["state"], "blocked");
+    assert_eq!(v["egress"]["vps"]["firewall"][0]["kind"], "forward_drop");
+    assert_eq!(v["home"]["firewall"][0]["chain"], "input");
+    assert!(
+        s.render(false)
+            .contains("blocked by another firewall table")
+    );
+}
+
+#[test]
+fn a_failed_rotation_marks_the_keys_line_from_the_typed_result() {
+    let mut r = resp(true, 1_799_999_000);
+    r.vps_tunnel = Some(TunnelReport {
+        running: true,
+        last_handshake_unix: 1_800_000_000 - 5,
+        state: ceres_proto::TunnelState::Running.into(),
+        ..Default::default()
+    });
+    r.rotation = Some(ceres_proto::RotationStatus {
+        last_unix: 1_799_999_900,
+        last_outcome: "it did not work out".into(),
+        last_result: ceres_proto::RotationOutcome::Failed.into(),
+        last_failure: "home went away".into(),
+        pending: 4,
+        step: ceres_proto::RotationStep::Prepared.into(),
+        ..Default::default()
+    });
+    let s = Status::from_response(r);
+    assert!(s.ok, "a failed rotation keeps the old keys: not broken");
+    let keys = s
+        .render(false)
+        .lines()
+        .find(|l| l.contains("keys "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        keys.starts_with("FAIL") && keys.contains("(failed: home went away)"),
+        "{keys}"
+    );
+    let v = serde_json::to_value(&s).unwrap();
+    assert_eq!(v["rotation"]["last_result"], "failed");
+    assert_eq!(v["rotation"]["pending_step"], "prepared");
+    // The VPS's sentence stays in the JSON as it was sent.
+    assert_eq!(v["rotation"]["last_outcome"], "it did not work out");
+}
+
+#[test]
+fn the_json_reads_back_to_the_same_status() {
+    // `render` goes through the JSON form: every typed fact must survive it.
+    let mut r = resp(true, 1_799_999_000);
+    r.relays = vec![RelayPort {
+        port: 25,
+        target_port: 10025,
+        proxy_mode: ceres_proto::ProxyMode::V1.into(),
+        state: ceres_proto::RelayState::NoForwarder.into(),
+        ..Default::default()
+    }];
+    let s = Status::from_response(r);
+    let back: Status = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&back).unwrap(),
+        serde_json::to_value(&s).unwrap()
+    );
+    assert_eq!(back.relays[0].proxy.name(), Some("proxy-v1"));
+    assert_eq!(back.relays[0].state, Some(RelayState::NoForwarder));
 }
