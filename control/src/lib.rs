@@ -7,6 +7,7 @@ pub mod creds;
 pub mod limits;
 pub mod refusal;
 pub mod server;
+pub mod wire;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};
