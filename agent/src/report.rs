@@ -1,7 +1,7 @@
 //! Turning the tunnel engine's counters into the protocol's report, the one
 //! shape both agents send and `cerectl` shows.
 
-use ceres_proto::TunnelReport;
+use ceres_proto::{TunnelReport, TunnelState};
 use ceres_tunnel::TunnelStats;
 
 /// A report of a running tunnel with address `address`.
@@ -32,20 +32,25 @@ pub fn tunnel_report(stats: &TunnelStats, address: &str) -> TunnelReport {
         listen_port: stats.listen_port as u32,
         address: address.to_owned(),
         error: String::new(),
+        state: TunnelState::Running.into(),
     }
 }
 
-/// A report for a tunnel that is not running, saying why.
-pub fn tunnel_down(ifname: &str, error: &str) -> TunnelReport {
+/// A report for a tunnel that is not running: `state` for readers to decide
+/// on, `error` saying why for people (and for older readers: see
+/// [`ceres_proto::compat`]).
+pub fn tunnel_down(ifname: &str, state: TunnelState, error: &str) -> TunnelReport {
     TunnelReport {
         running: false,
         ifname: ifname.to_owned(),
         error: error.to_owned(),
+        state: state.into(),
         ..Default::default()
     }
 }
 
-/// Relay or forwarder counters in the protocol's shape.
+/// Relay or forwarder counters in the protocol's shape; `state` is left
+/// UNSPECIFIED for the caller, who knows it.
 pub fn relay_ports(
     snapshots: &[ceres_relay::PortSnapshot],
     specs: &[ceres_relay::RelaySpec],
@@ -55,20 +60,23 @@ pub fn relay_ports(
         .map(|s| {
             // A VPS relay is known by its public port; a home forwarder (on a
             // port of its own) by the home port it forwards to.
-            let proxy = specs
+            let mode = specs
                 .iter()
                 .find(|r| r.public_port == s.port && r.home_port == s.target_port)
                 .or_else(|| specs.iter().find(|r| r.home_port == s.target_port))
-                .map(|r| match r.proxy {
-                    ceres_relay::ProxyMode::None => "",
-                    ceres_relay::ProxyMode::V1 => "proxy-v1",
-                    ceres_relay::ProxyMode::V2 => "proxy-v2",
-                })
-                .unwrap_or_default();
+                .map(|r| r.proxy);
             ceres_proto::RelayPort {
                 port: s.port as u32,
                 target_port: s.target_port as u32,
-                proxy: proxy.to_owned(),
+                proxy: mode
+                    .and_then(ceres_relay::ProxyMode::option)
+                    .unwrap_or_default()
+                    .to_owned(),
+                proxy_mode: mode.map_or(
+                    ceres_proto::ProxyMode::Unspecified,
+                    ceres_control::wire::proxy_mode,
+                ) as i32,
+                state: ceres_proto::RelayState::Unspecified as i32,
                 active: s.active,
                 total: s.total,
                 bytes_in: s.bytes_in,

@@ -8,6 +8,7 @@ pub mod limits;
 pub mod refusal;
 pub mod server;
 pub mod stack_report;
+pub mod wire;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};

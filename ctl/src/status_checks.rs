@@ -124,13 +124,11 @@ pub fn channel(c: &AlertChannel) -> AlertChannelPart {
 /// Checks whose failure nothing else in the status judges: each failing one
 /// is a problem (exit 1). Home, tunnel, relays, egress, home's firewall and
 /// rotation have their own lines and problems already.
-pub fn problems(checks: &[CheckPart]) -> Vec<String> {
+pub fn failing_own_verdict(checks: &[CheckPart]) -> impl Iterator<Item = &CheckPart> {
     const OWN_VERDICT: [&str; 5] = ["certificates", "dnsbl", "ptr", "spf", "mx"];
     checks
         .iter()
         .filter(|c| c.state == "failing" && OWN_VERDICT.contains(&c.id.as_str()))
-        .map(|c| format!("{} ({} check): {}", c.title, c.id, c.detail))
-        .collect()
 }
 
 /// The text section; empty when the VPS runs no watchdog.
@@ -223,9 +221,11 @@ mod tests {
         ]);
         assert_eq!(parts[3].state, "pending");
         assert_eq!(parts[3].since, None);
+        let failing: Vec<&str> = failing_own_verdict(&parts).map(|c| c.id.as_str()).collect();
         assert_eq!(
-            problems(&parts),
-            ["dnsbl title (dnsbl check): dnsbl detail"]
+            failing,
+            ["dnsbl"],
+            "a failing spf would be listed too; a warning is not"
         );
         let json = serde_json::to_value(&parts[1]).unwrap();
         assert_eq!(json["state"], "failing");

@@ -8,28 +8,18 @@ use ceres_control::stack_report::{StackStatus, listener_lines, stack_status};
 use ceres_proto::{RelayPort, Report};
 use ceres_relay::{ProxyMode, RelaySpec};
 
-/// The stack's status from home's last report and the VPS's relays, and
-/// its problems (also inside the part); `None` when home names no stack.
-pub fn part(relays: &[RelayPort], report: Option<&Report>) -> (Option<StackStatus>, Vec<String>) {
-    let Some(probe) = report.and_then(|r| r.stack.as_ref()) else {
-        return (None, Vec::new());
-    };
+/// The stack's status from home's last report and the VPS's relays, its
+/// problems inside; `None` when home names no stack.
+pub fn part(relays: &[RelayPort], report: Option<&Report>) -> Option<StackStatus> {
+    let probe = report.and_then(|r| r.stack.as_ref())?;
     let specs: Vec<RelaySpec> = relays.iter().filter_map(spec_of).collect();
-    let status = stack_status(probe, &specs);
-    let problems = status
-        .as_ref()
-        .map(|s| s.problems.clone())
-        .unwrap_or_default();
-    (status, problems)
+    stack_status(probe, &specs)
 }
 
 /// A relay as the VPS reports it, as the spec it runs.
 fn spec_of(r: &RelayPort) -> Option<RelaySpec> {
-    let proxy = match r.proxy.as_str() {
-        "proxy-v1" => ProxyMode::V1,
-        "proxy-v2" => ProxyMode::V2,
-        _ => ProxyMode::None,
-    };
+    // The typed mode (or, from an older VPS, its name, read in one place).
+    let proxy = ceres_control::wire::port_proxy_mode(r).unwrap_or(ProxyMode::None);
     let mut spec = RelaySpec::new(u16::try_from(r.port).ok()?, proxy);
     spec.home_port = u16::try_from(r.target_port).ok()?;
     Some(spec)
@@ -78,8 +68,7 @@ mod tests {
 
     #[test]
     fn no_stack_no_part_and_the_vps_relays_decide_what_counts() {
-        let (s, p) = part(&[], Some(&Report::default()));
-        assert!(s.is_none() && p.is_empty());
+        assert!(part(&[], Some(&Report::default())).is_none());
         let stack = MailStack::DockerMailserver;
         let results: Vec<ListenerResult> = stack
             .facts()
@@ -97,9 +86,8 @@ mod tests {
         };
         // The VPS relays 25 to 10025 (Amavis in DMS), 993 right.
         let relays = [relay(25, 10025, "proxy-v2"), relay(993, 10993, "proxy-v2")];
-        let (s, p) = part(&relays, Some(&report));
-        let s = s.unwrap();
-        assert_eq!(p, s.problems);
+        let s = part(&relays, Some(&report)).unwrap();
+        let p = s.problems.clone();
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("use 25:12525/proxy-v2"), "{p:?}");
         let text = render(&s, "FAIL", |_, t| t.to_owned());

@@ -225,21 +225,33 @@ impl HomeMail {
     /// run (see [`ceres_relay::egress::DropChain`]); empty when nothing does,
     /// or when `nft` is not there to ask.
     pub async fn firewall_advice(&self) -> String {
+        self.firewall_check().await.1
+    }
+
+    /// The chains [`HomeMail::firewall_advice`] is about, typed for the
+    /// report, and the advice.
+    pub async fn firewall_check(&self) -> (Vec<ceres_proto::FirewallFinding>, String) {
         if self.state.lock().await.forwarder.is_none() {
-            return String::new();
+            return Default::default();
         }
         let ifname = self.settings.tunnel_ifname.clone();
         tokio::task::spawn_blocking(move || {
             let own = ceres_relay::egress::DEFAULT_FILTER_TABLE;
             match blocking_chains(&HostSystem::default(), Hook::Input, &ifname, Some(own)) {
-                Ok(chains) => chains
-                    .iter()
-                    .map(|c| c.advice(&ifname))
-                    .collect::<Vec<_>>()
-                    .join("; and "),
+                Ok(chains) => (
+                    chains
+                        .iter()
+                        .map(ceres_control::wire::firewall_finding)
+                        .collect(),
+                    chains
+                        .iter()
+                        .map(|c| c.advice(&ifname))
+                        .collect::<Vec<_>>()
+                        .join("; and "),
+                ),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot list the nftables chains");
-                    String::new()
+                    Default::default()
                 }
             }
         })
@@ -250,12 +262,25 @@ impl HomeMail {
     /// Counters, why the forwarders could not start (if so), and egress state
     /// for the report.
     pub async fn report(&self) -> (Vec<RelayPort>, String, EgressStatus) {
+        use ceres_proto::{EgressState, RelayState, compat};
         let st = self.state.lock().await;
-        let forwards = st
+        let mut forwards = st
             .forwarder
             .as_ref()
             .map(|r| ceres_agent::report::relay_ports(&r.stats.snapshot(), &r.specs))
             .unwrap_or_default();
+        for f in &mut forwards {
+            f.state = RelayState::Relaying.into();
+        }
+        let (state, error) = match (&st.egress_error, &st.egress) {
+            (_, Some(_)) => (EgressState::Installed, String::new()),
+            (Some(e), None) => (EgressState::Failed, e.clone()),
+            (None, None) if !self.settings.egress => {
+                (EgressState::Disabled, compat::EGRESS_DISABLED.to_owned())
+            }
+            (None, None) if !self.settings.tunnel => (EgressState::TunnelOff, String::new()),
+            (None, None) => (EgressState::Pending, String::new()),
+        };
         let egress = EgressStatus {
             enabled: st.egress.is_some(),
             tcp_ports: self
@@ -269,13 +294,11 @@ impl HomeMail {
                 .as_ref()
                 .map(|e| e.sources.iter().map(|s| s.to_string()).collect())
                 .unwrap_or_default(),
-            error: match (&st.egress_error, self.settings.egress) {
-                (Some(e), _) => e.clone(),
-                (None, false) => "disabled (CERES_EGRESS=off)".into(),
-                _ => String::new(),
-            },
+            error,
             // The VPS's fact: home does not decide it.
             ipv6: ceres_proto::Ipv6Egress::Unspecified.into(),
+            state: state.into(),
+            firewall_findings: Vec::new(),
         };
         (
             forwards,

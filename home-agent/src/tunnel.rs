@@ -373,14 +373,13 @@ impl HomeTunnel {
         match (&st.engine, &st.params) {
             (Some(engine), Some(p)) => tunnel_report(&engine.stats(), &p.home_address),
             _ => {
-                let why = if !self.settings.tunnel {
-                    "disabled (CERES_TUNNEL=off)".to_owned()
-                } else {
-                    st.error
-                        .clone()
-                        .unwrap_or_else(|| "waiting for parameters from the VPS".into())
+                use ceres_proto::{TunnelState, compat};
+                let (state, why) = match &st.error {
+                    _ if !self.settings.tunnel => (TunnelState::Off, compat::TUNNEL_OFF),
+                    Some(e) => (TunnelState::Failed, e.as_str()),
+                    None => (TunnelState::Waiting, compat::TUNNEL_WAITING),
                 };
-                let mut r = tunnel_down(&self.settings.tunnel_ifname, &why);
+                let mut r = tunnel_down(&self.settings.tunnel_ifname, state, why);
                 r.public_key = self.public_key().as_bytes().to_vec();
                 r
             }

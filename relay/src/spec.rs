@@ -71,6 +71,42 @@ pub enum ProxyMode {
     V2,
 }
 
+impl ProxyMode {
+    /// Every mode.
+    pub const ALL: [ProxyMode; 3] = [ProxyMode::None, ProxyMode::V1, ProxyMode::V2];
+
+    /// The mode's name: its option in `CERES_RELAYS` (`25/proxy-v2`), in the
+    /// status (`RelayPort.proxy`, JSON `proxy`) and in advice. Plain has none
+    /// (no option; `null` in JSON).
+    pub fn option(self) -> Option<&'static str> {
+        match self {
+            ProxyMode::None => None,
+            ProxyMode::V1 => Some("proxy-v1"),
+            ProxyMode::V2 => Some("proxy-v2"),
+        }
+    }
+
+    /// The mode an [`option`](Self::option) names, case-insensitively; `""`
+    /// names plain. `None` for anything else.
+    pub fn from_option(name: &str) -> Option<Self> {
+        if name.is_empty() {
+            return Some(ProxyMode::None);
+        }
+        Self::ALL
+            .into_iter()
+            .find(|m| m.option().is_some_and(|o| o.eq_ignore_ascii_case(name)))
+    }
+
+    /// For sentences: "PROXY v1", "PROXY v2", "none".
+    pub fn label(self) -> &'static str {
+        match self {
+            ProxyMode::None => "none",
+            ProxyMode::V1 => "PROXY v1",
+            ProxyMode::V2 => "PROXY v2",
+        }
+    }
+}
+
 /// One relayed port: parsed from one `CERES_RELAYS` entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct RelaySpec {
@@ -202,15 +238,18 @@ fn parse_entry(raw: &str, position: usize) -> Result<RelaySpec, SpecError> {
     let mut proxy = None;
     let mut smtp = None;
     for option in parts {
-        let (slot_proxy, slot_smtp) = match option.trim().to_ascii_lowercase().as_str() {
-            "proxy-v1" => (Some(ProxyMode::V1), None),
-            "proxy-v2" => (Some(ProxyMode::V2), None),
+        let option = option.trim();
+        let mode = Some(option)
+            .filter(|o| !o.is_empty())
+            .and_then(ProxyMode::from_option);
+        let (slot_proxy, slot_smtp) = match option.to_ascii_lowercase().as_str() {
+            _ if mode.is_some() => (mode, None),
             "smtp" => (None, Some(true)),
             "no-smtp" => (None, Some(false)),
             _ => {
                 return Err(SpecError::BadOption {
                     entry: entry.to_owned(),
-                    option: option.trim().to_owned(),
+                    option: option.to_owned(),
                 });
             }
         };
@@ -289,10 +328,8 @@ impl fmt::Display for RelaySpec {
         if Some(self.home_port) != default_home_port(self.public_port, self.proxy) {
             write!(f, ":{}", self.home_port)?;
         }
-        match self.proxy {
-            ProxyMode::None => {}
-            ProxyMode::V1 => f.write_str("/proxy-v1")?,
-            ProxyMode::V2 => f.write_str("/proxy-v2")?,
+        if let Some(option) = self.proxy.option() {
+            write!(f, "/{option}")?;
         }
         if self.smtp_banner != smtp_banner_by_default(self.public_port) {
             f.write_str(if self.smtp_banner {
@@ -325,6 +362,22 @@ mod tests {
             assert_eq!(r.home_port, r.public_port + 10000, "{r}");
         }
         assert_eq!(by_port(4190).home_port, 14190);
+    }
+
+    #[test]
+    fn each_proxy_mode_has_one_name_read_back_as_itself() {
+        for mode in ProxyMode::ALL {
+            let name = mode.option().unwrap_or("");
+            assert_eq!(ProxyMode::from_option(name), Some(mode), "{name:?}");
+            let entry = format!(
+                "2525{}",
+                mode.option().map(|o| format!("/{o}")).unwrap_or_default()
+            );
+            assert_eq!(parse_relays(&entry).unwrap()[0].proxy, mode, "{entry}");
+        }
+        assert_eq!(ProxyMode::from_option("PROXY-V2"), Some(ProxyMode::V2));
+        assert_eq!(ProxyMode::from_option("proxy-v3"), None);
+        assert_eq!(ProxyMode::from_option("smtp"), None);
     }
 
     #[test]

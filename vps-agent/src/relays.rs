@@ -18,6 +18,8 @@ use crate::settings::VpsSettings;
 pub struct VpsRelays {
     settings: crate::settings::RelaySettings,
     stats: Option<StatsHandle>,
+    /// Whether home and its forwarders are there: each port's state.
+    reach: watch::Receiver<HomeReach>,
     filter: Mutex<Option<TunnelFilter>>,
     egress: Mutex<Option<(VpsEgress, ForwardingState)>>,
     ipv6: Ipv6Egress,
@@ -61,6 +63,7 @@ impl VpsRelays {
         let mut this = Self {
             settings: rs.clone(),
             stats: None,
+            reach: reach.clone(),
             filter: Mutex::new(None),
             egress: Mutex::new(None),
             ipv6: Ipv6Egress::Off,
@@ -115,7 +118,8 @@ impl VpsRelays {
         }
         let (installed, ipv6) = Self::install_egress(settings, home, home6)?;
         tracing::info!(ports = ?rs.egress_ports, public_if = %installed.0.public_if, ipv6 = ?ipv6, "egress NAT installed (table inet ceres)");
-        if let Some(advice) = Self::forward_drop_advice(&installed.0) {
+        let (_, advice) = Self::forward_drops(&installed.0);
+        if !advice.is_empty() {
             tracing::warn!("{advice}");
         }
         this.ipv6 = ipv6;
@@ -173,42 +177,69 @@ impl VpsRelays {
         Ok(((egress, state), ipv6))
     }
 
-    /// Per-port counters.
+    /// Per-port counters, and whether each port relays now.
     pub fn report(&self) -> Vec<RelayPort> {
-        match &self.stats {
-            Some(s) => ceres_agent::report::relay_ports(&s.snapshot(), &self.settings.relays),
-            None => Vec::new(),
+        use ceres_proto::RelayState;
+        let Some(stats) = &self.stats else {
+            return Vec::new();
+        };
+        let mut ports = ceres_agent::report::relay_ports(&stats.snapshot(), &self.settings.relays);
+        let reach = self.reach.borrow();
+        for p in &mut ports {
+            let home_port = u16::try_from(p.target_port).unwrap_or_default();
+            p.state = match (reach.up, reach.port_for(home_port)) {
+                (false, _) => RelayState::HomeDown,
+                (true, None) => RelayState::NoForwarder,
+                (true, Some(_)) => RelayState::Relaying,
+            } as i32;
         }
+        ports
     }
 
-    /// What other tables' default-drop forward chains do to home's outbound
-    /// mail, and how to fix it; `None` when nothing is in the way (or `nft`
-    /// cannot tell).
-    fn forward_drop_advice(egress: &VpsEgress) -> Option<String> {
+    /// Other tables' default-drop forward chains in the way of home's
+    /// outbound mail, and what they do with how to fix it (empty when
+    /// nothing is in the way, or `nft` cannot tell).
+    fn forward_drops(egress: &VpsEgress) -> (Vec<ceres_proto::FirewallFinding>, String) {
         let drops = egress
             .foreign_forward_drops(&HostSystem::default())
             .inspect_err(|e| tracing::debug!(error = %e, "cannot list the nftables chains"))
-            .ok()?;
-        (!drops.is_empty()).then(|| {
+            .unwrap_or_default();
+        let advice = drops
+            .iter()
+            .map(|d| d.advice(&egress.tunnel_if))
+            .collect::<Vec<_>>()
+            .join("; and ");
+        (
             drops
                 .iter()
-                .map(|d| d.advice(&egress.tunnel_if))
-                .collect::<Vec<_>>()
-                .join("; and ")
-        })
+                .map(ceres_control::wire::firewall_finding)
+                .collect(),
+            advice,
+        )
     }
 
     /// Egress state for status. Looks at the other firewall tables each time:
     /// Docker, for one, may install its default-drop forward chain after us.
     pub fn egress_status(&self) -> EgressStatus {
-        let (installed, blocked) = self
+        use ceres_proto::{EgressState, compat};
+        let (installed, (findings, advice)) = self
             .egress
             .lock()
             .map(|g| match g.as_ref() {
-                Some((egress, _)) => (true, Self::forward_drop_advice(egress)),
-                None => (false, None),
+                Some((egress, _)) => (true, Self::forward_drops(egress)),
+                None => (false, Default::default()),
             })
-            .unwrap_or((false, None));
+            .unwrap_or_default();
+        let revoked = self
+            .removed_for_revocation
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (state, error) = match (self.settings.egress, installed) {
+            (false, _) => (EgressState::Disabled, compat::EGRESS_DISABLED.to_owned()),
+            (true, false) if revoked => (EgressState::Revoked, compat::EGRESS_REVOKED.to_owned()),
+            (true, false) => (EgressState::TunnelOff, compat::EGRESS_TUNNEL_OFF.to_owned()),
+            (true, true) if findings.is_empty() => (EgressState::Installed, String::new()),
+            (true, true) => (EgressState::Blocked, advice),
+        };
         EgressStatus {
             enabled: installed,
             tcp_ports: self
@@ -218,19 +249,10 @@ impl VpsRelays {
                 .map(|p| *p as u32)
                 .collect(),
             sources: Vec::new(),
-            error: match (self.settings.egress, installed) {
-                (false, _) => "disabled (CERES_EGRESS=off)".into(),
-                (true, false)
-                    if self
-                        .removed_for_revocation
-                        .load(std::sync::atomic::Ordering::Relaxed) =>
-                {
-                    "removed: home was revoked (back when a new home joins)".into()
-                }
-                (true, false) => "not installed (tunnel off)".into(),
-                (true, true) => blocked.unwrap_or_default(),
-            },
+            error,
             ipv6: self.ipv6.into(),
+            state: state.into(),
+            firewall_findings: findings,
         }
     }
 

@@ -37,9 +37,25 @@ struct History {
     last_completed_id: u64,
     completed: u64,
     last_unix: i64,
+    /// For people, and for the previous release reading this file.
     last_outcome: String,
+    /// How the last rotation ended (absent in a file of the previous
+    /// release: then `last_outcome` tells, see [`ceres_proto::compat`]).
+    #[serde(default)]
+    last_result: Option<LastResult>,
+    /// Why it failed.
+    #[serde(default)]
+    last_failure: String,
     keys_since_unix: i64,
     used_home_keys: Vec<String>,
+}
+
+/// How a rotation ended, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LastResult {
+    Ok,
+    Failed,
 }
 
 /// A channel to the current home session.
@@ -585,7 +601,9 @@ impl Rotator {
                     h.last_completed_id = id;
                     h.last_unix = now;
                     h.keys_since_unix = now;
-                    h.last_outcome = "ok".into();
+                    h.last_outcome = ceres_proto::compat::ROTATION_OK.into();
+                    h.last_result = Some(LastResult::Ok);
+                    h.last_failure.clear();
                     if let Some(old) = old_home {
                         h.used_home_keys.push(old);
                     }
@@ -637,10 +655,10 @@ impl Rotator {
             if let Some(engine) = tunnel.engine() {
                 engine.abort_rotation();
             }
-            let (dir, now, outcome) = (
+            let (dir, now, failure) = (
                 self.dir.clone(),
                 unix_secs(SystemTime::now()),
-                format!("failed: {reason}"),
+                reason.to_string(),
             );
             let failed = self
                 .off_workers(turn, move |store, state| {
@@ -648,7 +666,10 @@ impl Rotator {
                     let h = {
                         let mut st = lock(state);
                         st.history.last_unix = now;
-                        st.history.last_outcome = outcome;
+                        st.history.last_outcome =
+                            format!("{}{failure}", ceres_proto::compat::ROTATION_FAILED_PREFIX);
+                        st.history.last_result = Some(LastResult::Failed);
+                        st.history.last_failure = failure;
                         st.history.clone()
                     };
                     save_history(&dir, &h);
@@ -733,20 +754,35 @@ impl Rotator {
             let st = self.lock();
             (st.history.clone(), st.machine.phase().clone())
         };
-        let (pending, pending_step) = match phase {
-            Phase::Prepared { id, .. } => (id, "prepared"),
-            Phase::Staged { id, .. } => (id, "staged"),
-            _ => (0, ""),
+        use ceres_proto::{RotationOutcome, RotationStep, compat};
+        let (pending, step) = match phase {
+            Phase::Prepared { id, .. } => (id, RotationStep::Prepared),
+            Phase::Staged { id, .. } => (id, RotationStep::Staged),
+            _ => (0, RotationStep::Unspecified),
         };
-        RotationStatus {
+        let mut status = RotationStatus {
             last_unix: h.last_unix,
             last_outcome: h.last_outcome,
             next_unix: unix_secs(self.next_due()),
             pending,
-            pending_step: pending_step.to_owned(),
+            pending_step: compat::step_name(step).to_owned(),
             completed: h.completed,
             keys_since_unix: h.keys_since_unix,
+            last_result: RotationOutcome::Unspecified.into(),
+            last_failure: h.last_failure,
+            step: step.into(),
+        };
+        // A history written by the previous release has only the sentence.
+        status.last_result = match h.last_result {
+            Some(LastResult::Ok) => RotationOutcome::Ok,
+            Some(LastResult::Failed) => RotationOutcome::Failed,
+            None => {
+                status.last_failure = status.effective_failure().to_owned();
+                status.effective_result()
+            }
         }
+        .into();
+        status
     }
 }
 
@@ -822,7 +858,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(bad_key(err), BadHomeKey::AllZeros);
         assert!(is_abort(rx.recv().await));
-        assert!(rotator.status().last_outcome.starts_with("failed"));
+        let status = rotator.status();
+        assert!(status.last_outcome.starts_with("failed"));
+        assert_eq!(status.last_result(), ceres_proto::RotationOutcome::Failed);
+        assert!(status.last_failure.contains("all zeros"), "{status:?}");
         assert_eq!(
             tunnel.home_key(),
             Some(current.to_string()),
@@ -929,10 +968,10 @@ mod tests {
         assert_eq!(aborts, 1);
         assert_eq!(rotator.pending(), None, "the failed rotation came back");
         assert!(!rotator.staged());
-        assert_eq!(
-            rotator.status().last_outcome,
-            "failed: not completed in time"
-        );
+        let status = rotator.status();
+        assert_eq!(status.last_outcome, "failed: not completed in time");
+        assert_eq!(status.last_result(), ceres_proto::RotationOutcome::Failed);
+        assert_eq!(status.last_failure, "not completed in time");
         assert!(
             !tmp.path()
                 .join("state")
@@ -1079,6 +1118,50 @@ mod tests {
             "{err:?}"
         );
         assert_eq!(rotator.pending(), Some((9, 100)));
+    }
+
+    #[test]
+    fn status_is_typed_also_from_a_history_of_the_previous_release() {
+        use ceres_proto::{RotationOutcome, RotationStep};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let status = Rotator::load(&dir, Duration::from_secs(60))
+            .unwrap()
+            .status();
+        assert_eq!(status.last_result(), RotationOutcome::Never);
+        assert_eq!(status.step(), RotationStep::Unspecified);
+        // Written before `last_result` existed: only the sentence.
+        dir.write(
+            HISTORY,
+            br#"{"next_id": 4, "completed": 2, "last_unix": 1700000000,
+                "last_outcome": "failed: home went away", "keys_since_unix": 1690000000,
+                "used_home_keys": []}"#,
+        )
+        .unwrap();
+        // And a rotation staged (as the state machine leaves it on disk).
+        let store = Store::new(&dir, Side::Vps);
+        let mut machine = Rotation::new(Side::Vps);
+        let t = machine.prepare(4, 1_700_000_100).unwrap();
+        store.write(&t).unwrap();
+        machine.apply(t).unwrap();
+        let t = machine
+            .stage(
+                4,
+                Secret(PrivateKey::generate().to_bytes()),
+                PrivateKey::generate().public_key().0,
+                Secret(PresharedKey::generate().0),
+            )
+            .unwrap();
+        store.write(&t).unwrap();
+        machine.apply(t).unwrap();
+        let status = Rotator::load(&dir, Duration::from_secs(60))
+            .unwrap()
+            .status();
+        assert_eq!(status.last_result(), RotationOutcome::Failed);
+        assert_eq!(status.last_failure, "home went away");
+        assert_eq!(status.last_outcome, "failed: home went away");
+        assert_eq!((status.pending, status.step()), (4, RotationStep::Staged));
+        assert_eq!(status.pending_step, "staged");
     }
 
     #[test]

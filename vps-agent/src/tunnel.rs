@@ -418,7 +418,11 @@ impl VpsTunnel {
         match &self.engine {
             Some(engine) => tunnel_report(&engine.stats(), &self.settings.vps_address.to_string()),
             None => {
-                let mut r = tunnel_down(&self.settings.ifname, "disabled (CERES_TUNNEL=off)");
+                let mut r = tunnel_down(
+                    &self.settings.ifname,
+                    ceres_proto::TunnelState::Off,
+                    ceres_proto::compat::TUNNEL_OFF,
+                );
                 r.public_key = self.public_key().as_bytes().to_vec();
                 r
             }
@@ -547,6 +551,21 @@ mod tests {
             on_disk.preshared_key.0
         );
         assert_eq!(load_home_peer(&dir).unwrap().unwrap(), on_disk);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_off_reports_its_state_and_the_sentence_older_readers_know() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("s")).unwrap();
+        let tunnel = VpsTunnel::start(&settings(tmp.path()), &dir, &CancellationToken::new())
+            .await
+            .unwrap();
+        let r = tunnel.report();
+        assert_eq!(r.state(), ceres_proto::TunnelState::Off);
+        assert!(!r.running);
+        // What cerectl of the previous release looks for.
+        assert!(r.error.contains("CERES_TUNNEL=off"), "{}", r.error);
+        assert_eq!(r.public_key.len(), 32);
     }
 
     #[test]

@@ -416,14 +416,6 @@ pub(super) fn proxy_findings(status: &Result<StatusResponse, String>) -> Vec<Fin
     }
 }
 
-fn mode_text(mode: ProxyMode) -> &'static str {
-    match mode {
-        ProxyMode::None => "none",
-        ProxyMode::V1 => "PROXY v1",
-        ProxyMode::V2 => "PROXY v2",
-    }
-}
-
 /// One relayed port against home's probe of it.
 fn judge(spec: &RelaySpec, probe: Option<&MailProbe>) -> Finding {
     let name = if spec.home_port == spec.public_port {
@@ -491,7 +483,7 @@ fn judge(spec: &RelaySpec, probe: Option<&MailProbe>) -> Finding {
     match (sends, p.expects_proxy) {
         (true, true) => result(
             Status::Pass,
-            format!("relay sends {}, the mail server expects it", mode_text(spec.proxy)),
+            format!("relay sends {}, the mail server expects it", spec.proxy.label()),
             None,
         ),
         (false, false) if spec.public_port == 25 => result(
@@ -508,7 +500,7 @@ fn judge(spec: &RelaySpec, probe: Option<&MailProbe>) -> Finding {
             Status::Fail,
             format!(
                 "relay sends {}, but the mail server does not expect it{seen}: every relayed connection breaks",
-                mode_text(spec.proxy)
+                spec.proxy.label()
             ),
             Some(format!(
                 "make the server expect PROXY on port {} (`cerectl mailserver-config postfix|dovecot|nginx`), or relay it plain ({} without /proxy-vN in CERES_RELAYS)",

@@ -491,11 +491,13 @@ impl MailSetup {
     }
 }
 
-fn proxy_name(mode: ProxyMode) -> &'static str {
+/// How a port is relayed, for a comment in the configuration written:
+/// "with PROXY v2", "without PROXY" (the mode's name from
+/// [`ProxyMode::label`], its one table).
+fn proxy_name(mode: ProxyMode) -> String {
     match mode {
-        ProxyMode::None => "without PROXY",
-        ProxyMode::V1 => "with PROXY v1",
-        ProxyMode::V2 => "with PROXY v2",
+        ProxyMode::None => "without PROXY".to_owned(),
+        sends => format!("with {}", sends.label()),
     }
 }
 

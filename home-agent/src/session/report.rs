@@ -40,7 +40,7 @@ impl Reporter {
             .map(|i| unix_secs(i.not_after))
             .unwrap_or(0);
         let (forwards, forward_error, egress) = mail.report().await;
-        let firewall = mail.firewall_advice().await;
+        let (firewall_findings, firewall) = mail.firewall_check().await;
         if !firewall.is_empty() && firewall != self.last_firewall {
             tracing::warn!("{firewall}");
         }
@@ -58,6 +58,7 @@ impl Reporter {
             forwards,
             forward_error,
             firewall,
+            firewall_findings,
             egress: Some(egress),
             probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             postfix,

@@ -234,9 +234,13 @@ pub struct TunnelReport {
     pub listen_port: u32,
     #[prost(string, tag = "13")]
     pub address: ::prost::alloc::string::String,
-    /// Why the tunnel is not running, if it is not.
+    /// Why the tunnel is not running, if it is not: for people (decide on
+    /// `state`). Older readers look for "CERES_TUNNEL=off" in it.
     #[prost(string, tag = "14")]
     pub error: ::prost::alloc::string::String,
+    /// What the engine is doing; UNSPECIFIED from an older agent.
+    #[prost(enumeration = "TunnelState", tag = "15")]
+    pub state: i32,
 }
 /// What the home agent sees, sent every report interval.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -281,6 +285,11 @@ pub struct Report {
     /// otherwise (another mail server, a container, or an older agent).
     #[prost(message, optional, tag = "13")]
     pub postfix: ::core::option::Option<PostfixReport>,
+    /// The same as `firewall`, typed: one entry per chain in the way. Empty
+    /// both when nothing is (then `firewall` is empty too) and from an older
+    /// agent (then only `firewall` tells).
+    #[prost(message, repeated, tag = "14")]
+    pub firewall_findings: ::prost::alloc::vec::Vec<FirewallFinding>,
     /// The packaged mail stack home is set up for (CERES_MAIL_STACK) and how
     /// its PROXY listeners answered; unset when CERES_MAIL_STACK is not set
     /// (or an older agent).
@@ -314,6 +323,21 @@ pub struct StackListenerProbe {
     #[prost(string, tag = "6")]
     pub detail: ::prost::alloc::string::String,
 }
+/// A chain of another firewall table on this host that drops, by default,
+/// traffic CERES needs, and accepts nothing for the tunnel interface.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FirewallFinding {
+    #[prost(enumeration = "FirewallFindingKind", tag = "1")]
+    pub kind: i32,
+    /// Where it is, as `nft list ruleset` names it: family ("ip", "ip6",
+    /// "inet"), table ("filter") and chain ("FORWARD", "INPUT").
+    #[prost(string, tag = "2")]
+    pub family: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub table: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub chain: ::prost::alloc::string::String,
+}
 /// Postfix as the home agent finds it on its host. Postfix reads PROXY v2
 /// only from 3.5 on: an older one cannot parse what the relays send.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -341,7 +365,7 @@ pub struct RelayPort {
     pub port: u32,
     #[prost(uint32, tag = "2")]
     pub target_port: u32,
-    /// "proxy-v1", "proxy-v2" or "" (none).
+    /// "proxy-v1", "proxy-v2" or "" (none): for older readers; read `proxy_mode`.
     #[prost(string, tag = "3")]
     pub proxy: ::prost::alloc::string::String,
     #[prost(uint64, tag = "4")]
@@ -365,6 +389,13 @@ pub struct RelayPort {
     /// The refusals counted in `refused`, by reason (reasons with none left out).
     #[prost(message, repeated, tag = "12")]
     pub refused_by: ::prost::alloc::vec::Vec<RefusalCount>,
+    /// The PROXY header sent ahead of each connection (VPS relays) or expected
+    /// from the VPS (home's forwarders); UNSPECIFIED from an older agent.
+    #[prost(enumeration = "ProxyMode", tag = "13")]
+    pub proxy_mode: i32,
+    /// Whether connections are relayed now; UNSPECIFIED from an older agent.
+    #[prost(enumeration = "RelayState", tag = "14")]
+    pub state: i32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RefusalCount {
@@ -374,7 +405,7 @@ pub struct RefusalCount {
     pub count: u64,
 }
 /// Outbound mail routing at one end.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EgressStatus {
     #[prost(bool, tag = "1")]
     pub enabled: bool,
@@ -383,12 +414,19 @@ pub struct EgressStatus {
     /// Home: the sources routed into the tunnel.
     #[prost(string, repeated, tag = "3")]
     pub sources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Why it is not installed, if it is not.
+    /// Why it is not installed, if it is not; or, installed, what stops
+    /// outbound mail anyway. For people: decide on `state`.
     #[prost(string, tag = "4")]
     pub error: ::prost::alloc::string::String,
     /// VPS: whether home's IPv6 outbound mail leaves through the VPS.
     #[prost(enumeration = "Ipv6Egress", tag = "5")]
     pub ipv6: i32,
+    /// UNSPECIFIED from an older agent (see `enabled` and `error`).
+    #[prost(enumeration = "EgressState", tag = "6")]
+    pub state: i32,
+    /// VPS, with state EGRESS_STATE_BLOCKED: the chains in the way.
+    #[prost(message, repeated, tag = "7")]
+    pub firewall_findings: ::prost::alloc::vec::Vec<FirewallFinding>,
 }
 /// One check of the home mail server by the home agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -452,13 +490,15 @@ pub struct RotationStatus {
     /// Unix seconds of the last completed rotation (0: never, keys from setup).
     #[prost(int64, tag = "1")]
     pub last_unix: i64,
-    /// "ok", "failed: ..." or "" (never).
+    /// "ok", "failed: ..." or "" (never): for people and older readers; read
+    /// `last_result`.
     #[prost(string, tag = "2")]
     pub last_outcome: ::prost::alloc::string::String,
     /// When the next scheduled rotation is due.
     #[prost(int64, tag = "3")]
     pub next_unix: i64,
-    /// A rotation in progress (0: none) and its step.
+    /// A rotation in progress (0: none) and its step ("prepared", "staged";
+    /// for older readers: read `step`).
     #[prost(uint64, tag = "4")]
     pub pending: u64,
     #[prost(string, tag = "5")]
@@ -468,6 +508,16 @@ pub struct RotationStatus {
     /// When the current keys were created.
     #[prost(int64, tag = "7")]
     pub keys_since_unix: i64,
+    /// How the last rotation ended; UNSPECIFIED from an older VPS agent.
+    #[prost(enumeration = "RotationOutcome", tag = "8")]
+    pub last_result: i32,
+    /// With ROTATION_OUTCOME_FAILED: why, for people.
+    #[prost(string, tag = "9")]
+    pub last_failure: ::prost::alloc::string::String,
+    /// The step of the rotation in progress (UNSPECIFIED when none, or from
+    /// an older VPS agent).
+    #[prost(enumeration = "RotationStep", tag = "10")]
+    pub step: i32,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
@@ -690,6 +740,47 @@ impl Role {
         }
     }
 }
+/// One end's tunnel engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum TunnelState {
+    /// Not reported (an older agent): see `running` and `error`.
+    Unspecified = 0,
+    /// The engine runs (whether a handshake is fresh is a separate fact).
+    Running = 1,
+    /// Off by configuration (CERES_TUNNEL=off).
+    Off = 2,
+    /// Home: the VPS has not sent the tunnel parameters yet.
+    Waiting = 3,
+    /// It could not start; `error` says why.
+    Failed = 4,
+}
+impl TunnelState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "TUNNEL_STATE_UNSPECIFIED",
+            Self::Running => "TUNNEL_STATE_RUNNING",
+            Self::Off => "TUNNEL_STATE_OFF",
+            Self::Waiting => "TUNNEL_STATE_WAITING",
+            Self::Failed => "TUNNEL_STATE_FAILED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "TUNNEL_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "TUNNEL_STATE_RUNNING" => Some(Self::Running),
+            "TUNNEL_STATE_OFF" => Some(Self::Off),
+            "TUNNEL_STATE_WAITING" => Some(Self::Waiting),
+            "TUNNEL_STATE_FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
 /// The mail stacks CERES has a recipe and a port table for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -879,6 +970,40 @@ impl ListenerState {
         }
     }
 }
+/// What a firewall chain in the way breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum FirewallFindingKind {
+    Unspecified = 0,
+    /// VPS: a default-drop forward chain drops home's outbound mail after
+    /// CERES's own table accepted it (Docker sets one).
+    ForwardDrop = 1,
+    /// Home: a default-drop input chain keeps the VPS from the forwarders on
+    /// the tunnel address (ufw, firewalld, a hand-written ruleset).
+    InputDrop = 2,
+}
+impl FirewallFindingKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "FIREWALL_FINDING_KIND_UNSPECIFIED",
+            Self::ForwardDrop => "FIREWALL_FINDING_KIND_FORWARD_DROP",
+            Self::InputDrop => "FIREWALL_FINDING_KIND_INPUT_DROP",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "FIREWALL_FINDING_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "FIREWALL_FINDING_KIND_FORWARD_DROP" => Some(Self::ForwardDrop),
+            "FIREWALL_FINDING_KIND_INPUT_DROP" => Some(Self::InputDrop),
+            _ => None,
+        }
+    }
+}
 /// Whether a host has a global IPv6 default route: its mail server could then
 /// deliver to IPv6 MX hosts straight from the host's own address, outside the
 /// VPS's SPF and PTR.
@@ -995,6 +1120,81 @@ impl Ipv6Egress {
         }
     }
 }
+/// Whether a relayed connection starts with a PROXY protocol header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ProxyMode {
+    /// Not reported (an older agent): see `RelayPort.proxy`.
+    Unspecified = 0,
+    /// Plain TCP: the mail server sees the home agent as the client.
+    None = 1,
+    /// PROXY protocol version 1 (a text line).
+    V1 = 2,
+    /// PROXY protocol version 2 (binary).
+    V2 = 3,
+}
+impl ProxyMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PROXY_MODE_UNSPECIFIED",
+            Self::None => "PROXY_MODE_NONE",
+            Self::V1 => "PROXY_MODE_V1",
+            Self::V2 => "PROXY_MODE_V2",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PROXY_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "PROXY_MODE_NONE" => Some(Self::None),
+            "PROXY_MODE_V1" => Some(Self::V1),
+            "PROXY_MODE_V2" => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
+/// What a relayed port does with a new connection right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RelayState {
+    Unspecified = 0,
+    /// VPS: relayed to home's forwarder for the port. Home: the forwarder
+    /// listens on the tunnel address.
+    Relaying = 1,
+    /// VPS: home is connected but reports no forwarder for the port's home
+    /// port, so the port answers 421 (SMTP) or closes.
+    NoForwarder = 2,
+    /// VPS: home is not connected; the port answers 421 (SMTP) or closes.
+    HomeDown = 3,
+}
+impl RelayState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RELAY_STATE_UNSPECIFIED",
+            Self::Relaying => "RELAY_STATE_RELAYING",
+            Self::NoForwarder => "RELAY_STATE_NO_FORWARDER",
+            Self::HomeDown => "RELAY_STATE_HOME_DOWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RELAY_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "RELAY_STATE_RELAYING" => Some(Self::Relaying),
+            "RELAY_STATE_NO_FORWARDER" => Some(Self::NoForwarder),
+            "RELAY_STATE_HOME_DOWN" => Some(Self::HomeDown),
+            _ => None,
+        }
+    }
+}
 /// Why a relay refused a connection before relaying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -1047,6 +1247,129 @@ impl RefusalReason {
             "REFUSAL_REASON_V6_NET48" => Some(Self::V6Net48),
             "REFUSAL_REASON_RATE" => Some(Self::Rate),
             "REFUSAL_REASON_UNTRUSTED" => Some(Self::Untrusted),
+            _ => None,
+        }
+    }
+}
+/// One end's outbound mail routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EgressState {
+    /// Not reported (an older agent).
+    Unspecified = 0,
+    /// Installed, and nothing found in its way.
+    Installed = 1,
+    /// Installed, but another firewall table drops the traffic
+    /// (`firewall_findings`).
+    Blocked = 2,
+    /// Off by configuration (CERES_EGRESS=off).
+    Disabled = 3,
+    /// Not installed because the tunnel is off (CERES_TUNNEL=off).
+    TunnelOff = 4,
+    /// VPS: removed because home was revoked; back when a new home joins.
+    Revoked = 5,
+    /// Installing it failed; `error` says why.
+    Failed = 6,
+    /// Home: not installed yet (waiting for the tunnel).
+    Pending = 7,
+}
+impl EgressState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EGRESS_STATE_UNSPECIFIED",
+            Self::Installed => "EGRESS_STATE_INSTALLED",
+            Self::Blocked => "EGRESS_STATE_BLOCKED",
+            Self::Disabled => "EGRESS_STATE_DISABLED",
+            Self::TunnelOff => "EGRESS_STATE_TUNNEL_OFF",
+            Self::Revoked => "EGRESS_STATE_REVOKED",
+            Self::Failed => "EGRESS_STATE_FAILED",
+            Self::Pending => "EGRESS_STATE_PENDING",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EGRESS_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "EGRESS_STATE_INSTALLED" => Some(Self::Installed),
+            "EGRESS_STATE_BLOCKED" => Some(Self::Blocked),
+            "EGRESS_STATE_DISABLED" => Some(Self::Disabled),
+            "EGRESS_STATE_TUNNEL_OFF" => Some(Self::TunnelOff),
+            "EGRESS_STATE_REVOKED" => Some(Self::Revoked),
+            "EGRESS_STATE_FAILED" => Some(Self::Failed),
+            "EGRESS_STATE_PENDING" => Some(Self::Pending),
+            _ => None,
+        }
+    }
+}
+/// How a key rotation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RotationOutcome {
+    Unspecified = 0,
+    /// No rotation yet: the keys are from setup.
+    Never = 1,
+    /// New keys at both ends.
+    Ok = 2,
+    /// Abandoned; the keys before it stay (`last_failure` says why).
+    Failed = 3,
+}
+impl RotationOutcome {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ROTATION_OUTCOME_UNSPECIFIED",
+            Self::Never => "ROTATION_OUTCOME_NEVER",
+            Self::Ok => "ROTATION_OUTCOME_OK",
+            Self::Failed => "ROTATION_OUTCOME_FAILED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ROTATION_OUTCOME_UNSPECIFIED" => Some(Self::Unspecified),
+            "ROTATION_OUTCOME_NEVER" => Some(Self::Never),
+            "ROTATION_OUTCOME_OK" => Some(Self::Ok),
+            "ROTATION_OUTCOME_FAILED" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+/// Where a rotation in progress is (see the exchange above RotatePrepare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum RotationStep {
+    Unspecified = 0,
+    /// RotatePrepare sent; waiting for home's new key.
+    Prepared = 1,
+    /// The VPS's new key and the PSK staged beside the old ones; RotateCommit
+    /// sent, waiting for home to finish.
+    Staged = 2,
+}
+impl RotationStep {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "ROTATION_STEP_UNSPECIFIED",
+            Self::Prepared => "ROTATION_STEP_PREPARED",
+            Self::Staged => "ROTATION_STEP_STAGED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ROTATION_STEP_UNSPECIFIED" => Some(Self::Unspecified),
+            "ROTATION_STEP_PREPARED" => Some(Self::Prepared),
+            "ROTATION_STEP_STAGED" => Some(Self::Staged),
             _ => None,
         }
     }

@@ -152,7 +152,7 @@ pub(super) fn render(registry: &Registry, snap: &Snapshot) -> String {
         .set(
             &ROTATION_LAST_FAILED,
             [],
-            flag(r.last_outcome.starts_with("failed")),
+            flag(r.effective_result() == ceres_proto::RotationOutcome::Failed),
         );
     if let Some(not_after) = snap.server_cert_not_after_unix {
         page.set(&CERTIFICATE_EXPIRY, ["server"], not_after as f64);
@@ -303,6 +303,8 @@ mod tests {
                 completed: 2,
                 keys_since_unix: 1_700_000_000,
                 last_outcome: "failed: not completed in time".into(),
+                last_result: ceres_proto::RotationOutcome::Failed.into(),
+                last_failure: "not completed in time".into(),
                 ..Default::default()
             },
             server_cert_not_after_unix: Some(1_800_000_000),
@@ -372,5 +374,38 @@ mod tests {
             "{page}"
         );
         ceres_testkit::promtool::check_metrics(&page);
+    }
+
+    /// The flag follows the typed outcome; an agent's wording does not
+    /// decide it, and a status of the previous release (only the sentence)
+    /// still reads right.
+    #[test]
+    fn the_rotation_failed_flag_is_the_typed_outcome() {
+        use ceres_proto::RotationOutcome;
+        let flag_of = |rotation: RotationStatus| {
+            let page = render(
+                &registry().unwrap(),
+                &Snapshot {
+                    rotation,
+                    ..Default::default()
+                },
+            );
+            page.lines()
+                .find_map(|l| l.strip_prefix("ceres_rotation_last_failed "))
+                .unwrap()
+                .to_owned()
+        };
+        let typed = |outcome: RotationOutcome, text: &str| RotationStatus {
+            last_result: outcome.into(),
+            last_outcome: text.into(),
+            ..Default::default()
+        };
+        assert_eq!(flag_of(typed(RotationOutcome::Ok, "failed: reworded")), "0");
+        assert_eq!(flag_of(typed(RotationOutcome::Failed, "gave up")), "1");
+        assert_eq!(flag_of(typed(RotationOutcome::Never, "")), "0");
+        let old = |text: &str| typed(RotationOutcome::Unspecified, text);
+        assert_eq!(flag_of(old("failed: home went away")), "1");
+        assert_eq!(flag_of(old("ok")), "0");
+        assert_eq!(flag_of(old("")), "0");
     }
 }
