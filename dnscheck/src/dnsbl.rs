@@ -174,6 +174,7 @@ impl DnsblResult {
             found,
             expected: "not listed".into(),
             fix,
+            vps: None,
         }
     }
 }
