@@ -8,9 +8,11 @@ pub mod limits;
 pub mod metrics;
 pub mod report;
 pub mod server;
+pub mod store;
 pub mod wgkey;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};
 pub use limits::ConnLimits;
 pub use server::{Caller, TlsIncoming, caller, require_role};
+pub use store::{Selection, StoreError, VpsEntry, VpsStore};
