@@ -223,14 +223,13 @@ impl Credentials {
         })
     }
 
-    /// Redeems `token` with the VPS: key generated here, only the CSR sent.
-    pub async fn enroll(
+    /// Refuses a token for the other kind of client, saying where it belongs —
+    /// before anything is done with it (or spent).
+    pub fn check_role(
         token: &JoinToken,
         want: Role,
         program: &'static str,
-        name: &str,
-        agent_version: &str,
-    ) -> Result<Credentials, CredError> {
+    ) -> Result<(), CredError> {
         if token.role != want {
             let hint = match token.role {
                 Role::Home => {
@@ -247,6 +246,18 @@ impl Credentials {
                 hint,
             });
         }
+        Ok(())
+    }
+
+    /// Redeems `token` with the VPS: key generated here, only the CSR sent.
+    pub async fn enroll(
+        token: &JoinToken,
+        want: Role,
+        program: &'static str,
+        name: &str,
+        agent_version: &str,
+    ) -> Result<Credentials, CredError> {
+        Self::check_role(token, want, program)?;
         let key = KeyAndCsr::generate(name)?;
         let tls = ceres_pki::tls::client_config_pinned(token.ca_fingerprint)?;
         let channel = connect(&token.control_address, tls).await?;
