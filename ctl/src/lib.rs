@@ -4,6 +4,7 @@
 mod cli;
 mod dns;
 mod doctor;
+mod fleet;
 mod mailconfig;
 mod sendtest;
 mod smtp;
