@@ -86,9 +86,6 @@ impl MailFleet {
             }
             for m in &out {
                 let seen = m.name.clone().unwrap_or_default();
-                if seen == name {
-                    return Err(IdentityError::DuplicateVps(name));
-                }
                 if m.id.mail_host() == id.mail_host() {
                     return Err(IdentityError::SharedMailHost {
                         host: id.mail_host().to_owned(),
@@ -106,6 +103,9 @@ impl MailFleet {
                         first: seen,
                         other: name,
                     });
+                }
+                if seen == name {
+                    return Err(IdentityError::DuplicateVps(name));
                 }
             }
             out.push(FleetMember {

@@ -137,3 +137,88 @@ fn identity(
     }
     Ok(builder.build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(ips: &[&[&str]], hosts: &[&str]) -> IdentityArgs {
+        IdentityArgs {
+            domain: Some("example.com".into()),
+            mail_host: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            public_ip: ips
+                .iter()
+                .map(|g| VpsIps(g.iter().map(|ip| ip.parse().unwrap()).collect()))
+                .collect(),
+            dkim_selector: Some("s1".into()),
+            address: None,
+        }
+    }
+
+    #[test]
+    fn offline_one_public_ip_per_vps_in_priority_order() {
+        let a = args(
+            &[&["203.0.113.10", "2001:db8::10"], &["198.51.100.20"]],
+            &[],
+        );
+        let f = offline("example.com", &a).unwrap();
+        let m = f.members();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].name(), Some("203.0.113.10"));
+        assert_eq!(m[0].priority, 10);
+        assert_eq!(m[0].id.mail_host(), "mx1.example.com");
+        assert_eq!(m[0].id.addresses().len(), 2);
+        assert_eq!(m[1].name(), Some("198.51.100.20"));
+        assert_eq!(m[1].priority, 20);
+        assert_eq!(m[1].id.mail_host(), "mx2.example.com");
+        assert_eq!(m[1].id.dkim_selector(), Some("s1"));
+
+        // Mail hosts given: one per VPS, in the same order.
+        let a = args(
+            &[&["203.0.113.10"], &["198.51.100.20"]],
+            &["mail.example.com", "backup.example.com"],
+        );
+        let f = offline("example.com", &a).unwrap();
+        assert_eq!(f.members()[0].id.mail_host(), "mail.example.com");
+        assert_eq!(f.members()[1].id.mail_host(), "backup.example.com");
+    }
+
+    #[test]
+    fn offline_refuses_what_cannot_be_paired_or_shared() {
+        let e = offline(
+            "example.com",
+            &args(
+                &[&["203.0.113.10"], &["198.51.100.20"]],
+                &["mail.example.com"],
+            ),
+        )
+        .unwrap_err();
+        assert!(e.is::<Usage>(), "{e:#}");
+        assert!(
+            e.to_string().contains("one --mail-host per --public-ip"),
+            "{e:#}"
+        );
+        let e = offline(
+            "example.com",
+            &args(&[&["203.0.113.10"], &["203.0.113.10"]], &[]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("both have the address 203.0.113.10"),
+            "{e:#}"
+        );
+        let e = offline(
+            "example.com",
+            &args(
+                &[&["203.0.113.10"], &["198.51.100.20"]],
+                &["mail.example.com", "mail.example.com"],
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("both use the mail host mail.example.com"),
+            "{e:#}"
+        );
+    }
+}

@@ -183,21 +183,23 @@ fn mx_for(fleet: &MailFleet, m: &FleetMember, found: &Result<Vec<MxRecord>, Look
             Some(add_fix),
         );
     }
-    let Some(ours) = mxs.iter().find(|m| m.exchange == host) else {
-        let others = if fleet.is_named() {
-            "records of hosts that are not one of your VPSes"
-        } else {
-            "other MX records"
-        };
-        return ctx.done(
-            Status::Fail,
-            found,
-            Some(format!(
-                "{add_fix}; remove the {others} unless they relay to {host}"
-            )),
-        );
-    };
     let fleet_hosts: Vec<&str> = fleet.members().iter().map(|m| m.id.mail_host()).collect();
+    let Some(ours) = mxs.iter().find(|m| m.exchange == host) else {
+        // Only hosts that are none of the VPSes are worth a word about removal.
+        let foreign = mxs
+            .iter()
+            .any(|m| !fleet_hosts.contains(&m.exchange.as_str()));
+        let fix = match (foreign, fleet.is_named()) {
+            (false, _) => add_fix,
+            (true, false) => {
+                format!("{add_fix}; remove the other MX records unless they relay to {host}")
+            }
+            (true, true) => format!(
+                "{add_fix}; remove the MX records of hosts that are none of your VPSes unless they relay to {host}"
+            ),
+        };
+        return ctx.done(Status::Fail, found, Some(fix));
+    };
     let before: Vec<_> = mxs
         .iter()
         .filter(|m| m.preference < ours.preference && !fleet_hosts.contains(&m.exchange.as_str()))

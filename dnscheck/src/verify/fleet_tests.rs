@@ -124,16 +124,31 @@ async fn a_missing_mx_fails_for_that_vps_only_and_names_it() {
     let b = about(&r, CheckKind::Mx, Some("vps-b"));
     assert_eq!(b[0].status, Status::Fail, "{b:#?}");
     assert_eq!(b[0].expected, "20 mx2.example.com");
-    assert!(
-        b[0].fix
-            .as_deref()
-            .unwrap()
-            .starts_with("set MX example.com -> mx2.example.com priority 20"),
+    // Only the other VPS's MX is there: nothing to remove.
+    assert_eq!(
+        b[0].fix.as_deref(),
+        Some("set MX example.com -> mx2.example.com priority 20 at your DNS host"),
         "{b:#?}"
     );
     assert_eq!(
         about(&r, CheckKind::Mx, Some("vps-a"))[0].status,
         Status::Pass
+    );
+    // A host that is none of the VPSes in its place: that one is to go.
+    let r = verify_fleet(
+        &fleet(),
+        &dns(&["mx2"], |d| {
+            d.with_mx("example.com", 20, "old.example.net")
+        }),
+    )
+    .await;
+    let b = about(&r, CheckKind::Mx, Some("vps-b"));
+    assert!(
+        b[0].fix
+            .as_deref()
+            .unwrap()
+            .ends_with("remove the MX records of hosts that are none of your VPSes unless they relay to mx2.example.com"),
+        "{b:#?}"
     );
     assert!(!r.is_ok());
     let text = r.render_text(false);
