@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub mod dovecot;
+pub mod extra_vps;
 pub mod nginx;
 pub mod postfix;
 mod procs;
