@@ -73,9 +73,20 @@ pub enum CredError {
 
 /// Where the VPS is, stored next to the certificate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Endpoint {
-    control_address: String,
-    ca_fingerprint: String,
+pub(crate) struct Endpoint {
+    pub(crate) control_address: String,
+    pub(crate) ca_fingerprint: String,
+}
+
+/// The endpoint file of the credentials in `dir`.
+pub(crate) fn read_endpoint(dir: &StateDir) -> Result<Endpoint, CredError> {
+    serde_json::from_slice(&dir.read("vps.json")?)
+        .map_err(|e| CredError::Damaged(dir.join("vps.json").display().to_string(), e.to_string()))
+}
+
+/// The certificate and key file names of `role`.
+pub(crate) fn files_of(role: Role) -> (&'static str, &'static str) {
+    name_of(role)
 }
 
 /// A client's key, certificate, CA and the VPS address.
@@ -85,7 +96,7 @@ pub struct Credentials {
     pub ca_pem: String,
     /// Our certificate.
     pub cert_pem: String,
-    key_pem: String,
+    pub(crate) key_pem: String,
     /// `host:port` of the control plane.
     pub control_address: String,
 }
@@ -131,9 +142,7 @@ impl Credentials {
                 hint,
             });
         }
-        let endpoint: Endpoint = serde_json::from_slice(&dir.read("vps.json")?).map_err(|e| {
-            CredError::Damaged(dir.join("vps.json").display().to_string(), e.to_string())
-        })?;
+        let endpoint = read_endpoint(dir)?;
         Ok(Self {
             ca_pem: text(dir, "ca.pem", false)?,
             cert_pem: text(dir, cert, false)?,
@@ -214,14 +223,13 @@ impl Credentials {
         })
     }
 
-    /// Redeems `token` with the VPS: key generated here, only the CSR sent.
-    pub async fn enroll(
+    /// Refuses a token for the other kind of client, saying where it belongs —
+    /// before anything is done with it (or spent).
+    pub fn check_role(
         token: &JoinToken,
         want: Role,
         program: &'static str,
-        name: &str,
-        agent_version: &str,
-    ) -> Result<Credentials, CredError> {
+    ) -> Result<(), CredError> {
         if token.role != want {
             let hint = match token.role {
                 Role::Home => {
@@ -238,6 +246,18 @@ impl Credentials {
                 hint,
             });
         }
+        Ok(())
+    }
+
+    /// Redeems `token` with the VPS: key generated here, only the CSR sent.
+    pub async fn enroll(
+        token: &JoinToken,
+        want: Role,
+        program: &'static str,
+        name: &str,
+        agent_version: &str,
+    ) -> Result<Credentials, CredError> {
+        Self::check_role(token, want, program)?;
         let key = KeyAndCsr::generate(name)?;
         let tls = ceres_pki::tls::client_config_pinned(token.ca_fingerprint)?;
         let channel = connect(&token.control_address, tls).await?;

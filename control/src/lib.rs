@@ -8,9 +8,11 @@ pub mod limits;
 pub mod refusal;
 pub mod server;
 pub mod stack_report;
+pub mod store;
 pub mod wire;
 
 pub use client::{ConnectError, connect};
 pub use creds::{CredError, Credentials};
 pub use limits::ConnLimits;
 pub use server::{Caller, TlsIncoming, caller, require_role};
+pub use store::{Selection, StoreError, VpsEntry, VpsStore};

@@ -1,13 +1,13 @@
 //! Command line of `cerectl`.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ceres_config::manual;
-use ceres_control::{CredError, Credentials};
-use ceres_pki::{JoinToken, Role};
+use ceres_control::Credentials;
+use ceres_pki::Role;
 use ceres_proto::StatusRequest;
 use ceres_proto::admin_client::AdminClient;
 use ceres_state::StateDir;
@@ -19,7 +19,7 @@ use crate::status::Status;
 /// VPS unreachable) — distinct from 1, "fetched, and something is broken".
 pub const EXIT_UNREACHABLE: u8 = 3;
 
-const ENROLL_HINT: &str = "enrol first: on the VPS run `ceres-vps token create --role admin`, then `cerectl enroll TOKEN`";
+pub(crate) const ENROLL_HINT: &str = "enrol first: on the VPS run `ceres-vps token create --role admin`, then `cerectl enroll TOKEN`";
 
 /// Administer a CERES mail gateway from anywhere.
 ///
@@ -32,6 +32,11 @@ pub struct Cli {
     /// Where the credentials live; default $XDG_CONFIG_HOME/ceres (~/.config/ceres).
     #[arg(long, global = true, value_name = "DIR", env = "CERECTL_DIR")]
     pub dir: Option<PathBuf>,
+    /// Which enrolled VPS (`cerectl vps list`) a command is about; needed by
+    /// one-VPS commands once there are several. With `enroll`: the new VPS's
+    /// name (default the host in the token's address).
+    #[arg(long, global = true, value_name = "NAME", env = "CERECTL_VPS")]
+    pub vps: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -49,8 +54,11 @@ Exit codes: 0 all good, 1 something is broken (listed), 2 usage error,
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Enrol this machine as an administrator with a one-time admin token.
-    Enroll(EnrollArgs),
+    /// Enrol this machine as an administrator of a VPS with a one-time admin
+    /// token; another token adds another VPS.
+    Enroll(crate::fleet::EnrollArgs),
+    /// The VPSes this cerectl is enrolled with: list, remove, priority.
+    Vps(crate::fleet::VpsArgs),
     /// Show the state of both agents; exit 1 when something is broken.
     Status(StatusArgs),
     /// Rotate the WireGuard keys and pre-shared key now (make-before-break:
@@ -77,34 +85,26 @@ pub enum Command {
     Man(manual::ManArgs),
 }
 
-/// `enroll` arguments.
-#[derive(Debug, Args)]
-pub struct EnrollArgs {
-    /// The token; `-` reads it from standard input.
-    token: String,
-    /// Replace existing credentials.
-    #[arg(long)]
-    force: bool,
-    /// Name for the certificate; default "cerectl@HOSTNAME".
-    #[arg(long)]
-    name: Option<String>,
-}
-
 /// `status` arguments.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Print JSON (schema in docs/status-json.md) instead of text.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Reach the VPS here instead of the address stored at enrolment.
     #[arg(long, value_name = "HOST:PORT")]
-    address: Option<String>,
+    pub(crate) address: Option<String>,
     /// Redraw every few seconds until interrupted (Ctrl-C).
     #[arg(long, conflicts_with = "json")]
-    watch: bool,
+    pub(crate) watch: bool,
     /// Seconds between redraws with --watch.
     #[arg(long, default_value_t = 2, value_name = "SECONDS", requires = "watch")]
-    interval: u64,
+    pub(crate) interval: u64,
+    /// With several VPSes: seconds each may take to answer; one that does not
+    /// is reported as such without holding up the others.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub(crate) timeout: u64,
 }
 
 /// `rotate` arguments.
@@ -139,7 +139,13 @@ async fn rotate(cli: &Cli, args: &RotateArgs) -> Outcome {
     }
 }
 
+/// The credentials of the VPS a one-VPS command is about (`--vps`, or the only one).
 pub(crate) fn creds_dir(cli: &Cli) -> anyhow::Result<StateDir> {
+    crate::fleet::selected_dir(cli)
+}
+
+/// The top credentials directory (`--dir`), holding every enrolled VPS.
+pub(crate) fn root_dir(cli: &Cli) -> anyhow::Result<StateDir> {
     let path = match &cli.dir {
         Some(p) => p.clone(),
         None => {
@@ -176,14 +182,19 @@ pub fn main() -> ExitCode {
             eprintln!("cerectl: {e:#}");
             ExitCode::from(EXIT_UNREACHABLE)
         }
+        Err(e) if e.is::<crate::fleet::Usage>() => {
+            eprintln!("cerectl: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => ceres_daemon::exit_code("cerectl", Err(e)),
     }
 }
 
 async fn dispatch(cli: &Cli) -> Outcome {
     match &cli.command {
-        Command::Enroll(args) => enroll(cli, args).await,
-        Command::Status(args) => status(cli, args).await,
+        Command::Enroll(args) => crate::fleet::enroll(cli, args).await,
+        Command::Vps(args) => crate::fleet::vps(cli, args).await,
+        Command::Status(args) => crate::fleet::status::run(cli, args).await,
         Command::Rotate(args) => rotate(cli, args).await,
         Command::Dns(args) => crate::dns::run(cli, args).await,
         Command::Doctor(args) => crate::doctor::run(cli, args).await,
@@ -199,55 +210,6 @@ async fn dispatch(cli: &Cli) -> Outcome {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-async fn enroll(cli: &Cli, args: &EnrollArgs) -> Outcome {
-    let dir = creds_dir(cli)?;
-    let text = if args.token == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("reading the token from stdin")?;
-        s
-    } else {
-        args.token.clone()
-    };
-    let token = JoinToken::decode(&text)?;
-    if Credentials::exists(&dir, Role::Admin) && !args.force {
-        let old = Credentials::load(&dir, Role::Admin, ENROLL_HINT)?;
-        return Err(CredError::AlreadyEnrolled {
-            dir: dir.path().display().to_string(),
-            address: old.control_address,
-        }
-        .into());
-    }
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("cerectl@{}", host()));
-    let creds = Credentials::enroll(
-        &token,
-        Role::Admin,
-        "cerectl",
-        &name,
-        env!("CARGO_PKG_VERSION"),
-    )
-    .await?;
-    creds.save(&dir, Role::Admin)?;
-    println!(
-        "enrolled as administrator of the VPS at {}",
-        creds.control_address
-    );
-    println!("  CA           {}", token.ca_fingerprint);
-    println!("  stored in    {}", dir.path().display());
-    println!("Next: `cerectl status`.");
-    Ok(ExitCode::SUCCESS)
-}
-
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "host".into())
 }
 
 /// Loads the admin credentials, renewing the certificate first when it is
@@ -270,7 +232,7 @@ pub(crate) async fn admin_credentials(
     Ok(creds)
 }
 
-async fn status(cli: &Cli, args: &StatusArgs) -> Outcome {
+pub(crate) async fn status(cli: &Cli, args: &StatusArgs) -> Outcome {
     let dir = creds_dir(cli)?;
     let creds = admin_credentials(&dir, args.address.as_deref()).await?;
     let channel = creds
@@ -330,6 +292,7 @@ mod tests {
     fn cli_completions_and_man_page_are_complete() {
         manual::check_generated::<Cli>(&[
             "enroll",
+            "vps",
             "status",
             "rotate",
             "dns",

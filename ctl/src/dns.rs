@@ -3,15 +3,17 @@
 //!
 //! The domain, mail host and VPS addresses come from the VPS (Admin.Status
 //! over mutual TLS, like `status`) unless given as flags; with `--domain` and
-//! `--public-ip` it works offline, without enrolment. The pieces shared with
-//! `doctor` (where the identity comes from, which resolver, colour) live here.
+//! `--public-ip` it works offline, without enrolment. Enrolled with several
+//! VPSes, or given one `--public-ip` per VPS, it covers all of them at once
+//! (module `fleet::dns`). The pieces shared with `doctor` (where the identity
+//! comes from, which resolver, colour) live here.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ceres_dnscheck::{Checklist, HickoryLookup, MailIdentity, Report, verify};
+use ceres_dnscheck::{Checklist, HickoryLookup, MailIdentity, Report, verify_fleet};
 use ceres_proto::VpsStatus;
 use clap::{Args, ValueEnum};
 
@@ -31,11 +33,15 @@ pub struct IdentityArgs {
     #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
     pub domain: Option<String>,
     /// The host MX and PTR point at; default the VPS's, or mail.DOMAIN offline.
+    /// Offline with several --public-ip: once per --public-ip, in the same
+    /// order (default mx1.DOMAIN, mx2.DOMAIN, ...).
     #[arg(long, value_name = "HOST", value_parser = parse_mail_host)]
-    pub mail_host: Option<String>,
+    pub mail_host: Vec<String>,
     /// The VPS's public address(es), comma-separated; default the VPS's.
-    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
-    pub public_ip: Vec<IpAddr>,
+    /// Repeat it for several VPSes, one VPS each, in priority order
+    /// (`dns` only).
+    #[arg(long, value_name = "IP[,IP]", value_parser = parse_vps_ips)]
+    pub public_ip: Vec<VpsIps>,
     /// The DKIM selector your mail software signs with (e.g. "mail", "dkim",
     /// "s1"); without it the DKIM record is only described, not checked.
     #[arg(long, value_name = "SELECTOR", env = DKIM_SELECTOR_ENV, value_parser = parse_selector)]
@@ -43,6 +49,40 @@ pub struct IdentityArgs {
     /// Reach the VPS here instead of the address stored at enrolment.
     #[arg(long, value_name = "HOST:PORT")]
     pub address: Option<String>,
+}
+
+/// One VPS's public addresses, as one `--public-ip` gives them (`IP[,IP]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpsIps(pub Vec<IpAddr>);
+
+fn parse_vps_ips(s: &str) -> Result<VpsIps, String> {
+    s.split(',')
+        .map(|ip| {
+            ip.trim()
+                .parse::<IpAddr>()
+                .map_err(|_| format!("{ip:?} is not an IP address"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(VpsIps)
+}
+
+impl IdentityArgs {
+    /// The addresses and mail host of the one VPS a command is about; several
+    /// `--public-ip` (several VPSes) are for `dns` only.
+    pub(crate) fn one_vps(&self) -> anyhow::Result<(Vec<IpAddr>, Option<String>)> {
+        if self.public_ip.len() > 1 || self.mail_host.len() > 1 {
+            return Err(crate::fleet::Usage(
+                "this command is about one VPS: give its addresses in one --public-ip \
+                 (comma-separated) and at most one --mail-host; `cerectl dns` takes several"
+                    .into(),
+            )
+            .into());
+        }
+        Ok((
+            self.public_ip.iter().flat_map(|v| v.0.clone()).collect(),
+            self.mail_host.first().cloned(),
+        ))
+    }
 }
 
 /// Output format of the checklist.
@@ -87,9 +127,9 @@ pub(crate) type Outcome = anyhow::Result<ExitCode>;
 
 /// Runs `cerectl dns`.
 pub async fn run(cli: &Cli, args: &DnsArgs) -> Outcome {
-    let id = identity(cli, &args.id).await?;
+    let fleet = crate::fleet::dns::fleet(cli, &args.id).await?;
     if !args.check {
-        let list = Checklist::for_identity(&id);
+        let list = Checklist::for_fleet(&fleet);
         if args.json {
             println!("{}", list.render_json());
         } else if args.format == Some(Format::Zone) {
@@ -103,7 +143,7 @@ pub async fn run(cli: &Cli, args: &DnsArgs) -> Outcome {
         return Ok(ExitCode::SUCCESS);
     }
     let lookup = lookup(args.resolver)?;
-    let report = verify(&id, &lookup).await;
+    let report = verify_fleet(&fleet, &lookup).await;
     if args.json {
         println!("{}", report.render_json());
     } else {
@@ -138,15 +178,12 @@ pub(crate) fn lookup(server: Option<SocketAddr>) -> anyhow::Result<HickoryLookup
 /// The mail identity from the flags, completed from the VPS's status when
 /// the flags do not say enough.
 pub(crate) async fn identity(cli: &Cli, args: &IdentityArgs) -> anyhow::Result<MailIdentity> {
-    let (domain, mail_host, ips) = match (&args.domain, args.public_ip.is_empty()) {
-        (Some(domain), false) => (
-            domain.clone(),
-            args.mail_host.clone(),
-            args.public_ip.clone(),
-        ),
+    let (public_ip, mail_host) = args.one_vps()?;
+    let (domain, mail_host, ips) = match (&args.domain, public_ip.is_empty()) {
+        (Some(domain), false) => (domain.clone(), mail_host, public_ip),
         _ => {
             let vps = vps_status(cli, args.address.as_deref()).await?;
-            let ips = if args.public_ip.is_empty() {
+            let ips = if public_ip.is_empty() {
                 vps.public_ips
                     .iter()
                     .map(|s| {
@@ -155,12 +192,9 @@ pub(crate) async fn identity(cli: &Cli, args: &IdentityArgs) -> anyhow::Result<M
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?
             } else {
-                args.public_ip.clone()
+                public_ip
             };
-            let mail_host = args
-                .mail_host
-                .clone()
-                .or_else(|| Some(vps.mail_host).filter(|h| !h.is_empty()));
+            let mail_host = mail_host.or_else(|| Some(vps.mail_host).filter(|h| !h.is_empty()));
             (args.domain.clone().unwrap_or(vps.domain), mail_host, ips)
         }
     };
@@ -196,7 +230,7 @@ fn parse_domain(s: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-fn parse_mail_host(s: &str) -> Result<String, String> {
+pub(crate) fn parse_mail_host(s: &str) -> Result<String, String> {
     MailIdentity::builder("example.com")
         .mail_host(s)
         .address(PROBE_IP)

@@ -25,7 +25,7 @@ use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::cli::Cli;
-use crate::dns::{IdentityArgs, Outcome, color, identity, lookup, parse_resolver};
+use crate::dns::{IdentityArgs, Outcome, VpsIps, color, identity, lookup, parse_resolver};
 use crate::vps::{fetch_status, vps_part};
 
 /// `doctor` arguments.
@@ -259,7 +259,8 @@ async fn identity_and_status(
             Err("mail checks skipped".into()),
         ));
     }
-    let offline = args.id.domain.is_some() && !args.id.public_ip.is_empty();
+    let (given_ips, given_host) = args.id.one_vps()?;
+    let offline = args.id.domain.is_some() && !given_ips.is_empty();
     let status = match fetch_status(cli, args.id.address.as_deref(), HINT).await {
         Ok(s) => s,
         // Flags say enough for the identity: the mail checks run without
@@ -268,7 +269,7 @@ async fn identity_and_status(
         Err(e) => return Err(e),
     };
     let vps = vps_part(&status)?;
-    let public_ip = if args.id.public_ip.is_empty() {
+    let public_ip = if given_ips.is_empty() {
         vps.public_ips
             .iter()
             .map(|s| {
@@ -277,16 +278,15 @@ async fn identity_and_status(
             })
             .collect::<anyhow::Result<Vec<_>>>()?
     } else {
-        args.id.public_ip.clone()
+        given_ips
     };
     let filled = IdentityArgs {
         domain: Some(args.id.domain.clone().unwrap_or_else(|| vps.domain.clone())),
-        mail_host: args
-            .id
-            .mail_host
-            .clone()
-            .or_else(|| Some(vps.mail_host.clone()).filter(|h| !h.is_empty())),
-        public_ip,
+        mail_host: given_host
+            .or_else(|| Some(vps.mail_host.clone()).filter(|h| !h.is_empty()))
+            .into_iter()
+            .collect(),
+        public_ip: vec![VpsIps(public_ip)],
         dkim_selector: args.id.dkim_selector.clone(),
         address: args.id.address.clone(),
     };

@@ -5,6 +5,7 @@ mod alerts;
 mod cli;
 mod dns;
 mod doctor;
+mod fleet;
 mod mailconfig;
 mod sendtest;
 mod smtp;

@@ -254,6 +254,7 @@ impl DnsblResult {
             found,
             expected: "not listed".into(),
             fix,
+            vps: None,
         }
     }
 }

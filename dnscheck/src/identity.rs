@@ -23,6 +23,58 @@ pub enum IdentityError {
     /// Without a VPS address there is nothing to point A/SPF/PTR at.
     #[error("no VPS address given: at least one IPv4 or IPv6 address is needed")]
     NoAddresses,
+    /// Two VPSes of one fleet serve different mail domains.
+    #[error(
+        "VPS {first} serves {first_domain} but VPS {other} serves {other_domain}: \
+         the VPSes of one mail domain must agree (CERES_DOMAIN on each)"
+    )]
+    DomainMismatch {
+        /// The first VPS.
+        first: String,
+        /// Its domain.
+        first_domain: String,
+        /// The VPS that disagrees.
+        other: String,
+        /// Its domain.
+        other_domain: String,
+    },
+    /// Two VPSes of one fleet were given different DKIM selectors.
+    #[error("VPS {first} and VPS {other} have different DKIM selectors: the domain has one")]
+    SelectorMismatch {
+        /// The first VPS.
+        first: String,
+        /// The VPS that disagrees.
+        other: String,
+    },
+    /// The same VPS name twice.
+    #[error("VPS name {0:?} appears twice")]
+    DuplicateVps(String),
+    /// Two VPSes with one mail host: one MX with both addresses, no priorities.
+    #[error(
+        "VPS {first} and VPS {other} both use the mail host {host}: each VPS needs its own, \
+         or its MX priority means nothing (set CERES_MAIL_HOST=mx2.DOMAIN, mx3.DOMAIN, ... \
+         in /etc/ceres/ceres.env on the others and restart them; offline: one --mail-host per --public-ip)"
+    )]
+    SharedMailHost {
+        /// The mail host both use.
+        host: String,
+        /// One VPS.
+        first: String,
+        /// The other.
+        other: String,
+    },
+    /// Two VPSes with one address.
+    #[error(
+        "VPS {first} and VPS {other} both have the address {address}: each VPS is its own host"
+    )]
+    SharedAddress {
+        /// The address.
+        address: IpAddr,
+        /// One VPS.
+        first: String,
+        /// The other.
+        other: String,
+    },
 }
 
 /// The mail domain, its mail host and the VPS's public addresses; validated once by

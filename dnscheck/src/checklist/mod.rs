@@ -1,5 +1,6 @@
-//! The records to publish for a mail domain, derived from its [`MailIdentity`], and
-//! their renderings: a text table, a BIND zone snippet and JSON.
+//! The records to publish for a mail domain, derived from its [`MailIdentity`] (one
+//! VPS) or [`MailFleet`] (several), and their renderings: a text table, a BIND zone
+//! snippet and JSON.
 
 mod render;
 
@@ -7,12 +8,14 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::fleet::{MailFleet, VpsSummary};
 use crate::identity::MailIdentity;
 use crate::lookup::reverse_name;
 
 pub use render::{DEFAULT_ZONE_TTL, zone_name, zone_txt_rdata};
 
-/// MX priority CERES recommends; any value works while it is the only MX.
+/// MX priority CERES recommends for one VPS (any value works while it is the only
+/// MX), and for the first of several.
 pub const MX_PRIORITY: u16 = 10;
 
 /// Where a record has to be set.
@@ -60,7 +63,8 @@ pub enum RecordPurpose {
 /// `"TXT"`, `"PTR"`), `name` (owner name, no trailing dot; for PTR the
 /// `in-addr.arpa`/`ip6.arpa` name), `value` (string, or `null` when it comes from the
 /// mail software), `priority` (MX only, else `null`), `address` (PTR only: the VPS
-/// address), `note` (string or `null`).
+/// address), `note` (string or `null`); with several VPSes also `vps` (the name of the
+/// VPS a record belongs to, absent for the domain-wide SPF, DMARC and DKIM).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordToSet {
     /// Where to set it.
@@ -81,28 +85,36 @@ pub struct RecordToSet {
     pub address: Option<IpAddr>,
     /// Extra instructions.
     pub note: Option<String>,
+    /// The VPS this record is for, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vps: Option<String>,
 }
 
 /// Everything to set for one mail domain.
 ///
-/// JSON (stable): `{"domain": ..., "mail_host": ..., "records": [RecordToSet...]}`.
+/// JSON (stable): `{"domain": ..., "mail_host": ..., "records": [RecordToSet...]}`;
+/// with several VPSes `mail_host` is the first one's (by priority) and `vpses` lists
+/// them all (`[{"name", "priority", "mail_host", "addresses"}]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Checklist {
     /// The mail domain.
     pub domain: String,
-    /// The mail host.
+    /// The mail host (of the first VPS by priority).
     pub mail_host: String,
+    /// Each VPS, when there are several (empty for one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vpses: Vec<VpsSummary>,
     /// Records in the order an admin sets them.
     pub records: Vec<RecordToSet>,
 }
 
-/// The SPF record CERES recommends: the VPS addresses, plus `mx`, and `-all`.
-pub(crate) fn recommended_spf(id: &MailIdentity) -> String {
+/// The SPF record CERES recommends: every VPS address, plus `mx`, and `-all`.
+pub(crate) fn recommended_spf(fleet: &MailFleet) -> String {
     let mut s = String::from("v=spf1");
-    for ip in id.ipv4() {
+    for ip in fleet.ipv4() {
         s.push_str(&format!(" ip4:{ip}"));
     }
-    for ip in id.ipv6() {
+    for ip in fleet.ipv6() {
         s.push_str(&format!(" ip6:{ip}"));
     }
     s.push_str(" mx -all");
@@ -126,9 +138,16 @@ pub(crate) fn dkim_hint(id: &MailIdentity) -> String {
 }
 
 impl Checklist {
-    /// Builds the checklist for `id`.
+    /// Builds the checklist for one VPS.
     pub fn for_identity(id: &MailIdentity) -> Self {
-        let host = id.mail_host().to_owned();
+        Self::for_fleet(&MailFleet::from(id.clone()))
+    }
+
+    /// Builds the checklist for every VPS of `fleet`: A/AAAA of each VPS's mail
+    /// host, one MX per VPS with its priority, one SPF with every address, DMARC
+    /// and DKIM once, and the PTR of each address naming its own VPS's host.
+    pub fn for_fleet(fleet: &MailFleet) -> Self {
+        let id = fleet.primary();
         let mut records = Vec::new();
         let zone = |purpose, rtype, name: &str, value: Option<String>| RecordToSet {
             set_at: SetAt::DnsZone,
@@ -139,32 +158,41 @@ impl Checklist {
             priority: None,
             address: None,
             note: None,
+            vps: None,
         };
-        for ip in id.ipv4() {
-            records.push(zone(
-                RecordPurpose::Address,
-                "A",
-                &host,
-                Some(ip.to_string()),
-            ));
+        for m in fleet.members() {
+            let host = m.id.mail_host();
+            let vps = m.name.clone();
+            for ip in m.id.ipv4() {
+                records.push(RecordToSet {
+                    vps: vps.clone(),
+                    ..zone(RecordPurpose::Address, "A", host, Some(ip.to_string()))
+                });
+            }
+            for ip in m.id.ipv6() {
+                records.push(RecordToSet {
+                    vps: vps.clone(),
+                    ..zone(RecordPurpose::Address, "AAAA", host, Some(ip.to_string()))
+                });
+            }
         }
-        for ip in id.ipv6() {
-            records.push(zone(
-                RecordPurpose::Address,
-                "AAAA",
-                &host,
-                Some(ip.to_string()),
-            ));
+        for m in fleet.members() {
+            records.push(RecordToSet {
+                priority: Some(m.priority),
+                vps: m.name.clone(),
+                ..zone(
+                    RecordPurpose::Mx,
+                    "MX",
+                    id.domain(),
+                    Some(m.id.mail_host().to_owned()),
+                )
+            });
         }
-        records.push(RecordToSet {
-            priority: Some(MX_PRIORITY),
-            ..zone(RecordPurpose::Mx, "MX", id.domain(), Some(host.clone()))
-        });
         records.push(zone(
             RecordPurpose::Spf,
             "TXT",
             id.domain(),
-            Some(recommended_spf(id)),
+            Some(recommended_spf(fleet)),
         ));
         records.push(zone(
             RecordPurpose::Dmarc,
@@ -186,24 +214,25 @@ impl Checklist {
             note: Some(dkim_note),
             ..zone(RecordPurpose::Dkim, "TXT", &dkim_name, None)
         });
-        for ip in id.addresses() {
-            records.push(RecordToSet {
-                set_at: SetAt::VpsProvider,
-                purpose: RecordPurpose::Ptr,
-                rtype: "PTR",
-                name: reverse_name(ip),
-                value: Some(host.clone()),
-                priority: None,
-                address: Some(ip),
-                note: Some(
-                    "set as reverse DNS in the VPS provider's control panel, not in your zone"
-                        .into(),
-                ),
-            });
+        for m in fleet.members() {
+            for ip in m.id.addresses() {
+                records.push(RecordToSet {
+                    set_at: SetAt::VpsProvider,
+                    purpose: RecordPurpose::Ptr,
+                    rtype: "PTR",
+                    name: reverse_name(ip),
+                    value: Some(m.id.mail_host().to_owned()),
+                    priority: None,
+                    address: Some(ip),
+                    note: Some(ptr_note(m.name())),
+                    vps: m.name.clone(),
+                });
+            }
         }
         Self {
             domain: id.domain().to_owned(),
-            mail_host: host,
+            mail_host: id.mail_host().to_owned(),
+            vpses: fleet.summaries(),
             records,
         }
     }
@@ -212,6 +241,16 @@ impl Checklist {
     pub fn render_json(&self) -> String {
         // Serialising plain strings, numbers and enums cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Where a PTR is set: the provider of the VPS it belongs to.
+fn ptr_note(vps: Option<&str>) -> String {
+    match vps {
+        None => "set as reverse DNS in the VPS provider's control panel, not in your zone".into(),
+        Some(name) => format!(
+            "set as reverse DNS in the control panel of VPS {name}'s provider, not in your zone"
+        ),
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::fleet::MailFleet;
 use crate::identity::MailIdentity;
 
 fn identity() -> MailIdentity {
@@ -187,4 +188,160 @@ fn without_selector_dkim_row_says_so() {
             .contains("no DKIM selector configured")
     );
     assert!(!c.records.iter().any(|r| r.rtype == "AAAA"));
+}
+
+/// Type, name, value, priority, VPS of a record.
+type Row<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<u16>,
+    Option<&'a str>,
+);
+
+fn two_vpses() -> MailFleet {
+    let b = MailIdentity::builder("example.com")
+        .mail_host("mx2.example.com")
+        .address("198.51.100.20".parse().unwrap())
+        .dkim_selector("s1")
+        .build()
+        .unwrap();
+    let a = MailIdentity::builder("example.com")
+        .mail_host("mx1.example.com")
+        .address("203.0.113.10".parse().unwrap())
+        .address("2001:db8::10".parse().unwrap())
+        .dkim_selector("s1")
+        .build()
+        .unwrap();
+    MailFleet::new(vec![("vps-a".into(), 10, a), ("vps-b".into(), 20, b)]).unwrap()
+}
+
+#[test]
+fn two_vpses_get_an_mx_each_and_one_spf_with_every_address() {
+    let c = Checklist::for_fleet(&two_vpses());
+    let rows: Vec<Row<'_>> = c
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.rtype,
+                r.name.as_str(),
+                r.value.as_deref(),
+                r.priority,
+                r.vps.as_deref(),
+            )
+        })
+        .collect();
+    let spf = "v=spf1 ip4:203.0.113.10 ip4:198.51.100.20 ip6:2001:db8::10 mx -all";
+    assert_eq!(
+        rows[..6],
+        [
+            (
+                "A",
+                "mx1.example.com",
+                Some("203.0.113.10"),
+                None,
+                Some("vps-a")
+            ),
+            (
+                "AAAA",
+                "mx1.example.com",
+                Some("2001:db8::10"),
+                None,
+                Some("vps-a")
+            ),
+            (
+                "A",
+                "mx2.example.com",
+                Some("198.51.100.20"),
+                None,
+                Some("vps-b")
+            ),
+            (
+                "MX",
+                "example.com",
+                Some("mx1.example.com"),
+                Some(10),
+                Some("vps-a")
+            ),
+            (
+                "MX",
+                "example.com",
+                Some("mx2.example.com"),
+                Some(20),
+                Some("vps-b")
+            ),
+            ("TXT", "example.com", Some(spf), None, None),
+        ]
+    );
+    let ptrs: Vec<_> = c.records.iter().filter(|r| r.rtype == "PTR").collect();
+    assert_eq!(ptrs.len(), 3);
+    assert_eq!(ptrs[2].name, "20.100.51.198.in-addr.arpa");
+    assert_eq!(ptrs[2].value.as_deref(), Some("mx2.example.com"));
+    assert_eq!(ptrs[2].vps.as_deref(), Some("vps-b"));
+    assert!(
+        ptrs[2]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("VPS vps-b's provider")
+    );
+    // DMARC and DKIM once, for the domain.
+    assert_eq!(c.records.iter().filter(|r| r.rtype == "TXT").count(), 3);
+
+    let text = c.render_text();
+    assert!(
+        text.starts_with("DNS records for example.com (mail hosts mx1.example.com for vps-a, mx2.example.com for vps-b)"),
+        "{text}"
+    );
+    let header = text.lines().find(|l| l.starts_with("WHERE")).unwrap();
+    assert!(header.ends_with("VPS"), "{header}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("20 mx2.example.com") && l.ends_with("vps-b")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains(spf) && l.ends_with("(all)")),
+        "{text}"
+    );
+
+    let zone = c.render_zone_ttl(300);
+    assert!(
+        zone.lines().any(|l| l.starts_with("example.com. ")
+            && l.ends_with("IN MX   20 mx2.example.com. ; VPS vps-b")),
+        "{zone}"
+    );
+    assert!(
+        zone.lines().any(|l| l.starts_with("mx1.example.com. ")
+            && l.ends_with("IN A    203.0.113.10 ; VPS vps-a")),
+        "{zone}"
+    );
+
+    let v: serde_json::Value = serde_json::from_str(&c.render_json()).unwrap();
+    assert_eq!(v["mail_host"], "mx1.example.com");
+    assert_eq!(v["vpses"][0]["name"], "vps-a");
+    assert_eq!(v["vpses"][1]["priority"], 20);
+    assert_eq!(v["records"][4]["vps"], "vps-b");
+    assert!(v["records"][5].get("vps").is_none());
+}
+
+#[test]
+fn one_vps_json_and_text_have_no_vps_fields() {
+    let c = Checklist::for_identity(&identity());
+    let v: serde_json::Value = serde_json::from_str(&c.render_json()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["domain", "mail_host", "records"]);
+    for r in v["records"].as_array().unwrap() {
+        assert!(r.get("vps").is_none(), "{r:#}");
+    }
+    let header = c
+        .render_text()
+        .lines()
+        .find(|l| l.starts_with("WHERE"))
+        .unwrap()
+        .to_owned();
+    assert!(header.ends_with("VALUE"), "{header}");
+    assert!(!c.render_zone().contains("; VPS"));
 }

@@ -6,11 +6,12 @@ use std::fmt::Display;
 use std::net::IpAddr;
 
 use super::{Check, CheckKind, Status};
-use crate::checklist::{MX_PRIORITY, dkim_hint, recommended_dmarc, recommended_spf};
+use crate::checklist::{dkim_hint, recommended_dmarc, recommended_spf};
 use crate::dkim::DkimRecord;
 use crate::dmarc::{DmarcPolicy, DmarcRecord, looks_like_dmarc};
+use crate::fleet::{FleetMember, MailFleet};
 use crate::identity::MailIdentity;
-use crate::lookup::{Lookup, LookupError, reverse_name};
+use crate::lookup::{Lookup, LookupError, MxRecord, reverse_name};
 use crate::spf::{self, Qualifier, SpfResult, parse_record};
 
 const UNKNOWN_FIX: &str = "DNS did not answer usefully: retry, or ask another resolver; the record itself was not checked";
@@ -20,6 +21,8 @@ struct Ctx<'a> {
     name: &'a str,
     address: Option<IpAddr>,
     expected: String,
+    /// The VPS the check is about, when the output names VPSes.
+    vps: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -32,6 +35,7 @@ impl Ctx<'_> {
             found: found.into(),
             expected: self.expected.clone(),
             fix,
+            vps: self.vps.map(str::to_owned),
         }
     }
 
@@ -60,16 +64,17 @@ fn join<T: Display>(items: impl IntoIterator<Item = T>) -> String {
 
 async fn addresses(
     kind: CheckKind,
-    id: &MailIdentity,
+    m: &FleetMember,
     expected: BTreeSet<IpAddr>,
     found: Result<BTreeSet<IpAddr>, LookupError>,
 ) -> Check {
-    let host = id.mail_host();
+    let host = m.id.mail_host();
     let rtype = kind.label();
     let ctx = Ctx {
         kind,
         name: host,
         address: None,
+        vps: m.name(),
         expected: if expected.is_empty() {
             format!("no {rtype} record (the VPS has no such address)")
         } else {
@@ -114,41 +119,55 @@ async fn addresses(
     ctx.done(Status::Fail, join(&found), Some(fix))
 }
 
-pub(super) async fn address_v4<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
-    let expected = id.ipv4().iter().map(|ip| IpAddr::V4(*ip)).collect();
+pub(super) async fn address_v4<L: Lookup>(m: &FleetMember, lookup: &L) -> Check {
+    let expected = m.id.ipv4().iter().map(|ip| IpAddr::V4(*ip)).collect();
     let found = lookup
-        .a(id.mail_host())
+        .a(m.id.mail_host())
         .await
         .map(|v| v.into_iter().map(IpAddr::V4).collect());
-    addresses(CheckKind::A, id, expected, found).await
+    addresses(CheckKind::A, m, expected, found).await
 }
 
-pub(super) async fn address_v6<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
-    let expected = id.ipv6().iter().map(|ip| IpAddr::V6(*ip)).collect();
+pub(super) async fn address_v6<L: Lookup>(m: &FleetMember, lookup: &L) -> Check {
+    let expected = m.id.ipv6().iter().map(|ip| IpAddr::V6(*ip)).collect();
     let found = lookup
-        .aaaa(id.mail_host())
+        .aaaa(m.id.mail_host())
         .await
         .map(|v| v.into_iter().map(IpAddr::V6).collect());
-    addresses(CheckKind::Aaaa, id, expected, found).await
+    addresses(CheckKind::Aaaa, m, expected, found).await
 }
 
-pub(super) async fn mx<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
-    let host = id.mail_host();
+/// One MX check per VPS, from one MX lookup of the domain.
+pub(super) async fn mx<L: Lookup>(fleet: &MailFleet, lookup: &L) -> Vec<Check> {
+    let mut found = lookup.mx(fleet.domain()).await;
+    if let Ok(mxs) = &mut found {
+        mxs.sort_by(|a, b| (a.preference, &a.exchange).cmp(&(b.preference, &b.exchange)));
+    }
+    fleet
+        .members()
+        .iter()
+        .map(|m| mx_for(fleet, m, &found))
+        .collect()
+}
+
+/// The MX of VPS `m`: its mail host must be an exchange, tried after no foreign
+/// host and before every VPS meant to come after it.
+fn mx_for(fleet: &MailFleet, m: &FleetMember, found: &Result<Vec<MxRecord>, LookupError>) -> Check {
+    let host = m.id.mail_host();
+    let domain = fleet.domain();
+    let priority = m.priority;
     let ctx = Ctx {
         kind: CheckKind::Mx,
-        name: id.domain(),
+        name: domain,
         address: None,
-        expected: format!("{MX_PRIORITY} {host}"),
+        expected: format!("{priority} {host}"),
+        vps: m.name(),
     };
-    let add_fix = format!(
-        "set MX {} -> {host} priority {MX_PRIORITY} at your DNS host",
-        id.domain()
-    );
-    let mut mxs = match lookup.mx(id.domain()).await {
+    let add_fix = format!("set MX {domain} -> {host} priority {priority} at your DNS host");
+    let mxs = match found {
         Ok(m) => m,
-        Err(e) => return ctx.lookup_failed(&e, add_fix),
+        Err(e) => return ctx.lookup_failed(e, add_fix),
     };
-    mxs.sort_by(|a, b| (a.preference, &a.exchange).cmp(&(b.preference, &b.exchange)));
     let found = join(mxs.iter().map(|m| {
         let ex = if m.exchange.is_empty() {
             "."
@@ -164,18 +183,26 @@ pub(super) async fn mx<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
             Some(add_fix),
         );
     }
+    let fleet_hosts: Vec<&str> = fleet.members().iter().map(|m| m.id.mail_host()).collect();
     let Some(ours) = mxs.iter().find(|m| m.exchange == host) else {
-        return ctx.done(
-            Status::Fail,
-            found,
-            Some(format!(
-                "{add_fix}; remove the other MX records unless they relay to {host}"
-            )),
-        );
+        // Only hosts that are none of the VPSes are worth a word about removal.
+        let foreign = mxs
+            .iter()
+            .any(|m| !fleet_hosts.contains(&m.exchange.as_str()));
+        let fix = match (foreign, fleet.is_named()) {
+            (false, _) => add_fix,
+            (true, false) => {
+                format!("{add_fix}; remove the other MX records unless they relay to {host}")
+            }
+            (true, true) => format!(
+                "{add_fix}; remove the MX records of hosts that are none of your VPSes unless they relay to {host}"
+            ),
+        };
+        return ctx.done(Status::Fail, found, Some(fix));
     };
     let before: Vec<_> = mxs
         .iter()
-        .filter(|m| m.preference < ours.preference)
+        .filter(|m| m.preference < ours.preference && !fleet_hosts.contains(&m.exchange.as_str()))
         .collect();
     if !before.is_empty() {
         return ctx.done(
@@ -190,21 +217,62 @@ pub(super) async fn mx<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
             )),
         );
     }
+    // VPSes meant to come after this one, but tried before it or at random with it.
+    let out_of_order: Vec<(&FleetMember, u16)> = fleet
+        .members()
+        .iter()
+        .filter(|o| o.priority > priority)
+        .filter_map(|o| {
+            mxs.iter()
+                .filter(|r| r.exchange == o.id.mail_host())
+                .map(|r| r.preference)
+                .min()
+                .filter(|p| *p <= ours.preference)
+                .map(|p| (o, p))
+        })
+        .collect();
+    if !out_of_order.is_empty() {
+        let names = join(out_of_order.iter().map(|(o, p)| {
+            format!(
+                "{} (VPS {}, priority {p})",
+                o.id.mail_host(),
+                o.name().unwrap_or("?")
+            )
+        }));
+        let wanted = join(
+            std::iter::once(format!("{host} {priority}")).chain(
+                out_of_order
+                    .iter()
+                    .map(|(o, _)| format!("{} {}", o.id.mail_host(), o.priority)),
+            ),
+        );
+        return ctx.done(
+            Status::Warn,
+            format!(
+                "{found}: {host} has priority {}, but {names} is tried before it or as often",
+                ours.preference
+            ),
+            Some(format!(
+                "give the VPSes MX priorities in their order: {wanted}"
+            )),
+        );
+    }
     ctx.pass(format!(
         "{found} (the mail host, priority {})",
         ours.preference
     ))
 }
 
-pub(super) async fn spf<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
-    let domain = id.domain();
-    let recommended = recommended_spf(id);
+pub(super) async fn spf<L: Lookup>(fleet: &MailFleet, lookup: &L) -> Vec<Check> {
+    let domain = fleet.domain();
+    let recommended = recommended_spf(fleet);
     let set_fix = format!("set TXT {domain} \"{recommended}\" (one SPF record only)");
     let ctx = Ctx {
         kind: CheckKind::Spf,
         name: domain,
         address: None,
         expected: format!("exactly one SPF record, e.g. \"{recommended}\""),
+        vps: None,
     };
     let mut out = Vec::new();
     let mut all = None;
@@ -260,28 +328,33 @@ pub(super) async fn spf<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> 
             }
         }
     }
-    let per_ip = id.addresses().into_iter().map(|ip| {
-        let set_fix = set_fix.clone();
-        let unreachable = unreachable.clone();
-        async move {
-            let ctx = Ctx {
-                kind: CheckKind::Spf,
-                name: domain,
-                address: Some(ip),
-                expected: format!("pass for {ip}"),
-            };
-            // The record could not even be fetched: evaluating again would only wait
-            // for the same timeout once more per address.
-            if let Some(reason) = unreachable {
-                return ctx.done(
-                    Status::Error,
-                    format!("not evaluated: {reason}"),
-                    Some(UNKNOWN_FIX.into()),
-                );
+    let per_ip = fleet
+        .members()
+        .iter()
+        .flat_map(|m| m.id.addresses().into_iter().map(move |ip| (m.name(), ip)))
+        .map(|(vps, ip)| {
+            let set_fix = set_fix.clone();
+            let unreachable = unreachable.clone();
+            async move {
+                let ctx = Ctx {
+                    kind: CheckKind::Spf,
+                    name: domain,
+                    address: Some(ip),
+                    expected: format!("pass for {ip}"),
+                    vps,
+                };
+                // The record could not even be fetched: evaluating again would only wait
+                // for the same timeout once more per address.
+                if let Some(reason) = unreachable {
+                    return ctx.done(
+                        Status::Error,
+                        format!("not evaluated: {reason}"),
+                        Some(UNKNOWN_FIX.into()),
+                    );
+                }
+                spf_for_address(ctx, lookup, domain, ip, all, &set_fix).await
             }
-            spf_for_address(ctx, lookup, domain, ip, all, &set_fix).await
-        }
-    });
+        });
     out.extend(futures::future::join_all(per_ip).await);
     out
 }
@@ -343,6 +416,7 @@ pub(super) async fn dmarc<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
         name: &name,
         address: None,
         expected: format!("exactly one record like \"{recommended}\""),
+        vps: None,
     };
     let txts = match lookup.txt(&name).await {
         Ok(t) => t,
@@ -405,6 +479,7 @@ pub(super) async fn dkim<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
             name: &name,
             address: None,
             expected: "a DKIM key record".into(),
+            vps: None,
         }
         .done(
             Status::Warn,
@@ -417,6 +492,7 @@ pub(super) async fn dkim<L: Lookup>(id: &MailIdentity, lookup: &L) -> Check {
         name: &name,
         address: None,
         expected: "\"v=DKIM1; k=rsa; p=<public key>\" from your mail software".into(),
+        vps: None,
     };
     let hint = format!("publish TXT {name}: {}", dkim_hint(id));
     let txts = match lookup.txt(&name).await {
@@ -492,18 +568,24 @@ fn shorten(s: &str) -> String {
     format!("{head}...{tail}")
 }
 
-pub(super) async fn ptr<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
-    futures::future::join_all(id.addresses().into_iter().map(|ip| ptr_for(id, lookup, ip))).await
+pub(super) async fn ptr<L: Lookup>(m: &FleetMember, lookup: &L) -> Vec<Check> {
+    futures::future::join_all(
+        m.id.addresses()
+            .into_iter()
+            .map(|ip| ptr_for(m, lookup, ip)),
+    )
+    .await
 }
 
-async fn ptr_for<L: Lookup>(id: &MailIdentity, lookup: &L, ip: IpAddr) -> Check {
-    let host = id.mail_host();
+async fn ptr_for<L: Lookup>(m: &FleetMember, lookup: &L, ip: IpAddr) -> Check {
+    let host = m.id.mail_host();
     let rname = reverse_name(ip);
     let ctx = Ctx {
         kind: CheckKind::Ptr,
         name: &rname,
         address: Some(ip),
         expected: format!("{host}, which resolves back to {ip}"),
+        vps: m.name(),
     };
     let set_fix =
         format!("in the VPS provider's control panel, set the reverse DNS (PTR) of {ip} to {host}");

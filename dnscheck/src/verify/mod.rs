@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::fleet::{MailFleet, VpsSummary};
 use crate::identity::MailIdentity;
 use crate::lookup::Lookup;
 
@@ -82,7 +83,8 @@ impl Status {
 /// JSON (stable): `kind` (`"a"`, `"aaaa"`, `"mx"`, `"spf"`, `"dmarc"`, `"dkim"`,
 /// `"ptr"`, `"dnsbl"`), `name` (the DNS name looked up, or the blocklist zone),
 /// `address` (the VPS address the check is about, or `null`), `status` (`"pass"`,
-/// `"warn"`, `"fail"`, `"error"`), `found`, `expected`, `fix` (`null` on pass).
+/// `"warn"`, `"fail"`, `"error"`), `found`, `expected`, `fix` (`null` on pass); with
+/// several VPSes also `vps` on the checks about one of them (absent otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
     /// Which record.
@@ -99,6 +101,9 @@ pub struct Check {
     pub expected: String,
     /// One line saying what to change; `None` when nothing is to be done.
     pub fix: Option<String>,
+    /// The VPS this check is about, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vps: Option<String>,
 }
 
 /// Counts per status.
@@ -117,13 +122,17 @@ pub struct Summary {
 /// All findings for a domain.
 ///
 /// JSON (stable): `{"domain", "mail_host", "ok": bool, "summary": {"pass", "warn",
-/// "fail", "error"}, "checks": [Check...]}`.
+/// "fail", "error"}, "checks": [Check...]}`; with several VPSes `mail_host` is the
+/// first one's (by priority) and `vpses` lists them all (`[{"name", "priority",
+/// "mail_host", "addresses"}]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     /// The mail domain.
     pub domain: String,
-    /// The mail host.
+    /// The mail host (of the first VPS by priority).
     pub mail_host: String,
+    /// Each VPS, when there are several (empty for one).
+    pub vpses: Vec<VpsSummary>,
     /// Findings in checklist order.
     pub checks: Vec<Check>,
 }
@@ -171,6 +180,8 @@ impl Report {
         struct Out<'a> {
             domain: &'a str,
             mail_host: &'a str,
+            #[serde(skip_serializing_if = "<[VpsSummary]>::is_empty")]
+            vpses: &'a [VpsSummary],
             ok: bool,
             summary: Summary,
             checks: &'a [Check],
@@ -178,6 +189,7 @@ impl Report {
         serde_json::to_string_pretty(&Out {
             domain: &self.domain,
             mail_host: &self.mail_host,
+            vpses: &self.vpses,
             ok: self.is_ok(),
             summary: self.summary(),
             checks: &self.checks,
@@ -186,33 +198,47 @@ impl Report {
     }
 }
 
-/// Verifies every record of the checklist for `id` through `lookup`.
+/// Verifies every record of the checklist for one VPS through `lookup`.
 pub async fn verify<L: Lookup>(id: &MailIdentity, lookup: &L) -> Report {
+    verify_fleet(&MailFleet::from(id.clone()), lookup).await
+}
+
+/// Verifies every record of the checklist for every VPS of `fleet`: each VPS's
+/// A/AAAA, MX (present, and tried in priority order) and forward-confirmed PTR,
+/// the one SPF record authorising every address, DMARC and DKIM once.
+pub async fn verify_fleet<L: Lookup>(fleet: &MailFleet, lookup: &L) -> Report {
     // Independent questions run concurrently in this task (no spawning): a slow or
     // dead resolver then costs one timeout, not one per record.
-    let (a, aaaa, mx, spf, dmarc, dkim, ptr) = tokio::join!(
-        checks::address_v4(id, lookup),
-        checks::address_v6(id, lookup),
-        checks::mx(id, lookup),
-        checks::spf(id, lookup),
-        checks::dmarc(id, lookup),
-        checks::dkim(id, lookup),
-        checks::ptr(id, lookup),
+    let addresses = futures::future::join_all(fleet.members().iter().map(|m| async move {
+        let (a, aaaa) = tokio::join!(checks::address_v4(m, lookup), checks::address_v6(m, lookup));
+        [a, aaaa]
+    }));
+    let ptrs = futures::future::join_all(fleet.members().iter().map(|m| checks::ptr(m, lookup)));
+    let (addresses, mx, spf, dmarc, dkim, ptrs) = tokio::join!(
+        addresses,
+        checks::mx(fleet, lookup),
+        checks::spf(fleet, lookup),
+        checks::dmarc(fleet.primary(), lookup),
+        checks::dkim(fleet.primary(), lookup),
+        ptrs,
     );
-    let mut checks = vec![a, aaaa, mx];
+    let mut checks: Vec<Check> = addresses.into_iter().flatten().collect();
+    checks.extend(mx);
     checks.extend(spf);
     checks.push(dmarc);
     checks.push(dkim);
-    checks.extend(ptr);
+    checks.extend(ptrs.into_iter().flatten());
     tracing::info!(
-        domain = id.domain(),
+        domain = fleet.domain(),
+        vpses = fleet.members().len(),
         checks = checks.len(),
         failed = checks.iter().filter(|c| c.status == Status::Fail).count(),
         "dns verification done"
     );
     Report {
-        domain: id.domain().to_owned(),
-        mail_host: id.mail_host().to_owned(),
+        domain: fleet.domain().to_owned(),
+        mail_host: fleet.primary().mail_host().to_owned(),
+        vpses: fleet.summaries(),
         checks,
     }
 }
@@ -221,23 +247,29 @@ pub async fn verify<L: Lookup>(id: &MailIdentity, lookup: &L) -> Report {
 /// AAAA of the mail host (the VPS agent's watchdog checks these on their own
 /// schedule, apart from the rest).
 pub async fn verify_routing<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
-    let (mx, a, aaaa) = tokio::join!(
-        checks::mx(id, lookup),
-        checks::address_v4(id, lookup),
-        checks::address_v6(id, lookup),
+    let fleet = MailFleet::from(id.clone());
+    let member = &fleet.members()[0];
+    let (mut mx, a, aaaa) = tokio::join!(
+        checks::mx(&fleet, lookup),
+        checks::address_v4(member, lookup),
+        checks::address_v6(member, lookup),
     );
-    vec![mx, a, aaaa]
+    mx.extend([a, aaaa]);
+    mx
 }
 
 /// Only the SPF checks: the record, and whether it authorises each VPS address.
 pub async fn verify_spf<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
-    checks::spf(id, lookup).await
+    checks::spf(&MailFleet::from(id.clone()), lookup).await
 }
 
 /// Only the reverse DNS (forward-confirmed) of each VPS address.
 pub async fn verify_ptr<L: Lookup>(id: &MailIdentity, lookup: &L) -> Vec<Check> {
-    checks::ptr(id, lookup).await
+    let fleet = MailFleet::from(id.clone());
+    checks::ptr(&fleet.members()[0], lookup).await
 }
 
+#[cfg(test)]
+mod fleet_tests;
 #[cfg(test)]
 mod tests;

@@ -106,11 +106,16 @@ fn badge(status: Status, color: bool) -> String {
 }
 
 /// PTR checks are named by their reverse name in JSON; in text the address itself is
-/// what the admin types into the provider's panel.
+/// what the admin types into the provider's panel. With several VPSes a check about
+/// one of them says which.
 fn display_name(c: &Check) -> String {
-    match (c.kind, c.address) {
+    let name = match (c.kind, c.address) {
         (CheckKind::Ptr, Some(ip)) => ip.to_string(),
         _ => c.name.clone(),
+    };
+    match &c.vps {
+        Some(vps) => format!("{name} (VPS {vps})"),
+        None => name,
     }
 }
 
@@ -118,10 +123,17 @@ impl Report {
     /// Human-readable report. `color` adds ANSI colours and symbols (for a terminal);
     /// without it the output is plain ASCII-aligned text, fit for pipes and logs.
     pub fn render_text(&self, color: bool) -> String {
-        let mut out = format!(
-            "DNS check for {} (mail host {})\n\n",
-            self.domain, self.mail_host
-        );
+        let hosts = if self.vpses.is_empty() {
+            format!("mail host {}", self.mail_host)
+        } else {
+            let list: Vec<String> = self
+                .vpses
+                .iter()
+                .map(|v| format!("{} for {}", v.mail_host, v.name))
+                .collect();
+            format!("mail hosts {}", list.join(", "))
+        };
+        let mut out = format!("DNS check for {} ({hosts})\n\n", self.domain);
         let names: Vec<String> = self.checks.iter().map(display_name).collect();
         let table = Table::new(color, 0, names.iter().map(String::as_str));
         for (c, name) in self.checks.iter().zip(&names) {

@@ -421,6 +421,7 @@ fn futures_are_send() {
     let id = identity();
     let dns = good_dns();
     assert_send(&verify(&id, &dns));
+    assert_send(&verify_fleet(&MailFleet::from(id.clone()), &dns));
     assert_send(&crate::dnsbl_check(ip(V4), &["bl.example"], &dns));
     let real = crate::HickoryLookup::with_server("127.0.0.1:53").unwrap();
     assert_send(&verify(&id, &real));
