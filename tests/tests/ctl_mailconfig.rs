@@ -425,6 +425,13 @@ fn iredmail_postscreen_copy_logs_the_header_client_and_trusts_no_one() {
     pf.reload().unwrap();
 
     let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 12525);
+    // A reload returns before master has opened the new listeners.
+    ceres_tests::wait_until(
+        "Postfix listening on 127.0.0.1:12525",
+        Duration::from_secs(20),
+        || Ok(ceres_tests::postfix::smtp::connect(&ns, addr, Duration::from_secs(2)).is_ok()),
+    )
+    .unwrap();
     let session = |claim: IpAddr| {
         let header = proxy_v1(SocketAddr::new(claim, 40025), addr);
         let mut c = SmtpClient::connect(&ns, addr, Some(&header), IO).unwrap();
