@@ -3,6 +3,7 @@
 //! source (IPv4 address, IPv6 /64), HTTP/2 limits, and a maximum age for
 //! connections without a client certificate (they can only enrol: one short RPC).
 
+use ceres_sync::Unpoison;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -74,7 +75,7 @@ impl PerSource {
 
     /// A slot for `source` (already a source key), or `None` at the cap.
     pub(crate) fn take(&self, source: IpAddr) -> Option<SourceSlot> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.counts.locked();
         let n = counts.entry(source).or_insert(0);
         if *n >= self.max {
             return None;
@@ -96,7 +97,7 @@ pub(crate) struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.owner.counts.locked();
         if let Some(n) = counts.get_mut(&self.source) {
             *n -= 1;
             if *n == 0 {

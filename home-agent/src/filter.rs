@@ -5,6 +5,7 @@
 //! shutdown. The rules are [`ceres_relay::egress::TunnelFilter`]; this is the
 //! agent's bookkeeping around them.
 
+use ceres_sync::Unpoison;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 
@@ -46,7 +47,7 @@ impl HomeFilter {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Installs (or replaces) the filter: from the tunnel, only `vps` may open
@@ -64,7 +65,7 @@ impl HomeFilter {
         filter.services = services;
         // Nothing reaches the LAN or containers through home either.
         filter.guard_forward = true;
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.locked();
         if self.lock().installed.as_ref() == Some(&filter) {
             return Ok(());
         }
@@ -100,7 +101,7 @@ impl HomeFilter {
 
     /// Removes the filter (clean shutdown). Blocking.
     pub fn remove(&self) {
-        let _one = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.changing.locked();
         let taken = self.lock().installed.take();
         if let Some(filter) = taken {
             match filter.remove(&HostSystem::default()) {

@@ -4,6 +4,7 @@
 //! findings. The running agent writes its part into the state directory
 //! ([`ceres_daemon::status_file`]); the tunnel is read live.
 
+use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +39,7 @@ pub type SharedSession = Arc<Mutex<SessionPart>>;
 
 /// The state before the first attempt.
 pub fn session_connecting(s: &SharedSession, vps: &str) {
-    *s.lock().unwrap_or_else(|p| p.into_inner()) = SessionPart {
+    *s.locked() = SessionPart {
         connected: false,
         since_unix: unix_secs(SystemTime::now()),
         vps: vps.to_owned(),
@@ -48,7 +49,7 @@ pub fn session_connecting(s: &SharedSession, vps: &str) {
 
 /// Marks the session up.
 pub fn session_up(s: &SharedSession, vps: &str) {
-    let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = s.locked();
     *s = SessionPart {
         connected: true,
         since_unix: unix_secs(SystemTime::now()),
@@ -59,7 +60,7 @@ pub fn session_up(s: &SharedSession, vps: &str) {
 
 /// Marks the session down with why; `since` moves only when it was up.
 pub fn session_down(s: &SharedSession, vps: &str, error: String) {
-    let mut s = s.lock().unwrap_or_else(|p| p.into_inner());
+    let mut s = s.locked();
     if s.connected || s.since_unix == 0 {
         s.since_unix = unix_secs(SystemTime::now());
     }
@@ -187,7 +188,7 @@ impl Snapshot {
     /// The agent's part now.
     pub async fn take(&self) -> AgentPart {
         let (forwards, forward_error, egress) = self.mail.report().await;
-        let stack_probe = self.stack.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let stack_probe = self.stack.locked().clone();
         let stack = match stack_probe {
             Some(probe) => {
                 // Before the first session no relays are known: all count.
@@ -203,21 +204,14 @@ impl Snapshot {
         };
         let due = self
             .firewall
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .1
             .is_none_or(|t| t.elapsed() >= FIREWALL_EVERY);
         if due {
             let f = non_empty(self.mail.firewall_advice().await);
-            *self.firewall.lock().unwrap_or_else(|p| p.into_inner()) =
-                (f, Some(std::time::Instant::now()));
+            *self.firewall.locked() = (f, Some(std::time::Instant::now()));
         }
-        let firewall = self
-            .firewall
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone();
+        let firewall = self.firewall.locked().0.clone();
         let (filter, filter_error) = self.mail.filter_status();
         let input_filter = match filter {
             ceres_proto::InputFilter::Installed => "installed".to_owned(),
@@ -225,11 +219,7 @@ impl Snapshot {
             _ => format!("failed: {filter_error}"),
         };
         AgentPart {
-            session: self
-                .session
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            session: self.session.locked().clone(),
             forwarders: forwards
                 .iter()
                 .map(|f| ForwarderPart {
@@ -251,8 +241,7 @@ impl Snapshot {
             input_filter,
             probes: self
                 .probes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .locked()
                 .iter()
                 .map(|p| ProbePart {
                     port: p.port,

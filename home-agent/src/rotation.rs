@@ -5,7 +5,8 @@
 //! ([`ceres_state::rotation`]): each step is on disk before it is acted on
 //! (see `ceres.proto`).
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use ceres_sync::Unpoison;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ceres_pki::unix_secs;
@@ -73,7 +74,7 @@ impl HomeRotation {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 
     /// The rotation in progress (0: none), told to the VPS in Hello.

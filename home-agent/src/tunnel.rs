@@ -2,6 +2,7 @@
 //! in its Welcome. The parameters are kept on disk so that after a restart
 //! the tunnel comes up at once, even while the VPS control plane is away.
 
+use ceres_sync::Unpoison;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Context;
@@ -116,7 +117,7 @@ impl HomeTunnel {
     }
 
     fn private_key(&self) -> PrivateKey {
-        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.key.locked().clone()
     }
 
     /// Installs the new keys beside the current ones and handshakes with
@@ -217,7 +218,7 @@ impl HomeTunnel {
         if params.is_some() {
             st.params = params;
         }
-        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = new_key.clone();
+        *self.key.locked() = new_key.clone();
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Per-port counters and connection limits, shared by [`crate::Listener`] and
 //! [`crate::Forwarder`]; snapshots feed `cerectl status`.
 
+use ceres_sync::Unpoison;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,7 +116,7 @@ impl PortCounters {
     }
 
     fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
-        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+        self.admission.locked()
     }
 
     /// The limits of this port.
@@ -158,7 +159,7 @@ impl PortCounters {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let mut slot = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.last_error.locked();
         *slot = Some(LastError {
             message,
             at_unix_secs,
@@ -182,11 +183,7 @@ impl PortCounters {
             refused: refused_by.values().sum(),
             refused_by,
             unavailable: self.unavailable.load(Ordering::Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: self.last_error.locked().clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Used per port and kind by the relays, and per source address by the VPS's
 //! control plane (see [`KeyedThrottle`]).
 
+use ceres_sync::Unpoison;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Mutex;
@@ -71,7 +72,7 @@ impl<K: Hash + Eq + Clone> KeyedThrottle<K> {
 
     /// Like [`Throttle::admit`], for `key`.
     pub fn admit(&self, key: &K, now_ms: u64) -> Option<u64> {
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys = self.keys.locked();
         if !keys.contains_key(key) && keys.len() >= self.max_keys {
             let every = self.every_ms;
             keys.retain(|_, t| !t.expired(now_ms, every));

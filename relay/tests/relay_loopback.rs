@@ -3,6 +3,7 @@
 
 mod common;
 
+use ceres_sync::Unpoison;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -763,10 +764,7 @@ struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
+        self.0.locked().extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -777,7 +775,7 @@ impl std::io::Write for Captured {
 
 impl Captured {
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        String::from_utf8_lossy(&self.0.locked()).into_owned()
     }
 }
 

@@ -7,6 +7,7 @@
 //! test panics. Readiness is waited for on the daemons' sd_notify messages
 //! and on observable conditions with deadlines — never with bare sleeps.
 
+use ceres_sync::Unpoison;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;
@@ -600,10 +601,7 @@ impl<'a> Ceres<'a> {
             .arg(&self.vps_state)
             .args(["token", "create", "--role", role]))?;
         let token = out.trim().to_owned();
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(token.clone());
+        self.tokens.locked().push(token.clone());
         Ok(token)
     }
 
@@ -895,11 +893,7 @@ pub fn echo_roundtrip(ns: &Netns, ip: &str, port: u16, payload: &str) -> anyhow:
 /// WireGuard keys and PSKs are listed in base64 and in hex too (the form
 /// the userspace API uses), so a key logged either way is caught.
 pub fn lab_secrets(ceres: &Ceres<'_>) -> Vec<String> {
-    let mut secrets: Vec<String> = ceres
-        .tokens
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let mut secrets: Vec<String> = ceres.tokens.locked().clone();
     let wireguard = |b64: &str, secrets: &mut Vec<String>| {
         if let Some(hex) = wireguard_key_hex(b64) {
             secrets.push(hex);

@@ -11,6 +11,7 @@
 
 mod datapath;
 
+use ceres_sync::Unpoison;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -130,7 +131,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Sessions> {
         // A panic in another holder leaves boringtun's state as consistent as
         // it ever is between calls; keep the tunnel running.
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+        self.sessions.locked()
     }
 
     /// Our current static public key.

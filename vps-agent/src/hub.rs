@@ -1,6 +1,7 @@
 //! What the VPS knows about the home agent: whether its session is up, since
 //! when, and what it last reported.
 
+use ceres_sync::Unpoison;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -77,7 +78,7 @@ impl Hub {
         parent: &CancellationToken,
     ) -> SessionTicket {
         let now = unix_secs(SystemTime::now());
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.locked();
         inner.next_id += 1;
         let id = inner.next_id;
         if let Some(old) = inner.current.take() {
@@ -105,7 +106,7 @@ impl Hub {
 
     /// Records a report from session `id`.
     pub fn report(&self, id: u64, report: Report) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.locked();
         if let Some(s) = inner.current.as_mut().filter(|s| s.id == id) {
             let ports = forward_ports(&report);
             self.reach.send_if_modified(|reach| {
@@ -123,7 +124,7 @@ impl Hub {
 
     /// Marks session `id` gone (if it is still the current one).
     pub fn disconnect(&self, id: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.locked();
         if inner.current.as_ref().is_some_and(|s| s.id == id) {
             inner.previous = inner.current.take();
             inner.ended_unix = unix_secs(SystemTime::now());
@@ -136,7 +137,7 @@ impl Hub {
     /// stream); the relays learn at once that home is gone. Returns the
     /// serial of the session ended.
     pub fn end_revoked(&self, revoked: impl Fn(&str) -> bool) -> Option<String> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.locked();
         let serial = inner
             .current
             .as_ref()
@@ -159,16 +160,12 @@ impl Hub {
 
     /// Whether a home session is up.
     pub fn is_connected(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .current
-            .is_some()
+        self.inner.locked().current.is_some()
     }
 
     /// Status for `cerectl status`.
     pub fn status(&self) -> HomeStatus {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner.locked();
         let (connected, session, since) = match (&inner.current, &inner.previous) {
             (Some(s), _) => (true, Some(s), s.since_unix),
             (None, Some(p)) => (false, Some(p), inner.ended_unix),

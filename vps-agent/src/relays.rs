@@ -1,5 +1,6 @@
 //! The VPS's mail-port relays and outbound NAT, as the agent runs them.
 
+use ceres_sync::Unpoison;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
@@ -89,7 +90,7 @@ impl VpsRelays {
             )
         })?;
         tracing::info!(table = %filter.table, "tunnel input filter installed: home reaches nothing on the VPS but replies");
-        *this.filter.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(filter.clone());
+        *this.filter.locked_mut() = Some(filter.clone());
         if !rs.relays.is_empty() {
             ceres_relay::raise_fd_limit().ok();
             let mut config = ListenerConfig::new(
@@ -123,7 +124,7 @@ impl VpsRelays {
             tracing::warn!("{advice}");
         }
         this.ipv6 = ipv6;
-        *this.egress.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(installed);
+        *this.egress.locked_mut() = Some(installed);
         // The egress table's forward chain now decides what home may send on.
         filter.guard_forward = false;
         filter.apply(&HostSystem::default()).with_context(|| {
@@ -132,7 +133,7 @@ impl VpsRelays {
                 filter.table
             )
         })?;
-        *this.filter.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(filter);
+        *this.filter.locked_mut() = Some(filter);
         Ok(this)
     }
 
@@ -264,7 +265,7 @@ impl VpsRelays {
         if !settings.tunnel.enabled || !self.settings.egress {
             return;
         }
-        let mut guard = self.egress.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.egress.locked();
         if guard.is_some() {
             return;
         }
@@ -302,7 +303,7 @@ impl VpsRelays {
 
     /// Replaces the input filter with its forward guard on or off.
     fn guard_forward(&self, on: bool) {
-        let mut guard = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.filter.locked();
         if let Some(filter) = guard.as_mut() {
             filter.guard_forward = on;
             if let Err(e) = filter.apply(&HostSystem::default()) {

@@ -7,6 +7,7 @@
 //! `<state>/revoked/` (see `certs.rs`). The running agent watches that
 //! directory with inotify and acts on every change.
 
+use ceres_sync::Unpoison;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Mutex;
 
@@ -79,7 +80,7 @@ impl HomeRevocations {
     pub fn set(&self, revoked: RevokedHome) -> anyhow::Result<()> {
         self.dir
             .write(HOME_REVOKED, &serde_json::to_vec_pretty(&revoked)?)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(revoked);
+        *self.current.locked() = Some(revoked);
         Ok(())
     }
 
@@ -87,7 +88,7 @@ impl HomeRevocations {
     /// lineage's own (a session of the revoked home that raced its
     /// revocation is not a new home). Decided under the note's lock.
     pub fn clear_for(&self, lineage: Option<&str>) -> anyhow::Result<Cleared> {
-        let mut guard = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.current.locked();
         match guard.as_ref() {
             None => return Ok(Cleared::NothingToClear),
             Some(r) if lineage.is_some_and(|l| l.eq_ignore_ascii_case(&r.lineage)) => {
@@ -102,20 +103,12 @@ impl HomeRevocations {
 
     /// Whether home is revoked now.
     pub fn is_revoked(&self) -> bool {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.current.locked().is_some()
     }
 
     /// For `HomeStatus.access` and `.revocation`.
     pub fn status(&self) -> (HomeAccess, Option<HomeRevocation>) {
-        match self
-            .current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        match self.current.locked().as_ref() {
             Some(r) => (
                 HomeAccess::Revoked,
                 Some(HomeRevocation {

@@ -6,7 +6,8 @@
 //! history of home keys used before, the rotation ids, the outcome of the
 //! last rotation — is here.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use ceres_sync::Unpoison;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ceres_pki::unix_secs;
@@ -172,10 +173,6 @@ pub struct Rotator {
 /// before the write it started is applied.
 type Turn = tokio::sync::OwnedMutexGuard<()>;
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Writes the history (synced): blocking. A failure is logged and the
 /// rotation goes on: the current keys are right either way.
 fn save_history(dir: &StateDir, h: &History) {
@@ -199,7 +196,7 @@ fn write_and_apply(store: &Store, state: &Mutex<State>, t: Transition) -> Result
         }
         Err(e) => return Err(e.into()),
     }
-    lock(state).machine.apply(t)?;
+    state.locked().machine.apply(t)?;
     Ok(())
 }
 
@@ -295,7 +292,7 @@ impl Rotator {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.locked()
     }
 
     async fn turn(&self) -> Turn {
@@ -415,7 +412,7 @@ impl Rotator {
                 .off_workers(turn, move |store, state| {
                     // The id is used once even if the agent dies right after.
                     save_history(&dir, &history);
-                    lock(state).history = history;
+                    state.locked().history = history;
                     write_and_apply(store, state, t)
                 })
                 .await?;
@@ -457,12 +454,7 @@ impl Rotator {
         let key32: [u8; 32] = home_key.try_into().map_err(|_| RotateError::KeyLength)?;
         #[cfg(test)]
         {
-            let hook = self
-                .before_claim
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .0
-                .take();
+            let hook = self.before_claim.locked().0.take();
             if let Some(hook) = hook {
                 hook();
             }
@@ -595,7 +587,7 @@ impl Rotator {
                     let _ = write_and_apply(store, state, t);
                 }
                 let h = {
-                    let mut st = lock(state);
+                    let mut st = state.locked();
                     let h = &mut st.history;
                     h.completed += 1;
                     h.last_completed_id = id;
@@ -664,7 +656,7 @@ impl Rotator {
                 .off_workers(turn, move |store, state| {
                     let _ = write_and_apply(store, state, t);
                     let h = {
-                        let mut st = lock(state);
+                        let mut st = state.locked();
                         st.history.last_unix = now;
                         st.history.last_outcome =
                             format!("{}{failure}", ceres_proto::compat::ROTATION_FAILED_PREFIX);

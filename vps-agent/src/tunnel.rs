@@ -4,7 +4,8 @@
 //! The home peer is persisted, so after a restart the VPS accepts home's
 //! WireGuard packets at once — before (and without) the control session.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use ceres_sync::Unpoison;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 use ceres_agent::report::{tunnel_down, tunnel_report};
@@ -135,10 +136,6 @@ pub struct VpsTunnel {
     changes: Arc<tokio::sync::Mutex<()>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Writes `home-peer.json`: blocking (the write is synced).
 fn save_peer(dir: &StateDir, peer: &HomePeer) -> Result<(), HomeKeyError> {
     Ok(dir.write(HOME_PEER, &serde_json::to_vec_pretty(peer)?)?)
@@ -216,7 +213,7 @@ impl VpsTunnel {
     }
 
     fn peer_guard(&self) -> MutexGuard<'_, Option<HomePeer>> {
-        lock(&self.peer)
+        self.peer.locked()
     }
 
     /// Accepts home's public key from a session of `owner` and returns the
@@ -249,7 +246,7 @@ impl VpsTunnel {
                 ceres_daemon::blocking(move || -> Result<(), HomeKeyError> {
                     let _change = change;
                     save_peer(&dir, &saved)?;
-                    *lock(&peer) = Some(saved);
+                    *peer.locked() = Some(saved);
                     Ok(())
                 })
                 .await??;
@@ -281,7 +278,7 @@ impl VpsTunnel {
                             .set_peer(cfg)
                             .map_err(|e| HomeKeyError::Engine(e.to_string()))?;
                     }
-                    *lock(&peer) = Some(saved);
+                    *peer.locked() = Some(saved);
                     Ok(())
                 })
                 .await??;
@@ -326,14 +323,14 @@ impl VpsTunnel {
                 engine.remove_peer();
             }
             dir.remove(HOME_PEER)?;
-            Ok(lock(&peer).take().map(|p| p.public_key))
+            Ok(peer.locked().take().map(|p| p.public_key))
         })
         .await?
     }
 
     /// Our current static public key.
     pub fn public_key(&self) -> PublicKey {
-        *lock(&self.public_key)
+        *self.public_key.locked()
     }
 
     /// The engine, when the tunnel runs.
@@ -406,8 +403,8 @@ impl VpsTunnel {
             let _change = change;
             save_peer(&dir, &fresh)?;
             dir.write(ceres_agent::wgkey::WG_KEY, key_text.0.as_bytes())?;
-            *lock(&peer) = Some(fresh);
-            *lock(&public_key) = new_public;
+            *peer.locked() = Some(fresh);
+            *public_key.locked() = new_public;
             Ok(())
         })
         .await?

@@ -3,6 +3,7 @@
 //! is up and the last report the session sent ([`render`]) — the page shows
 //! what the VPS was told.
 
+use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 
 use ceres_agent::metrics::{Peer, register_tunnel, sample_tunnel};
@@ -62,14 +63,14 @@ pub(super) type MetricsCache = Arc<Mutex<Reported>>;
 
 /// The session sent `report`: the page shows it, and the session as up.
 pub(super) fn reported(cache: &MetricsCache, report: &Report) {
-    let mut r = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut r = cache.locked();
     r.connected = true;
     r.last = Some(report.clone());
 }
 
 /// The session ended.
 pub(super) fn disconnected(cache: &MetricsCache) {
-    cache.lock().unwrap_or_else(|p| p.into_inner()).connected = false;
+    cache.locked().connected = false;
 }
 
 /// The page for `reported` in the Prometheus text format.

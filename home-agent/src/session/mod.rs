@@ -13,6 +13,7 @@ mod renewal;
 mod report;
 mod startup;
 
+use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 
 use ceres_control::Credentials;
@@ -31,5 +32,5 @@ type SharedCreds = Arc<Mutex<Credentials>>;
 
 /// The credentials as of now (a renewal replaces them between sessions).
 fn current(creds: &SharedCreds) -> Credentials {
-    creds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    creds.locked().clone()
 }

@@ -2,6 +2,7 @@
 //! listeners when `CERES_MAIL_STACK` names one, are probed on a schedule,
 //! and the latest results wait here for the next report.
 
+use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,7 +55,7 @@ pub(super) async fn probe_loop(
             r = async { tokio::join!(relayed, stack) } => r,
         };
         match relayed {
-            Some(results) => *out.lock().unwrap_or_else(|p| p.into_inner()) = results,
+            Some(results) => *out.locked() = results,
             // Not forwarding yet: look again soon.
             None => tick.reset_after(Duration::from_secs(2)),
         }
@@ -78,7 +79,7 @@ pub(super) async fn probe_loop(
                     last_problems = Some(status.problems);
                 }
             }
-            *stack_out.lock().unwrap_or_else(|p| p.into_inner()) = Some(probe);
+            *stack_out.locked() = Some(probe);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The certificate's renewal: two thirds into its life, retried with
 //! backoff, and the renewed credentials shared with the next session.
 
+use ceres_sync::Unpoison;
 use std::time::{Duration, SystemTime};
 
 use ceres_control::Credentials;
@@ -51,7 +52,7 @@ pub(super) async fn renew_loop(
             Ok(fresh) => {
                 let until = fresh.info().map(|i| unix_secs(i.not_after)).unwrap_or(0);
                 tracing::info!(not_after_unix = until, "certificate renewed");
-                *creds.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                *creds.locked() = fresh;
                 backoff.reset();
             }
             Err(e) => {

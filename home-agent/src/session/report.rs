@@ -2,6 +2,7 @@
 //! forwarders, egress, firewall findings, the mail-server probes, Postfix,
 //! the stack probe.
 
+use ceres_sync::Unpoison;
 use std::time::SystemTime;
 
 use ceres_pki::unix_secs;
@@ -60,12 +61,9 @@ impl Reporter {
             firewall,
             firewall_findings,
             egress: Some(egress),
-            probes: probes.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            probes: probes.locked().clone(),
             postfix,
-            stack: stack_probes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            stack: stack_probes.locked().clone(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! before (and without) the VPS, the background tasks start, and the
 //! session is kept until shutdown, when everything is torn down in order.
 
+use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -91,9 +92,7 @@ pub async fn run(
     let mcache = metrics_cache.clone();
     tracker.spawn(ceres_daemon::metrics::start(
         settings.metrics_listen,
-        Arc::new(move || {
-            metrics::render(&families, &mcache.lock().unwrap_or_else(|p| p.into_inner()))
-        }),
+        Arc::new(move || metrics::render(&families, &mcache.locked())),
         cancel.clone(),
     ));
     tracker.spawn(probe_loop(

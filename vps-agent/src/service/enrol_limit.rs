@@ -1,6 +1,7 @@
 //! The enrolment limiter: an address that keeps failing to enrol (a token
 //! guesser) is turned away for a while, and logged once, not per attempt.
 
+use ceres_sync::Unpoison;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -40,7 +41,7 @@ pub(super) struct Blocked {
 impl FailureLimit {
     /// `Err` while `ip` is over the limit.
     pub(super) fn check(&self, ip: IpAddr) -> Result<(), Blocked> {
-        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_ip.locked();
         match map.get_mut(&ip) {
             Some(f) if f.count >= ENROLL_FAILURES && f.since.elapsed() < ENROLL_WINDOW => {
                 let first = !f.logged;
@@ -56,7 +57,7 @@ impl FailureLimit {
 
     /// Counts a failed enrolment from `ip`.
     pub(super) fn failed(&self, ip: IpAddr) {
-        let mut map = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_ip.locked();
         // Old entries go, so the map cannot grow without bound.
         map.retain(|_, f| f.since.elapsed() < ENROLL_WINDOW);
         let f = map.entry(ip).or_insert(Failures {

@@ -1,6 +1,7 @@
 //! What `ceres-vps status` shows of the running agent: the part of the
 //! local status file this agent keeps written.
 
+use ceres_sync::Unpoison;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,7 @@ pub(super) async fn local_status(
 ) -> crate::local_status::AgentPart {
     use crate::local_status::{AgentPart, EgressPart, HomePart, RelayPart};
     let cached = cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .locked()
         .as_ref()
         .filter(|(_, at)| at.elapsed() < Duration::from_secs(10))
         .map(|(e, _)| e.clone());
@@ -34,8 +34,7 @@ pub(super) async fn local_status(
             })
             .await
             .unwrap_or_default();
-            *cache.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((e.clone(), std::time::Instant::now()));
+            *cache.locked() = Some((e.clone(), std::time::Instant::now()));
             e
         }
     };

@@ -16,6 +16,7 @@ mod notify;
 mod settings;
 mod state;
 
+use ceres_sync::Unpoison;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,7 +157,7 @@ impl Watch {
 
     /// Every scheduled check and its state, for status.
     pub fn checks(&self) -> Vec<WatchCheck> {
-        let trackers = self.0.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        let trackers = self.0.trackers.locked();
         self.0
             .schedule
             .iter()
@@ -214,7 +215,7 @@ impl Watch {
 
     /// (check, level, since) of every check that has run.
     fn levels(&self) -> Vec<(CheckId, Level, i64)> {
-        let trackers = self.0.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        let trackers = self.0.trackers.locked();
         trackers
             .iter()
             .filter_map(|(id, t)| t.view().map(|v| (*id, v.observation.level, v.since_unix)))
@@ -224,7 +225,7 @@ impl Watch {
 
 impl Inner {
     fn record(&self, id: CheckId, observation: Observation) {
-        let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut trackers = self.trackers.locked();
         if let Some(t) = trackers.get_mut(&id) {
             let before = t.view().map(|v| v.observation.level);
             if before != Some(observation.level) {
@@ -385,7 +386,7 @@ async fn notify_loop(inner: Arc<Inner>) {
     let policy = inner.settings.policy;
     loop {
         let (events, next) = {
-            let mut trackers = inner.trackers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut trackers = inner.trackers.locked();
             let now = Stamp::now();
             let mut events = Vec::new();
             for t in trackers.values_mut() {

@@ -8,6 +8,7 @@ mod email;
 mod http;
 mod webhook;
 
+use ceres_sync::Unpoison;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,7 +216,7 @@ struct Channel {
 
 impl Channel {
     fn to_proto(&self) -> AlertChannel {
-        let s = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let s = self.stats.locked().clone();
         let (kind, target, format) = match &self.target {
             Target::Webhook(w) => (
                 AlertChannelKind::Webhook,
@@ -236,7 +237,7 @@ impl Channel {
     }
 
     fn record(&self, result: &Result<String, Failure>) {
-        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.stats.locked();
         s.last_attempt_unix = ceres_pki::unix_secs(std::time::SystemTime::now());
         match result {
             Ok(_) => {
