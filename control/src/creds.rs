@@ -128,6 +128,22 @@ fn text(dir: &StateDir, name: &str, secret: bool) -> Result<String, CredError> {
 }
 
 impl Credentials {
+    /// Credentials from their parts (as enrolment returns them; for tests
+    /// and tools that sign their own).
+    pub fn from_parts(
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+        control_address: String,
+    ) -> Self {
+        Self {
+            ca_pem,
+            cert_pem,
+            key_pem,
+            control_address,
+        }
+    }
+
     /// Whether `dir` holds credentials for `role`.
     pub fn exists(dir: &StateDir, role: Role) -> bool {
         dir.exists(name_of(role).0)

@@ -20,6 +20,8 @@ pub const NFT_HINT: &str = "the home agent needs nftables (`nft`, Debian package
 /// The filter as installed, and the last failure to replace it.
 #[derive(Debug)]
 pub struct HomeFilter {
+    /// Its nftables table (per uplink).
+    table: String,
     tunnel_if: String,
     enabled: bool,
     /// What the report reads: never held while `nft` runs.
@@ -27,6 +29,16 @@ pub struct HomeFilter {
     /// Installs and removals one at a time. They run `nft` (in the blocking
     /// pool) holding only this, so the report does not wait for them.
     changing: Mutex<()>,
+}
+
+/// The input filter's table of uplink `slot`: the first keeps today's name.
+pub fn table_for_slot(slot: u16) -> String {
+    let base = ceres_relay::egress::DEFAULT_FILTER_TABLE;
+    if slot == 0 {
+        base.to_owned()
+    } else {
+        format!("{base}_{slot}")
+    }
 }
 
 #[derive(Debug, Default)]
@@ -37,8 +49,12 @@ struct State {
 
 impl HomeFilter {
     /// Nothing installed yet; `enabled` is false when the tunnel is off.
-    pub fn new(tunnel_if: &str, enabled: bool) -> Self {
+    /// `slot`: the uplink's interface slot; slot 0 uses the default table
+    /// (`ceres_tunnel`), slot n `ceres_tunnel_n`, so each uplink's filter is
+    /// replaced or removed alone.
+    pub fn new(tunnel_if: &str, enabled: bool, slot: u16) -> Self {
         Self {
+            table: table_for_slot(slot),
             tunnel_if: tunnel_if.to_owned(),
             enabled,
             state: Mutex::new(State::default()),
@@ -62,6 +78,7 @@ impl HomeFilter {
             return Ok(());
         }
         let mut filter = TunnelFilter::new(self.tunnel_if.clone(), vps);
+        filter.table = self.table.clone();
         filter.services = services;
         // Nothing reaches the LAN or containers through home either.
         filter.guard_forward = true;

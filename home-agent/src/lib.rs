@@ -2,8 +2,11 @@
 //! open to it (reports up, commands down), reconnects with capped, jittered
 //! backoff, and renews its certificate before it expires.
 
+mod agent;
 mod backoff;
 mod cli;
+mod cli_uplinks;
+mod failover;
 mod filter;
 mod local_status;
 mod mail;
@@ -14,5 +17,6 @@ mod session;
 mod settings;
 mod stack_probe;
 mod tunnel;
+mod uplinks;
 
 pub use cli::main;

@@ -95,6 +95,79 @@ pub struct EgressPart {
     pub sources: Vec<String>,
     /// Why not, if not.
     pub error: Option<String>,
+    /// Installed, or why not (absent in a file from an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<EgressFileState>,
+    /// With several VPSes: whether outbound mail leaves through this uplink
+    /// now (absent with one VPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkRole>,
+}
+
+/// `egress.state` in the status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressFileState {
+    /// The routing is installed.
+    Installed,
+    /// Off by configuration (CERES_EGRESS=off).
+    Disabled,
+    /// The tunnel is off (CERES_TUNNEL=off).
+    TunnelOff,
+    /// Installing it failed (`error` says why).
+    Failed,
+    /// Waiting for the tunnel.
+    Pending,
+}
+
+impl EgressFileState {
+    fn of(p: ceres_proto::EgressState) -> Option<Self> {
+        use ceres_proto::EgressState as P;
+        match p {
+            P::Installed | P::Blocked => Some(Self::Installed),
+            P::Disabled => Some(Self::Disabled),
+            P::TunnelOff => Some(Self::TunnelOff),
+            P::Failed | P::Revoked => Some(Self::Failed),
+            P::Pending => Some(Self::Pending),
+            P::Unspecified => None,
+        }
+    }
+}
+
+/// `egress.uplink` in the status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UplinkRole {
+    /// New outbound connections leave through this uplink.
+    Active,
+    /// It answers; another uplink is preferred now.
+    Standby,
+    /// It does not answer the probe.
+    Down,
+}
+
+impl UplinkRole {
+    fn of(p: ceres_proto::EgressUplink) -> Option<Self> {
+        use ceres_proto::EgressUplink as P;
+        match p {
+            P::Active => Some(Self::Active),
+            P::Standby => Some(Self::Standby),
+            P::Down => Some(Self::Down),
+            P::Unspecified => None,
+        }
+    }
+}
+
+/// `input_filter_state` in the status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilterFileState {
+    /// Installed and current.
+    Installed,
+    /// The tunnel is off.
+    Off,
+    /// Replacing it failed; the previous rules stay.
+    Failed,
 }
 
 /// One probe of the mail server.
@@ -133,6 +206,9 @@ pub struct AgentPart {
     pub egress: EgressPart,
     /// The input filter on the tunnel: "installed", "off" or "failed: ...".
     pub input_filter: String,
+    /// `input_filter` typed (absent in a file from an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_filter_state: Option<FilterFileState>,
     /// The mail server probes.
     pub probes: Vec<ProbePart>,
     /// The stack's PROXY listeners (`CERES_MAIL_STACK`), when one is named.
@@ -213,11 +289,15 @@ impl Snapshot {
         }
         let firewall = self.firewall.locked().0.clone();
         let (filter, filter_error) = self.mail.filter_status();
-        let input_filter = match filter {
-            ceres_proto::InputFilter::Installed => "installed".to_owned(),
-            ceres_proto::InputFilter::Off => "off".to_owned(),
-            _ => format!("failed: {filter_error}"),
+        let (input_filter, input_filter_state) = match filter {
+            ceres_proto::InputFilter::Installed => {
+                ("installed".to_owned(), FilterFileState::Installed)
+            }
+            ceres_proto::InputFilter::Off => ("off".to_owned(), FilterFileState::Off),
+            _ => (format!("failed: {filter_error}"), FilterFileState::Failed),
         };
+        let egress_state = EgressFileState::of(egress.state());
+        let uplink = UplinkRole::of(egress.uplink());
         AgentPart {
             session: self.session.locked().clone(),
             forwarders: forwards
@@ -237,8 +317,11 @@ impl Snapshot {
                 ports: egress.tcp_ports,
                 sources: egress.sources,
                 error: non_empty(egress.error),
+                state: egress_state,
+                uplink,
             },
             input_filter,
+            input_filter_state: Some(input_filter_state),
             probes: self
                 .probes
                 .locked()
@@ -312,12 +395,18 @@ pub fn assemble(
         if let Some(f) = &a.firewall {
             problems.push(format!("firewall: {f}"));
         }
-        if let Some(err) = &a.egress.error {
-            if a.egress.enabled || !err.starts_with("disabled") {
-                problems.push(format!("egress: {err}"));
-            }
+        // Decided on the typed states. A file from an older agent has none
+        // (until the upgraded agent rewrites it, within seconds): then only a
+        // routing that is on and reports an error counts.
+        let egress_failed = match a.egress.state {
+            Some(state) => state == EgressFileState::Failed,
+            None => a.egress.enabled && a.egress.error.is_some(),
+        };
+        if egress_failed {
+            let err = a.egress.error.as_deref().unwrap_or("failed");
+            problems.push(format!("egress: {err}"));
         }
-        if a.input_filter.starts_with("failed") {
+        if a.input_filter_state == Some(FilterFileState::Failed) {
             problems.push(format!("tunnel input filter {}", a.input_filter));
         }
         if let Some(stack) = &a.stack {
@@ -433,9 +522,15 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
         if e.enabled {
             let _ = writeln!(
                 o,
-                "egress      tcp {:?} from {} via the tunnel",
+                "egress      tcp {:?} from {} via the tunnel{}",
                 e.ports,
-                e.sources.join(", ")
+                e.sources.join(", "),
+                match e.uplink {
+                    Some(UplinkRole::Active) => " · outbound mail leaves through this VPS now",
+                    Some(UplinkRole::Standby) => " · standby (another VPS carries outbound mail)",
+                    Some(UplinkRole::Down) => " · this uplink does not answer: not used",
+                    None => "",
+                }
             );
         } else {
             let _ = writeln!(
@@ -648,5 +743,83 @@ mod tests {
         let j = serde_json::to_string(&s).unwrap();
         let back: LocalStatus = serde_json::from_str(&j).unwrap();
         assert_eq!(back.agent_state, AgentState::Running);
+    }
+}
+
+/// One uplink in `ceres-home status` with several VPSes.
+#[derive(Debug, Clone, Serialize)]
+pub struct UplinkStatus {
+    /// The uplink's name (the VPS's name in the store).
+    pub name: String,
+    /// Its state directory (where its status file is).
+    pub dir: String,
+    /// Its status, as `status --json` shows a single VPS.
+    pub status: LocalStatus,
+}
+
+/// `ceres-home status` with several uplinks: one section each; exit 0 only
+/// when every uplink is fine, 3 when one cannot be told, 1 otherwise. The
+/// JSON keeps the single-VPS keys (from the first uplink) and adds
+/// `uplinks`, an array of [`UplinkStatus`]; `ok` and `problems` cover all.
+pub fn command_uplinks(
+    uplinks: &[(String, std::path::PathBuf, Option<String>)],
+    uapi_dir: Option<&std::path::Path>,
+    json: bool,
+) -> std::process::ExitCode {
+    let now = SystemTime::now();
+    let mut all = Vec::new();
+    for (name, dir, ifname) in uplinks {
+        let file = match status_file::read::<AgentPart>(dir) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("ceres-home: cannot tell (uplink {name}): {e}");
+                return std::process::ExitCode::from(EXIT_UNKNOWN);
+            }
+        };
+        let tunnel = match (uapi_dir, ifname) {
+            (Some(u), Some(i)) => Some(uapi_client::read_tunnel(u, i, now)),
+            _ => None,
+        };
+        all.push(UplinkStatus {
+            name: name.clone(),
+            dir: dir.display().to_string(),
+            status: assemble(file, tunnel, now),
+        });
+    }
+    let ok = all.iter().all(|u| u.status.ok);
+    if json {
+        let mut top = match all.first().map(|u| serde_json::to_value(&u.status)) {
+            Some(Ok(serde_json::Value::Object(m))) => m,
+            _ => serde_json::Map::new(),
+        };
+        let problems: Vec<String> = all
+            .iter()
+            .flat_map(|u| {
+                u.status
+                    .problems
+                    .iter()
+                    .map(move |p| format!("{}: {p}", u.name))
+            })
+            .collect();
+        top.insert("ok".into(), ok.into());
+        top.insert("problems".into(), serde_json::json!(problems));
+        top.insert("uplinks".into(), serde_json::json!(all));
+        match serde_json::to_string_pretty(&top) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("ceres-home: {e}");
+                return std::process::ExitCode::from(EXIT_UNKNOWN);
+            }
+        }
+    } else {
+        for u in &all {
+            println!("== uplink {} ({}) ==", u.name, u.dir);
+            print!("{}", render(&u.status, now));
+        }
+    }
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
     }
 }

@@ -37,6 +37,8 @@ struct State {
     forward_error: Option<String>,
     egress: Option<HomeEgress>,
     egress_error: Option<String>,
+    /// The addresses last given to the agent's failover (several uplinks).
+    failover_addrs: Option<TunnelAddrs>,
     /// Postfix's `mail_version` here, read when the forwarders were last
     /// (re)applied; `None` when there is no `postconf` to ask.
     postfix_version: Option<String>,
@@ -59,7 +61,11 @@ impl HomeMail {
             settings: settings.clone(),
             dir: dir.clone(),
             cancel: cancel.clone(),
-            filter: Arc::new(HomeFilter::new(&settings.tunnel_ifname, settings.tunnel)),
+            filter: Arc::new(HomeFilter::new(
+                &settings.tunnel_ifname,
+                settings.tunnel,
+                settings.uplink_slot,
+            )),
             state: Mutex::new(State::default()),
         }
     }
@@ -137,6 +143,22 @@ impl HomeMail {
             // The relays decide which PROXY versions Postfix must read:
             // ask its version again with them (not per report or probe).
             st.postfix_version = Self::postfix_version().await;
+        }
+        // One of several uplinks: the agent's failover routes outbound mail
+        // through whichever uplink is up; this one tells it its addresses.
+        if let Some(hook) = &self.settings.failover {
+            if self.settings.egress && self.settings.tunnel && st.failover_addrs != Some(addrs) {
+                hook.failover
+                    .upsert(crate::failover::Uplink {
+                        name: hook.name.clone(),
+                        priority: hook.priority(),
+                        ifname: self.settings.tunnel_ifname.clone(),
+                        addrs,
+                    })
+                    .await;
+                st.failover_addrs = Some(addrs);
+            }
+            return;
         }
         if self.settings.egress && self.settings.tunnel && st.egress.is_none() {
             let mut egress = match addrs.home6 {
@@ -262,7 +284,7 @@ impl HomeMail {
     /// Counters, why the forwarders could not start (if so), and egress state
     /// for the report.
     pub async fn report(&self) -> (Vec<RelayPort>, String, EgressStatus) {
-        use ceres_proto::{EgressState, RelayState, compat};
+        use ceres_proto::{EgressState, EgressUplink, RelayState, compat};
         let st = self.state.lock().await;
         let mut forwards = st
             .forwarder
@@ -272,7 +294,31 @@ impl HomeMail {
         for f in &mut forwards {
             f.state = RelayState::Relaying.into();
         }
+        let failover = self
+            .settings
+            .failover
+            .as_ref()
+            .filter(|_| self.settings.egress && self.settings.tunnel)
+            .map(|hook| {
+                let status = hook.failover.status();
+                let mine = status.uplinks.iter().find(|u| u.name == hook.name);
+                let role = match mine {
+                    Some(u) if u.active => EgressUplink::Active,
+                    Some(u) if u.healthy => EgressUplink::Standby,
+                    Some(_) => EgressUplink::Down,
+                    None => EgressUplink::Unspecified,
+                };
+                let state = match (mine.is_some(), status.error.is_empty()) {
+                    (true, true) => (EgressState::Installed, String::new()),
+                    (true, false) => (EgressState::Failed, status.error),
+                    (false, _) => (EgressState::Pending, String::new()),
+                };
+                (state, role)
+            });
+        let uplink = failover.as_ref().map_or(EgressUplink::Unspecified, |f| f.1);
+        let failover = failover.map(|f| f.0);
         let (state, error) = match (&st.egress_error, &st.egress) {
+            _ if failover.is_some() => failover.unwrap_or((EgressState::Pending, String::new())),
             (_, Some(_)) => (EgressState::Installed, String::new()),
             (Some(e), None) => (EgressState::Failed, e.clone()),
             (None, None) if !self.settings.egress => {
@@ -282,23 +328,30 @@ impl HomeMail {
             (None, None) => (EgressState::Pending, String::new()),
         };
         let egress = EgressStatus {
-            enabled: st.egress.is_some(),
+            enabled: st.egress.is_some() || state == EgressState::Installed,
             tcp_ports: self
                 .settings
                 .egress_ports
                 .iter()
                 .map(|p| *p as u32)
                 .collect(),
-            sources: st
-                .egress
-                .as_ref()
-                .map(|e| e.sources.iter().map(|s| s.to_string()).collect())
-                .unwrap_or_default(),
+            sources: match (&st.egress, st.failover_addrs) {
+                (Some(e), _) => e.sources.iter().map(|s| s.to_string()).collect(),
+                // Through the failover: this uplink's own addresses, and
+                // what CERES_EGRESS_FROM adds.
+                (None, Some(a)) if state == EgressState::Installed => std::iter::once(a.home)
+                    .chain(a.home6)
+                    .map(|ip| ipnet::IpNet::from(ip).to_string())
+                    .chain(self.settings.egress_from.iter().map(|n| n.to_string()))
+                    .collect(),
+                _ => Vec::new(),
+            },
             error,
             // The VPS's fact: home does not decide it.
             ipv6: ceres_proto::Ipv6Egress::Unspecified.into(),
             state: state.into(),
             firewall_findings: Vec::new(),
+            uplink: uplink.into(),
         };
         (
             forwards,
@@ -339,6 +392,9 @@ impl HomeMail {
         if let Some(old) = st.forwarder.take() {
             old.stop.cancel();
             let _ = old.task.await;
+        }
+        if let (Some(hook), Some(_)) = (&self.settings.failover, st.failover_addrs.take()) {
+            hook.failover.remove(&hook.name).await;
         }
         let filter = self.filter.clone();
         let _ = tokio::task::spawn_blocking(move || filter.remove()).await;

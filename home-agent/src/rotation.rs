@@ -407,6 +407,10 @@ mod tests {
             forward_max_per_port: 10,
             metrics_listen: None,
             mail_stack: None,
+            uplink_probe_interval: Duration::from_secs(2),
+            uplink_holddown: Duration::from_secs(30),
+            uplink_slot: 0,
+            failover: None,
         };
         let tunnel =
             HomeTunnel::new(&settings, &dir, &tokio_util::sync::CancellationToken::new()).unwrap();

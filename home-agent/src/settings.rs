@@ -77,6 +77,17 @@ pub struct HomeFlags {
     /// off to disable. [CERES_METRICS_LISTEN]
     #[arg(long, value_name = "IP:PORT|off")]
     pub metrics_listen: Option<String>,
+    /// With several VPSes: how often each uplink's tunnel is probed (a ping
+    /// to its VPS tunnel address through its interface); 3 missed probes in a
+    /// row mark it down and new outbound connections move to the next
+    /// uplink. Default 2s. [CERES_UPLINK_PROBE_INTERVAL]
+    #[arg(long, value_name = "DURATION")]
+    pub uplink_probe_interval: Option<String>,
+    /// With several VPSes: how long a down uplink must answer every probe
+    /// before outbound mail moves back to it, so a flapping link does not
+    /// bounce traffic. Default 30s. [CERES_UPLINK_HOLDDOWN]
+    #[arg(long, value_name = "DURATION")]
+    pub uplink_holddown: Option<String>,
 }
 
 /// A comma-separated list of networks (a bare address is a /32 or /128).
@@ -133,6 +144,17 @@ pub struct HomeSettings {
     pub forward_max_per_port: u32,
     /// Metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// Uplink tunnel probe interval (outbound failover).
+    pub uplink_probe_interval: Duration,
+    /// How long a recovered uplink must answer before it is chosen again.
+    pub uplink_holddown: Duration,
+    /// This uplink's interface slot (issue 16): 0 the first VPS (the
+    /// interface `tunnel_ifname` as configured), n ≥ 1 a further one. Not a
+    /// setting: the agent sets it per uplink.
+    pub uplink_slot: u16,
+    /// Set when this uplink is one of several: its egress goes through the
+    /// agent's outbound failover instead of its own routing. Not a setting.
+    pub failover: Option<crate::failover::Hook>,
 }
 
 /// This machine's host name.
@@ -210,6 +232,22 @@ impl HomeFlags {
                     "127.0.0.1:9478",
                 )?
                 .0,
+            uplink_probe_interval: layers
+                .get_or::<HumanDuration>(
+                    "CERES_UPLINK_PROBE_INTERVAL",
+                    self.uplink_probe_interval.as_deref(),
+                    "2s",
+                )?
+                .0,
+            uplink_holddown: layers
+                .get_or::<HumanDuration>(
+                    "CERES_UPLINK_HOLDDOWN",
+                    self.uplink_holddown.as_deref(),
+                    "30s",
+                )?
+                .0,
+            uplink_slot: 0,
+            failover: None,
         })
     }
 }
@@ -246,5 +284,15 @@ mod tests {
             e.contains("postfix-dovecot, mailcow, docker-mailserver, mailu, stalwart, iredmail"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn uplink_probe_and_holddown_have_defaults_and_can_be_set() {
+        let s = resolve("").unwrap();
+        assert_eq!(s.uplink_probe_interval, Duration::from_secs(2));
+        assert_eq!(s.uplink_holddown, Duration::from_secs(30));
+        let s = resolve("CERES_UPLINK_PROBE_INTERVAL=500ms\nCERES_UPLINK_HOLDDOWN=1m\n").unwrap();
+        assert_eq!(s.uplink_probe_interval, Duration::from_millis(500));
+        assert_eq!(s.uplink_holddown, Duration::from_secs(60));
     }
 }

@@ -328,7 +328,21 @@ impl HomeTunnel {
         }
         if let Some(old) = st.engine.take() {
             old.shutdown().await;
+            crate::uplinks::release(&self.settings.tunnel_ifname);
         }
+        // Several uplinks (issue 16): not on the network of another one.
+        let v6 = |t: &str| optional_net(t, "").ok().flatten().map(|n| n.addr());
+        let vps_net: IpNet = params
+            .vps_address
+            .parse()
+            .context("VPS tunnel address from the VPS")?;
+        let addrs = TunnelAddrs {
+            home: home_address.addr(),
+            vps: vps_net.addr(),
+            home6: home_address6.map(|n| n.addr()),
+            vps6: v6(&params.vps_address6),
+        };
+        crate::uplinks::claim(&self.settings.tunnel_ifname, &addrs).map_err(anyhow::Error::msg)?;
         let config = TunnelConfig {
             ifname: self.settings.tunnel_ifname.clone(),
             mtu,
@@ -339,14 +353,16 @@ impl HomeTunnel {
             route_allowed_ips: ROUTE_ALLOWED_IPS,
             uapi_dir: Some(self.settings.wg_uapi_dir.clone()),
         };
-        let engine = Tunnel::start(config, Some(peer), self.cancel.child_token())
-            .await
-            .with_context(|| {
-                format!(
-                    "starting the WireGuard tunnel {} (needs root or CAP_NET_ADMIN)",
-                    self.settings.tunnel_ifname
-                )
-            })?;
+        let started = Tunnel::start(config, Some(peer), self.cancel.child_token()).await;
+        if started.is_err() {
+            crate::uplinks::release(&self.settings.tunnel_ifname);
+        }
+        let engine = started.with_context(|| {
+            format!(
+                "starting the WireGuard tunnel {} (needs root or CAP_NET_ADMIN)",
+                self.settings.tunnel_ifname
+            )
+        })?;
         tracing::info!(ifname = %self.settings.tunnel_ifname, address = %home_address, endpoint = %params.endpoint, "tunnel up");
         st.engine = Some(engine);
         Ok(())
@@ -391,6 +407,7 @@ impl HomeTunnel {
     pub async fn shutdown(&self) {
         if let Some(engine) = self.state.lock().await.engine.take() {
             engine.shutdown().await;
+            crate::uplinks::release(&self.settings.tunnel_ifname);
         }
     }
 }

@@ -33,6 +33,19 @@ impl ExtraVps {
     /// router, and `ceres-vps init` for it with domain example.com and the
     /// extra `CERES_*` `lines` in its config (`CERES_MAIL_HOST=...`).
     pub fn init(lab: &Lab, label: &str, ip: &str, lines: &[&str]) -> anyhow::Result<Self> {
+        Self::init_dual(lab, label, ip, None, lines)
+    }
+
+    /// [`ExtraVps::init`] with a public IPv6 address too (`ip6`, in
+    /// 2001:db8:1::/64 other than the first VPS's), reached from the router
+    /// over the same link by a host route and a fixed link-local gateway.
+    pub fn init_dual(
+        lab: &Lab,
+        label: &str,
+        ip: &str,
+        ip6: Option<&str>,
+        lines: &[&str],
+    ) -> anyhow::Result<Self> {
         // Interface names are at most 15 bytes: the lab id plus one letter.
         let tag = label.chars().last().unwrap_or('x');
         let ns = Netns::new(format!("ceres-{}-{label}", lab.id))?;
@@ -60,6 +73,26 @@ impl ExtraVps {
         ns.ip(&["link", "set", &own, "up"])?;
         ns.ip(&["route", "add", &format!("{}/32", addr::VPS_GW), "dev", &own])?;
         ns.ip(&["route", "add", "default", "via", addr::VPS_GW, "dev", &own])?;
+        if let Some(ip6) = ip6 {
+            // The router's side gets a link-local address of our choosing, so
+            // the VPS has a gateway to name.
+            lab.internet
+                .ip(&["-6", "addr", "add", "fe80::1/64", "dev", &peer, "nodad"])?;
+            lab.internet
+                .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &peer])?;
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip6}/128"),
+                "dev",
+                &own,
+                "nodad",
+            ])?;
+            ns.ip(&[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", &own,
+            ])?;
+        }
         let v = Self {
             label: label.to_owned(),
             ip: ip.to_owned(),
@@ -74,7 +107,11 @@ impl ExtraVps {
             text.push('\n');
         }
         std::fs::write(&v.config, text)?;
-        sh(&mut v.command(&["init", "--public-ip", ip, "--domain", "example.com"]))?;
+        let public = match ip6 {
+            Some(ip6) => format!("{ip},{ip6}"),
+            None => ip.to_owned(),
+        };
+        sh(&mut v.command(&["init", "--public-ip", &public, "--domain", "example.com"]))?;
         Ok(v)
     }
 

@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 pub mod dms;
 pub mod dovecot;
 pub mod extra_vps;
+pub mod failover;
 pub mod nginx;
 pub mod postfix;
 mod procs;

@@ -24,7 +24,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ceres_tests::dovecot::Dovecot;
@@ -32,15 +31,12 @@ use ceres_tests::dovecot::login::{LoginOutcome, LoginPath, LoginTarget, imap_log
 use ceres_tests::nginx::{Nginx, http_get};
 use ceres_tests::postfix::smtp::{SmtpClient, compose};
 use ceres_tests::postfix::{Postfix, PostfixOptions, StockSite};
-use ceres_tests::{Ceres, Lab, Netns, addr, bin, require_root, run, unique_id, wait_until};
+use ceres_tests::{Ceres, Lab, addr, bin, require_root, run, unique_id, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Every default relay but 443: the stock nginx site serves no TLS, and a
 /// relay to nothing is what `--check` would (rightly) report.
 const RELAYS: &str = "CERES_RELAYS=25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,80/proxy-v2";
-/// The home LAN: home's address there and a LAN host (documentation range).
-const HOME_LAN: &str = "192.0.2.129";
-const LAN_HOST: &str = "192.0.2.130";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -68,42 +64,6 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// A LAN namespace on a veth to home: home 192.0.2.129, the host .130.
-fn lan(lab: &Lab) -> Netns {
-    let ns = Netns::new(format!("ceres-{}-lan", lab.id)).unwrap();
-    let (h, l) = (format!("l{}", lab.id), format!("l{}h", lab.id));
-    let ipcmd = |args: &[&str]| {
-        let out = run(Command::new("ip").args(args)).unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ipcmd(&[
-        "link",
-        "add",
-        &h,
-        "netns",
-        &lab.home.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &l,
-        "netns",
-        &ns.name,
-    ]);
-    lab.home
-        .ip(&["addr", "add", &format!("{HOME_LAN}/25"), "dev", &h])
-        .unwrap();
-    lab.home.ip(&["link", "set", &h, "up"]).unwrap();
-    ns.ip(&["addr", "add", &format!("{LAN_HOST}/25"), "dev", &l])
-        .unwrap();
-    ns.ip(&["link", "set", &l, "up"]).unwrap();
-    ns
-}
-
 #[test]
 fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
     if !require_root("stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe") {
@@ -120,7 +80,7 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
     )
     .unwrap();
     let (_vps, _home) = ceres.up().unwrap();
-    let lan = lan(&lab);
+    let lan = lab.lan().unwrap();
 
     // The user's mail server: Debian's packages, stock configuration.
     let postfix = Postfix::start_stock(&lab.home, StockSite::default()).unwrap();
@@ -341,14 +301,14 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
     // The LAN: port 25 answers without a header; a forged header is just a
     // bad command and the host gets no trust (cannot relay outside); the
     // PROXY ports are not reachable from the LAN.
-    let lan25 = SocketAddr::new(ip(HOME_LAN), 25);
+    let lan25 = SocketAddr::new(ip(addr::HOME_LAN), 25);
     // (connect reads the banner and requires 220.)
     SmtpClient::connect(&lan, lan25, None, WAIT)
         .unwrap()
         .quit()
         .unwrap();
     let mut c = SmtpClient::connect(&lan, lan25, None, WAIT).unwrap();
-    let forged = format!("PROXY TCP4 127.0.0.1 {HOME_LAN} 1234 25");
+    let forged = format!("PROXY TCP4 127.0.0.1 {} 1234 25", addr::HOME_LAN);
     let reply = c.command(&forged).unwrap();
     assert!(
         reply.code >= 500,
@@ -364,13 +324,13 @@ fn stock_postfix_dovecot_nginx_configured_only_by_apply_are_safe() {
         c.transcript()
     );
     postfix
-        .wait_log(&format!("connect from unknown[{LAN_HOST}]"), WAIT)
+        .wait_log(&format!("connect from unknown[{}]", addr::LAN_HOST), WAIT)
         .unwrap();
     for port in [10025u16, 10587, 10143, 10993, 10080] {
         assert!(
             SmtpClient::connect(
                 &lan,
-                SocketAddr::new(ip(HOME_LAN), port),
+                SocketAddr::new(ip(addr::HOME_LAN), port),
                 None,
                 Duration::from_secs(2)
             )

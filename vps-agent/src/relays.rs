@@ -254,6 +254,8 @@ impl VpsRelays {
             ipv6: self.ipv6.into(),
             state: state.into(),
             firewall_findings: findings,
+            // Home's fact: the VPS does not decide it.
+            uplink: ceres_proto::EgressUplink::Unspecified.into(),
         }
     }
 

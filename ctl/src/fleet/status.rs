@@ -167,6 +167,14 @@ impl VpsReport {
     }
 }
 
+/// What the home says of this VPS as its outbound uplink, if it says.
+fn uplink_of(v: &VpsReport) -> Option<crate::status::EgressUplink> {
+    v.status
+        .as_ref()
+        .and_then(|s| s.egress.home.as_ref())
+        .and_then(|h| h.uplink)
+}
+
 /// Inbound through this VPS: home is connected to it and the tunnel is up.
 fn inbound(s: &Status) -> bool {
     s.home.connected && s.tunnel.up
@@ -227,7 +235,11 @@ impl FleetStatus {
         };
         let inbound_through = names(|v| v.inbound);
         let outbound_ready = names(|v| v.outbound);
-        let outbound_through = outbound_ready.first().cloned();
+        // The home's own choice when it reports one (several VPSes, a
+        // current home agent); otherwise the first ready by priority.
+        let chosen =
+            names(|v| v.outbound && uplink_of(v) == Some(crate::status::EgressUplink::Active));
+        let outbound_through = chosen.first().or(outbound_ready.first()).cloned();
         let mut line = format!(
             "inbound reachable through {} of {} VPSes",
             inbound_through.len(),
@@ -236,13 +248,23 @@ impl FleetStatus {
         if !inbound_through.is_empty() {
             line.push_str(&format!(" ({})", inbound_through.join(", ")));
         }
-        match outbound_ready.as_slice() {
-            [] => line.push_str(
+        let others: Vec<&str> = outbound_ready
+            .iter()
+            .filter(|n| Some(*n) != outbound_through.as_ref())
+            .map(String::as_str)
+            .collect();
+        let why = if chosen.is_empty() {
+            "first by priority"
+        } else {
+            "home's choice"
+        };
+        match (&outbound_through, others.as_slice()) {
+            (None, _) => line.push_str(
                 "; outbound through none (no VPS has a fresh tunnel with egress at both ends)",
             ),
-            [one] => line.push_str(&format!("; outbound through {one}")),
-            [first, rest @ ..] => line.push_str(&format!(
-                "; outbound through {first} (first by priority; also ready: {})",
+            (Some(one), []) => line.push_str(&format!("; outbound through {one}")),
+            (Some(first), rest) => line.push_str(&format!(
+                "; outbound through {first} ({why}; also ready: {})",
                 rest.join(", ")
             )),
         }

@@ -8,8 +8,8 @@ use base64::Engine;
 use ceres_proto::{EgressStatus, RelayPort, Report, RotationStatus, StatusResponse, TunnelReport};
 
 use super::facts::{
-    Access, EgressState, FirewallPart, InputFilter, Ipv6Egress, Proxy, RelayState, RotationResult,
-    RotationStep, TunnelState,
+    Access, EgressState, EgressUplink, FirewallPart, InputFilter, Ipv6Egress, Proxy, RelayState,
+    RotationResult, RotationStep, TunnelState,
 };
 use super::schema::*;
 
@@ -178,6 +178,7 @@ fn egress_end(e: &EgressStatus) -> EgressEnd {
             .iter()
             .filter_map(FirewallPart::of)
             .collect(),
+        uplink: EgressUplink::of(e.uplink()),
     }
 }
 

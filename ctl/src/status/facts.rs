@@ -100,6 +100,32 @@ impl Ipv6Egress {
     }
 }
 
+/// A home with several VPSes: whether its outbound mail leaves through
+/// this VPS now (`egress.home.uplink`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressUplink {
+    /// New outbound connections leave through this VPS.
+    Active,
+    /// Its tunnel answers; another VPS is preferred now.
+    Standby,
+    /// Its tunnel does not answer home's probe.
+    Down,
+}
+
+impl EgressUplink {
+    /// From the protocol's enum (`None`: one VPS, or an older home agent).
+    pub fn of(p: ceres_proto::EgressUplink) -> Option<Self> {
+        use ceres_proto::EgressUplink as P;
+        match p {
+            P::Active => Some(Self::Active),
+            P::Standby => Some(Self::Standby),
+            P::Down => Some(Self::Down),
+            P::Unspecified => None,
+        }
+    }
+}
+
 /// What a relayed port does with a new connection now (`relays[].state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

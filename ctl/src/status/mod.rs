@@ -21,6 +21,7 @@ mod tests;
 use ceres_proto::StatusResponse;
 
 use build::HANDSHAKE_STALE_SECS;
+pub use facts::EgressUplink;
 pub use render::escape_controls;
 pub use schema::*;
 

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::facts::{
-    Access, EgressState, FirewallPart, InputFilter, Ipv6Egress, Proxy, RelayState, RotationResult,
-    RotationStep, TunnelState,
+    Access, EgressState, EgressUplink, FirewallPart, InputFilter, Ipv6Egress, Proxy, RelayState,
+    RotationResult, RotationStep, TunnelState,
 };
 use super::problem::{Problem, Warning};
 
@@ -173,6 +173,10 @@ pub struct EgressEnd {
     pub state: Option<EgressState>,
     /// VPS, when `blocked`: the firewall chains in the way.
     pub firewall: Vec<FirewallPart>,
+    /// Home with several VPSes: whether outbound mail leaves through this
+    /// VPS now ("active", "standby", "down"); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<EgressUplink>,
 }
 
 /// The tunnel.

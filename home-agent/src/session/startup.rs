@@ -90,9 +90,18 @@ pub async fn run(
     });
     let metrics_cache = MetricsCache::default();
     let mcache = metrics_cache.clone();
+    // With several uplinks, this (the first slot's) page also carries the
+    // outbound failover's families.
+    let failover = settings.failover.as_ref().map(|h| h.failover.clone());
     tracker.spawn(ceres_daemon::metrics::start(
         settings.metrics_listen,
-        Arc::new(move || metrics::render(&families, &mcache.locked())),
+        Arc::new(move || {
+            let mut page = metrics::render(&families, &mcache.locked());
+            if let Some(f) = &failover {
+                page.push_str(&f.metrics_text());
+            }
+            page
+        }),
         cancel.clone(),
     ));
     tracker.spawn(probe_loop(

@@ -427,6 +427,10 @@ pub struct EgressStatus {
     /// VPS, with state EGRESS_STATE_BLOCKED: the chains in the way.
     #[prost(message, repeated, tag = "7")]
     pub firewall_findings: ::prost::alloc::vec::Vec<FirewallFinding>,
+    /// Home with several VPSes: whether outbound mail leaves through this VPS
+    /// now. UNSPECIFIED from a home with one VPS or an older agent.
+    #[prost(enumeration = "EgressUplink", tag = "8")]
+    pub uplink: i32,
 }
 /// One check of the home mail server by the home agent.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1247,6 +1251,43 @@ impl RefusalReason {
             "REFUSAL_REASON_V6_NET48" => Some(Self::V6Net48),
             "REFUSAL_REASON_RATE" => Some(Self::Rate),
             "REFUSAL_REASON_UNTRUSTED" => Some(Self::Untrusted),
+            _ => None,
+        }
+    }
+}
+/// A home's outbound uplink choice, as seen by one VPS's uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum EgressUplink {
+    /// One VPS, or an older home agent.
+    Unspecified = 0,
+    /// New outbound connections leave through this VPS.
+    Active = 1,
+    /// Its tunnel answers; another VPS is preferred now (priority or hold-down).
+    Standby = 2,
+    /// Its tunnel does not answer home's probe.
+    Down = 3,
+}
+impl EgressUplink {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EGRESS_UPLINK_UNSPECIFIED",
+            Self::Active => "EGRESS_UPLINK_ACTIVE",
+            Self::Standby => "EGRESS_UPLINK_STANDBY",
+            Self::Down => "EGRESS_UPLINK_DOWN",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EGRESS_UPLINK_UNSPECIFIED" => Some(Self::Unspecified),
+            "EGRESS_UPLINK_ACTIVE" => Some(Self::Active),
+            "EGRESS_UPLINK_STANDBY" => Some(Self::Standby),
+            "EGRESS_UPLINK_DOWN" => Some(Self::Down),
             _ => None,
         }
     }

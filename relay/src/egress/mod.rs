@@ -12,11 +12,16 @@ use std::process::{Command, Stdio};
 mod firewall;
 mod home;
 mod tunnel_filter;
+mod uplinks;
 mod vps;
 
 pub use firewall::{DropChain, Hook, blocking_chains};
 pub use home::{DEFAULT_ROUTE_TABLE, DEFAULT_RULE_PRIORITY, HomeEgress, direct_ipv6};
 pub use tunnel_filter::{DEFAULT_FILTER_TABLE, TunnelFilter};
+pub use uplinks::{
+    BASE_PRIORITY, BASE_TABLE, DEFAULT_UPLINK_NFT_TABLE, FailoverEgress, MARK_BASE, MAX_UPLINKS,
+    UplinkRoute, slot_table,
+};
 pub use vps::{DEFAULT_EGRESS_PORTS, ForwardingState, SysctlNeed, VpsEgress, public_ipv6};
 
 /// Default name of our own nftables table on both sides.

@@ -41,6 +41,13 @@ const USAGE: &str = "usage:
       through the VPS relay and the tunnel to an SMTP sink at home, each
       delivering one message; prints completed/failed and the VPS agent's
       RSS and CPU before, at peak and after (needs root).
+  ceres-bench failover [--runs N] [--pace-ms N] [--holddown-secs N]
+      Issue 16: a home behind VPS A (priority 10) and B (20), home's Postfix
+      sending one message every PACE to an outside server; N times A's link
+      is cut: the outbound failover time (last message through A -> first
+      through B) and the time until `cerectl status` shows A down, then the
+      link back and the stream on A again (after the hold-down). Prints
+      medians. Defaults: --runs 5 --pace-ms 200 --holddown-secs 10.
   ceres-bench smtp-sink COUNT_FILE ADDR...
       Minimal SMTP server (EHLO/MAIL/RCPT/DATA/QUIT, PROXY v2 header skipped)
       writing the number of accepted messages to COUNT_FILE (used by `load`).";
@@ -122,11 +129,67 @@ fn main() -> anyhow::Result<()> {
         Some("banner-server") => banner_server(&args[1..]),
         Some("load") => load(parse_load_options(&args[1..])?),
         Some("smtp-sink") => smtp_sink(&args[1..]),
+        Some("failover") => failover(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
         }
     }
+}
+
+/// `ceres-bench failover`: runs [`ceres_tests::failover::bench`] and prints
+/// each run and the medians.
+fn failover(args: &[String]) -> anyhow::Result<()> {
+    let (mut runs, mut pace_ms, mut holddown) = (5usize, 200u64, 10u64);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = || format!("{flag} {value}: not a positive number");
+        match flag.as_str() {
+            "--runs" => runs = value.parse().with_context(bad)?,
+            "--pace-ms" => pace_ms = value.parse().with_context(bad)?,
+            "--holddown-secs" => holddown = value.parse().with_context(bad)?,
+            _ => bail!("unknown option {flag}\n{USAGE}"),
+        }
+    }
+    ensure!(
+        runs > 0 && pace_ms > 0 && holddown > 0,
+        "every option must be at least 1"
+    );
+    let results = ceres_tests::failover::bench(
+        runs,
+        Duration::from_millis(pace_ms),
+        Duration::from_secs(holddown),
+    )?;
+    let secs = |f: fn(&ceres_tests::failover::FailoverRun) -> Duration| -> Vec<f64> {
+        results.iter().map(|r| f(r).as_secs_f64()).collect()
+    };
+    let (out, down, back) = (
+        secs(|r| r.outbound),
+        secs(|r| r.status_down),
+        secs(|r| r.back),
+    );
+    println!(
+        "failover, {runs} runs, one outbound message every {pace_ms} ms, hold-down {holddown} s"
+    );
+    println!(
+        "  outbound failover (last out through A -> first through B)  median {:.2} s  (runs: {})",
+        median(&out),
+        list(&out, 2)
+    );
+    println!(
+        "  cut -> cerectl status shows A down                         median {:.2} s  (runs: {})",
+        median(&down),
+        list(&down, 2)
+    );
+    println!(
+        "  link back -> first out through A again (with hold-down)    median {:.2} s  (runs: {})",
+        median(&back),
+        list(&back, 2)
+    );
+    Ok(())
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -73,6 +73,44 @@ fn two_healthy_vpses_are_ok_and_outbound_goes_through_the_first_by_priority() {
     );
 }
 
+/// `answer(true, true)` with home saying what this VPS is to its outbound mail.
+fn answer_as(uplink: ceres_proto::EgressUplink) -> Status {
+    let mut s = answer(true, true);
+    s.egress.home.as_mut().expect("home egress").uplink = crate::status::EgressUplink::of(uplink);
+    s
+}
+
+#[test]
+fn home_choice_of_outbound_wins_over_priority_and_shows_in_json() {
+    use ceres_proto::EgressUplink as U;
+    // A is back but still in its hold-down: home keeps sending through B.
+    let f = FleetStatus::new(vec![
+        report("vps-a", 10, answered(answer_as(U::Standby))),
+        report("vps-b", 20, answered(answer_as(U::Active))),
+    ]);
+    assert_eq!(f.summary.outbound_through.as_deref(), Some("vps-b"));
+    assert_eq!(f.summary.outbound_ready, ["vps-a", "vps-b"]);
+    assert!(
+        f.summary
+            .line
+            .ends_with("; outbound through vps-b (home's choice; also ready: vps-a)"),
+        "{}",
+        f.summary.line
+    );
+    let v = serde_json::to_value(&f).unwrap();
+    assert_eq!(
+        v["vpses"][1]["status"]["egress"]["home"]["uplink"],
+        "active"
+    );
+    assert_eq!(
+        v["vpses"][0]["status"]["egress"]["home"]["uplink"],
+        "standby"
+    );
+    // A home with one VPS (or an older one) says nothing: the field is absent.
+    let one = serde_json::to_value(answer(true, true)).unwrap();
+    assert!(one["egress"]["home"].get("uplink").is_none(), "{one}");
+}
+
 #[test]
 fn a_vps_without_home_and_a_dead_one_are_named() {
     let f = FleetStatus::new(vec![
