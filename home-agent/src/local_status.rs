@@ -744,6 +744,140 @@ mod tests {
         let back: LocalStatus = serde_json::from_str(&j).unwrap();
         assert_eq!(back.agent_state, AgentState::Running);
     }
+
+    fn with_egress(egress: EgressPart, filter: Option<FilterFileState>) -> Agent<AgentPart> {
+        let Agent::Running(mut env) = running(SessionPart {
+            connected: true,
+            since_unix: 900,
+            vps: "192.0.2.1:7443".into(),
+            last_error: None,
+        }) else {
+            unreachable!()
+        };
+        env.agent.egress = egress;
+        env.agent.input_filter_state = filter;
+        Agent::Running(env)
+    }
+
+    #[test]
+    fn egress_and_filter_problems_come_from_the_typed_states_not_the_words() {
+        let fresh = |e, f| assemble(with_egress(e, f), Some(tunnel_up()), at(1001));
+        // Failed, whatever the words say.
+        let s = fresh(
+            EgressPart {
+                enabled: true,
+                error: Some("ip rule add: File exists".into()),
+                state: Some(EgressFileState::Failed),
+                ..Default::default()
+            },
+            Some(FilterFileState::Installed),
+        );
+        assert_eq!(s.problems, ["egress: ip rule add: File exists"]);
+        // Off by configuration is no problem, even worded like a failure.
+        let s = fresh(
+            EgressPart {
+                enabled: false,
+                error: Some("failed-looking words".into()),
+                state: Some(EgressFileState::Disabled),
+                ..Default::default()
+            },
+            Some(FilterFileState::Installed),
+        );
+        assert!(s.ok, "{:?}", s.problems);
+        // The filter: typed Failed counts, the text alone does not.
+        let s = fresh(
+            EgressPart {
+                enabled: true,
+                state: Some(EgressFileState::Installed),
+                ..Default::default()
+            },
+            Some(FilterFileState::Failed),
+        );
+        assert_eq!(s.problems.len(), 1, "{:?}", s.problems);
+        assert!(s.problems[0].starts_with("tunnel input filter"));
+        let s = fresh(
+            EgressPart {
+                enabled: true,
+                state: Some(EgressFileState::Installed),
+                ..Default::default()
+            },
+            Some(FilterFileState::Off),
+        );
+        assert!(s.ok, "{:?}", s.problems);
+    }
+
+    #[test]
+    fn a_file_from_an_older_agent_without_the_typed_states_still_reads() {
+        // What an agent before the typed states wrote: no `state`, no
+        // `uplink`, no `input_filter_state`.
+        let Agent::Running(env) = with_egress(
+            EgressPart {
+                enabled: false,
+                error: Some("disabled (CERES_EGRESS=off)".into()),
+                state: Some(EgressFileState::Disabled),
+                uplink: Some(UplinkRole::Standby),
+                ..Default::default()
+            },
+            Some(FilterFileState::Installed),
+        ) else {
+            unreachable!()
+        };
+        let mut old = serde_json::to_value(&env.agent).unwrap();
+        old.as_object_mut().unwrap().remove("input_filter_state");
+        let egress = old["egress"].as_object_mut().unwrap();
+        assert!(egress.remove("state").is_some() && egress.remove("uplink").is_some());
+        let part: AgentPart = serde_json::from_value(old).unwrap();
+        assert_eq!(part.egress.state, None);
+        assert_eq!(part.input_filter_state, None);
+        let Agent::Running(mut env) = running(SessionPart::default()) else {
+            unreachable!()
+        };
+        env.agent = part.clone();
+        let s = assemble(Agent::Running(env), Some(tunnel_up()), at(1001));
+        assert!(s.ok, "an off egress in an old file is no problem: {:?}", s.problems);
+        // An old file with the routing on and an error: a problem.
+        let Agent::Running(mut env) = running(SessionPart::default()) else {
+            unreachable!()
+        };
+        env.agent = part;
+        env.agent.session.connected = true;
+        env.agent.egress.enabled = true;
+        env.agent.egress.error = Some("nft: permission denied".into());
+        let s = assemble(Agent::Running(env), Some(tunnel_up()), at(1001));
+        assert_eq!(s.problems, ["egress: nft: permission denied"]);
+    }
+
+    #[test]
+    fn the_uplink_role_is_shown_with_the_egress() {
+        for (role, words) in [
+            (UplinkRole::Active, "outbound mail leaves through this VPS now"),
+            (UplinkRole::Standby, "standby (another VPS carries outbound mail)"),
+            (UplinkRole::Down, "this uplink does not answer: not used"),
+        ] {
+            let s = assemble(
+                with_egress(
+                    EgressPart {
+                        enabled: true,
+                        ports: vec![25],
+                        sources: vec!["10.77.77.2".into()],
+                        state: Some(EgressFileState::Installed),
+                        uplink: Some(role),
+                        ..Default::default()
+                    },
+                    Some(FilterFileState::Installed),
+                ),
+                Some(tunnel_up()),
+                at(1001),
+            );
+            let text = render(&s, at(1001));
+            assert!(text.contains(words), "{role:?}: {text}");
+            let j = serde_json::to_value(&s).unwrap();
+            assert_eq!(
+                j["agent"]["egress"]["uplink"],
+                serde_json::to_value(role).unwrap()
+            );
+        }
+    }
 }
 
 /// One uplink in `ceres-home status` with several VPSes.
