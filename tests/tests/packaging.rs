@@ -101,10 +101,11 @@ fn systemd_units_verify_without_warnings() -> anyhow::Result<()> {
 #[test]
 fn units_grant_only_the_needed_capabilities() -> anyhow::Result<()> {
     // The VPS relays ports below 1024; home's forwarders take ports the
-    // kernel picks, so home needs no CAP_NET_BIND_SERVICE.
+    // kernel picks, so home needs no CAP_NET_BIND_SERVICE; it needs
+    // CAP_NET_RAW for the uplink probe's raw ICMP socket.
     for (agent, caps) in [
         ("ceres-vps", "CAP_NET_ADMIN CAP_NET_BIND_SERVICE"),
-        ("ceres-home", "CAP_NET_ADMIN"),
+        ("ceres-home", "CAP_NET_ADMIN CAP_NET_RAW"),
     ] {
         let path = repo().join(format!("deploy/systemd/{agent}.service"));
         let text = std::fs::read_to_string(&path)?;
