@@ -1,8 +1,11 @@
-//! The tunnel's metric families, the same at both ends: each agent
-//! registers them with [`register_tunnel`] and samples its tunnel report
-//! into every scrape with [`sample_tunnel`].
+//! The tunnel's metric families, the same at both ends, and the layout
+//! both agents' pages share: each agent builds its registry with
+//! [`agent_registry`] and samples its tunnel report into every scrape with
+//! [`sample_tunnel`].
 
-use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Page, Registry, flag};
+use ceres_daemon::metrics::{
+    AnyFamily, Counter, Family, Gauge, MetricsError, Page, Registry, flag,
+};
 use ceres_proto::TunnelReport;
 
 /// A handshake at most this old means the tunnel is up: WireGuard
@@ -58,16 +61,22 @@ fn byte_families(peer: Peer) -> (&'static Family<Counter, 0>, &'static Family<Co
     }
 }
 
-/// Registers the tunnel's families on the page of the agent whose tunnel
-/// leads to `peer`.
-pub fn register_tunnel(registry: &mut Registry, peer: Peer) -> Result<(), MetricsError> {
+/// The registry of the agent whose session and tunnel lead to `peer`, laid
+/// out as both agents' pages are: the `session` gauge (1 while the session
+/// to `peer` is up), the tunnel's families, then the agent's `own` table,
+/// in its order. One table of its own is all an agent writes; a family
+/// refused (a mistake in the agent's code) is the error.
+pub fn agent_registry(
+    session: &'static Family<Gauge, 0>,
+    peer: Peer,
+    own: &[&'static dyn AnyFamily],
+) -> Result<Registry, MetricsError> {
     let (rx, tx) = byte_families(peer);
+    let mut registry = Registry::new();
     registry
-        .register(&TUNNEL_UP)?
-        .register(&HANDSHAKE_AGE)?
-        .register(rx)?
-        .register(tx)?;
-    Ok(())
+        .register_all(&[session, &TUNNEL_UP, &HANDSHAKE_AGE, rx, tx])?
+        .register_all(own)?;
+    Ok(registry)
 }
 
 /// Samples tunnel report `t`, as of `now_unix`; the handshake age is left
@@ -87,10 +96,46 @@ pub fn sample_tunnel(page: &mut Page<'_>, t: &TunnelReport, now_unix: i64, peer:
 mod tests {
     use super::*;
 
+    static SESSION: Family<Gauge, 0> = Family::gauge("x_session_up", "session", []);
+    static OWN_A: Family<Counter, 1> = Family::counter("x_a_total", "a", ["port"]);
+    static OWN_B: Family<Gauge, 0> = Family::gauge("x_b", "b", []);
+
+    #[test]
+    fn the_session_gauge_comes_first_then_the_tunnel_then_the_agents_own() {
+        let r = agent_registry(&SESSION, Peer::Home, &[&OWN_A, &OWN_B]).unwrap();
+        let text = r.page().render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x_session_up",
+                "ceres_tunnel_up",
+                "ceres_tunnel_last_handshake_age_seconds",
+                "ceres_tunnel_rx_bytes_total",
+                "ceres_tunnel_tx_bytes_total",
+                "x_a_total",
+                "x_b",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_own_family_clashing_with_the_tunnels_is_refused() {
+        static CLASH: Family<Gauge, 0> = Family::gauge("ceres_tunnel_up", "again", []);
+        assert_eq!(
+            agent_registry(&SESSION, Peer::Vps, &[&OWN_B, &CLASH]).unwrap_err(),
+            MetricsError::Duplicate("ceres_tunnel_up")
+        );
+    }
+
     #[test]
     fn a_recent_handshake_is_up_and_the_help_names_the_peer() {
-        let mut r = Registry::new();
-        register_tunnel(&mut r, Peer::Vps).unwrap();
+        let r = agent_registry(&SESSION, Peer::Vps, &[]).unwrap();
         let mut page = r.page();
         let t = TunnelReport {
             running: true,
@@ -114,8 +159,7 @@ mod tests {
 
     #[test]
     fn a_stale_or_missing_handshake_is_down() {
-        let mut r = Registry::new();
-        register_tunnel(&mut r, Peer::Home).unwrap();
+        let r = agent_registry(&SESSION, Peer::Home, &[]).unwrap();
         let stale = TunnelReport {
             running: true,
             last_handshake_unix: 1_000,

@@ -1,12 +1,12 @@
 //! The agents' Prometheus metrics: families declared once with their type,
-//! help and label names ([`Family`]), registered once per agent
-//! ([`Registry`]), sampled into a [`Page`] per scrape, and served on
-//! `GET /metrics` in the text exposition format ([`start`]).
+//! help and label names ([`Family`]), registered once per agent as a table
+//! ([`Registry::register_all`]), sampled into a [`Page`] per scrape, and
+//! served on `GET /metrics` in the text exposition format ([`start`]).
 
 mod registry;
 mod serve;
 
-pub use registry::{Counter, Family, Gauge, Kind, MetricsError, Page, Registry, flag};
+pub use registry::{AnyFamily, Counter, Family, Gauge, Kind, MetricsError, Page, Registry, flag};
 pub use serve::{Render, serve, start};
 
 use std::net::SocketAddr;

@@ -19,7 +19,16 @@ use std::marker::PhantomData;
 
 mod sealed {
     pub trait Sealed {}
+
+    /// How the registry reads a family of any type; out of reach outside
+    /// this module, so only [`super::Family`] can be an
+    /// [`super::AnyFamily`].
+    pub trait Describe {
+        fn describe(&'static self) -> super::Descriptor;
+    }
 }
+
+use sealed::Describe as _;
 
 /// What a family measures: [`Counter`] or [`Gauge`].
 pub trait Kind: sealed::Sealed {
@@ -115,7 +124,15 @@ impl<K: Kind, const L: usize> Family<K, L> {
     pub const fn name(&self) -> &'static str {
         self.name
     }
+}
 
+/// A [`Family`] of either kind and any number of labels. Families of
+/// different types can then stand in one table, `&[&A, &B, …]`, which
+/// [`Registry::register_all`] takes: an agent lists its page once instead
+/// of registering family after family. Only [`Family`] implements it.
+pub trait AnyFamily: sealed::Describe + Sync {}
+
+impl<K: Kind, const L: usize> sealed::Describe for Family<K, L> {
     fn describe(&'static self) -> Descriptor {
         Descriptor {
             name: self.name,
@@ -126,9 +143,13 @@ impl<K: Kind, const L: usize> Family<K, L> {
     }
 }
 
-/// A family without its type parameters, as the registry keeps it.
+impl<K: Kind, const L: usize> AnyFamily for Family<K, L> {}
+
+/// A family without its type parameters, as the registry keeps it. `pub`
+/// only because the sealed trait returns it; not exported, and its fields
+/// stay private.
 #[derive(Debug, Clone, Copy)]
-struct Descriptor {
+pub struct Descriptor {
     name: &'static str,
     help: &'static str,
     kind: &'static str,
@@ -168,7 +189,28 @@ impl Registry {
         &mut self,
         family: &'static Family<K, L>,
     ) -> Result<&mut Self, MetricsError> {
-        let d = family.describe();
+        self.register_all(&[family])
+    }
+
+    /// Adds `families` to the page in the table's order, each checked as
+    /// [`Registry::register`] checks it. A table is added whole or not at
+    /// all: on the first family refused, the error names it and the
+    /// registry is left as it was.
+    pub fn register_all(
+        &mut self,
+        families: &[&'static dyn AnyFamily],
+    ) -> Result<&mut Self, MetricsError> {
+        let before = self.families.len();
+        for family in families {
+            if let Err(e) = self.add(family.describe()) {
+                self.families.truncate(before);
+                return Err(e);
+            }
+        }
+        Ok(self)
+    }
+
+    fn add(&mut self, d: Descriptor) -> Result<(), MetricsError> {
         if !valid_name(d.name, true) {
             return Err(MetricsError::BadName(d.name));
         }
@@ -182,7 +224,7 @@ impl Registry {
             return Err(MetricsError::Duplicate(d.name));
         }
         self.families.push(d);
-        Ok(self)
+        Ok(())
     }
 
     /// An empty page of this registry's families, to sample into.
@@ -398,6 +440,71 @@ mod tests {
         );
         // Nothing refused was added.
         assert_eq!(r.page().render(), registry().page().render());
+    }
+
+    #[test]
+    fn a_table_is_registered_in_its_order_as_by_hand() {
+        let mut table = Registry::new();
+        table.register_all(&[&REFUSED, &UP, &BYTES]).unwrap();
+        let text = table.page().render();
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "x_refused_total counter",
+                "x_up gauge",
+                "x_bytes_total counter"
+            ]
+        );
+        let mut by_hand = Registry::new();
+        by_hand
+            .register(&REFUSED)
+            .and_then(|r| r.register(&UP))
+            .and_then(|r| r.register(&BYTES))
+            .unwrap();
+        assert_eq!(text, by_hand.page().render());
+        // Tables add up, in the order they are registered.
+        let mut two = Registry::new();
+        two.register_all(&[&UP])
+            .and_then(|r| r.register_all(&[&BYTES, &REFUSED]))
+            .unwrap();
+        assert_eq!(two.page().render(), registry().page().render());
+    }
+
+    #[test]
+    fn a_duplicate_in_a_table_is_refused_as_by_hand_and_adds_nothing() {
+        static TWICE: Family<Gauge, 0> = Family::gauge("x_up", "again", []);
+        let mut by_hand = Registry::new();
+        by_hand.register(&UP).unwrap();
+        let by_hand_err = by_hand.register(&TWICE).unwrap_err();
+        assert_eq!(by_hand_err, MetricsError::Duplicate("x_up"));
+
+        let mut r = Registry::new();
+        assert_eq!(
+            r.register_all(&[&UP, &BYTES, &TWICE]).unwrap_err(),
+            by_hand_err
+        );
+        // The same family listed twice is the same mistake.
+        assert_eq!(
+            r.register_all(&[&BYTES, &BYTES]).unwrap_err(),
+            MetricsError::Duplicate("x_bytes_total")
+        );
+        // Refused tables left nothing behind: the good families before the
+        // duplicate were taken back, and can be registered now.
+        assert_eq!(r.page().render(), "");
+        r.register_all(&[&UP, &BYTES]).unwrap();
+        // A table clashing with what is already registered is refused too,
+        // and leaves what was there.
+        assert_eq!(
+            r.register_all(&[&REFUSED, &TWICE]).unwrap_err(),
+            by_hand_err
+        );
+        let mut want = Registry::new();
+        want.register_all(&[&UP, &BYTES]).unwrap();
+        assert_eq!(r.page().render(), want.page().render());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 
-use ceres_agent::metrics::{Peer, register_tunnel, sample_tunnel};
-use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Registry, flag};
+use ceres_agent::metrics::{Peer, agent_registry, sample_tunnel};
+use ceres_daemon::metrics::{AnyFamily, Counter, Family, Gauge, MetricsError, Registry, flag};
 use ceres_proto::Report;
 
 static VPS_CONNECTED: Family<Gauge, 0> = Family::gauge(
@@ -36,16 +36,18 @@ static CERTIFICATE_EXPIRY: Family<Gauge, 1> = Family::gauge(
     ["cert"],
 );
 
-/// The home agent's families, in the order the page lists them.
+/// The home agent's own families, in the order the page lists them after
+/// the session gauge and the tunnel's ([`agent_registry`]).
+static FAMILIES: [&dyn AnyFamily; 4] = [
+    &FORWARD_CONNECTIONS,
+    &FORWARD_ACTIVE,
+    &MAIL_SERVER_REACHABLE,
+    &CERTIFICATE_EXPIRY,
+];
+
+/// The home agent's registry.
 pub(super) fn registry() -> Result<Registry, MetricsError> {
-    let mut r = Registry::new();
-    r.register(&VPS_CONNECTED)?;
-    register_tunnel(&mut r, Peer::Vps)?;
-    r.register(&FORWARD_CONNECTIONS)?
-        .register(&FORWARD_ACTIVE)?
-        .register(&MAIL_SERVER_REACHABLE)?
-        .register(&CERTIFICATE_EXPIRY)?;
-    Ok(r)
+    agent_registry(&VPS_CONNECTED, Peer::Vps, &FAMILIES)
 }
 
 /// What the page is sampled from.

@@ -4,8 +4,8 @@
 
 use std::time::SystemTime;
 
-use ceres_agent::metrics::{Peer, register_tunnel, sample_tunnel};
-use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Registry, flag};
+use ceres_agent::metrics::{Peer, agent_registry, sample_tunnel};
+use ceres_daemon::metrics::{AnyFamily, Counter, Family, Gauge, MetricsError, Registry, flag};
 use ceres_pki::unix_secs;
 use ceres_proto::{RelayPort, RotationStatus, TunnelReport};
 
@@ -67,23 +67,26 @@ static CERTIFICATE_EXPIRY: Family<Gauge, 1> = Family::gauge(
     ["cert"],
 );
 
-/// The VPS agent's families, in the order the page lists them.
+/// The VPS agent's own families, in the order the page lists them after
+/// the session gauge and the tunnel's ([`agent_registry`]).
+static FAMILIES: [&dyn AnyFamily; 11] = [
+    &DROPPED_DATAGRAMS,
+    &RELAY_ACTIVE,
+    &RELAY_CONNECTIONS,
+    &RELAY_BYTES_IN,
+    &RELAY_BYTES_OUT,
+    &RELAY_UNAVAILABLE,
+    &RELAY_REFUSED,
+    &ROTATIONS,
+    &KEYS_AGE,
+    &ROTATION_LAST_FAILED,
+    &CERTIFICATE_EXPIRY,
+];
+
+/// The VPS agent's registry; the watchdog's families end the page.
 pub(super) fn registry() -> Result<Registry, MetricsError> {
-    let mut r = Registry::new();
-    r.register(&HOME_CONNECTED)?;
-    register_tunnel(&mut r, Peer::Home)?;
-    r.register(&DROPPED_DATAGRAMS)?
-        .register(&RELAY_ACTIVE)?
-        .register(&RELAY_CONNECTIONS)?
-        .register(&RELAY_BYTES_IN)?
-        .register(&RELAY_BYTES_OUT)?
-        .register(&RELAY_UNAVAILABLE)?
-        .register(&RELAY_REFUSED)?
-        .register(&ROTATIONS)?
-        .register(&KEYS_AGE)?
-        .register(&ROTATION_LAST_FAILED)?
-        .register(&CERTIFICATE_EXPIRY)?;
-    watch::metrics::register(&mut r)?;
+    let mut r = agent_registry(&HOME_CONNECTED, Peer::Home, &FAMILIES)?;
+    r.register_all(&watch::metrics::FAMILIES)?;
     Ok(r)
 }
 

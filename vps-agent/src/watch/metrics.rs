@@ -1,10 +1,10 @@
 //! The watchdog's part of the Prometheus page: each check's state as a
 //! gauge (`ceres_check_state`, what `deploy/prometheus/ceres-alerts.yml`
 //! alerts on), since when, and the notifications sent per channel. The
-//! agent registers these families with [`register`] and samples a
+//! agent registers these families ([`FAMILIES`]) and samples a
 //! [`Snapshot`] of the watchdog into every scrape with [`sample`].
 
-use ceres_daemon::metrics::{Counter, Family, Gauge, MetricsError, Page, Registry};
+use ceres_daemon::metrics::{AnyFamily, Counter, Family, Gauge, Page};
 use ceres_proto::{AlertChannel, AlertChannelKind};
 
 use super::{CheckId, Level, Watch};
@@ -25,14 +25,8 @@ static ALERT_NOTIFICATIONS: Family<Counter, 3> = Family::counter(
     ["channel", "target", "outcome"],
 );
 
-/// Registers the watchdog's families, in the order the page lists them.
-pub fn register(registry: &mut Registry) -> Result<(), MetricsError> {
-    registry
-        .register(&CHECK_STATE)?
-        .register(&CHECK_STATE_SINCE)?
-        .register(&ALERT_NOTIFICATIONS)?;
-    Ok(())
-}
+/// The watchdog's families, in the order the page lists them.
+pub static FAMILIES: [&dyn AnyFamily; 3] = [&CHECK_STATE, &CHECK_STATE_SINCE, &ALERT_NOTIFICATIONS];
 
 /// What one scrape reads of the watchdog.
 #[derive(Debug, Clone, Default)]
@@ -75,11 +69,12 @@ pub fn sample(page: &mut Page<'_>, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ceres_daemon::metrics::Registry;
 
     #[test]
     fn checks_and_channels_are_sampled_with_their_labels() {
         let mut r = Registry::new();
-        register(&mut r).unwrap();
+        r.register_all(&FAMILIES).unwrap();
         let snap = Snapshot {
             levels: vec![
                 (CheckId::Home, Level::Failing, 1_700_000_000),
@@ -113,7 +108,7 @@ mod tests {
     #[test]
     fn a_check_that_has_not_run_has_no_sample() {
         let mut r = Registry::new();
-        register(&mut r).unwrap();
+        r.register_all(&FAMILIES).unwrap();
         let mut page = r.page();
         sample(&mut page, &Snapshot::default());
         let text = page.render();
