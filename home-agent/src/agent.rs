@@ -4,8 +4,10 @@
 //! supervisor that reads the store every 2 s: a new entry (`join`) starts, a
 //! removed one (`leave`) stops cleanly, the others are untouched.
 //!
-//! Metrics: the endpoint runs in the first slot's uplink (the top state
-//! directory), as with one VPS; further uplinks do not serve metrics.
+//! Metrics: each uplink serves its own page, slot N on the port of
+//! `CERES_METRICS_LISTEN` + N (9478, 9479, … by default; the first slot is
+//! the top state directory, as with one VPS). The first page also carries
+//! the outbound failover's families.
 //! Egress: one outbound failover (crate::failover) for the agent routes
 //! outbound mail through the best uplink that answers; every uplink tells it
 //! its tunnel addresses once it has them.
@@ -34,14 +36,21 @@ struct Live {
     task: JoinHandle<()>,
 }
 
-/// The settings of one uplink: its interface, slot and (first slot only)
-/// the metrics endpoint.
+/// The settings of one uplink: its interface, slot and metrics endpoint
+/// (the configured port + the slot; port 0, "any", stays 0).
 pub fn uplink_settings(base: &HomeSettings, slot: u16) -> Result<HomeSettings, String> {
     let mut s = base.clone();
     s.tunnel_ifname = uplinks::ifname_for(&base.tunnel_ifname, slot)?;
     s.uplink_slot = slot;
-    if slot != 0 {
-        s.metrics_listen = None;
+    if let Some(mut addr) = base.metrics_listen.filter(|a| a.port() != 0) {
+        let port = addr.port().checked_add(slot).ok_or_else(|| {
+            format!(
+                "uplink slot {slot} would serve metrics past port 65535 \
+                 (CERES_METRICS_LISTEN={addr}): set a lower port, or off"
+            )
+        })?;
+        addr.set_port(port);
+        s.metrics_listen = Some(addr);
     }
     Ok(s)
 }
@@ -177,7 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn further_uplinks_get_their_interface_and_no_metrics() {
+    fn further_uplinks_get_their_interface_and_the_next_metrics_port() {
         let tmp = tempfile::tempdir().unwrap();
         let mut base = crate::settings::HomeFlags::default()
             .resolve(&ceres_config::Layers::load_path(&tmp.path().join("none"), true).unwrap())
@@ -185,13 +194,29 @@ mod tests {
         base.metrics_listen = Some("127.0.0.1:9100".parse().unwrap());
         let first = uplink_settings(&base, 0).unwrap();
         assert_eq!(first.tunnel_ifname, "ceres0");
-        assert!(first.metrics_listen.is_some());
+        assert_eq!(
+            first.metrics_listen,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
         let second = uplink_settings(&base, 1).unwrap();
         assert_eq!(
             (second.tunnel_ifname.as_str(), second.uplink_slot),
             ("ceres1", 1)
         );
-        assert!(second.metrics_listen.is_none());
+        assert_eq!(
+            second.metrics_listen,
+            Some("127.0.0.1:9101".parse().unwrap())
+        );
+        base.metrics_listen = Some("127.0.0.1:65535".parse().unwrap());
+        let e = uplink_settings(&base, 1).unwrap_err();
+        assert!(e.contains("CERES_METRICS_LISTEN"), "{e}");
+        base.metrics_listen = None;
+        assert_eq!(uplink_settings(&base, 1).unwrap().metrics_listen, None);
+        base.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            uplink_settings(&base, 2).unwrap().metrics_listen,
+            Some("127.0.0.1:0".parse().unwrap())
+        );
         assert_eq!(crate::filter::table_for_slot(1), "ceres_tunnel_1");
         assert_eq!(crate::filter::table_for_slot(0), "ceres_tunnel");
     }

@@ -834,7 +834,11 @@ mod tests {
         };
         env.agent = part.clone();
         let s = assemble(Agent::Running(env), Some(tunnel_up()), at(1001));
-        assert!(s.ok, "an off egress in an old file is no problem: {:?}", s.problems);
+        assert!(
+            s.ok,
+            "an off egress in an old file is no problem: {:?}",
+            s.problems
+        );
         // An old file with the routing on and an error: a problem.
         let Agent::Running(mut env) = running(SessionPart::default()) else {
             unreachable!()
@@ -850,8 +854,14 @@ mod tests {
     #[test]
     fn the_uplink_role_is_shown_with_the_egress() {
         for (role, words) in [
-            (UplinkRole::Active, "outbound mail leaves through this VPS now"),
-            (UplinkRole::Standby, "standby (another VPS carries outbound mail)"),
+            (
+                UplinkRole::Active,
+                "outbound mail leaves through this VPS now",
+            ),
+            (
+                UplinkRole::Standby,
+                "standby (another VPS carries outbound mail)",
+            ),
             (UplinkRole::Down, "this uplink does not answer: not used"),
         ] {
             let s = assemble(

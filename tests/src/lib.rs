@@ -24,6 +24,7 @@ pub mod failover;
 pub mod nginx;
 pub mod postfix;
 mod procs;
+pub mod prometheus;
 pub mod walkthrough;
 
 // One of each, shared with the other crates' tests (ceres-testkit); here

@@ -182,18 +182,5 @@ fn http_body(response: &str) -> &str {
 
 /// `GET /metrics` on 127.0.0.1:`port` inside `ns`.
 fn scrape(ns: &ceres_tests::Netns, port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = ceres_tests::postfix::smtp::connect(
-        ns,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
+    ceres_tests::prometheus::scrape(ns, port).unwrap()
 }

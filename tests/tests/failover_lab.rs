@@ -32,6 +32,7 @@ use ceres_tests::failover::{
 };
 use ceres_tests::postfix::smtp::{compose, read_banner};
 use ceres_tests::postfix::{Postfix, PostfixOptions, StockSite};
+use ceres_tests::prometheus::scrape;
 use ceres_tests::{Ceres, Lab, addr, bin, require_root, run, unique_id, wait_until};
 
 /// Only the mail ports home's Postfix serves (no IMAP or web server at
@@ -216,6 +217,32 @@ fn home_behind_two_vpses_fails_over_in_and_out_with_real_mail() {
     let (code, out, err) = home_cmd(&ceres, &["uplinks"]);
     assert_eq!(code, 0, "{err}");
     println!("{out}");
+    // Prometheus: the first uplink's page (9478) carries the failover's
+    // families, one sample per uplink; B's own page is on the next port.
+    let mut first_page = String::new();
+    wait_until(
+        "the failover on the metrics page",
+        Duration::from_secs(30),
+        || {
+            first_page = scrape(&lab.home, 9478)?;
+            Ok(
+                first_page.contains("\nceres_home_uplink_up{uplink=\"vps-b\"} 1\n")
+                    && first_page.contains("\nceres_home_uplink_active{uplink=\"vps-b\"} 0\n"),
+            )
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{first_page}"));
+    let active: Vec<&str> = first_page
+        .lines()
+        .filter(|l| l.starts_with("ceres_home_uplink_active{") && l.ends_with(" 1"))
+        .collect();
+    assert_eq!(active.len(), 1, "one active uplink, A: {first_page}");
+    let b_page = scrape(&lab.home, 9479).unwrap();
+    assert!(
+        b_page.contains("\nceres_vps_connected 1\n") && b_page.contains("\nceres_tunnel_up 1\n"),
+        "B's page: {b_page}"
+    );
+    assert!(!b_page.contains("ceres_home_uplink_up"), "{b_page}");
 
     let remote = start_remote_mx(&lab).unwrap();
     // The sender finds example.com's MX through the lab's DNS (no

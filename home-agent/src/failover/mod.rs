@@ -4,9 +4,9 @@
 //! hold-down. One [`Failover`] per agent owns the egress routing for all
 //! uplinks; each uplink tells it its tunnel addresses with [`Failover::upsert`].
 //!
-//! INTERFACE STUB: the signatures below are the contract between the
-//! uplink runtime (which calls them) and the failover implementation (which
-//! fills them in). Keep them; add what you need.
+//! Rooms: [`select`] decides (pure, unit-tested), [`probe`] asks an uplink
+//! whether it answers, `runtime` applies the decision to the routing, and
+//! [`metrics`] puts it on the first uplink's Prometheus page.
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::settings::HomeSettings;
 use crate::tunnel::TunnelAddrs;
 
+pub mod metrics;
 pub mod probe;
 mod runtime;
 pub mod select;

@@ -322,32 +322,6 @@ impl Failover {
             error,
         }
     }
-
-    /// Prometheus text for `ceres_home_uplink_up{uplink}` and
-    /// `ceres_home_egress_switches_total`, for the runtime's metrics page.
-    pub fn metrics_text(&self) -> String {
-        let st = self.status();
-        let mut s = String::from(
-            "# HELP ceres_home_uplink_up Whether the uplink's tunnel answers its probe.\n\
-             # TYPE ceres_home_uplink_up gauge\n",
-        );
-        for u in &st.uplinks {
-            s.push_str(&format!(
-                "ceres_home_uplink_up{{uplink=\"{}\"}} {}\n",
-                u.name.replace(['\\', '"', '\n'], "_"),
-                u8::from(u.healthy)
-            ));
-        }
-        s.push_str(
-            "# HELP ceres_home_egress_switches_total Changes of the uplink outbound mail leaves through.\n\
-             # TYPE ceres_home_egress_switches_total counter\n",
-        );
-        s.push_str(&format!(
-            "ceres_home_egress_switches_total {}\n",
-            st.switches
-        ));
-        s
-    }
 }
 
 fn route(u: &Uplink, slot: u8) -> UplinkRoute {

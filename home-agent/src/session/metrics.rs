@@ -7,7 +7,9 @@ use ceres_sync::Unpoison;
 use std::sync::{Arc, Mutex};
 
 use ceres_agent::metrics::{Peer, agent_registry, sample_tunnel};
-use ceres_daemon::metrics::{AnyFamily, Counter, Family, Gauge, MetricsError, Registry, flag};
+use ceres_daemon::metrics::{
+    AnyFamily, Counter, Family, Gauge, MetricsError, Page, Registry, flag,
+};
 use ceres_proto::Report;
 
 static VPS_CONNECTED: Family<Gauge, 0> = Family::gauge(
@@ -75,8 +77,13 @@ pub(super) fn disconnected(cache: &MetricsCache) {
     cache.locked().connected = false;
 }
 
-/// The page for `reported` in the Prometheus text format.
-pub(super) fn render(registry: &Registry, reported: &Reported) -> String {
+/// The page for `reported` in the Prometheus text format; `more` samples
+/// families registered besides the home agent's own (the failover's).
+pub(super) fn render(
+    registry: &Registry,
+    reported: &Reported,
+    more: impl FnOnce(&mut Page<'_>),
+) -> String {
     let mut page = registry.page();
     page.set(&VPS_CONNECTED, [], flag(reported.connected));
     if let Some(r) = &reported.last {
@@ -104,6 +111,7 @@ pub(super) fn render(registry: &Registry, reported: &Reported) -> String {
             r.certificate_not_after_unix as f64,
         );
     }
+    more(&mut page);
     page.render()
 }
 
@@ -197,7 +205,7 @@ mod tests {
 
     #[test]
     fn every_family_keeps_its_name_type_and_help_in_order() {
-        let page = render(&registry().unwrap(), &Reported::default());
+        let page = render(&registry().unwrap(), &Reported::default(), |_| {});
         let headers: Vec<(&str, &str, &str)> = page
             .lines()
             .filter_map(|l| l.strip_prefix("# HELP "))
@@ -218,7 +226,7 @@ mod tests {
         let registry = registry().unwrap();
         let cache = MetricsCache::default();
         reported(&cache, &report());
-        let page = render(&registry, &cache.lock().unwrap());
+        let page = render(&registry, &cache.lock().unwrap(), |_| {});
         for want in [
             "ceres_vps_connected 1\n",
             "ceres_tunnel_up 1\n",
@@ -234,7 +242,7 @@ mod tests {
         }
         ceres_testkit::promtool::check_metrics(&page);
         disconnected(&cache);
-        let page = render(&registry, &cache.lock().unwrap());
+        let page = render(&registry, &cache.lock().unwrap(), |_| {});
         assert!(page.contains("ceres_vps_connected 0\n"), "{page}");
         assert!(
             page.contains("ceres_forward_connections_total{port=\"25\"} 9\n"),
@@ -244,7 +252,7 @@ mod tests {
 
     #[test]
     fn before_the_first_report_only_the_session_gauge_has_a_sample() {
-        let page = render(&registry().unwrap(), &Reported::default());
+        let page = render(&registry().unwrap(), &Reported::default(), |_| {});
         let samples: Vec<&str> = page.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(samples, ["ceres_vps_connected 0"]);
         ceres_testkit::promtool::check_metrics(&page);

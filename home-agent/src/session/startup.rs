@@ -32,7 +32,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First: a family that cannot be registered is a bug, and nothing has
     // started yet that would need stopping.
-    let families = metrics::registry()?;
+    let mut families = metrics::registry()?;
+    // With several uplinks, the first slot's page also carries the outbound
+    // failover's families (one failover for the agent: one page shows it).
+    let failover = settings
+        .failover
+        .as_ref()
+        .filter(|_| settings.uplink_slot == 0)
+        .map(|h| h.failover.clone());
+    if failover.is_some() {
+        families.register_all(&crate::failover::metrics::FAMILIES)?;
+    }
     let creds: SharedCreds = Arc::new(Mutex::new(Credentials::load(&dir, Role::Home, JOIN_HINT)?));
     let started = SystemTime::now();
     let status_dir = dir.path().to_owned();
@@ -90,17 +100,14 @@ pub async fn run(
     });
     let metrics_cache = MetricsCache::default();
     let mcache = metrics_cache.clone();
-    // With several uplinks, this (the first slot's) page also carries the
-    // outbound failover's families.
-    let failover = settings.failover.as_ref().map(|h| h.failover.clone());
     tracker.spawn(ceres_daemon::metrics::start(
         settings.metrics_listen,
         Arc::new(move || {
-            let mut page = metrics::render(&families, &mcache.locked());
-            if let Some(f) = &failover {
-                page.push_str(&f.metrics_text());
-            }
-            page
+            metrics::render(&families, &mcache.locked(), |page| {
+                if let Some(f) = &failover {
+                    crate::failover::metrics::sample(page, &f.status());
+                }
+            })
         }),
         cancel.clone(),
     ));
