@@ -322,4 +322,6 @@ impl StackFacts {
 }
 
 #[cfg(test)]
+mod table_tests;
+#[cfg(test)]
 mod tests;
