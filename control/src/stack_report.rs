@@ -54,10 +54,8 @@ pub fn from_proto(p: &pb::StackProbe) -> Option<(MailStack, Vec<Option<ListenerR
             // This build's table first: its advice speaks of its facts.
             let listener = stack
                 .facts()
-                .listeners
-                .iter()
+                .listeners()
                 .find(|f| f.port == port && f.public_port == public_port)
-                .copied()
                 .or_else(|| {
                     Some(ProxyListener {
                         port,
@@ -324,10 +322,9 @@ mod tests {
     fn results(stack: MailStack, state_of: impl Fn(u16) -> ListenerState) -> Vec<ListenerResult> {
         stack
             .facts()
-            .listeners
-            .iter()
+            .listeners()
             .map(|l| ListenerResult {
-                listener: *l,
+                listener: l,
                 state: state_of(l.port),
                 detail: String::new(),
             })
@@ -428,7 +425,7 @@ mod tests {
         p.listeners[0].state = 99;
         let s = stack_status(&p, &stack.facts().relay_specs()).unwrap();
         assert_eq!(s.unknown, 1);
-        assert_eq!(s.listeners.len(), stack.facts().listeners.len() - 1);
+        assert_eq!(s.listeners.len(), stack.facts().listeners().count() - 1);
     }
 
     #[test]

@@ -72,10 +72,9 @@ mod tests {
         let stack = MailStack::DockerMailserver;
         let results: Vec<ListenerResult> = stack
             .facts()
-            .listeners
-            .iter()
+            .listeners()
             .map(|l| ListenerResult {
-                listener: *l,
+                listener: l,
                 state: ListenerState::Ready,
                 detail: "220-mail.example.com ESMTP".into(),
             })

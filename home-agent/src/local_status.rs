@@ -685,10 +685,9 @@ mod tests {
         let stack = MailStack::DockerMailserver;
         let results: Vec<ListenerResult> = stack
             .facts()
-            .listeners
-            .iter()
+            .listeners()
             .map(|l| ListenerResult {
-                listener: *l,
+                listener: l,
                 state: if l.port == 10587 {
                     ListenerState::NotListening
                 } else {

@@ -50,9 +50,8 @@ pub async fn probe_with(
     connect_timeout: Duration,
     wait: Duration,
 ) -> Vec<ListenerResult> {
-    let listeners = stack.facts().listeners;
     let mut set = tokio::task::JoinSet::new();
-    for (i, l) in listeners.iter().copied().enumerate() {
+    for (i, l) in stack.facts().listeners().enumerate() {
         let addr = SocketAddr::new(mail_server, l.port);
         set.spawn(async move {
             let (state, detail) = probe_listener(addr, l.protocol, connect_timeout, wait).await;
@@ -66,7 +65,7 @@ pub async fn probe_with(
             )
         });
     }
-    let mut out = Vec::with_capacity(listeners.len());
+    let mut out = Vec::with_capacity(set.len());
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(r) => out.push(r),
@@ -413,8 +412,7 @@ mod tests {
         let ports: Vec<u16> = r.iter().map(|x| x.listener.port).collect();
         let want: Vec<u16> = MailStack::DockerMailserver
             .facts()
-            .listeners
-            .iter()
+            .listeners()
             .map(|l| l.port)
             .collect();
         assert_eq!(ports, want);

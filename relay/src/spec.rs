@@ -47,7 +47,7 @@ pub const PROXY_PORT_OFFSET: u16 = 10000;
 /// The home port a PROXY relay of `public_port` goes to when `CERES_RELAYS`
 /// names none: `10000 + public_port` (`None` above 55535, where the entry must
 /// name its home port).
-pub fn proxy_home_port(public_port: u16) -> Option<u16> {
+pub const fn proxy_home_port(public_port: u16) -> Option<u16> {
     public_port.checked_add(PROXY_PORT_OFFSET)
 }
 

@@ -160,8 +160,7 @@ pub struct RelayCheck {
 pub fn check_relays(stack: MailStack, relays: &[RelaySpec]) -> Vec<RelayCheck> {
     stack
         .facts()
-        .listeners
-        .iter()
+        .listeners()
         .map(|l| {
             let relay = relays.iter().find(|r| r.public_port == l.public_port);
             let state = match relay {
@@ -171,7 +170,7 @@ pub fn check_relays(stack: MailStack, relays: &[RelaySpec]) -> Vec<RelayCheck> {
                 Some(_) => RelayState::Matches,
             };
             RelayCheck {
-                listener: *l,
+                listener: l,
                 relayed_port: relay.map(|r| r.home_port),
                 state,
             }

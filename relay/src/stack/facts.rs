@@ -32,6 +32,13 @@
 //! The recipes take their ports, relays and default networks from here; a
 //! test in `ctl/src/mailconfig/stacks/tests.rs` holds every recipe's relays,
 //! listeners and trusted address to this table.
+//!
+//! Each stack is one row per relayed port, in the order of its PROXY
+//! listeners; its `CERES_RELAYS` and its listeners are both derived from
+//! the rows ([`StackFacts::relays`], [`StackFacts::listeners`]). `proxy`
+//! is a row by the convention (10000 + the port), `proxy_to` names another
+//! home port, `plain` relays a port without PROXY to the stack's own
+//! listener (see [`super::row`]).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -39,37 +46,26 @@ use super::Protocol::{
     Http, Https, Imap, Imaps, ManageSieve, Pop3, Pop3s, Smtp, Submission, Submissions,
 };
 use super::Software::{Dovecot, Nginx, Postfix, Stalwart};
-use super::{DockerNetwork, MailStack, Protocol, ProxyListener, Software, StackFacts};
-use crate::spec::DEFAULT_RELAYS;
-
-const fn l(port: u16, public_port: u16, software: Software, protocol: Protocol) -> ProxyListener {
-    ProxyListener {
-        port,
-        public_port,
-        software,
-        protocol,
-    }
-}
+use super::row::{plain, proxy, proxy_to};
+use super::{DockerNetwork, MailStack, RelayStyle, StackFacts};
 
 /// Every default relay, each to 10000 + its port: the targets
 /// `cerectl mailserver-config postfix|dovecot|nginx --apply` set up.
-const ON_HOST: [ProxyListener; 10] = [
-    l(10025, 25, Postfix, Smtp),
-    l(10465, 465, Postfix, Submissions),
-    l(10587, 587, Postfix, Submission),
-    l(10993, 993, Dovecot, Imaps),
-    l(10143, 143, Dovecot, Imap),
-    l(10995, 995, Dovecot, Pop3s),
-    l(10110, 110, Dovecot, Pop3),
-    l(14190, 4190, Dovecot, ManageSieve),
-    l(10080, 80, Nginx, Http),
-    l(10443, 443, Nginx, Https),
-];
-
 pub(super) static POSTFIX_DOVECOT: StackFacts = StackFacts {
     stack: MailStack::PostfixDovecot,
-    relays: DEFAULT_RELAYS,
-    listeners: &ON_HOST,
+    rows: &[
+        proxy(25, Postfix, Smtp),
+        proxy(465, Postfix, Submissions),
+        proxy(587, Postfix, Submission),
+        proxy(993, Dovecot, Imaps),
+        proxy(143, Dovecot, Imap),
+        proxy(995, Dovecot, Pop3s),
+        proxy(110, Dovecot, Pop3),
+        proxy(4190, Dovecot, ManageSieve),
+        proxy(80, Nginx, Http),
+        proxy(443, Nginx, Https),
+    ],
+    relay_style: RelayStyle::Default,
     setup: &[
         (
             Postfix,
@@ -96,19 +92,22 @@ pub(super) const MAILCOW_NET: DockerNetwork = DockerNetwork {
     )),
 };
 
+/// mailcow's own PROXY listeners; its nginx (80, 443) reads no header.
 pub(super) static MAILCOW: StackFacts = StackFacts {
     stack: MailStack::Mailcow,
-    relays: "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,80,443",
-    listeners: &[
-        l(10025, 25, Postfix, Smtp),
-        l(10465, 465, Postfix, Submissions),
-        l(10587, 587, Postfix, Submission),
-        l(10143, 143, Dovecot, Imap),
-        l(10993, 993, Dovecot, Imaps),
-        l(10110, 110, Dovecot, Pop3),
-        l(10995, 995, Dovecot, Pop3s),
-        l(14190, 4190, Dovecot, ManageSieve),
+    rows: &[
+        proxy(25, Postfix, Smtp),
+        proxy(465, Postfix, Submissions),
+        proxy(587, Postfix, Submission),
+        proxy(143, Dovecot, Imap),
+        proxy(993, Dovecot, Imaps),
+        proxy(110, Dovecot, Pop3),
+        proxy(995, Dovecot, Pop3s),
+        proxy(4190, Dovecot, ManageSieve),
+        plain(80, Nginx, Http),
+        plain(443, Nginx, Https),
     ],
+    relay_style: RelayStyle::Default,
     setup: &[
         (
             Postfix,
@@ -131,19 +130,20 @@ pub(super) const DOCKER_MAILSERVER_NET: DockerNetwork = DockerNetwork {
     )),
 };
 
+/// 25 to 12525: DMS's 10025 is Amavis.
 pub(super) static DOCKER_MAILSERVER: StackFacts = StackFacts {
     stack: MailStack::DockerMailserver,
-    relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2",
-    listeners: &[
-        l(12525, 25, Postfix, Smtp),
-        l(10465, 465, Postfix, Submissions),
-        l(10587, 587, Postfix, Submission),
-        l(10143, 143, Dovecot, Imap),
-        l(10993, 993, Dovecot, Imaps),
-        l(10110, 110, Dovecot, Pop3),
-        l(10995, 995, Dovecot, Pop3s),
-        l(14190, 4190, Dovecot, ManageSieve),
+    rows: &[
+        proxy_to(25, 12525, Postfix, Smtp),
+        proxy(465, Postfix, Submissions),
+        proxy(587, Postfix, Submission),
+        proxy(143, Dovecot, Imap),
+        proxy(993, Dovecot, Imaps),
+        proxy(110, Dovecot, Pop3),
+        proxy(995, Dovecot, Pop3s),
+        proxy(4190, Dovecot, ManageSieve),
     ],
+    relay_style: RelayStyle::Default,
     setup: &[
         (
             Postfix,
@@ -162,19 +162,22 @@ pub(super) const MAILU_NET: DockerNetwork = DockerNetwork {
     subnet6: None,
 };
 
+/// PROXY on the nginx front's own 25; every other port an added Dovecot
+/// proxy listener, 143 and 4190 at 20143 and 24190 because 10143 and 14190
+/// are Mailu's webmail listeners.
 pub(super) static MAILU: StackFacts = StackFacts {
     stack: MailStack::Mailu,
-    relays: "25:25/proxy-v2,143:20143/proxy-v2,993:10993/proxy-v2,110:10110/proxy-v2,995:10995/proxy-v2,587:10587/proxy-v2,465:10465/proxy-v2,4190:24190/proxy-v2",
-    listeners: &[
-        l(25, 25, Nginx, Smtp),
-        l(20143, 143, Dovecot, Imap),
-        l(10993, 993, Dovecot, Imaps),
-        l(10110, 110, Dovecot, Pop3),
-        l(10995, 995, Dovecot, Pop3s),
-        l(10587, 587, Dovecot, Submission),
-        l(10465, 465, Dovecot, Submissions),
-        l(24190, 4190, Dovecot, ManageSieve),
+    rows: &[
+        proxy_to(25, 25, Nginx, Smtp),
+        proxy_to(143, 20143, Dovecot, Imap),
+        proxy(993, Dovecot, Imaps),
+        proxy(110, Dovecot, Pop3),
+        proxy(995, Dovecot, Pop3s),
+        proxy(587, Dovecot, Submission),
+        proxy(465, Dovecot, Submissions),
+        proxy_to(4190, 24190, Dovecot, ManageSieve),
     ],
+    relay_style: RelayStyle::Explicit,
     setup: &[
         (
             Nginx,
@@ -194,40 +197,42 @@ pub(super) const STALWART_NET: DockerNetwork = DockerNetwork {
     subnet6: Some((Ipv6Addr::new(0xfd00, 0x44, 0, 0, 0, 0, 0, 0), 64)),
 };
 
+/// Every port Stalwart itself, no 80.
 pub(super) static STALWART: StackFacts = StackFacts {
     stack: MailStack::Stalwart,
-    relays: "25/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,4190/proxy-v2,443/proxy-v2",
-    listeners: &[
-        l(10025, 25, Stalwart, Smtp),
-        l(10465, 465, Stalwart, Submissions),
-        l(10587, 587, Stalwart, Submission),
-        l(10993, 993, Stalwart, Imaps),
-        l(10143, 143, Stalwart, Imap),
-        l(10995, 995, Stalwart, Pop3s),
-        l(10110, 110, Stalwart, Pop3),
-        l(14190, 4190, Stalwart, ManageSieve),
-        l(10443, 443, Stalwart, Https),
+    rows: &[
+        proxy(25, Stalwart, Smtp),
+        proxy(465, Stalwart, Submissions),
+        proxy(587, Stalwart, Submission),
+        proxy(993, Stalwart, Imaps),
+        proxy(143, Stalwart, Imap),
+        proxy(995, Stalwart, Pop3s),
+        proxy(110, Stalwart, Pop3),
+        proxy(4190, Stalwart, ManageSieve),
+        proxy(443, Stalwart, Https),
     ],
+    relay_style: RelayStyle::Default,
     setup: &[(
         Stalwart,
         "add it with the recipe's ceres-stalwart.ndjson plan (stalwart-cli apply, then restart Stalwart) and publish it on 127.0.0.1 in compose.yaml",
     )],
 };
 
+/// 25 to 12525 (iRedMail's 10025 is Amavis); no 4190 (loopback only).
 pub(super) static IREDMAIL: StackFacts = StackFacts {
     stack: MailStack::Iredmail,
-    relays: "25:12525/proxy-v2,465/proxy-v2,587/proxy-v2,993/proxy-v2,143/proxy-v2,995/proxy-v2,110/proxy-v2,80/proxy-v2,443/proxy-v2",
-    listeners: &[
-        l(12525, 25, Postfix, Smtp),
-        l(10465, 465, Postfix, Submissions),
-        l(10587, 587, Postfix, Submission),
-        l(10143, 143, Dovecot, Imap),
-        l(10993, 993, Dovecot, Imaps),
-        l(10110, 110, Dovecot, Pop3),
-        l(10995, 995, Dovecot, Pop3s),
-        l(10080, 80, Nginx, Http),
-        l(10443, 443, Nginx, Https),
+    rows: &[
+        proxy_to(25, 12525, Postfix, Smtp),
+        proxy(465, Postfix, Submissions),
+        proxy(587, Postfix, Submission),
+        proxy(143, Dovecot, Imap),
+        proxy(993, Dovecot, Imaps),
+        proxy(110, Dovecot, Pop3),
+        proxy(995, Dovecot, Pop3s),
+        proxy(80, Nginx, Http),
+        proxy(443, Nginx, Https),
     ],
+    relay_style: RelayStyle::Default,
     setup: &[
         (
             Postfix,

@@ -13,10 +13,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{RelaySpec, parse_relays};
+use crate::spec::RelaySpec;
 
 pub mod advice;
 mod facts;
+mod row;
+
+pub use row::{Home, PortRow, RelayStyle};
 
 /// A mail stack, as `CERES_MAIL_STACK` and `--stack` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -272,12 +275,12 @@ pub struct ProxyListener {
 pub struct StackFacts {
     /// The stack.
     pub stack: MailStack,
-    /// `CERES_RELAYS` for the VPS: every PROXY entry goes to one of
-    /// [`listeners`](Self::listeners), plain entries to stock ports (a test
-    /// holds the two together).
-    pub relays: &'static str,
-    /// The PROXY listeners the recipe sets up (or the stack ships).
-    pub listeners: &'static [ProxyListener],
+    /// Every port its relays carry, one row each, in the order of its PROXY
+    /// listeners: [`relays`](Self::relays) and
+    /// [`listeners`](Self::listeners) are both read from here.
+    pub rows: &'static [PortRow],
+    /// How [`relays`](Self::relays) is written out.
+    pub relay_style: RelayStyle,
     /// Where each program's PROXY listeners are set up, said as the fix
     /// for a missing one.
     pub setup: &'static [(Software, &'static str)],
@@ -294,22 +297,39 @@ impl StackFacts {
         }
     }
 
-    /// The ports of `software`'s PROXY listeners, in table order.
-    pub fn ports(&self, software: Software) -> impl Iterator<Item = u16> + '_ {
-        self.listeners
+    /// `CERES_RELAYS` for the VPS: a PROXY entry for every PROXY listener,
+    /// a plain one for every port the stack serves without a header.
+    pub fn relays(&self) -> String {
+        self.relay_specs()
             .iter()
+            .map(|r| self.relay_style.entry(r))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The entries of [`relays`](Self::relays), in its order.
+    pub fn relay_specs(&self) -> Vec<RelaySpec> {
+        let mut relays: Vec<RelaySpec> = self.rows.iter().map(PortRow::relay).collect();
+        self.relay_style.order(&mut relays);
+        relays
+    }
+
+    /// The PROXY listeners the recipe sets up (or the stack ships), in
+    /// table order.
+    pub fn listeners(&self) -> impl Iterator<Item = ProxyListener> {
+        self.rows.iter().filter_map(PortRow::listener)
+    }
+
+    /// The ports of `software`'s PROXY listeners, in table order.
+    pub fn ports(&self, software: Software) -> impl Iterator<Item = u16> {
+        self.listeners()
             .filter(move |l| l.software == software)
             .map(|l| l.port)
     }
 
     /// The PROXY listener of `protocol`, if the stack has one.
-    pub fn listener(&self, protocol: Protocol) -> Option<&ProxyListener> {
-        self.listeners.iter().find(|l| l.protocol == protocol)
-    }
-
-    /// The parsed [`relays`](Self::relays) (a unit test parses every one).
-    pub fn relay_specs(&self) -> Vec<RelaySpec> {
-        parse_relays(self.relays).unwrap_or_default()
+    pub fn listener(&self, protocol: Protocol) -> Option<ProxyListener> {
+        self.listeners().find(|l| l.protocol == protocol)
     }
 
     /// How to set up `software`'s PROXY listeners in this stack.
@@ -321,5 +341,7 @@ impl StackFacts {
     }
 }
 
+#[cfg(test)]
+mod table_tests;
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use super::advice::{
     ListenerState, RelayState, check_relays, listener_problem, ready_summary, relay_problem,
 };
 use super::*;
-use crate::spec::{ProxyMode, default_relays};
+use crate::spec::{ProxyMode, default_relays, parse_relays};
 
 /// The relays and the listeners say the same thing: every PROXY relay goes
 /// to a listener of the same public port, every listener is relayed with
@@ -16,28 +16,29 @@ fn every_stack_relays_exactly_to_its_proxy_listeners() {
     for stack in MailStack::ALL {
         let f = stack.facts();
         assert_eq!(f.stack, stack);
-        let relays = parse_relays(f.relays).unwrap();
+        let relays = parse_relays(&f.relays()).unwrap();
         assert_eq!(relays, f.relay_specs());
         let proxied: BTreeSet<(u16, u16)> = relays
             .iter()
             .filter(|r| r.proxy != ProxyMode::None)
             .map(|r| (r.public_port, r.home_port))
             .collect();
-        let listeners: BTreeSet<(u16, u16)> = f
-            .listeners
-            .iter()
-            .map(|l| (l.public_port, l.port))
-            .collect();
+        let listeners: BTreeSet<(u16, u16)> =
+            f.listeners().map(|l| (l.public_port, l.port)).collect();
         assert_eq!(proxied, listeners, "{stack}");
-        assert_eq!(listeners.len(), f.listeners.len(), "{stack}: duplicates");
+        assert_eq!(
+            listeners.len(),
+            f.listeners().count(),
+            "{stack}: duplicates"
+        );
         for r in relays.iter().filter(|r| r.proxy == ProxyMode::None) {
             assert!(
-                !f.listeners.iter().any(|l| l.port == r.home_port),
+                !f.listeners().any(|l| l.port == r.home_port),
                 "{stack}: plain relay {} lands on a PROXY listener",
                 r.public_port
             );
         }
-        for l in f.listeners {
+        for l in f.listeners() {
             assert!(
                 f.setup.iter().any(|(s, _)| *s == l.software),
                 "{stack}: no setup advice for {}",
@@ -62,7 +63,7 @@ fn stack_facts_keep_the_stacks_own_ports() {
     // 10025 is DMS's and iRedMail's Amavis re-injection port.
     for stack in [MailStack::DockerMailserver, MailStack::Iredmail] {
         let f = stack.facts();
-        assert!(f.listeners.iter().all(|l| l.port != 10025), "{stack}");
+        assert!(f.listeners().all(|l| l.port != 10025), "{stack}");
         assert_eq!(f.listener(Protocol::Smtp).unwrap().port, 12525, "{stack}");
     }
     // iRedMail keeps ManageSieve on 127.0.0.1: not relayed.
@@ -76,8 +77,7 @@ fn stack_facts_keep_the_stacks_own_ports() {
     let stalwart = MailStack::Stalwart.facts();
     assert!(
         stalwart
-            .listeners
-            .iter()
+            .listeners()
             .all(|l| l.software == Software::Stalwart)
     );
     assert!(stalwart.listener(Protocol::Http).is_none());
@@ -85,7 +85,7 @@ fn stack_facts_keep_the_stacks_own_ports() {
     let mailu = MailStack::Mailu.facts();
     // Mailu's own webmail listeners on the front.
     for webmail in [10143, 10025, 14190] {
-        assert!(mailu.listeners.iter().all(|l| l.port != webmail));
+        assert!(mailu.listeners().all(|l| l.port != webmail));
     }
     assert_eq!(
         MailStack::Mailcow
@@ -181,14 +181,14 @@ fn relays_that_miss_the_stack_are_named_with_the_entry_that_fixes_them() {
 fn listener_problems_name_the_port_the_program_and_the_fix() {
     let stack = MailStack::Mailcow;
     let l = stack.facts().listener(Protocol::Submission).unwrap();
-    assert!(listener_problem(stack, l, ListenerState::Ready, "").is_none());
-    let p = listener_problem(stack, l, ListenerState::NotListening, "connection refused").unwrap();
+    assert!(listener_problem(stack, &l, ListenerState::Ready, "").is_none());
+    let p = listener_problem(stack, &l, ListenerState::NotListening, "connection refused").unwrap();
     assert_eq!(
         p,
         "mailcow: 10587 (Postfix submission, relayed from 587) not listening — publish it on 127.0.0.1 in docker-compose.override.yml (cerectl mailserver-config --stack mailcow) [connection refused]"
     );
     let imaps = stack.facts().listener(Protocol::Imaps).unwrap();
-    let p = listener_problem(stack, imaps, ListenerState::RefusesHeader, "").unwrap();
+    let p = listener_problem(stack, &imaps, ListenerState::RefusesHeader, "").unwrap();
     assert!(
         p.contains("haproxy_trusted_networks") && p.contains("172.22.1.1"),
         "{p}"
@@ -198,7 +198,7 @@ fn listener_problems_name_the_port_the_program_and_the_fix() {
         ListenerState::SilentAfterHeader,
         ListenerState::UnexpectedAnswer,
     ] {
-        let p = listener_problem(stack, l, state, "x").unwrap();
+        let p = listener_problem(stack, &l, state, "x").unwrap();
         assert!(p.starts_with("mailcow: 10587 (Postfix submission"), "{p}");
     }
 }
@@ -206,7 +206,8 @@ fn listener_problems_name_the_port_the_program_and_the_fix() {
 #[test]
 fn the_ready_summary_names_the_smtp_listener() {
     let f = MailStack::Mailcow.facts();
-    let all: Vec<&ProxyListener> = f.listeners.iter().collect();
+    let listeners: Vec<ProxyListener> = f.listeners().collect();
+    let all: Vec<&ProxyListener> = listeners.iter().collect();
     assert_eq!(
         ready_summary(MailStack::Mailcow, &all).unwrap(),
         "mailcow: PROXY listeners reachable, Postfix 10025 answers after a header"

@@ -64,8 +64,7 @@ fn facts() -> &'static StackFacts {
 /// `target/postfix/master.cf` names them as the protocols are named).
 pub fn postfix_services() -> Vec<(u16, &'static str)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .filter(|l| l.software == Software::Postfix)
         .map(|l| (l.port, l.protocol.name()))
         .collect()
@@ -75,8 +74,7 @@ pub fn postfix_services() -> Vec<(u16, &'static str)> {
 /// names it, port, implicit TLS).
 pub fn dovecot_listeners() -> Vec<(&'static str, &'static str, u16, bool)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .filter(|l| l.software == Software::Dovecot)
         .map(|l| {
             let (service, name) = match l.protocol {
@@ -240,7 +238,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "docker-mailserver",
         title: "docker-mailserver",
         version: "docker-mailserver v15.1.0+81 (commit c9b015d, 2026-08-19; image based on debian:13-slim)",
-        relays: facts().relays,
+        relays: facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

@@ -88,8 +88,7 @@ fn service_name(port: u16) -> String {
 /// Postfix's PROXY services: (new service, stock service it copies).
 pub fn postfix_proxy() -> Vec<(String, &'static str)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .filter(|l| l.software == Software::Postfix)
         .filter_map(|l| {
             let stock = match l.protocol {
@@ -117,8 +116,7 @@ pub const AMAVIS_REINJECT: u16 = 10025;
 /// Dovecot's PROXY listeners: (service, listener, port, implicit TLS).
 pub fn dovecot_proxy() -> Vec<(&'static str, &'static str, u16, bool)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .filter(|l| l.software == Software::Dovecot)
         .filter_map(|l| {
             let (service, name) = match l.protocol {
@@ -363,7 +361,7 @@ pub fn recipe(out: &Outbound) -> Recipe {
         stack: "iredmail",
         title: "iRedMail",
         version: "iRedMail 1.8.1 (commit e0fe4fc, 2026-05-14) with Dovecot 2.3 (its default; Debian 13 and Ubuntu 26.04 get Dovecot 2.4, see the notes); Postfix 3.5 and later as the distributions ship it",
-        relays: facts().relays,
+        relays: facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: Vec::new(),
         trusted_proxy: Some(TrustedProxy {

@@ -49,7 +49,7 @@ pub fn recipe() -> Recipe {
         stack: "mail-in-a-box",
         title: "Mail-in-a-Box (not supported behind CERES)",
         version: "Mail-in-a-Box v75 (commit b162b96, 2026-04-20; Ubuntu 22.04, Postfix 3.6)",
-        relays: "",
+        relays: String::new(),
         mail_server: "",
         egress_from: Vec::new(),
         trusted_proxy: None,

@@ -112,7 +112,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "mailcow",
         title: "mailcow (dockerized)",
         version: "mailcow-dockerized 2026-07a+5 (commit 0642467, 2026-08-05): postfix-mailcow 3.10.12-1, dovecot-mailcow 2.3.21.1-2, nginx-mailcow 1.30.4-1",
-        relays: facts().relays,
+        relays: facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

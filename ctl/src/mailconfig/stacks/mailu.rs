@@ -59,8 +59,7 @@ fn facts() -> &'static StackFacts {
 /// (login service, listener name, port, implicit TLS, public port).
 pub fn dovecot_listeners() -> Vec<(&'static str, &'static str, u16, bool, u16)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .filter(|l| l.software == Software::Dovecot)
         .map(|l| {
             let (service, name) = match l.protocol {
@@ -154,7 +153,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "mailu",
         title: "Mailu",
         version: "Mailu master 2024.06.1+392 (commit bbb1c20, 2026-07-26; front: nginx with the mail module, Dovecot 2.3 proxy)",
-        relays: facts().relays,
+        relays: facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

@@ -250,7 +250,7 @@ pub struct Recipe {
     pub version: &'static str,
     /// `CERES_RELAYS` for the VPS's ceres.env; empty for a stack CERES
     /// cannot front (the notes say why and what to do instead).
-    pub relays: &'static str,
+    pub relays: String,
     /// `CERES_MAIL_SERVER` for home's ceres.env.
     pub mail_server: &'static str,
     /// `CERES_EGRESS_FROM` for home's ceres.env: the stack's Docker networks

@@ -13,7 +13,7 @@ pub fn recipe() -> Recipe {
         stack: "postfix-dovecot",
         title: "Postfix, Dovecot and nginx on the same host",
         version: "the distribution's packages (tested with Debian 12: Postfix 3.7, Dovecot 2.3.19, nginx 1.22)",
-        relays: MailStack::PostfixDovecot.facts().relays,
+        relays: MailStack::PostfixDovecot.facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: Vec::new(),
         trusted_proxy: None,

@@ -90,8 +90,7 @@ fn facts() -> &'static StackFacts {
 /// (name, Stalwart protocol, port in the container, implicit TLS, public port).
 pub fn listeners() -> Vec<(&'static str, &'static str, u16, bool, u16)> {
     facts()
-        .listeners
-        .iter()
+        .listeners()
         .map(|l| {
             let (name, protocol) = match l.protocol {
                 Protocol::Smtp => ("ceres-smtp", "smtp"),
@@ -340,7 +339,7 @@ pub fn recipe(net: DockerNet) -> Recipe {
         stack: "stalwart",
         title: "Stalwart (v0.16, Docker)",
         version: "Stalwart v0.16.18+6 (commit d72608f, 2026-08-21; image stalwartlabs/stalwart:v0.16), docs at stalwartlabs/website cf33c5b (2026-08-08)",
-        relays: facts().relays,
+        relays: facts().relays(),
         mail_server: "127.0.0.1",
         egress_from: net.egress_from(),
         trusted_proxy: Some(TrustedProxy {

@@ -85,7 +85,7 @@ fn egress_both_families(r: &Recipe) {
 
 /// Rules every stack's recipe keeps, whatever the stack.
 fn common_rules(r: &Recipe, proxy_ports: &[u16]) {
-    let relays = parse_relays(r.relays).unwrap();
+    let relays = parse_relays(&r.relays).unwrap();
     for relay in &relays {
         if relay.proxy != ProxyMode::None {
             assert!(
@@ -207,7 +207,7 @@ fn mailcow_recipe_matches_its_facts_and_the_rules() {
     common_rules(&r, &proxy);
     egress_both_families(&r);
     // The default relays land on mailcow's own ports: no mapping.
-    for relay in parse_relays(r.relays).unwrap() {
+    for relay in parse_relays(&r.relays).unwrap() {
         if relay.proxy != ProxyMode::None {
             assert_eq!(
                 Some(relay.home_port),
@@ -437,7 +437,7 @@ fn mailu_recipe_matches_its_facts_and_the_rules() {
     assert!(r.notes.iter().any(|n| n.contains("SUBNET6")));
     // Every mail port Mailu's front publishes is relayed with PROXY, each to
     // a distinct port, none of them a webmail listener of Mailu's own.
-    let relays = parse_relays(r.relays).unwrap();
+    let relays = parse_relays(&r.relays).unwrap();
     let mut public: Vec<u16> = relays.iter().map(|x| x.public_port).collect();
     public.sort_unstable();
     assert_eq!(public, [25, 110, 143, 465, 587, 993, 995, 4190]);
@@ -532,7 +532,7 @@ fn recipes_and_the_home_agents_port_table_agree() {
         match stack.name().parse::<MailStack>() {
             Ok(known) => {
                 let f = known.facts();
-                assert_eq!(r.relays, f.relays, "{}", r.stack);
+                assert_eq!(r.relays, f.relays(), "{}", r.stack);
                 if let Some(t) = &r.trusted_proxy {
                     assert_eq!(t.address, f.trusted_from().to_string(), "{}", r.stack);
                 }
@@ -545,7 +545,7 @@ fn recipes_and_the_home_agents_port_table_agree() {
                 // set up (or, on the host, the per-target commands do).
                 if !r.files.is_empty() {
                     let files: String = r.files.iter().map(|x| x.contents.as_str()).collect();
-                    for l in f.listeners {
+                    for l in f.listeners() {
                         assert!(
                             files.contains(&l.port.to_string()),
                             "{}: {} not in the files",
@@ -566,7 +566,7 @@ fn recipes_and_the_home_agents_port_table_agree() {
                             ..Options::default()
                         };
                         let moved = stack.recipe_for(&opts).unwrap();
-                        assert_eq!(moved.relays, f.relays, "{}", r.stack);
+                        assert_eq!(moved.relays, f.relays(), "{}", r.stack);
                         assert_eq!(
                             moved.trusted_proxy.unwrap().address,
                             "10.9.8.1",
@@ -900,7 +900,7 @@ fn stalwart_recipe_matches_its_facts_and_the_rules() {
     common_rules(&r, &proxy);
     egress_both_families(&r);
     // Every relay lands on 10000 + port with PROXY; 80 and 8080 are not relayed.
-    let relays = parse_relays(r.relays).unwrap();
+    let relays = parse_relays(&r.relays).unwrap();
     for relay in &relays {
         assert_ne!(relay.proxy, ProxyMode::None);
         assert_eq!(
@@ -1099,7 +1099,7 @@ fn iredmail_recipe_matches_its_facts_and_the_rules() {
     common_rules(&r, &proxy);
     // 10025 is iRedMail's Amavis re-injection: nothing of ours may use it.
     assert!(!proxy.contains(&iredmail::AMAVIS_REINJECT));
-    let relays = parse_relays(r.relays).unwrap();
+    let relays = parse_relays(&r.relays).unwrap();
     assert!(
         relays
             .iter()
