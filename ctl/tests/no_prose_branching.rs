@@ -18,7 +18,9 @@
 //!   (`as_deref`, `trim`, `unwrap_or`, `iter`, `map(|e| e.error ..)`, ...).
 //!   A finding is a text test — `starts_with`, `strip_prefix`,
 //!   `contains("..")`, `== ".."`, `!= Some('..')`, `matches!(x, Some(".."))`,
-//!   a `match` with string arms, ... — whose tested expression is such text.
+//!   a `match` with string arms, a look-up of the text in a list
+//!   (`NAMES.contains(&x.id.as_str())`), ... — whose tested expression is
+//!   such text.
 //!   Showing the text (`format!`, `unwrap_or("?")`) or asking whether there
 //!   is any (`is_empty`, `is_some`) is fine.
 //! - The check is shown to find the branches the previous release had
@@ -39,6 +41,10 @@ const PROSE: &[&str] = &[
     "firewall",
     "firewall_advice",
     "forward_error",
+    // A watchdog check's name (`WatchCheck.id`): a name standing for the
+    // check, sent for readers one release older; decide on `kind` (only
+    // `ceres_proto::compat` reads the name, for an older VPS).
+    "id",
     "input_filter_error",
     "last_error",
     "last_failure",
@@ -74,9 +80,6 @@ const DATA: &[&str] = &[
     "home_address",
     "home_address6",
     "hostname",
-    // A watchdog check's stable id (`dnsbl`, `spf`, ...; docs/status-json.md):
-    // an identifier, like a port number, not words.
-    "id",
     "ifname",
     "keys_since",
     "last",
@@ -718,6 +721,10 @@ fn tested_exprs(text: &str) -> Vec<&str> {
         if TEXT.contains(&name.as_str()) || (EITHER.contains(&name.as_str()) && literal) {
             out.push(receiver(&text[..at]));
         }
+        // `LIST.contains(&x)`: whether `x` is one of some words.
+        if name == "contains" && !literal {
+            out.push(operand(args));
+        }
     }
     // `x == "..."`, `x != Some('c')`, `"..." == x`.
     for op in ["==", "!="] {
@@ -889,6 +896,8 @@ fn the_check_tells_deciding_on_words_from_showing_them() {
         "fn f() { for b in r.probes.iter().map(|p| &p.banner) { if b.ends_with(\"ESMTP\") { x(); } } }",
         "fn f() { if let Some(fw) = &h.firewall_advice { let first = fw.split_whitespace().next(); if first == Some(\"the\") { x(); } } }",
         "fn f() { let c = e.error.chars().next(); if c == Some('x') { x(); } }",
+        "fn f() { let own = c.state == 3 && OWN_VERDICT.contains(&c.id.as_str()); }",
+        "fn f() { for c in &s.checks { if [\"dnsbl\", \"spf\"].contains(&c.id.as_ref()) { x(); } } }",
     ];
     for case in flagged {
         let (code, _) = production(&strip_comments(case));
@@ -901,6 +910,7 @@ fn the_check_tells_deciding_on_words_from_showing_them() {
         "fn f() { if domain == \"example.net\" || domain.ends_with(\".example.net\") { x(); } }",
         "fn f() { if line.starts_with(\"EHLO\") { x(); } }",
         "fn f() { if s.tunnel.vps.state == Some(TunnelState::Off) { x(); } }",
+        "fn f() { if c.kind.is_some_and(|k| k.has_own_verdict()) && ports.contains(&r.port) { x(); } }",
         // A comment that quotes old code is not code.
         "fn f() { // was: e.error.starts_with(\"disabled\")\n x(); }",
         // Test code is not production code.

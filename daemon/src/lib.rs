@@ -1,10 +1,12 @@
 //! Process plumbing shared by the CERES agents: graceful shutdown on SIGINT
-//! and SIGTERM, readiness via sd_notify, logging set-up, and blocking work
-//! kept off the async workers.
+//! and SIGTERM, readiness via sd_notify, logging set-up, blocking work kept
+//! off the async workers, the local status files, and other hosts' text
+//! made safe for a terminal.
 
 mod blocking;
 pub mod metrics;
 pub mod status_file;
+pub mod terminal;
 
 use std::os::unix::net::UnixDatagram;
 

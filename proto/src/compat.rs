@@ -12,8 +12,8 @@
 //! reads and writes it.)
 
 use crate::{
-    EgressState, EgressStatus, RotationOutcome, RotationStatus, RotationStep, TunnelReport,
-    TunnelState,
+    CheckKind, EgressState, EgressStatus, RotationOutcome, RotationStatus, RotationStep,
+    TunnelReport, TunnelState, WatchCheck,
 };
 
 /// `TunnelReport.error` of a tunnel off by configuration.
@@ -49,6 +49,39 @@ pub fn outcome_text(outcome: RotationOutcome, failure: &str) -> String {
         RotationOutcome::Ok => ROTATION_OK.to_owned(),
         RotationOutcome::Failed => format!("{ROTATION_FAILED_PREFIX}{failure}"),
         RotationOutcome::Never | RotationOutcome::Unspecified => String::new(),
+    }
+}
+
+/// Every watchdog check this build knows.
+const CHECK_KINDS: [CheckKind; 10] = [
+    CheckKind::Home,
+    CheckKind::Relays,
+    CheckKind::Egress,
+    CheckKind::HomeFirewall,
+    CheckKind::Rotation,
+    CheckKind::Certificates,
+    CheckKind::Dnsbl,
+    CheckKind::Ptr,
+    CheckKind::Spf,
+    CheckKind::Mx,
+];
+
+/// `WatchCheck.id` of a check, as readers one release older compare it
+/// (also the check's name in the VPS's metrics and notifications); empty
+/// for UNSPECIFIED.
+pub fn check_name(kind: CheckKind) -> &'static str {
+    match kind {
+        CheckKind::Home => "home",
+        CheckKind::Relays => "relays",
+        CheckKind::Egress => "egress",
+        CheckKind::HomeFirewall => "home_firewall",
+        CheckKind::Rotation => "rotation",
+        CheckKind::Certificates => "certificates",
+        CheckKind::Dnsbl => "dnsbl",
+        CheckKind::Ptr => "ptr",
+        CheckKind::Spf => "spf",
+        CheckKind::Mx => "mx",
+        CheckKind::Unspecified => "",
     }
 }
 
@@ -131,6 +164,20 @@ impl RotationStatus {
                     .find(|s| step_name(*s) == self.pending_step)
                     .unwrap_or(RotationStep::Unspecified)
             }
+            typed => typed,
+        }
+    }
+}
+
+impl WatchCheck {
+    /// Which check this is: `kind`, or for an older VPS agent what its `id`
+    /// named (UNSPECIFIED: a check this build does not know).
+    pub fn effective_kind(&self) -> CheckKind {
+        match known(self.kind) {
+            CheckKind::Unspecified => CHECK_KINDS
+                .into_iter()
+                .find(|k| check_name(*k) == self.id)
+                .unwrap_or(CheckKind::Unspecified),
             typed => typed,
         }
     }
@@ -222,6 +269,32 @@ mod tests {
         assert_eq!(outcome_text(RotationOutcome::Ok, ""), "ok");
         assert!(outcome_text(RotationOutcome::Failed, "home went away").starts_with("failed"));
         assert_eq!(outcome_text(RotationOutcome::Never, ""), "");
+    }
+
+    #[test]
+    fn an_old_watch_check_reads_as_its_kind() {
+        let old = |id: &str| WatchCheck {
+            id: id.into(),
+            ..Default::default()
+        };
+        for kind in CHECK_KINDS {
+            assert_eq!(old(check_name(kind)).effective_kind(), kind, "{kind:?}");
+        }
+        assert_eq!(old("").effective_kind(), CheckKind::Unspecified);
+        assert_eq!(old("smtp_banner").effective_kind(), CheckKind::Unspecified);
+        // The typed kind wins over the name; a kind from a newer agent this
+        // build does not know: the name.
+        let mut c = old("dnsbl");
+        c.kind = CheckKind::Spf.into();
+        assert_eq!(c.effective_kind(), CheckKind::Spf);
+        c.kind = 99;
+        assert_eq!(c.effective_kind(), CheckKind::Dnsbl);
+        // Every kind has its own name, the one older readers know.
+        let mut names: Vec<&str> = CHECK_KINDS.iter().map(|k| check_name(*k)).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CHECK_KINDS.len());
+        assert!(names.iter().all(|n| !n.is_empty()));
     }
 
     #[test]

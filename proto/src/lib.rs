@@ -28,6 +28,7 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod compat;
+mod watch;
 
 /// Picks the protocol version for a session between a peer speaking
 /// `[peer_min, peer_max]` and this build.

@@ -35,7 +35,12 @@ fn local_status_shows_session_and_tunnel_and_survives_a_blocked_control_port() {
         return;
     }
     let lab = Lab::new().unwrap();
-    let ceres = Ceres::init(&lab, &["CERES_RELAYS=25"], &["CERES_PROBE_INTERVAL=1s"]).unwrap();
+    let ceres = Ceres::init(
+        &lab,
+        &["CERES_RELAYS=25", "CERES_WATCH_INTERVAL=1s"],
+        &["CERES_PROBE_INTERVAL=1s"],
+    )
+    .unwrap();
     let _mail = echo_server(&lab.home, "127.0.0.1", 25, lab.dir.path()).unwrap();
     let (_vps, _home) = ceres.up().unwrap();
     let home_status = || {
@@ -77,6 +82,62 @@ fn local_status_shows_session_and_tunnel_and_survives_a_blocked_control_port() {
     assert_eq!(v["agent"]["home"]["connected"], true);
     assert_eq!(v["tunnel"]["up"], true);
     assert_eq!(v["agent"]["relays"][0]["port"], 25);
+
+    // The watchdog's checks, as the agent wrote them (the DNS checks are
+    // off in the lab): each with its state and since when, home's ok once
+    // it has run with home connected.
+    let check = |v: &serde_json::Value, id: &str| {
+        v["agent"]["checks"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["id"] == id).cloned())
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the home check ok in the VPS's local status",
+        Duration::from_secs(20),
+        || {
+            last = vps_status();
+            Ok(check(&last.1, "home")["state"] == "ok")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:#}", last.1));
+    let (code, v) = &last;
+    assert_eq!(*code, 0, "{v:#}");
+    let ids: Vec<&str> = v["agent"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "home",
+            "relays",
+            "egress",
+            "home_firewall",
+            "rotation",
+            "certificates"
+        ],
+        "{v:#}"
+    );
+    let home_check = check(v, "home");
+    assert!(home_check["since_unix"].as_i64().unwrap() > 0, "{v:#}");
+    assert!(home_check["detail"].is_string(), "{v:#}");
+    assert_eq!(check(v, "certificates")["state"], "ok", "{v:#}");
+    let out = run(lab
+        .vps
+        .command(bin("ceres-vps"))
+        .arg("--config")
+        .arg(&ceres.vps_config)
+        .arg("--state-dir")
+        .arg(&ceres.vps_state)
+        .arg("status"))
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(text.contains("check    home          ok for "), "{text}");
+    assert!(text.contains("check    certificates  ok for "), "{text}");
 
     // The control port dropped at the VPS (established sessions too): home's
     // status still answers, says the session is down and why; the tunnel,

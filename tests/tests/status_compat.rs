@@ -16,7 +16,8 @@ use ceres_pki::tls::ClientIdentity;
 use ceres_pki::{Ca, KeyAndCsr, Role};
 use ceres_proto::admin_client::AdminClient;
 use ceres_proto::{
-    EgressState, RotationOutcome, StatusRequest, StatusResponse, TunnelReport, TunnelState,
+    CheckKind, EgressState, RotationOutcome, StatusRequest, StatusResponse, TunnelReport,
+    TunnelState, compat,
 };
 use ceres_tests::{Daemon, LoopVps, bin, sh, wait_until};
 
@@ -146,6 +147,16 @@ fn the_agents_send_typed_facts_and_the_old_strings_beside_them() {
     let mut old_only = egress.clone();
     old_only.state = 0;
     assert_eq!(old_only.effective_state(), egress.state());
+    // The watchdog's checks: each with its kind, and the name the previous
+    // cerectl compares beside it.
+    assert!(!resp.checks.is_empty(), "{resp:?}");
+    for c in &resp.checks {
+        assert_ne!(c.kind(), CheckKind::Unspecified, "{c:?}");
+        assert_eq!(c.id, compat::check_name(c.kind()), "{c:?}");
+        let mut old_only = c.clone();
+        old_only.kind = 0;
+        assert_eq!(old_only.effective_kind(), c.kind());
+    }
 
     // This cerectl: the typed facts, nothing broken.
     let (code, j) = ctl_status(&ctl);
@@ -155,6 +166,7 @@ fn the_agents_send_typed_facts_and_the_old_strings_beside_them() {
     assert_eq!(j["egress"]["vps"]["state"], "tunnel_off", "{j}");
     assert_eq!(j["egress"]["home"]["state"], "tunnel_off", "{j}");
     assert_eq!(j["rotation"]["last_result"], "never", "{j}");
+    assert_eq!(j["checks"][0]["kind"], "home", "{j}");
     assert_eq!(j["diagnosis"]["problems"], serde_json::json!([]), "{j}");
 
     // Home gone: a typed problem, and the same sentence in `problems`.

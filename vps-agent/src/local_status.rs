@@ -1,15 +1,21 @@
 //! `ceres-vps status`: what this host knows without the control plane —
 //! whether the agent runs, home's session (since when), the tunnel as its
 //! UAPI socket shows it, the relays and their ports, egress and what other
-//! firewall tables do to it. The running agent writes its part into the
-//! state directory ([`ceres_daemon::status_file`]); the tunnel is read live.
+//! firewall tables do to it, the watchdog's checks. The running agent writes
+//! its part into the state directory ([`ceres_daemon::status_file`]); the
+//! tunnel is read live.
+
+mod checks;
 
 use std::time::SystemTime;
 
 use ceres_daemon::status_file::{self, Agent, AgentState, human_secs as ago};
+use ceres_daemon::terminal::escape_controls;
 use ceres_pki::unix_secs;
 use ceres_tunnel::uapi_client::{self, TunnelPart};
 use serde::{Deserialize, Serialize};
+
+pub use checks::{CheckPart, CheckState, FindingPart};
 
 /// Version of the JSON layout of `status --json`.
 pub const SCHEMA: u32 = 1;
@@ -113,6 +119,10 @@ pub struct AgentPart {
     pub relays: Vec<RelayPart>,
     /// Egress.
     pub egress: EgressPart,
+    /// The watchdog's checks, in the order `cerectl status` shows them
+    /// (none in a file from an agent before the watchdog was shown here).
+    #[serde(default, deserialize_with = "checks::known_checks")]
+    pub checks: Vec<CheckPart>,
 }
 
 /// `ceres-vps status --json`.
@@ -181,6 +191,8 @@ pub fn assemble(
                 });
             }
         }
+        // The watchdog's failing checks that nothing above judges.
+        problems.extend(a.checks.iter().filter_map(CheckPart::problem));
     }
     LocalStatus {
         schema: SCHEMA,
@@ -216,7 +228,7 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
                     o,
                     "home     connected for {} · {} from {}",
                     ago(now - since),
-                    h.hostname.as_deref().unwrap_or("?"),
+                    escape_controls(h.hostname.as_deref().unwrap_or("?")),
                     h.remote_address.as_deref().unwrap_or("?")
                 );
             }
@@ -279,6 +291,9 @@ pub fn render(s: &LocalStatus, now: SystemTime) -> String {
                 .as_deref()
                 .map_or(String::new(), |x| format!(": {x}"))
         );
+        for c in &a.checks {
+            let _ = writeln!(o, "{}", c.line(now));
+        }
     }
     status_file::write_problems(&mut o, &s.problems);
     o
@@ -371,5 +386,103 @@ mod tests {
             s.problems,
             ["egress: table ip filter drops forwarded traffic"]
         );
+    }
+
+    fn check(id: crate::watch::CheckId, state: CheckState, detail: &str) -> CheckPart {
+        CheckPart {
+            id,
+            state,
+            since_unix: 400,
+            detail: detail.into(),
+            findings: Vec::new(),
+            notified: false,
+        }
+    }
+
+    #[test]
+    fn the_checks_are_shown_and_failing_ones_of_facts_are_problems() {
+        use crate::watch::CheckId;
+        let Agent::Running(mut env) = running(HomePart {
+            connected: true,
+            since_unix: 900,
+            ..Default::default()
+        }) else {
+            unreachable!()
+        };
+        env.agent.checks = vec![
+            check(
+                CheckId::Home,
+                CheckState::Ok,
+                "session up, handshake 5 s ago",
+            ),
+            // Failing, but judged by its own facts (cerectl's rule): shown only.
+            check(
+                CheckId::Relays,
+                CheckState::Failing,
+                "25: 3 senders turned away",
+            ),
+            check(
+                CheckId::Dnsbl,
+                CheckState::Failing,
+                "203.0.113.10 on bl.example: listed",
+            ),
+            check(
+                CheckId::Spf,
+                CheckState::Warning,
+                "SPF: could not be checked",
+            ),
+        ];
+        let s = assemble(Agent::Running(env), None, at(1000));
+        assert_eq!(
+            s.problems,
+            ["DNS blocklists (dnsbl check): 203.0.113.10 on bl.example: listed"]
+        );
+        assert!(!s.ok);
+        let text = render(&s, at(1000));
+        for line in [
+            "check    home          ok for 10 min · session up, handshake 5 s ago",
+            "check    relays        FAILING for 10 min · 25: 3 senders turned away",
+            "check    dnsbl         FAILING for 10 min · 203.0.113.10 on bl.example: listed",
+            "check    spf           warning for 10 min · SPF: could not be checked",
+            "  - DNS blocklists (dnsbl check): 203.0.113.10 on bl.example: listed",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["agent"]["checks"][2]["id"], "dnsbl");
+        assert_eq!(json["agent"]["checks"][2]["state"], "failing");
+        assert_eq!(json["agent"]["checks"][2]["since_unix"], 400);
+    }
+
+    #[test]
+    fn a_status_file_from_an_agent_without_checks_still_reads() {
+        // As an agent of the release before wrote it.
+        let dir = tempfile::tempdir().unwrap();
+        let old = serde_json::json!({
+            "pid": std::process::id(),
+            "written_at_unix": unix_secs(SystemTime::now()),
+            "agent": {
+                "version": "0.9.0",
+                "started_at_unix": 1,
+                "control_address": "203.0.113.10:7443",
+                "home": {"connected": true, "since_unix": 5, "hostname": "mailbox",
+                         "remote_address": null, "last_report_unix": 6},
+                "relays": [],
+                "egress": {"enabled": true, "ports": [25], "error": null}
+            }
+        });
+        std::fs::write(
+            status_file::path_in(dir.path()),
+            serde_json::to_vec(&old).unwrap(),
+        )
+        .unwrap();
+        let file = status_file::read::<AgentPart>(dir.path()).unwrap();
+        let s = assemble(file, None, SystemTime::now());
+        assert_eq!(s.agent_state, AgentState::Running);
+        assert!(s.ok, "{:?}", s.problems);
+        let a = s.agent.as_ref().unwrap();
+        assert!(a.checks.is_empty());
+        assert_eq!(a.version, "0.9.0");
+        assert!(!render(&s, SystemTime::now()).contains("check "));
     }
 }

@@ -645,3 +645,49 @@ fn the_scenarios_would_catch_a_reader_that_decides_on_words() {
     });
     assert!(fooled, "no scenario depends on the old sentences");
 }
+
+/// A watchdog check as the wire carries it: the previous release's VPS
+/// names it only (`id`), this one sends the kind beside the name.
+fn watch_check(
+    w: Wire,
+    kind: ceres_proto::CheckKind,
+    state: ceres_proto::CheckState,
+) -> ceres_proto::WatchCheck {
+    ceres_proto::WatchCheck {
+        id: words(w, compat::check_name(kind)),
+        kind: typed(w, kind),
+        title: words(w, "A check"),
+        state: state.into(),
+        since_unix: NOW - 60,
+        detail: words(w, "203.0.113.10 on bl.example: listed (127.0.0.2)"),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_watch_check_is_judged_by_its_kind_and_from_an_old_vps_by_its_name() {
+    use ceres_proto::CheckKind as K;
+    use ceres_proto::CheckState as S;
+    for w in [Wire::Old, Wire::New, Wire::Reworded] {
+        let mut r = healthy(w);
+        r.checks = vec![
+            watch_check(w, K::Relays, S::Failing),
+            watch_check(w, K::Dnsbl, S::Failing),
+            watch_check(w, K::Spf, S::Warning),
+            watch_check(w, K::Mx, S::Ok),
+        ];
+        let st = Status::from_response(r);
+        let kinds: Vec<ProblemKind> = st.diagnosis.problems.iter().map(|p| p.kind).collect();
+        // The failing blocklist check; relays are judged by their own facts.
+        assert_eq!(kinds, [ProblemKind::WatchCheckFailing], "{w:?}");
+        let names: Vec<&str> = st.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(names, ["relays", "dnsbl", "spf", "mx"], "{w:?}");
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["checks"][1]["kind"], "dnsbl", "{w:?}");
+        assert!(
+            st.problems[0].contains("(dnsbl check)"),
+            "{w:?}: {:?}",
+            st.problems
+        );
+    }
+}

@@ -324,25 +324,7 @@ impl Status {
     }
 }
 
-/// `s` with control characters (C0, DEL, C1) and the bidirectional
-/// overrides shown as `\u{..}` escapes, so text from another host cannot
-/// move the cursor, recolour, retitle or reorder the terminal. Newlines too:
-/// a report cannot forge lines of the status.
-pub fn escape_controls(s: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !s.chars().any(|c| c.is_control() || bidi(c)) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if c.is_control() || bidi(c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
+pub use ceres_daemon::terminal::escape_controls;
 
 fn short_key(k: Option<&str>) -> String {
     k.map(|k| format!("{}…", &k[..k.len().min(10)]))

@@ -635,8 +635,10 @@ pub struct HomeRevocation {
 /// One check the VPS agent runs on its own schedule.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct WatchCheck {
-    /// Stable id: "home", "relays", "egress", "home_firewall", "rotation",
-    /// "certificates", "dnsbl", "ptr", "spf", "mx".
+    /// The check's name: "home", "relays", "egress", "home_firewall",
+    /// "rotation", "certificates", "dnsbl", "ptr", "spf", "mx". Filled for
+    /// readers one release older (`ceres_proto::compat::check_name`): decide
+    /// on `kind`.
     #[prost(string, tag = "1")]
     pub id: ::prost::alloc::string::String,
     /// What it watches, for people.
@@ -660,6 +662,9 @@ pub struct WatchCheck {
     /// A "failing" notification went out and its "resolved" has not yet.
     #[prost(bool, tag = "9")]
     pub notified: bool,
+    /// Which check this is; UNSPECIFIED from an older VPS agent (see `id`).
+    #[prost(enumeration = "CheckKind", tag = "10")]
+    pub kind: i32,
 }
 /// One part of a check that is not ok.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1482,6 +1487,72 @@ impl CheckState {
             "CHECK_STATE_OK" => Some(Self::Ok),
             "CHECK_STATE_WARNING" => Some(Self::Warning),
             "CHECK_STATE_FAILING" => Some(Self::Failing),
+            _ => None,
+        }
+    }
+}
+/// Which check a WatchCheck is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum CheckKind {
+    /// Not reported (an older VPS agent: see `WatchCheck.id`), or a check this
+    /// build does not know.
+    Unspecified = 0,
+    /// The home agent's session, and the tunnel's handshakes.
+    Home = 1,
+    /// Relays turning senders away (421) because home could not be reached.
+    Relays = 2,
+    /// Home's outbound mail through the VPS (egress NAT, other firewalls).
+    Egress = 3,
+    /// What home reports about its own firewall and input filter.
+    HomeFirewall = 4,
+    /// WireGuard key rotation.
+    Rotation = 5,
+    /// Expiry of the CA, the VPS's server certificate and client certificates.
+    Certificates = 6,
+    /// The VPS addresses on DNS blocklists.
+    Dnsbl = 7,
+    /// Reverse DNS of the VPS addresses, forward-confirmed.
+    Ptr = 8,
+    /// The SPF record authorising every VPS address.
+    Spf = 9,
+    /// MX pointing at the mail host, and the mail host at the VPS.
+    Mx = 10,
+}
+impl CheckKind {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CHECK_KIND_UNSPECIFIED",
+            Self::Home => "CHECK_KIND_HOME",
+            Self::Relays => "CHECK_KIND_RELAYS",
+            Self::Egress => "CHECK_KIND_EGRESS",
+            Self::HomeFirewall => "CHECK_KIND_HOME_FIREWALL",
+            Self::Rotation => "CHECK_KIND_ROTATION",
+            Self::Certificates => "CHECK_KIND_CERTIFICATES",
+            Self::Dnsbl => "CHECK_KIND_DNSBL",
+            Self::Ptr => "CHECK_KIND_PTR",
+            Self::Spf => "CHECK_KIND_SPF",
+            Self::Mx => "CHECK_KIND_MX",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CHECK_KIND_UNSPECIFIED" => Some(Self::Unspecified),
+            "CHECK_KIND_HOME" => Some(Self::Home),
+            "CHECK_KIND_RELAYS" => Some(Self::Relays),
+            "CHECK_KIND_EGRESS" => Some(Self::Egress),
+            "CHECK_KIND_HOME_FIREWALL" => Some(Self::HomeFirewall),
+            "CHECK_KIND_ROTATION" => Some(Self::Rotation),
+            "CHECK_KIND_CERTIFICATES" => Some(Self::Certificates),
+            "CHECK_KIND_DNSBL" => Some(Self::Dnsbl),
+            "CHECK_KIND_PTR" => Some(Self::Ptr),
+            "CHECK_KIND_SPF" => Some(Self::Spf),
+            "CHECK_KIND_MX" => Some(Self::Mx),
             _ => None,
         }
     }

@@ -50,5 +50,6 @@ pub(super) async fn local_status(
             .map(RelayPart::from_proto)
             .collect(),
         egress,
+        checks: ctx.watch.local_checks(),
     }
 }

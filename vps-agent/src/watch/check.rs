@@ -3,10 +3,13 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The checks the VPS agent runs. The names (`as_str`) are stable: they are
-/// the `check` label in Prometheus, the `id` in status, and what alert rules
-/// match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// the `check` label in Prometheus, the `id` in status (also in the local
+/// status file, through serde), and what alert rules match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CheckId {
     /// The home agent's session, and the tunnel's handshakes.
     Home,
@@ -58,6 +61,23 @@ impl CheckId {
             CheckId::Ptr => "ptr",
             CheckId::Spf => "spf",
             CheckId::Mx => "mx",
+        }
+    }
+
+    /// As the protocol enum.
+    pub fn to_proto(self) -> ceres_proto::CheckKind {
+        use ceres_proto::CheckKind as K;
+        match self {
+            CheckId::Home => K::Home,
+            CheckId::Relays => K::Relays,
+            CheckId::Egress => K::Egress,
+            CheckId::HomeFirewall => K::HomeFirewall,
+            CheckId::Rotation => K::Rotation,
+            CheckId::Certificates => K::Certificates,
+            CheckId::Dnsbl => K::Dnsbl,
+            CheckId::Ptr => K::Ptr,
+            CheckId::Spf => K::Spf,
+            CheckId::Mx => K::Mx,
         }
     }
 
@@ -373,5 +393,20 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), CheckId::ALL.len());
+    }
+
+    #[test]
+    fn one_name_everywhere_and_one_kind_each() {
+        let mut kinds = Vec::new();
+        for id in CheckId::ALL {
+            // The status file, the wire's old `id` and the metrics agree.
+            assert_eq!(serde_json::to_value(id).unwrap(), id.as_str());
+            assert_eq!(ceres_proto::compat::check_name(id.to_proto()), id.as_str());
+            assert_ne!(id.to_proto(), ceres_proto::CheckKind::Unspecified);
+            kinds.push(id.to_proto());
+        }
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(kinds.len(), CheckId::ALL.len());
     }
 }

@@ -5,7 +5,8 @@
 //! hold-down and budget of [`state`].
 //!
 //! The agent hands it a [`Sources`] (what it knows: the same facts
-//! `cerectl status` gets) and asks it for status ([`Watch::checks`]),
+//! `cerectl status` gets) and asks it for status ([`Watch::checks`] for
+//! `cerectl status`, [`Watch::local_checks`] for `ceres-vps status`),
 //! metrics ([`metrics`]) and test notifications.
 
 mod check;
@@ -13,6 +14,7 @@ mod dns;
 mod local;
 pub(crate) mod metrics;
 mod notify;
+mod report;
 mod settings;
 mod state;
 
@@ -27,6 +29,8 @@ use ceres_proto::{
     AlertChannel, EgressStatus, HomeStatus, RelayPort, RotationStatus, TestAlertsResponse,
     TunnelReport, WatchCheck,
 };
+
+use crate::local_status::CheckPart;
 use ceres_state::StateDir;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -155,38 +159,28 @@ impl Watch {
         inner.tracker.spawn(notify_loop(self.0.clone()));
     }
 
-    /// Every scheduled check and its state, for status.
+    /// Every scheduled check and its state, for `cerectl status`.
     pub fn checks(&self) -> Vec<WatchCheck> {
         let trackers = self.0.trackers.locked();
         self.0
             .schedule
             .iter()
             .map(|(id, interval)| {
-                let mut c = WatchCheck {
-                    id: id.as_str().to_owned(),
-                    title: id.title().to_owned(),
-                    interval_secs: interval.as_secs(),
-                    detail: "not run yet".into(),
-                    ..Default::default()
-                };
-                if let Some(v) = trackers.get(id).and_then(Tracker::view) {
-                    c.state = v.observation.level.to_proto() as i32;
-                    c.since_unix = v.since_unix;
-                    c.detail = v.observation.detail;
-                    c.last_run_unix = v.last_run_unix;
-                    c.notified = v.notified;
-                    c.findings = v
-                        .observation
-                        .findings
-                        .into_iter()
-                        .map(|f| ceres_proto::CheckFinding {
-                            subject: f.subject,
-                            state: f.level.to_proto() as i32,
-                            text: f.text,
-                        })
-                        .collect();
-                }
-                c
+                let view = trackers.get(id).and_then(Tracker::view);
+                report::to_proto(*id, *interval, view.as_ref())
+            })
+            .collect()
+    }
+
+    /// Every scheduled check and its state, for the local status file.
+    pub fn local_checks(&self) -> Vec<CheckPart> {
+        let trackers = self.0.trackers.locked();
+        self.0
+            .schedule
+            .keys()
+            .map(|id| {
+                let view = trackers.get(id).and_then(Tracker::view);
+                report::to_local(*id, view.as_ref())
             })
             .collect()
     }
