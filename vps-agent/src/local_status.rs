@@ -91,6 +91,48 @@ pub struct EgressPart {
     pub ports: Vec<u32>,
     /// Why not installed, or what blocks it (other firewall tables).
     pub error: Option<String>,
+    /// The routing's state, which the problems are decided on (absent in a
+    /// file from an older agent: then read from `enabled` and `error` by the
+    /// protocol's one compatibility rule, `ceres_proto::compat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<EgressFileState>,
+}
+
+/// `egress.state` in the VPS's status file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressFileState {
+    /// Installed, and nothing found in its way.
+    Installed,
+    /// Installed, but another firewall table drops the mail (`error` says
+    /// which and the fix).
+    Blocked,
+    /// Off by configuration (CERES_EGRESS=off).
+    Disabled,
+    /// The tunnel is off (CERES_TUNNEL=off).
+    TunnelOff,
+    /// Removed for a revoked home.
+    Revoked,
+    /// Installing it failed (`error` says why).
+    Failed,
+    /// Not installed yet (no home tunnel address).
+    Pending,
+}
+
+impl EgressFileState {
+    fn of(p: ceres_proto::EgressState) -> Option<Self> {
+        use ceres_proto::EgressState as P;
+        Some(match p {
+            P::Installed => Self::Installed,
+            P::Blocked => Self::Blocked,
+            P::Disabled => Self::Disabled,
+            P::TunnelOff => Self::TunnelOff,
+            P::Revoked => Self::Revoked,
+            P::Failed => Self::Failed,
+            P::Pending => Self::Pending,
+            P::Unspecified => return None,
+        })
+    }
 }
 
 impl EgressPart {
@@ -100,7 +142,21 @@ impl EgressPart {
             enabled: e.enabled,
             ports: e.tcp_ports.clone(),
             error: (!e.error.is_empty()).then(|| e.error.clone()),
+            state: EgressFileState::of(e.effective_state()),
         }
+    }
+
+    /// Its state; for a file from an older agent, what `enabled` and
+    /// `error` meant (the protocol's compatibility rule, not a second one).
+    fn effective_state(&self) -> Option<EgressFileState> {
+        self.state.or_else(|| {
+            let legacy = ceres_proto::EgressStatus {
+                enabled: self.enabled,
+                error: self.error.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            EgressFileState::of(legacy.effective_state())
+        })
     }
 }
 
@@ -174,10 +230,12 @@ pub fn assemble(
                 )
             });
         }
-        if let Some(err) = &a.egress.error {
-            if !err.starts_with("disabled") && !err.starts_with("removed") {
-                problems.push(format!("egress: {err}"));
-            }
+        if matches!(
+            a.egress.effective_state(),
+            Some(EgressFileState::Blocked | EgressFileState::Failed)
+        ) {
+            let err = a.egress.error.as_deref().unwrap_or("failed");
+            problems.push(format!("egress: {err}"));
         }
         if let Some(t) = &tunnel {
             if a.home.connected && !t.up {
@@ -339,6 +397,7 @@ mod tests {
                     enabled: true,
                     ports: vec![25],
                     error: None,
+                    state: Some(EgressFileState::Installed),
                 },
                 ..Default::default()
             },
@@ -381,9 +440,59 @@ mod tests {
             unreachable!()
         };
         env.agent.egress.error = Some("table ip filter drops forwarded traffic".into());
+        env.agent.egress.state = Some(EgressFileState::Blocked);
         let s = assemble(Agent::Running(env), None, at(1000));
         assert_eq!(
             s.problems,
+            ["egress: table ip filter drops forwarded traffic"]
+        );
+    }
+
+    #[test]
+    fn egress_problems_come_from_the_state_not_the_words() {
+        let with = |enabled, error: Option<&str>, state| {
+            let Agent::Running(mut env) = running(HomePart {
+                connected: true,
+                since_unix: 900,
+                ..Default::default()
+            }) else {
+                unreachable!()
+            };
+            env.agent.egress = EgressPart {
+                enabled,
+                ports: vec![25],
+                error: error.map(str::to_owned),
+                state,
+            };
+            assemble(Agent::Running(env), None, at(1000)).problems
+        };
+        use EgressFileState as S;
+        // Typed: the state decides, whatever the words.
+        assert_eq!(
+            with(false, Some("nft: permission denied"), Some(S::Failed)),
+            ["egress: nft: permission denied"]
+        );
+        for quiet in [
+            S::Disabled,
+            S::TunnelOff,
+            S::Revoked,
+            S::Pending,
+            S::Installed,
+        ] {
+            assert!(
+                with(false, Some("failed-looking words"), Some(quiet)).is_empty(),
+                "{quiet:?}"
+            );
+        }
+        // A file from an older agent: the protocol's compatibility rule.
+        assert!(with(false, Some("disabled (CERES_EGRESS=off)"), None).is_empty());
+        assert!(with(false, Some("removed: home revoked"), None).is_empty());
+        assert_eq!(
+            with(false, Some("nft: permission denied"), None),
+            ["egress: nft: permission denied"]
+        );
+        assert_eq!(
+            with(true, Some("table ip filter drops forwarded traffic"), None),
             ["egress: table ip filter drops forwarded traffic"]
         );
     }
@@ -400,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn the_checks_are_shown_and_failing_ones_of_facts_are_problems() {
+    fn the_checks_are_shown_and_failing_ones_are_problems() {
         use crate::watch::CheckId;
         let Agent::Running(mut env) = running(HomePart {
             connected: true,
@@ -415,7 +524,10 @@ mod tests {
                 CheckState::Ok,
                 "session up, handshake 5 s ago",
             ),
-            // Failing, but judged by its own facts (cerectl's rule): shown only.
+            // Failing, but the local status judges home's session itself
+            // (connected here): shown only.
+            check(CheckId::Home, CheckState::Failing, "no handshake for 200 s"),
+            // Nothing else here judges the relays: a problem.
             check(
                 CheckId::Relays,
                 CheckState::Failing,
@@ -435,12 +547,15 @@ mod tests {
         let s = assemble(Agent::Running(env), None, at(1000));
         assert_eq!(
             s.problems,
-            ["DNS blocklists (dnsbl check): 203.0.113.10 on bl.example: listed"]
+            [
+                "Mail relays (relays check): 25: 3 senders turned away",
+                "DNS blocklists (dnsbl check): 203.0.113.10 on bl.example: listed"
+            ]
         );
         assert!(!s.ok);
         let text = render(&s, at(1000));
         for line in [
-            "check    home          ok for 10 min · session up, handshake 5 s ago",
+            "check    home          FAILING for 10 min · no handshake for 200 s",
             "check    relays        FAILING for 10 min · 25: 3 senders turned away",
             "check    dnsbl         FAILING for 10 min · 203.0.113.10 on bl.example: listed",
             "check    spf           warning for 10 min · SPF: could not be checked",
@@ -449,9 +564,9 @@ mod tests {
             assert!(text.contains(line), "{line}\n{text}");
         }
         let json = serde_json::to_value(&s).unwrap();
-        assert_eq!(json["agent"]["checks"][2]["id"], "dnsbl");
-        assert_eq!(json["agent"]["checks"][2]["state"], "failing");
-        assert_eq!(json["agent"]["checks"][2]["since_unix"], 400);
+        assert_eq!(json["agent"]["checks"][3]["id"], "dnsbl");
+        assert_eq!(json["agent"]["checks"][3]["state"], "failing");
+        assert_eq!(json["agent"]["checks"][3]["since_unix"], 400);
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The watchdog's checks in `ceres-vps status`: each with its state and
 //! since when, as the running agent wrote them into its status file, and the
-//! failing ones that are problems — by the rule `cerectl status` uses
-//! ([`ceres_proto::CheckKind::has_own_verdict`]), so both agree.
+//! failing ones that are problems. `cerectl status` counts a failing check
+//! only where it has no verdict of its own on the same thing
+//! ([`ceres_proto::CheckKind::has_own_verdict`]); the local status judges
+//! fewer things itself (home's session and the egress, not the relays, home's
+//! firewall or the rotation), so here every other failing check counts, and
+//! nothing is said twice or left unsaid.
 
 use ceres_daemon::status_file::human_secs;
 use ceres_daemon::terminal::escape_controls;
@@ -54,10 +58,12 @@ pub struct FindingPart {
 }
 
 impl CheckPart {
-    /// The problem line, when the check fails and nothing else in a status
-    /// judges what it watches.
+    /// The problem line, when the check fails and nothing else in the local
+    /// status judges what it watches.
     pub fn problem(&self) -> Option<String> {
-        (self.state == CheckState::Failing && self.id.to_proto().has_own_verdict()).then(|| {
+        use ceres_proto::CheckKind as K;
+        let judged_here = matches!(self.id.to_proto(), K::Home | K::Egress);
+        (self.state == CheckState::Failing && !judged_here).then(|| {
             format!(
                 "{} ({} check): {}",
                 self.id.title(),
@@ -118,7 +124,7 @@ mod tests {
     }
 
     #[test]
-    fn failing_checks_of_facts_are_problems_and_the_live_ones_not() {
+    fn failing_checks_are_problems_unless_the_local_status_judges_the_same_thing() {
         use CheckState::{Failing, Ok, Pending, Warning};
         for (id, state, problem) in [
             (CheckId::Certificates, Failing, true),
@@ -129,12 +135,16 @@ mod tests {
             (CheckId::Dnsbl, Warning, false),
             (CheckId::Mx, Pending, false),
             (CheckId::Spf, Ok, false),
-            // Judged by their own facts in cerectl status.
+            // Judged by the local status's own facts (home's session, the
+            // egress): shown only.
             (CheckId::Home, Failing, false),
-            (CheckId::Relays, Failing, false),
             (CheckId::Egress, Failing, false),
-            (CheckId::HomeFirewall, Failing, false),
-            (CheckId::Rotation, Failing, false),
+            // Nothing else in the local status judges these (cerectl does,
+            // from the report): the failing check is the problem here.
+            (CheckId::Relays, Failing, true),
+            (CheckId::HomeFirewall, Failing, true),
+            (CheckId::Rotation, Failing, true),
+            (CheckId::Rotation, Warning, false),
         ] {
             assert_eq!(
                 check(id, state).problem().is_some(),
