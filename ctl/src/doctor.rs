@@ -9,15 +9,15 @@
 //! home agent's probes). Rendering and the exit code do not care which.
 
 mod mail;
-mod progress;
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ceres_dnscheck::{
-    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Status, Summary, dnsbl_check,
-    verify,
+    Check, CheckKind, DEFAULT_DNSBL_ZONES, Lookup, MailIdentity, Row, Status, Summary, Table,
+    dnsbl_check, verify,
 };
 use ceres_proto::StatusResponse;
 use clap::Args;
@@ -27,7 +27,6 @@ use serde::Serialize;
 use crate::cli::Cli;
 use crate::dns::{IdentityArgs, Outcome, VpsIps, color, identity, lookup, parse_resolver};
 use crate::vps::{fetch_status, vps_part};
-use progress::Progress;
 
 /// `doctor` arguments.
 #[derive(Debug, Args)]
@@ -214,8 +213,8 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
     // Text rows are printed as each check finishes (SMTP steps can take
     // `--smtp-timeout` each); JSON is one document at the end.
     let mut progress = (!args.json).then(|| {
-        let mut p = Progress::new(std::io::stdout(), &id, &zones, color());
-        p.header();
+        let p = Progress::new(&id, &zones, color());
+        print_now(&p.header());
         p
     });
     let mut done = Vec::new();
@@ -226,7 +225,7 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
         .collect();
     while let Some((seq, findings)) = running.next().await {
         if let Some(p) = progress.as_mut() {
-            p.rows(&findings);
+            print_now(&p.rows(&findings));
         }
         done.push((seq, findings));
     }
@@ -237,7 +236,7 @@ pub async fn run(cli: &Cli, args: &DoctorArgs) -> Outcome {
     };
     match progress {
         None => println!("{}", diagnosis.render_json()),
-        Some(mut p) => p.finish(&diagnosis),
+        Some(p) => print_now(&(p.empty_sections(&diagnosis) + &diagnosis.summary().render_text())),
     }
     Ok(if diagnosis.is_ok() {
         ExitCode::SUCCESS
@@ -425,6 +424,93 @@ pub async fn dns_sections<L: Lookup>(id: &MailIdentity, dns: &L, zones: &[String
     )
 }
 
+/// Writes `text` to stdout now: a pipe would otherwise hold the rows until
+/// the end.
+fn print_now(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+/// The text report while checks finish: the header, then each row as its
+/// check finishes under its section's title (repeated when rows of another
+/// section came in between).
+struct Progress {
+    table: Table,
+    header: String,
+    last_section: Option<usize>,
+    shown: [bool; SECTIONS.len()],
+}
+
+impl Progress {
+    /// The name column fits the names known before any check runs (the
+    /// domain, host, addresses, blocklist entries); a longer one found later
+    /// only shifts its own row.
+    fn new(id: &MailIdentity, zones: &[String], color: bool) -> Self {
+        let mut names = vec![
+            id.domain().to_owned(),
+            id.mail_host().to_owned(),
+            format!("_dmarc.{}", id.domain()),
+            "outbound 25".to_owned(),
+        ];
+        for ip in id.addresses() {
+            names.extend(zones.iter().map(|z| format!("{ip} in {z}")));
+            names.push(format!("{} to example.net", SocketAddr::new(ip, 25)));
+        }
+        Progress {
+            table: Table::new(color, 2, names.iter().map(String::as_str)),
+            header: format!(
+                "Doctor for {} (mail host {})\n",
+                id.domain(),
+                id.mail_host()
+            ),
+            last_section: None,
+            shown: [false; SECTIONS.len()],
+        }
+    }
+
+    fn header(&self) -> String {
+        self.header.clone()
+    }
+
+    /// The rows of one finished check.
+    fn rows(&mut self, found: &Found) -> String {
+        let mut out = String::new();
+        for (section, c) in found {
+            if self.last_section != Some(*section) {
+                let _ = writeln!(out, "\n{}", SECTIONS[*section]);
+                self.last_section = Some(*section);
+            }
+            self.shown[*section] = true;
+            self.table.write_row(
+                &mut out,
+                &Row {
+                    status: c.status,
+                    label: c.kind.label(),
+                    name: &c.display_name(),
+                    found: &c.found,
+                    expected: &c.expected,
+                    fix: c.fix.as_deref(),
+                },
+            );
+        }
+        out
+    }
+
+    /// Sections of the report that got no row at all.
+    fn empty_sections(&self, d: &Diagnosis) -> String {
+        let mut out = String::new();
+        for s in &d.sections {
+            let i = SECTIONS.iter().position(|t| *t == s.title);
+            if s.checks.is_empty() && i.is_some_and(|i| !self.shown[i]) {
+                let _ = writeln!(out, "\n{}\n  (nothing to check)", s.title);
+            }
+        }
+        out
+    }
+}
+
 impl Diagnosis {
     /// All findings in order.
     pub fn findings(&self) -> impl Iterator<Item = (&'static str, &Finding)> {
@@ -504,9 +590,6 @@ impl Diagnosis {
     /// The command streams its rows instead (`Progress`); the tests use this.
     #[cfg(test)]
     pub fn render_text(&self, color: bool) -> String {
-        use ceres_dnscheck::{Row, Table};
-        use std::fmt::Write as _;
-
         let mut out = format!(
             "Doctor for {} (mail host {})\n",
             self.domain, self.mail_host
