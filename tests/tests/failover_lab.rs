@@ -99,6 +99,14 @@ fn sent_through<'a>(log: &'a str, vps_ip: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// One message from the outside sender to home's alice, with `id`.
+fn send_in(sender: &Postfix, subject: &str, id: &str) {
+    let (from, to) = ("carol@sender.example", "alice@example.com");
+    sender
+        .sendmail(from, to, &compose(from, to, subject, id, "x\n"))
+        .unwrap();
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -260,19 +268,7 @@ fn home_behind_two_vpses_fails_over_in_and_out_with_real_mail() {
 
     let run_id = unique_id();
     let first = format!("first-{run_id}@sender.example");
-    sender
-        .sendmail(
-            "carol@sender.example",
-            "alice@example.com",
-            &compose(
-                "carol@sender.example",
-                "alice@example.com",
-                "hi",
-                &first,
-                "x\n",
-            ),
-        )
-        .unwrap();
+    send_in(&sender, "hi", &first);
     home_pf.wait_for_message_id(&first, WAIT).unwrap();
     wait_until("the sender's log of the delivery", WAIT, || {
         Ok(!sent_through(&sender.log(), addr::VPS).is_empty())
@@ -544,19 +540,7 @@ fn home_behind_two_vpses_fails_over_in_and_out_with_real_mail() {
     // A as before: mail in through A, out from A.
     let after_in = format!("after-leave-{run_id}@sender.example");
     let via_a_before = sent_through(&sender.log(), addr::VPS).len();
-    sender
-        .sendmail(
-            "carol@sender.example",
-            "alice@example.com",
-            &compose(
-                "carol@sender.example",
-                "alice@example.com",
-                "after",
-                &after_in,
-                "x\n",
-            ),
-        )
-        .unwrap();
+    send_in(&sender, "after", &after_in);
     home_pf.wait_for_message_id(&after_in, WAIT).unwrap();
     wait_until("the sender's log of it", WAIT, || {
         Ok(sent_through(&sender.log(), addr::VPS).len() > via_a_before)

@@ -404,6 +404,18 @@ mod tests {
         })
     }
 
+    /// A running agent's file with home connected.
+    fn connected() -> Envelope<AgentPart> {
+        let Agent::Running(env) = running(HomePart {
+            connected: true,
+            since_unix: 900,
+            ..Default::default()
+        }) else {
+            unreachable!()
+        };
+        env
+    }
+
     #[test]
     fn home_connected_is_ok_and_home_away_is_a_problem() {
         let s = assemble(
@@ -432,13 +444,7 @@ mod tests {
 
     #[test]
     fn a_blocking_firewall_table_is_a_problem() {
-        let Agent::Running(mut env) = running(HomePart {
-            connected: true,
-            since_unix: 900,
-            ..Default::default()
-        }) else {
-            unreachable!()
-        };
+        let mut env = connected();
         env.agent.egress.error = Some("table ip filter drops forwarded traffic".into());
         env.agent.egress.state = Some(EgressFileState::Blocked);
         let s = assemble(Agent::Running(env), None, at(1000));
@@ -451,13 +457,7 @@ mod tests {
     #[test]
     fn egress_problems_come_from_the_state_not_the_words() {
         let with = |enabled, error: Option<&str>, state| {
-            let Agent::Running(mut env) = running(HomePart {
-                connected: true,
-                since_unix: 900,
-                ..Default::default()
-            }) else {
-                unreachable!()
-            };
+            let mut env = connected();
             env.agent.egress = EgressPart {
                 enabled,
                 ports: vec![25],
@@ -511,13 +511,7 @@ mod tests {
     #[test]
     fn the_checks_are_shown_and_failing_ones_are_problems() {
         use crate::watch::CheckId;
-        let Agent::Running(mut env) = running(HomePart {
-            connected: true,
-            since_unix: 900,
-            ..Default::default()
-        }) else {
-            unreachable!()
-        };
+        let mut env = connected();
         env.agent.checks = vec![
             check(
                 CheckId::Home,
